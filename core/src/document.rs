@@ -1,0 +1,1 @@
+//! Kong declarative configuration model (being written).

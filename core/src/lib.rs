@@ -1,0 +1,14 @@
+//! `fallback-core`: everything the filter and the companion must agree on, with no I/O.
+//!
+//! - [`document`]: Kong's declarative configuration (`_format_version` "3.0"), nested or flat,
+//!   loaded into one model and validated with every problem reported at its path.
+//! - [`digest`]: canonical JSON bytes and their sha256, the identity of an exported document.
+//! - [`export`]: the metadata stored beside every export and the decision of whether a write may
+//!   replace what the store holds.
+//! - [`backoff`]: exponential backoff with jitter, shared by every retry loop.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod digest;
+pub mod document;
+pub mod export;
