@@ -1,1 +1,490 @@
-//! todo
+//! What an export is and when one may be written.
+//!
+//! The companion owns the I/O; the decisions live here so they are tested natively: where the
+//! object goes ([`object_key`]), what is stored beside it ([`ExportMetadata`]), whether a write may
+//! replace what the store holds ([`plan_write`]), and when the next upload is due ([`ExportPacer`]).
+
+use crate::digest::Sha256Digest;
+use std::fmt;
+
+/// Name of the object inside `<prefix>/<version>/`, the same as Kong Enterprise uses.
+pub const OBJECT_NAME: &str = "config.json";
+
+/// Metadata names, stored as `x-amz-meta-<name>` in S3 and `x-goog-meta-<name>` in GCS.
+pub mod meta {
+    /// Hex sha256 of the object's bytes.
+    pub const SHA256: &str = "sha256";
+    /// The export's revision, a decimal `u64`.
+    pub const REVISION: &str = "revision";
+    /// Which exporter wrote the object.
+    pub const NODE_ID: &str = "node-id";
+    /// RFC 3339 time of the export.
+    pub const EXPORTED_AT: &str = "exported-at";
+    /// Optional Ed25519 signature over the bytes (base64).
+    pub const SIGNATURE: &str = "signature";
+}
+
+/// Why a version string or prefix cannot name an object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The version is empty.
+    #[error("config version is empty: set FALLBACK_CONFIG_VERSION (e.g. 3.4.1.0)")]
+    EmptyVersion,
+    /// The version contains a character that would change the object's path.
+    #[error("config version {0:?} must not contain '/', '\\', whitespace or be \".\"/\"..\": use a plain version string such as 3.4.1.0")]
+    BadVersion(String),
+    /// A prefix segment is `.` or `..`.
+    #[error("storage prefix {0:?} must not contain \".\" or \"..\" segments")]
+    BadPrefix(String),
+}
+
+/// `<prefix>/<version>/config.json`, with empty prefix segments dropped.
+pub fn object_key(prefix: &str, version: &str) -> Result<String, KeyError> {
+    if version.is_empty() {
+        return Err(KeyError::EmptyVersion);
+    }
+    if version == "."
+        || version == ".."
+        || version
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_whitespace() || c.is_control())
+    {
+        return Err(KeyError::BadVersion(version.to_owned()));
+    }
+    let mut key = String::new();
+    for segment in prefix.split('/').filter(|s| !s.is_empty()) {
+        if segment == "." || segment == ".." {
+            return Err(KeyError::BadPrefix(prefix.to_owned()));
+        }
+        key.push_str(segment);
+        key.push('/');
+    }
+    key.push_str(version);
+    key.push('/');
+    key.push_str(OBJECT_NAME);
+    Ok(key)
+}
+
+/// What the exporter stores beside every object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportMetadata {
+    /// sha256 of the object's bytes.
+    pub sha256: Sha256Digest,
+    /// Orders exports: a write never replaces a higher revision. See [`RevisionClock`].
+    pub revision: u64,
+    /// The exporter that wrote it.
+    pub node_id: String,
+    /// When it was written (RFC 3339).
+    pub exported_at: String,
+    /// Optional signature over the bytes.
+    pub signature: Option<String>,
+}
+
+/// Metadata that is present but unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("object metadata {name:?} is {problem}")]
+pub struct MetadataError {
+    /// The metadata name.
+    pub name: &'static str,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
+impl ExportMetadata {
+    /// The metadata as `(name, value)` pairs, in a fixed order.
+    pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = vec![
+            (meta::SHA256, self.sha256.to_hex()),
+            (meta::REVISION, self.revision.to_string()),
+            (meta::NODE_ID, self.node_id.clone()),
+            (meta::EXPORTED_AT, self.exported_at.clone()),
+        ];
+        if let Some(sig) = &self.signature {
+            pairs.push((meta::SIGNATURE, sig.clone()));
+        }
+        pairs
+    }
+
+    /// Reads metadata back; `lookup` returns the value stored under a name, if any.
+    /// `Ok(None)` when the object carries none of ours (e.g. Kong itself exported it).
+    pub fn from_lookup<'a>(
+        lookup: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Option<Self>, MetadataError> {
+        let Some(sha) = lookup(meta::SHA256) else {
+            return Ok(None);
+        };
+        let sha256 = Sha256Digest::from_hex(sha.trim()).ok_or(MetadataError {
+            name: meta::SHA256,
+            problem: "not 64 hex digits",
+        })?;
+        let revision = match lookup(meta::REVISION) {
+            Some(r) => r.trim().parse().map_err(|_| MetadataError {
+                name: meta::REVISION,
+                problem: "not a decimal number",
+            })?,
+            None => 0,
+        };
+        Ok(Some(Self {
+            sha256,
+            revision,
+            node_id: lookup(meta::NODE_ID).unwrap_or_default().to_owned(),
+            exported_at: lookup(meta::EXPORTED_AT).unwrap_or_default().to_owned(),
+            signature: lookup(meta::SIGNATURE).map(str::to_owned),
+        }))
+    }
+}
+
+/// What the store holds under a key: its version tag and our metadata, when present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The store's version tag (S3/HTTP ETag, GCS generation), used as a write precondition.
+    pub etag: String,
+    /// Our metadata; `None` for an object some other tool wrote.
+    pub metadata: Option<ExportMetadata>,
+}
+
+/// How to write a candidate given what the store holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WritePlan {
+    /// The store already holds these exact bytes: nothing to write.
+    AlreadyStored,
+    /// The store holds a newer revision: writing would go back in time.
+    Superseded {
+        /// The revision in the store.
+        stored_revision: u64,
+    },
+    /// Nothing is stored: create only if still nothing is (`If-None-Match: *`).
+    Create,
+    /// Replace exactly the object that was read (`If-Match: <etag>`).
+    Replace {
+        /// The tag of the object that was read.
+        if_match: String,
+    },
+}
+
+/// Decides whether `candidate` may be written over `stored`.
+///
+/// Paired with a conditional write this is a compare-and-swap: if another exporter writes
+/// between our read and our write, the precondition fails and the caller reads and plans again,
+/// so an older revision can never land on top of a newer one.
+pub fn plan_write(stored: Option<&StoredObject>, candidate: &ExportMetadata) -> WritePlan {
+    let Some(stored) = stored else {
+        return WritePlan::Create;
+    };
+    match &stored.metadata {
+        Some(m) if m.sha256 == candidate.sha256 => WritePlan::AlreadyStored,
+        Some(m) if m.revision >= candidate.revision => WritePlan::Superseded {
+            stored_revision: m.revision,
+        },
+        _ => WritePlan::Replace {
+            if_match: stored.etag.clone(),
+        },
+    }
+}
+
+/// Hands out revisions: the wall-clock time in milliseconds at which a document was first seen,
+/// never less than one more than the last revision handed out.
+///
+/// Documents observed later get higher revisions, so when two exporters race, the one holding
+/// the document the control plane served later wins. Across nodes this relies on clocks kept
+/// in step (NTP), as every object store's own conditional-write timing does.
+#[derive(Debug, Clone, Default)]
+pub struct RevisionClock {
+    last: u64,
+}
+
+impl RevisionClock {
+    /// The next revision, given the current Unix time in milliseconds.
+    pub fn next(&mut self, now_unix_ms: u64) -> u64 {
+        self.last = now_unix_ms.max(self.last.saturating_add(1));
+        self.last
+    }
+}
+
+/// Paces uploads: the first as soon as there is something to export, then at most one per
+/// `min_interval_ms`; while an upload waits, a newer document replaces the waiting one; a
+/// document whose digest is already stored is dropped.
+#[derive(Debug, Clone)]
+pub struct ExportPacer<T> {
+    min_interval_ms: u64,
+    last_export_ms: Option<u64>,
+    retry_at_ms: Option<u64>,
+    stored: Option<Sha256Digest>,
+    pending: Option<(Sha256Digest, T)>,
+}
+
+/// What [`ExportPacer::offer`] did with a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// It is already stored: nothing to do.
+    Unchanged,
+    /// It is the one already waiting.
+    AlreadyPending,
+    /// It now waits for upload, replacing an older waiting one if there was one.
+    Queued {
+        /// Whether it replaced a document that had not been uploaded yet.
+        replaced: bool,
+    },
+}
+
+impl<T> ExportPacer<T> {
+    /// A pacer allowing one upload per `min_interval_ms`.
+    pub fn new(min_interval_ms: u64) -> Self {
+        Self {
+            min_interval_ms,
+            last_export_ms: None,
+            retry_at_ms: None,
+            stored: None,
+            pending: None,
+        }
+    }
+
+    /// Offers a valid document with its digest.
+    pub fn offer(&mut self, sha256: Sha256Digest, document: T) -> Offer {
+        if let Some((pending, _)) = &self.pending {
+            if *pending == sha256 {
+                return Offer::AlreadyPending;
+            }
+        } else if self.stored == Some(sha256) {
+            return Offer::Unchanged;
+        }
+        let replaced = self.pending.is_some();
+        if self.stored == Some(sha256) {
+            // The control plane went back to what is stored: the waiting document is stale.
+            self.pending = None;
+            self.retry_at_ms = None;
+            return Offer::Unchanged;
+        }
+        self.pending = Some((sha256, document));
+        Offer::Queued { replaced }
+    }
+
+    /// When the next upload is due (Unix ms), or `None` when nothing waits.
+    pub fn due_at(&self) -> Option<u64> {
+        self.pending.as_ref()?;
+        if let Some(retry) = self.retry_at_ms {
+            return Some(retry);
+        }
+        Some(match self.last_export_ms {
+            None => 0,
+            Some(last) => last.saturating_add(self.min_interval_ms),
+        })
+    }
+
+    /// The document to upload now, if one is due at `now_ms`. It stays pending until
+    /// [`Self::stored`], [`Self::superseded`] or [`Self::failed`] reports the outcome.
+    pub fn due(&self, now_ms: u64) -> Option<(Sha256Digest, &T)> {
+        match self.due_at() {
+            Some(at) if at <= now_ms => self.pending.as_ref().map(|(sha, doc)| (*sha, doc)),
+            _ => None,
+        }
+    }
+
+    /// The upload of `sha256` finished at `now_ms`: that digest is what the store holds.
+    pub fn stored(&mut self, sha256: Sha256Digest, now_ms: u64) {
+        self.stored = Some(sha256);
+        self.last_export_ms = Some(now_ms);
+        self.retry_at_ms = None;
+        if matches!(&self.pending, Some((p, _)) if *p == sha256) {
+            self.pending = None;
+        }
+    }
+
+    /// The store holds a newer revision than `sha256`'s: drop it without writing.
+    pub fn superseded(&mut self, sha256: Sha256Digest, now_ms: u64) {
+        self.last_export_ms = Some(now_ms);
+        self.retry_at_ms = None;
+        if matches!(&self.pending, Some((p, _)) if *p == sha256) {
+            self.pending = None;
+        }
+    }
+
+    /// The upload failed: retry no earlier than `retry_at_ms` (a newer offer keeps that time).
+    pub fn failed(&mut self, retry_at_ms: u64) {
+        self.retry_at_ms = Some(retry_at_ms);
+    }
+
+    /// The digest last known to be stored.
+    pub fn stored_digest(&self) -> Option<Sha256Digest> {
+        self.stored
+    }
+}
+
+impl fmt::Display for WritePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WritePlan::AlreadyStored => f.write_str("already stored"),
+            WritePlan::Superseded { stored_revision } => {
+                write!(f, "superseded by stored revision {stored_revision}")
+            }
+            WritePlan::Create => f.write_str("create"),
+            WritePlan::Replace { .. } => f.write_str("replace"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(body: &[u8], revision: u64) -> ExportMetadata {
+        ExportMetadata {
+            sha256: Sha256Digest::of(body),
+            revision,
+            node_id: "node-a".into(),
+            exported_at: "2026-11-26T10:00:00Z".into(),
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn key_is_prefix_version_config_json() {
+        assert_eq!(object_key("kong", "3.4.1.0").unwrap(), "kong/3.4.1.0/config.json");
+        assert_eq!(object_key("/a//b/", "1").unwrap(), "a/b/1/config.json");
+        assert_eq!(object_key("", "1").unwrap(), "1/config.json");
+    }
+
+    #[test]
+    fn key_rejects_versions_and_prefixes_that_escape() {
+        assert_eq!(object_key("p", ""), Err(KeyError::EmptyVersion));
+        for bad in ["a/b", "..", ".", "a b", "a\\b"] {
+            assert!(matches!(object_key("p", bad), Err(KeyError::BadVersion(_))), "{bad}");
+        }
+        assert!(matches!(object_key("a/../b", "1"), Err(KeyError::BadPrefix(_))));
+    }
+
+    #[test]
+    fn metadata_round_trips_through_pairs() {
+        let mut m = metadata(b"x", 42);
+        m.signature = Some("c2ln".into());
+        let pairs = m.to_pairs();
+        let back = ExportMetadata::from_lookup(|name| {
+            pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        })
+        .unwrap();
+        assert_eq!(back, Some(m));
+    }
+
+    #[test]
+    fn metadata_absent_means_foreign_object_and_garbage_is_an_error() {
+        assert_eq!(ExportMetadata::from_lookup(|_| None), Ok(None));
+        let err = ExportMetadata::from_lookup(|n| (n == meta::SHA256).then_some("zz")).unwrap_err();
+        assert_eq!(err.name, meta::SHA256);
+        let sha = Sha256Digest::of(b"").to_hex();
+        let err = ExportMetadata::from_lookup(|n| match n {
+            meta::SHA256 => Some(sha.as_str()),
+            meta::REVISION => Some("soon"),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(err.name, meta::REVISION);
+    }
+
+    #[test]
+    fn plan_creates_when_empty_and_skips_identical_bytes() {
+        let c = metadata(b"new", 10);
+        assert_eq!(plan_write(None, &c), WritePlan::Create);
+        let stored = StoredObject { etag: "\"e\"".into(), metadata: Some(metadata(b"new", 3)) };
+        assert_eq!(plan_write(Some(&stored), &c), WritePlan::AlreadyStored);
+    }
+
+    #[test]
+    fn plan_never_goes_back_in_revision() {
+        let stored = StoredObject { etag: "\"e\"".into(), metadata: Some(metadata(b"newer", 20)) };
+        assert_eq!(
+            plan_write(Some(&stored), &metadata(b"older", 10)),
+            WritePlan::Superseded { stored_revision: 20 }
+        );
+        assert_eq!(
+            plan_write(Some(&stored), &metadata(b"same-rev", 20)),
+            WritePlan::Superseded { stored_revision: 20 }
+        );
+        assert_eq!(
+            plan_write(Some(&stored), &metadata(b"newest", 21)),
+            WritePlan::Replace { if_match: "\"e\"".into() }
+        );
+    }
+
+    #[test]
+    fn plan_replaces_foreign_objects_conditionally() {
+        let stored = StoredObject { etag: "g1".into(), metadata: None };
+        assert_eq!(
+            plan_write(Some(&stored), &metadata(b"x", 1)),
+            WritePlan::Replace { if_match: "g1".into() }
+        );
+    }
+
+    #[test]
+    fn revisions_follow_the_clock_and_never_repeat() {
+        let mut clock = RevisionClock::default();
+        assert_eq!(clock.next(1_000), 1_000);
+        assert_eq!(clock.next(1_000), 1_001);
+        assert_eq!(clock.next(900), 1_002, "a clock step backwards still moves forward");
+        assert_eq!(clock.next(5_000), 5_000);
+    }
+
+    fn sha(s: &str) -> Sha256Digest {
+        Sha256Digest::of(s.as_bytes())
+    }
+
+    #[test]
+    fn pacer_exports_at_once_then_at_most_once_per_interval() {
+        let mut p = ExportPacer::new(60_000);
+        assert_eq!(p.due_at(), None);
+        assert_eq!(p.offer(sha("a"), "a"), Offer::Queued { replaced: false });
+        assert_eq!(p.due(5).map(|(_, d)| *d), Some("a"));
+        p.stored(sha("a"), 5);
+        assert_eq!(p.due_at(), None);
+
+        assert_eq!(p.offer(sha("b"), "b"), Offer::Queued { replaced: false });
+        assert_eq!(p.due_at(), Some(60_005));
+        assert!(p.due(60_004).is_none());
+        assert_eq!(p.offer(sha("c"), "c"), Offer::Queued { replaced: true });
+        assert_eq!(p.due(60_005).map(|(_, d)| *d), Some("c"), "newest wins");
+    }
+
+    #[test]
+    fn pacer_drops_unchanged_and_duplicate_offers() {
+        let mut p = ExportPacer::new(1_000);
+        p.offer(sha("a"), ());
+        p.stored(sha("a"), 0);
+        assert_eq!(p.offer(sha("a"), ()), Offer::Unchanged);
+        assert_eq!(p.offer(sha("b"), ()), Offer::Queued { replaced: false });
+        assert_eq!(p.offer(sha("b"), ()), Offer::AlreadyPending);
+        assert_eq!(p.offer(sha("a"), ()), Offer::Unchanged, "back to what is stored");
+        assert_eq!(p.due_at(), None);
+    }
+
+    #[test]
+    fn pacer_retries_failed_uploads_at_the_given_time_and_keeps_the_newest() {
+        let mut p = ExportPacer::new(10_000);
+        p.offer(sha("a"), "a");
+        assert!(p.due(0).is_some());
+        p.failed(400);
+        assert!(p.due(399).is_none());
+        p.offer(sha("b"), "b");
+        assert_eq!(p.due(400).map(|(_, d)| *d), Some("b"));
+        p.stored(sha("b"), 450);
+        assert_eq!(p.stored_digest(), Some(sha("b")));
+        assert_eq!(p.due_at(), None);
+    }
+
+    #[test]
+    fn pacer_forgets_a_superseded_document() {
+        let mut p = ExportPacer::new(10_000);
+        p.offer(sha("old"), ());
+        p.superseded(sha("old"), 7);
+        assert_eq!(p.due_at(), None);
+        p.offer(sha("new"), ());
+        assert_eq!(p.due_at(), Some(10_007));
+    }
+
+    #[test]
+    fn outcome_for_a_replaced_document_keeps_the_newer_one_pending() {
+        let mut p = ExportPacer::new(0);
+        p.offer(sha("a"), ());
+        p.offer(sha("b"), ());
+        p.stored(sha("a"), 1);
+        assert_eq!(p.due(1).map(|(s, _)| s), Some(sha("b")));
+    }
+}
