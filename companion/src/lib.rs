@@ -1,1 +1,12 @@
-//! placeholder
+//! `fallback-companion`: the native half of Fallback.
+//!
+//! - **export role**: polls the control plane, validates every new document with
+//!   `fallback-core`, and writes it to object storage as `<prefix>/<version>/config.json`.
+//! - **offline tools**: `export --config-file` for CI pipelines.
+
+pub mod cli;
+pub mod exporter;
+pub mod transport;
+pub mod secret;
+pub mod source;
+pub mod storage;

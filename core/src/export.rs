@@ -275,7 +275,7 @@ impl<T> ExportPacer<T> {
     /// [`Self::stored`], [`Self::superseded`] or [`Self::failed`] reports the outcome.
     pub fn due(&self, now_ms: u64) -> Option<(Sha256Digest, &T)> {
         match self.due_at() {
-            Some(at) if at <= now_ms => self.pending.as_ref().map(|(sha, doc)| (*sha, doc)),
+            Some(at) if at <= now_ms => self.pending(),
             _ => None,
         }
     }
@@ -302,6 +302,11 @@ impl<T> ExportPacer<T> {
     /// The upload failed: retry no earlier than `retry_at_ms` (a newer offer keeps that time).
     pub fn failed(&mut self, retry_at_ms: u64) {
         self.retry_at_ms = Some(retry_at_ms);
+    }
+
+    /// The document waiting for upload, due or not (e.g. to flush it at shutdown).
+    pub fn pending(&self) -> Option<(Sha256Digest, &T)> {
+        self.pending.as_ref().map(|(sha, doc)| (*sha, doc))
     }
 
     /// The digest last known to be stored.

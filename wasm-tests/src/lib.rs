@@ -1,1 +1,30 @@
-//! placeholder
+//! Test harness for Fallback's end-to-end tests.
+//!
+//! Starts the real components on loopback, each test with its own ports and temp dirs so tests
+//! can run in parallel threads:
+//!
+//! - [`SeaweedFs`]: `weed mini` (S3 with real SigV4 checks), a writer and a reader identity and
+//!   a bucket; stop/restart; filer access behind S3's back ([`SeaweedFs::raw_object`],
+//!   [`SeaweedFs::corrupt_object`]).
+//! - [`MockCp`]: a scriptable control plane serving the config document with ETags.
+//! - [`S3Client`]: a minimal SigV4 S3 client; [`http`]: a minimal HTTP client.
+//! - [`tools`]: paths of the pinned binaries (`make tools`) and of the companion.
+//! - [`ports`]: free loopback ports, never handed out twice in one process.
+//!
+//! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
+//! cargo test for failing tests), and each external process logs to a file in its own dir.
+
+pub mod http;
+pub mod mock_cp;
+pub mod ports;
+pub mod s3;
+pub mod seaweed;
+pub mod sha256;
+pub mod tools;
+
+pub use http::HttpResponse;
+pub use mock_cp::{etag_of, MockCp, Mode, RecordedRequest};
+pub use ports::{free_port, free_port_with_offset};
+pub use s3::{Credentials, S3Client};
+pub use seaweed::{SeaweedFs, SeaweedPorts, DEFAULT_BUCKET};
+pub use tools::{binary, companion_binary, workspace_root};

@@ -1,0 +1,44 @@
+# Fallback — every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/fallback_filter.wasm
+
+.PHONY: help tools build wasm fmt-check lint unit e2e test demo clean
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server and the wasm target into .tools/
+	@bash scripts/tools.sh
+
+build: tools ## Build the companion and the filter (.wasm)
+	$(CARGO) build --workspace --bins
+	$(CARGO) build -p fallback-filter --target $(WASM_TARGET) --release
+	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+wasm: tools ## Build only the filter (.wasm)
+	$(CARGO) build -p fallback-filter --target $(WASM_TARGET) --release
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+lint: tools fmt-check ## rustfmt check and clippy (native and wasm32), warnings are errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p fallback-core -p fallback-filter --target $(WASM_TARGET) -- -D warnings
+
+unit: ## Unit tests of core, filter and companion (native)
+	$(CARGO) test -p fallback-core -p fallback-companion -p fallback-filter
+
+e2e: build ## End-to-end tests with real SeaweedFS, the companion binary and a mock control plane
+	$(CARGO) test -p wasm-tests -- --test-threads 2
+
+test: lint unit wasm e2e ## Everything CI runs: lint, unit tests, wasm build, end-to-end tests
+
+demo: build ## The story end to end on the embedded file:// storage, narrated
+	@bash scripts/demo.sh
+
+clean: ## Remove build output (keeps .tools/)
+	$(CARGO) clean

@@ -1,0 +1,433 @@
+//! Command line: every setting has a flag and an environment variable (Kong's names where Kong
+//! has one, so existing compose files carry over).
+
+use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
+use crate::secret::Secret;
+use crate::source::{self, ControlPlane};
+use crate::storage::{self, ConfigStore, S3Settings, StorageUrl};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use fallback_core::backoff::Backoff;
+use fallback_core::export::{object_key, ExportMetadata};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::info;
+
+/// Keeps Kong and proxy-wasm data planes serving when their control plane is down.
+#[derive(Debug, Parser)]
+#[command(name = "fallback-companion", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `debug,hyper=info`.
+    #[arg(long, env = "FALLBACK_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The companion's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the roles switched on: export (KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on).
+    Run(RunArgs),
+    /// Validate a declarative config file and export it once (for CI pipelines).
+    ///
+    /// Exit codes: 0 stored (or storage already holds these bytes), 1 storage failure,
+    /// 2 the file is unreadable or invalid, 3 storage holds a newer revision.
+    Export(ExportArgs),
+}
+
+/// Where exports live and with which credentials.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Storage URL: s3://bucket/prefix, or file:///dir for the embedded local store.
+    #[arg(long = "storage", env = "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE", value_name = "URL")]
+    pub storage: String,
+
+    /// The `<version>` in `<prefix>/<version>/config.json`; exporter and importers must agree
+    /// (Kong uses its full version, e.g. 3.4.1.0).
+    #[arg(long, env = "FALLBACK_CONFIG_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    pub config_version: String,
+
+    /// This node's name in the export metadata [default: the host name].
+    #[arg(long, env = "FALLBACK_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// S3 access key id.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub aws_access_key_id: Option<String>,
+
+    /// S3 secret access key (prefer the environment variable: flags show in process lists).
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub aws_secret_access_key: Option<Secret>,
+
+    /// S3 session token, for temporary credentials.
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub aws_session_token: Option<Secret>,
+
+    /// S3 region [env: AWS_REGION, then AWS_DEFAULT_REGION].
+    #[arg(long)]
+    pub aws_region: Option<String>,
+
+    /// S3-compatible endpoint (MinIO, SeaweedFS…), e.g. http://minio:9000; buckets are then
+    /// addressed path-style.
+    #[arg(long, env = "AWS_CONFIG_STORAGE_ENDPOINT", value_name = "URL")]
+    pub aws_endpoint: Option<String>,
+
+    /// Address buckets path-style even on AWS.
+    #[arg(long, env = "FALLBACK_S3_FORCE_PATH_STYLE", value_parser = parse_on_off, default_value = "off", value_name = "on|off")]
+    pub s3_force_path_style: bool,
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Export role: poll the control plane and export every new valid config.
+    #[arg(long = "export", env = "KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", value_parser = parse_on_off, default_value = "off", value_name = "on|off")]
+    pub export: bool,
+
+    /// Signer role: hand data planes signed URLs (not in this build yet).
+    #[arg(long = "import", env = "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", value_parser = parse_on_off, default_value = "off", value_name = "on|off")]
+    pub import: bool,
+
+    /// The control plane's config endpoint: plain declarative JSON/YAML, or Kong's DB-less
+    /// Admin API `GET /config`.
+    #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
+    pub control_plane_url: Option<String>,
+
+    /// How often the control plane is polled (with If-None-Match).
+    #[arg(long, env = "FALLBACK_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// At most one export per this interval, the newest document winning (as Kong's
+    /// cluster_fallback_export_delay; plain numbers are seconds).
+    #[arg(long, env = "KONG_CLUSTER_FALLBACK_EXPORT_DELAY", default_value = "60", value_parser = parse_duration)]
+    pub export_delay: Duration,
+
+    /// Time allowed for one control-plane request.
+    #[arg(long, env = "FALLBACK_CONTROL_PLANE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub control_plane_timeout: Duration,
+
+    /// First delay before retrying a failed export; doubles with jitter up to --retry-max.
+    #[arg(long, env = "FALLBACK_RETRY_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    pub retry_initial: Duration,
+
+    /// Longest delay between export retries.
+    #[arg(long, env = "FALLBACK_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub retry_max: Duration,
+}
+
+/// `export` options.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// The declarative config to export (JSON or YAML).
+    #[arg(long, value_name = "FILE")]
+    pub config_file: PathBuf,
+
+    /// The revision to store [default: now, in Unix milliseconds]; a lower revision never
+    /// replaces a higher one.
+    #[arg(long)]
+    pub revision: Option<u64>,
+
+    /// Attempts for transient storage failures before giving up.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
+}
+
+/// `on`/`off` as Kong writes booleans, plus the usual spellings.
+pub fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" | "" => Ok(false),
+        other => Err(format!("{other:?} is not on or off")),
+    }
+}
+
+/// `60` (seconds, as Kong's settings), or `500ms`, `5s`, `2m`…
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 60, 500ms, 5s, 2m"))
+}
+
+impl StorageArgs {
+    /// The parsed storage URL.
+    pub fn url(&self) -> anyhow::Result<StorageUrl> {
+        Ok(StorageUrl::parse(&self.storage)?)
+    }
+
+    /// The object key for the configured version.
+    pub fn key(&self, url: &StorageUrl) -> anyhow::Result<String> {
+        Ok(object_key(url.prefix(), &self.config_version)?)
+    }
+
+    /// S3 settings, checked at start-up so that a missing region or key fails now, not at the
+    /// first export.
+    pub fn s3_settings(&self, url: &StorageUrl) -> anyhow::Result<Option<S3Settings>> {
+        if !matches!(url, StorageUrl::S3 { .. }) {
+            return Ok(None);
+        }
+        let region = self
+            .aws_region
+            .clone()
+            .or_else(|| non_empty_env("AWS_REGION"))
+            .or_else(|| non_empty_env("AWS_DEFAULT_REGION"))
+            .with_context(|| format!("{url}: no S3 region: set AWS_REGION (or AWS_DEFAULT_REGION), e.g. us-east-1; S3-compatible stores accept any region they are configured with"))?;
+        let access_key_id = self.aws_access_key_id.clone().filter(|s| !s.is_empty()).with_context(|| {
+            format!("{url}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        })?;
+        let secret_access_key = self.aws_secret_access_key.clone().filter(|s| !s.expose().is_empty()).with_context(|| {
+            format!("{url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+        })?;
+        Ok(Some(S3Settings {
+            access_key_id,
+            secret_access_key,
+            session_token: self.aws_session_token.clone().filter(|s| !s.expose().is_empty()),
+            region,
+            endpoint: self.aws_endpoint.clone().filter(|s| !s.is_empty()),
+            force_path_style: self.s3_force_path_style,
+        }))
+    }
+
+    /// Opens the configured store.
+    pub fn open(&self) -> anyhow::Result<(StorageUrl, String, Arc<dyn ConfigStore>)> {
+        let url = self.url()?;
+        let key = self.key(&url)?;
+        let store: Arc<dyn ConfigStore> = Arc::from(storage::open(&url, self.s3_settings(&url)?)?);
+        Ok((url, key, store))
+    }
+
+    /// `--node-id`, else the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .or_else(|| non_empty_env("HOSTNAME"))
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "unknown-node".into())
+        })
+    }
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Parses the command line, sets up logging and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},aws_sigv4=warn,hyper_util=warn", cli.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Export(args) => export(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.import {
+        bail!("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on: the signer role is not in this build yet; run the export role only");
+    }
+    if !args.export {
+        bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on)");
+    }
+    let cp_url = args.control_plane_url.as_deref().filter(|u| !u.is_empty()).context(
+        "the export role needs the control plane's config URL: set FALLBACK_CONTROL_PLANE_URL (e.g. http://kong-cp:8001/config)",
+    )?;
+    let (_, key, store) = args.storage.open()?;
+    let source = ControlPlane::new(cp_url, args.control_plane_timeout)?;
+    let settings = ExportSettings {
+        key,
+        node_id: args.storage.node_id(),
+        poll_interval: args.poll_interval,
+        export_delay: args.export_delay,
+        retry_initial: args.retry_initial,
+        retry_max: args.retry_max,
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (exported_tx, _exported_rx) = watch::channel(None);
+    let exporter = tokio::spawn(exporter::run(
+        settings,
+        source,
+        store,
+        Arc::new(ExportStats::default()),
+        exported_tx,
+        shutdown_rx,
+    ));
+    shutdown_signal().await;
+    info!("signal received, stopping");
+    let _ = shutdown_tx.send(true);
+    exporter.await.context("export task failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let file = args.config_file.display().to_string();
+    let bytes = match std::fs::read(&args.config_file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot read {file}: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let value = match source::normalise(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {file}: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let prepared = match exporter::prepare(&value) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("error: {file}: nothing exported. {errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for w in &prepared.warnings {
+        eprintln!("warning: {file}: {w}");
+    }
+    let (url, key, store) = args.storage.open()?;
+    let metadata = ExportMetadata {
+        sha256: prepared.sha256,
+        revision: args.revision.unwrap_or_else(exporter::unix_ms),
+        node_id: args.storage.node_id(),
+        exported_at: exporter::rfc3339_now(),
+        signature: None,
+    };
+    let object = format!("{}/{key}", url.to_string().trim_end_matches('/').trim_end_matches(url.prefix()).trim_end_matches('/'));
+    let outcome = exporter::export_once(
+        store.as_ref(),
+        &key,
+        &prepared,
+        &metadata,
+        args.attempts.max(1),
+        Backoff::new(500, 8_000),
+    )
+    .await;
+    match outcome {
+        Ok(WriteOutcome::Stored { .. }) => {
+            println!(
+                "stored {object} (revision {}, sha256 {}, {} bytes)",
+                metadata.revision,
+                metadata.sha256,
+                prepared.body.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(WriteOutcome::AlreadyStored) => {
+            println!("{object} already holds this document (sha256 {}); nothing written", metadata.sha256);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(WriteOutcome::Superseded { stored_revision }) => {
+            eprintln!(
+                "error: {object} holds revision {stored_revision}, newer than {}; nothing written (pass a higher --revision to replace it)",
+                metadata.revision
+            );
+            Ok(ExitCode::from(3))
+        }
+        Err(e) => {
+            eprintln!("error: export to {object} failed: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn on_off_and_durations_parse_like_kong() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("OFF"), Ok(false));
+        assert!(parse_on_off("maybe").is_err());
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
+    }
+
+    #[test]
+    fn debug_output_of_settings_shows_no_secret() {
+        let cli = Cli::try_parse_from([
+            "fallback-companion",
+            "export",
+            "--storage",
+            "s3://b/p",
+            "--config-file",
+            "x.json",
+            "--aws-access-key-id",
+            "AKID",
+            "--aws-secret-access-key",
+            "sup3rs3cret",
+            "--aws-session-token",
+            "t0ken-value",
+            "--aws-region",
+            "us-east-1",
+        ])
+        .unwrap();
+        let Command::Export(args) = &cli.command else { panic!("parsed another command") };
+        let s3 = args.storage.s3_settings(&args.storage.url().unwrap()).unwrap().unwrap();
+        let shown = format!("{cli:?} {s3:?}");
+        assert!(!shown.contains("sup3rs3cret") && !shown.contains("t0ken-value"), "{shown}");
+    }
+}

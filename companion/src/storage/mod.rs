@@ -1,0 +1,279 @@
+//! Where exports go: one small trait, one module per backend.
+//!
+//! Every backend passes the same behaviour suite (`wasm-tests/tests/storage_suite.rs`), so the
+//! exporter and the signer never need to know which one they talk to.
+
+pub mod file;
+pub mod s3;
+
+use crate::secret::Secret;
+use async_trait::async_trait;
+use bytes::Bytes;
+use fallback_core::export::{ExportMetadata, StoredObject};
+use std::fmt;
+use std::path::PathBuf;
+
+/// A write's precondition, the store-side half of the compare-and-swap in
+/// [`fallback_core::export::plan_write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Only if nothing is stored under the key (`If-None-Match: *`).
+    Absent,
+    /// Only if the stored object still has this tag (`If-Match`).
+    Matches(String),
+}
+
+/// Why a storage operation failed. Messages name the object and what to do; they never carry
+/// credentials or signatures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write's precondition did not hold: someone else wrote first.
+    #[error("{key}: another writer changed the object first (precondition failed)")]
+    PreconditionFailed {
+        /// The object key.
+        key: String,
+    },
+    /// The credentials lack a permission.
+    #[error("{key}: permission denied: the credentials in use lack {permission} on {resource} ({detail}); grant it or use credentials that have it")]
+    PermissionDenied {
+        /// The object key.
+        key: String,
+        /// The permission, in the store's own terms (e.g. `s3:PutObject`).
+        permission: &'static str,
+        /// What it applies to (e.g. `bucket/key`).
+        resource: String,
+        /// What the store said.
+        detail: String,
+    },
+    /// The store refused the credentials themselves or the request's signature.
+    #[error("{key}: the store rejected the credentials: {detail}")]
+    BadCredentials {
+        /// The object key.
+        key: String,
+        /// What the store said and what to check.
+        detail: String,
+    },
+    /// A failure worth retrying: network error, timeout, 5xx, throttling.
+    #[error("{key}: storage temporarily unavailable: {detail}")]
+    Transient {
+        /// The object key.
+        key: String,
+        /// What happened.
+        detail: String,
+    },
+    /// Any other refusal; retrying the same request will not help.
+    #[error("{key}: the store refused the request: {detail}")]
+    Rejected {
+        /// The object key.
+        key: String,
+        /// What the store said.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the same request may succeed later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient { .. })
+    }
+}
+
+/// An object read back, with what is known of it.
+#[derive(Debug, Clone)]
+pub struct FetchedObject {
+    /// The bytes.
+    pub body: Bytes,
+    /// Tag and metadata.
+    pub stored: StoredObject,
+}
+
+/// The operations Fallback needs from an object store.
+#[async_trait]
+pub trait ConfigStore: Send + Sync + fmt::Debug {
+    /// A URL-like description for messages (never with credentials).
+    fn describe(&self) -> String;
+
+    /// The tag and metadata of `key`, or `None` when nothing is stored there.
+    async fn head(&self, key: &str) -> Result<Option<StoredObject>, StoreError>;
+
+    /// The object under `key`, or `None`.
+    async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError>;
+
+    /// Writes `body` under `key` with `metadata`, only if `precondition` holds. Returns the new tag.
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &ExportMetadata,
+        precondition: Precondition,
+    ) -> Result<String, StoreError>;
+}
+
+/// A parsed `KONG_CLUSTER_FALLBACK_CONFIG_STORAGE` value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// `s3://bucket/prefix`
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix, without leading or trailing `/`.
+        prefix: String,
+    },
+    /// `gcs://bucket/prefix` (parsed so the error can be precise; not served by this build yet).
+    Gcs {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+    },
+    /// `file:///dir/prefix`: the embedded default; objects are files below `dir`.
+    File {
+        /// Root directory; the prefix is part of it.
+        root: PathBuf,
+    },
+}
+
+/// A storage URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("storage URL {url:?} {problem}; expected s3://bucket/prefix, gcs://bucket/prefix or file:///absolute/dir")]
+pub struct StorageUrlError {
+    url: String,
+    problem: String,
+}
+
+impl StorageUrl {
+    /// Parses `s3://bucket/prefix`, `gcs://bucket/prefix` (also `gs://`) or `file:///dir`.
+    pub fn parse(text: &str) -> Result<Self, StorageUrlError> {
+        let fail = |problem: &str| StorageUrlError {
+            url: text.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| fail("has no scheme"))?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "s3" | "gcs" | "gs" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(fail("names no bucket"));
+                }
+                if !bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
+                {
+                    return Err(fail("has a bucket name with characters buckets cannot have"));
+                }
+                let bucket = bucket.to_owned();
+                let prefix = prefix.trim_matches('/').to_owned();
+                Ok(if scheme.eq_ignore_ascii_case("s3") {
+                    StorageUrl::S3 { bucket, prefix }
+                } else {
+                    StorageUrl::Gcs { bucket, prefix }
+                })
+            }
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(fail("is not an absolute path (use three slashes: file:///dir)"));
+                }
+                if rest.split('/').any(|s| s == "..") {
+                    return Err(fail("contains \"..\""));
+                }
+                Ok(StorageUrl::File {
+                    root: PathBuf::from(rest),
+                })
+            }
+            _ => Err(fail("has an unsupported scheme")),
+        }
+    }
+
+    /// The key prefix objects are stored under (empty for `file://`, whose root holds it).
+    pub fn prefix(&self) -> &str {
+        match self {
+            StorageUrl::S3 { prefix, .. } | StorageUrl::Gcs { prefix, .. } => prefix,
+            StorageUrl::File { .. } => "",
+        }
+    }
+}
+
+impl fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            StorageUrl::Gcs { bucket, prefix } => write!(f, "gcs://{bucket}/{prefix}"),
+            StorageUrl::File { root } => write!(f, "file://{}", root.display()),
+        }
+    }
+}
+
+impl fmt::Debug for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StorageUrl({self})")
+    }
+}
+
+/// Credentials and addressing for S3 and S3-compatible stores.
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Secret,
+    /// `AWS_SESSION_TOKEN`.
+    pub session_token: Option<Secret>,
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub region: String,
+    /// `AWS_CONFIG_STORAGE_ENDPOINT`: an S3-compatible endpoint, addressed path-style.
+    pub endpoint: Option<String>,
+    /// Addresses buckets as `endpoint/bucket/key` even on AWS.
+    pub force_path_style: bool,
+}
+
+/// Opens the store a URL names.
+pub fn open(url: &StorageUrl, s3: Option<S3Settings>) -> anyhow::Result<Box<dyn ConfigStore>> {
+    Ok(match url {
+        StorageUrl::File { root } => Box::new(file::FileStore::new(root.clone())),
+        StorageUrl::S3 { bucket, .. } => {
+            let settings = s3.ok_or_else(|| {
+                anyhow::anyhow!("{url}: S3 storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            })?;
+            Box::new(s3::S3Store::new(bucket.clone(), settings)?)
+        }
+        StorageUrl::Gcs { .. } => anyhow::bail!(
+            "{url}: gcs:// storage is not available in this build yet; use s3:// (also for S3-compatible stores via AWS_CONFIG_STORAGE_ENDPOINT) or file://"
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_schemes() {
+        assert_eq!(
+            StorageUrl::parse("s3://my-bucket/kong/backup/").unwrap(),
+            StorageUrl::S3 { bucket: "my-bucket".into(), prefix: "kong/backup".into() }
+        );
+        assert_eq!(
+            StorageUrl::parse("s3://b").unwrap(),
+            StorageUrl::S3 { bucket: "b".into(), prefix: "".into() }
+        );
+        assert_eq!(
+            StorageUrl::parse("gcs://b/p").unwrap(),
+            StorageUrl::Gcs { bucket: "b".into(), prefix: "p".into() }
+        );
+        assert_eq!(
+            StorageUrl::parse("file:///var/lib/fallback").unwrap(),
+            StorageUrl::File { root: "/var/lib/fallback".into() }
+        );
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_a_store_with_the_url_in_the_message() {
+        for bad in ["bucket/prefix", "s3:///p", "s3://Bad_Bucket!/p", "file://relative", "ftp://x/y", "file:///a/../b"] {
+            let err = StorageUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+            assert!(err.contains("expected s3://"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! `s3://bucket/prefix`: Amazon S3 and S3-compatible stores (MinIO, SeaweedFS, Ceph…), every
+//! request signed with SigV4 by `aws-sigv4`.
+//!
+//! With `AWS_CONFIG_STORAGE_ENDPOINT` set, buckets are addressed path-style on that endpoint, as
+//! S3-compatible stores expect; otherwise virtual-hosted-style on `s3.<region>.amazonaws.com`.
+
+use super::{ConfigStore, FetchedObject, Precondition, S3Settings, StoreError};
+use crate::transport::{self, HttpClient, SendError};
+use async_trait::async_trait;
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+    SigningSettings, UriPathNormalizationMode,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use base64::Engine;
+use bytes::Bytes;
+use fallback_core::digest::Sha256Digest;
+use fallback_core::export::{ExportMetadata, StoredObject};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+const META_PREFIX: &str = "x-amz-meta-";
+
+/// An S3 bucket.
+pub struct S3Store {
+    bucket: String,
+    settings: S3Settings,
+    base: BaseUrl,
+    client: HttpClient,
+}
+
+/// How object URLs are formed.
+#[derive(Debug, Clone)]
+enum BaseUrl {
+    /// `<endpoint>/<bucket>/<key>`
+    PathStyle(String),
+    /// `https://<bucket>.s3.<region>.amazonaws.com/<key>`
+    VirtualHosted(String),
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("base", &self.base)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl S3Store {
+    /// A store for `bucket` with the given credentials and addressing.
+    pub fn new(bucket: String, settings: S3Settings) -> anyhow::Result<Self> {
+        let base = match &settings.endpoint {
+            Some(endpoint) => {
+                let parsed = url::Url::parse(endpoint).map_err(|e| {
+                    anyhow::anyhow!(
+                        "AWS_CONFIG_STORAGE_ENDPOINT {endpoint:?} is not a URL ({e}); use e.g. http://minio:9000"
+                    )
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                    anyhow::bail!(
+                        "AWS_CONFIG_STORAGE_ENDPOINT {endpoint:?} must be an http:// or https:// URL with a host"
+                    );
+                }
+                BaseUrl::PathStyle(format!("{}/{bucket}", endpoint.trim_end_matches('/')))
+            }
+            // Dots in a bucket name break the TLS wildcard certificate of virtual-hosted style.
+            None if settings.force_path_style || bucket.contains('.') => BaseUrl::PathStyle(
+                format!("https://s3.{}.amazonaws.com/{bucket}", settings.region),
+            ),
+            None => BaseUrl::VirtualHosted(format!(
+                "https://{bucket}.s3.{}.amazonaws.com",
+                settings.region
+            )),
+        };
+        Ok(Self {
+            bucket,
+            settings,
+            base,
+            client: transport::client(),
+        })
+    }
+
+    /// The URL of `key`, each path segment percent-encoded as S3 expects.
+    pub fn object_url(&self, key: &str) -> String {
+        let base = match &self.base {
+            BaseUrl::PathStyle(b) | BaseUrl::VirtualHosted(b) => b,
+        };
+        let mut url = base.clone();
+        for segment in key.split('/') {
+            url.push('/');
+            url.push_str(&encode_segment(segment));
+        }
+        url
+    }
+
+    fn resource(&self, key: &str) -> String {
+        format!("{}/{key}", self.bucket)
+    }
+
+    /// Signs and sends one request; `payload` is the body (empty for HEAD/GET).
+    async fn exchange(
+        &self,
+        method: Method,
+        key: &str,
+        mut headers: Vec<(String, String)>,
+        payload: Bytes,
+    ) -> Result<Response<Bytes>, StoreError> {
+        let url = self.object_url(key);
+        let uri: http::Uri = url.parse().map_err(|e| StoreError::Rejected {
+            key: key.to_owned(),
+            detail: format!("cannot form a request URL: {e}"),
+        })?;
+        let host = match (uri.host(), uri.port_u16()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => unreachable_host(key)?,
+        };
+        headers.push(("host".into(), host));
+        let payload_hash = Sha256Digest::of(&payload).to_hex();
+        let signing_headers =
+            self.sign(method.as_str(), &url, &headers, &payload_hash)
+                .map_err(|detail| StoreError::Rejected {
+                    key: key.to_owned(),
+                    detail,
+                })?;
+
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers.iter().chain(signing_headers.iter()) {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let request = builder
+            .body(Full::new(payload))
+            .map_err(|e| StoreError::Rejected {
+                key: key.to_owned(),
+                detail: format!("cannot build the request: {e}"),
+            })?;
+        transport::send(&self.client, request, REQUEST_DEADLINE)
+            .await
+            .map_err(|e| StoreError::Transient {
+                key: key.to_owned(),
+                detail: match e {
+                    SendError::Network(_) | SendError::Timeout(_) => {
+                        format!("{} unreachable: {e}", self.endpoint_for_messages())
+                    }
+                    SendError::TooLarge => e.to_string(),
+                },
+            })
+    }
+
+    /// The SigV4 headers for a request (`authorization`, `x-amz-date`, `x-amz-content-sha256`,
+    /// and `x-amz-security-token` with a session token).
+    fn sign(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        payload_hash: &str,
+    ) -> Result<Vec<(String, String)>, String> {
+        let identity: Identity = Credentials::new(
+            self.settings.access_key_id.clone(),
+            self.settings.secret_access_key.expose().to_owned(),
+            self.settings
+                .session_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
+            None,
+            "fallback-companion",
+        )
+        .into();
+        let mut settings = SigningSettings::default();
+        // S3 signs the path as sent: no double encoding, no dot-segment normalisation.
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.settings.region)
+            .name("s3")
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()
+            .map_err(|e| format!("cannot sign the request: {e}"))?
+            .into();
+        let signable = SignableRequest::new(
+            method,
+            url,
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            SignableBody::Precomputed(payload_hash.to_owned()),
+        )
+        .map_err(|e| format!("cannot sign the request: {e}"))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| format!("cannot sign the request: {e}"))?
+            .into_parts();
+        let (signed_headers, _) = instructions.into_parts();
+        Ok(signed_headers
+            .into_iter()
+            .map(|h| (h.name().to_owned(), h.value().to_owned()))
+            .collect())
+    }
+
+    fn endpoint_for_messages(&self) -> String {
+        match &self.settings.endpoint {
+            Some(e) => transport::redact_url(e),
+            None => format!("S3 in {}", self.settings.region),
+        }
+    }
+
+    fn stored_object(&self, key: &str, headers: &HeaderMap) -> Result<StoredObject, StoreError> {
+        let etag = header(headers, "etag").unwrap_or_default().to_owned();
+        let metadata = ExportMetadata::from_lookup(|name| header(headers, &format!("{META_PREFIX}{name}")))
+            .map_err(|e| StoreError::Rejected {
+                key: key.to_owned(),
+                detail: format!("s3://{}: {e}", self.resource(key)),
+            })?;
+        Ok(StoredObject { etag, metadata })
+    }
+
+    /// Turns a non-success answer into the error an operator can act on.
+    fn failure(&self, key: &str, operation: Operation, response: &Response<Bytes>) -> StoreError {
+        let status = response.status();
+        let body = String::from_utf8_lossy(response.body());
+        let code = xml_field(&body, "Code").unwrap_or_default();
+        let message = xml_field(&body, "Message").unwrap_or_default();
+        let said = if code.is_empty() {
+            format!("HTTP {}", status.as_u16())
+        } else if message.is_empty() {
+            format!("HTTP {} {code}", status.as_u16())
+        } else {
+            format!("HTTP {} {code}: {message}", status.as_u16())
+        };
+        let key_owned = key.to_owned();
+        match (status, code.as_str()) {
+            (StatusCode::PRECONDITION_FAILED, _) | (StatusCode::CONFLICT, "ConditionalRequestConflict") => {
+                StoreError::PreconditionFailed { key: key_owned }
+            }
+            (_, "SignatureDoesNotMatch") => StoreError::BadCredentials {
+                key: key_owned,
+                detail: format!(
+                    "{said}; the secret access key does not match AWS_ACCESS_KEY_ID {}: check AWS_SECRET_ACCESS_KEY",
+                    self.settings.access_key_id
+                ),
+            },
+            (_, "InvalidAccessKeyId") => StoreError::BadCredentials {
+                key: key_owned,
+                detail: format!(
+                    "{said}; the store knows no access key {}: check AWS_ACCESS_KEY_ID",
+                    self.settings.access_key_id
+                ),
+            },
+            (_, "RequestTimeTooSkewed") => StoreError::BadCredentials {
+                key: key_owned,
+                detail: format!("{said}; this host's clock differs too much from the store's: fix the clock (NTP)"),
+            },
+            (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired") => StoreError::BadCredentials {
+                key: key_owned,
+                detail: format!("{said}; renew AWS_SESSION_TOKEN"),
+            },
+            (StatusCode::FORBIDDEN, _) => StoreError::PermissionDenied {
+                key: key_owned,
+                permission: operation.permission(),
+                resource: format!("arn:aws:s3:::{}", self.resource(key)),
+                detail: format!(
+                    "{said} for access key {}{}",
+                    self.settings.access_key_id,
+                    if operation == Operation::Head {
+                        "; S3 also answers 403 for a missing object when s3:ListBucket is not granted"
+                    } else {
+                        ""
+                    }
+                ),
+            },
+            (_, "NoSuchBucket") => StoreError::Rejected {
+                key: key_owned,
+                detail: format!("{said}; bucket {:?} does not exist: create it or fix KONG_CLUSTER_FALLBACK_CONFIG_STORAGE", self.bucket),
+            },
+            (StatusCode::MOVED_PERMANENTLY | StatusCode::TEMPORARY_REDIRECT, _) => StoreError::Rejected {
+                key: key_owned,
+                detail: format!(
+                    "{said}; the bucket is in region {}, not {}: set AWS_REGION",
+                    header(response.headers(), "x-amz-bucket-region").unwrap_or("(unknown)"),
+                    self.settings.region
+                ),
+            },
+            (s, _) if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || code == "SlowDown" => {
+                StoreError::Transient { key: key_owned, detail: said }
+            }
+            _ => StoreError::Rejected { key: key_owned, detail: said },
+        }
+    }
+}
+
+fn unreachable_host<T>(key: &str) -> Result<T, StoreError> {
+    Err(StoreError::Rejected {
+        key: key.to_owned(),
+        detail: "the storage URL has no host".into(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Head,
+    Get,
+    Put,
+}
+
+impl Operation {
+    fn permission(self) -> &'static str {
+        match self {
+            Operation::Head | Operation::Get => "s3:GetObject",
+            Operation::Put => "s3:PutObject",
+        }
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The text of the first `<name>` element, enough for S3's flat error documents.
+fn xml_field(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find(&format!("</{name}>"))? + start;
+    Some(body[start..end].trim().to_owned())
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl ConfigStore for S3Store {
+    fn describe(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        let response = self.exchange(Method::HEAD, key, Vec::new(), Bytes::new()).await?;
+        match response.status() {
+            s if s.is_success() => Ok(Some(self.stored_object(key, response.headers())?)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.failure(key, Operation::Head, &response)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError> {
+        let response = self.exchange(Method::GET, key, Vec::new(), Bytes::new()).await?;
+        match response.status() {
+            s if s.is_success() => {
+                let stored = self.stored_object(key, response.headers())?;
+                Ok(Some(FetchedObject {
+                    body: response.into_body(),
+                    stored,
+                }))
+            }
+            StatusCode::NOT_FOUND if !response.body().windows(12).any(|w| w == b"NoSuchBucket") => Ok(None),
+            _ => Err(self.failure(key, Operation::Get, &response)),
+        }
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &ExportMetadata,
+        precondition: Precondition,
+    ) -> Result<String, StoreError> {
+        let checksum = base64::engine::general_purpose::STANDARD.encode(metadata.sha256.0);
+        let mut headers = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("content-length".to_owned(), body.len().to_string()),
+            // The store recomputes this and refuses a body that was corrupted on the way.
+            ("x-amz-checksum-sha256".to_owned(), checksum),
+        ];
+        for (name, value) in metadata.to_pairs() {
+            headers.push((format!("{META_PREFIX}{name}"), value));
+        }
+        headers.push(match precondition {
+            Precondition::Absent => ("if-none-match".to_owned(), "*".to_owned()),
+            Precondition::Matches(tag) => ("if-match".to_owned(), tag),
+        });
+        let response = self.exchange(Method::PUT, key, headers, body).await?;
+        if response.status().is_success() {
+            Ok(header(response.headers(), "etag").unwrap_or_default().to_owned())
+        } else {
+            Err(self.failure(key, Operation::Put, &response))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn settings(endpoint: Option<&str>) -> S3Settings {
+        S3Settings {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+            session_token: None,
+            region: "eu-west-1".into(),
+            endpoint: endpoint.map(str::to_owned),
+            force_path_style: false,
+        }
+    }
+
+    #[test]
+    fn addresses_custom_endpoints_path_style_and_aws_virtual_hosted() {
+        let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333/"))).unwrap();
+        assert_eq!(s.object_url("p/3.4 x/config.json"), "http://127.0.0.1:8333/b/p/3.4%20x/config.json");
+        let s = S3Store::new("b".into(), settings(None)).unwrap();
+        assert_eq!(s.object_url("k"), "https://b.s3.eu-west-1.amazonaws.com/k");
+        let s = S3Store::new("my.bucket".into(), settings(None)).unwrap();
+        assert_eq!(s.object_url("k"), "https://s3.eu-west-1.amazonaws.com/my.bucket/k");
+    }
+
+    #[test]
+    fn rejects_an_endpoint_that_is_not_an_http_url() {
+        let err = S3Store::new("b".into(), settings(Some("minio:9000"))).unwrap_err();
+        assert!(err.to_string().contains("AWS_CONFIG_STORAGE_ENDPOINT"), "{err}");
+    }
+
+    #[test]
+    fn signature_headers_are_present_and_the_secret_is_not() {
+        let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333"))).unwrap();
+        let headers = s
+            .sign("PUT", "http://127.0.0.1:8333/b/k", &[("host".into(), "127.0.0.1:8333".into())], &Sha256Digest::of(b"").to_hex())
+            .unwrap();
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"authorization"), "{names:?}");
+        assert!(names.contains(&"x-amz-date"), "{names:?}");
+        assert!(names.contains(&"x-amz-content-sha256"), "{names:?}");
+        let auth = &headers.iter().find(|(n, _)| n == "authorization").unwrap().1;
+        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
+        assert!(auth.contains("/eu-west-1/s3/aws4_request"), "{auth}");
+        assert!(!format!("{s:?} {headers:?}").contains("wJalr"));
+    }
+
+    #[test]
+    fn reads_s3_error_documents() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        assert_eq!(xml_field(body, "Code").as_deref(), Some("AccessDenied"));
+        assert_eq!(xml_field(body, "Message").as_deref(), Some("Access Denied"));
+        assert_eq!(xml_field(body, "Resource"), None);
+    }
+}

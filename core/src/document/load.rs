@@ -1,0 +1,408 @@
+//! From a JSON value to a [`ConfigDocument`]: collect every entity from wherever Kong allows it
+//! to appear, read its fields, then resolve references and check document-wide uniqueness.
+//!
+//! Entities are collected first so that flattened indices are known before any reference is
+//! resolved: a top-level plugin may name a route that is nested in a service.
+
+use super::fields::{type_error, Fields, Sink};
+use super::read;
+use super::refs::{link, Index, Keys};
+use super::{ConfigDocument, Loaded, Problem, ValidationErrors};
+use serde_json::{Map, Value};
+
+const KINDS: [&str; 8] = [
+    "services",
+    "routes",
+    "consumers",
+    "plugins",
+    "upstreams",
+    "targets",
+    "keyauth_credentials",
+    "acls",
+];
+
+/// Kong entity kinds that may legitimately appear in an export but that Fallback does not
+/// enforce; anything else unknown is more likely a typo, and the warning says so.
+const KONG_KINDS_NOT_SUPPORTED: &[&str] = &[
+    "certificates",
+    "ca_certificates",
+    "snis",
+    "vaults",
+    "basicauth_credentials",
+    "jwt_secrets",
+    "hmacauth_credentials",
+    "oauth2_credentials",
+    "mtls_auth_credentials",
+    "consumer_groups",
+    "consumer_group_consumers",
+    "consumer_group_plugins",
+    "keys",
+    "key_sets",
+    "parameters",
+    "filter_chains",
+    "partials",
+    "licenses",
+    "workspaces",
+    "degraphql_routes",
+    "graphql_ratelimiting_cost_decorations",
+    "rbac_users",
+    "rbac_roles",
+    "event_hooks",
+];
+
+pub(super) fn load(root: &Value) -> Result<Loaded, ValidationErrors> {
+    let Some(root) = root.as_object() else {
+        return Err(ValidationErrors {
+            problems: vec![Problem::new(
+                "$",
+                type_error("a JSON object at the top level", root),
+            )],
+        });
+    };
+    let mut sink = Sink::default();
+    let format_version = check_format_version(root, &mut sink);
+    warn_unsupported_kinds(root, &mut sink);
+
+    let raw = collect(root, &mut sink);
+    let document = build(&raw, format_version, &mut sink);
+
+    if sink.errors.is_empty() {
+        Ok(Loaded {
+            document,
+            warnings: sink.warnings,
+        })
+    } else {
+        Err(ValidationErrors {
+            problems: sink.errors,
+        })
+    }
+}
+
+fn check_format_version(root: &Map<String, Value>, sink: &mut Sink) -> String {
+    const PATH: &str = "_format_version";
+    let Some(value) = root.get(PATH).filter(|v| !v.is_null()) else {
+        sink.error(
+            PATH,
+            "required; Fallback reads Kong 3.x declarative config (\"_format_version\": \"3.0\")",
+        );
+        return String::new();
+    };
+    let Some(version) = value.as_str() else {
+        sink.error(PATH, type_error("the string \"3.0\"", value));
+        return String::new();
+    };
+    match version {
+        "3.0" => {}
+        "1.1" | "2.1" => sink.error(
+            PATH,
+            format!(
+                "format version \"{version}\" is from Kong 2.x or older; convert the file with \
+                 `deck file convert --from kong-gateway-2.x --to kong-gateway-3.x`"
+            ),
+        ),
+        other => sink.error(
+            PATH,
+            format!("unsupported format version {other:?}; expected \"3.0\""),
+        ),
+    }
+    version.to_owned()
+}
+
+fn warn_unsupported_kinds(root: &Map<String, Value>, sink: &mut Sink) {
+    for key in root.keys() {
+        if key.starts_with('_') || KINDS.contains(&key.as_str()) {
+            continue;
+        }
+        if KONG_KINDS_NOT_SUPPORTED.contains(&key.as_str()) {
+            sink.warn(
+                key.as_str(),
+                "entity kind not supported by Fallback; ignored (these entities are not enforced \
+                 while running on the fallback config)",
+            );
+        } else {
+            sink.warn(
+                key.as_str(),
+                "unknown entity kind; ignored (is the name misspelt?)",
+            );
+        }
+    }
+}
+
+/// Which entity an entity was nested under, by index into the parent kind's flattened list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Parent {
+    None,
+    Service(usize),
+    Route(usize),
+    Consumer(usize),
+    Upstream(usize),
+}
+
+/// An entity's JSON object before its fields are read.
+pub(super) struct Raw<'a> {
+    pub(super) path: String,
+    pub(super) map: &'a Map<String, Value>,
+    pub(super) parent: Parent,
+}
+
+impl Raw<'_> {
+    pub(super) fn fields(&self) -> Fields<'_> {
+        Fields {
+            path: &self.path,
+            map: self.map,
+        }
+    }
+}
+
+/// Every entity object of the input, per kind, in final (flattened) order.
+#[derive(Default)]
+struct RawDocument<'a> {
+    services: Vec<Raw<'a>>,
+    routes: Vec<Raw<'a>>,
+    consumers: Vec<Raw<'a>>,
+    plugins: Vec<Raw<'a>>,
+    upstreams: Vec<Raw<'a>>,
+    targets: Vec<Raw<'a>>,
+    keyauth_credentials: Vec<Raw<'a>>,
+    acls: Vec<Raw<'a>>,
+}
+
+/// Appends the objects of the array `value` (absent or `null`: nothing) found at `path`.
+fn entries<'a>(
+    value: Option<&'a Value>,
+    path: &str,
+    parent: Parent,
+    sink: &mut Sink,
+    out: &mut Vec<Raw<'a>>,
+) {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return;
+    };
+    let Some(items) = value.as_array() else {
+        sink.error(path, type_error("an array", value));
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{i}]");
+        match item.as_object() {
+            Some(map) => out.push(Raw {
+                path: item_path,
+                map,
+                parent,
+            }),
+            None => sink.error(item_path, type_error("an object", item)),
+        }
+    }
+}
+
+/// Appends the children listed under `key` of each parent.
+fn nested<'a>(
+    parents: &[Raw<'a>],
+    key: &str,
+    parent: fn(usize) -> Parent,
+    sink: &mut Sink,
+    out: &mut Vec<Raw<'a>>,
+) {
+    for (i, p) in parents.iter().enumerate() {
+        let path = format!("{}.{key}", p.path);
+        entries(p.map.get(key), &path, parent(i), sink, out);
+    }
+}
+
+fn collect<'a>(root: &'a Map<String, Value>, sink: &mut Sink) -> RawDocument<'a> {
+    let mut raw = RawDocument::default();
+    let top = |kind: &str| root.get(kind);
+    entries(
+        top("services"),
+        "services",
+        Parent::None,
+        sink,
+        &mut raw.services,
+    );
+    entries(top("routes"), "routes", Parent::None, sink, &mut raw.routes);
+    nested(
+        &raw.services,
+        "routes",
+        Parent::Service,
+        sink,
+        &mut raw.routes,
+    );
+    entries(
+        top("consumers"),
+        "consumers",
+        Parent::None,
+        sink,
+        &mut raw.consumers,
+    );
+    entries(
+        top("upstreams"),
+        "upstreams",
+        Parent::None,
+        sink,
+        &mut raw.upstreams,
+    );
+    entries(
+        top("targets"),
+        "targets",
+        Parent::None,
+        sink,
+        &mut raw.targets,
+    );
+    nested(
+        &raw.upstreams,
+        "targets",
+        Parent::Upstream,
+        sink,
+        &mut raw.targets,
+    );
+    entries(
+        top("keyauth_credentials"),
+        "keyauth_credentials",
+        Parent::None,
+        sink,
+        &mut raw.keyauth_credentials,
+    );
+    nested(
+        &raw.consumers,
+        "keyauth_credentials",
+        Parent::Consumer,
+        sink,
+        &mut raw.keyauth_credentials,
+    );
+    entries(top("acls"), "acls", Parent::None, sink, &mut raw.acls);
+    nested(
+        &raw.consumers,
+        "acls",
+        Parent::Consumer,
+        sink,
+        &mut raw.acls,
+    );
+    entries(
+        top("plugins"),
+        "plugins",
+        Parent::None,
+        sink,
+        &mut raw.plugins,
+    );
+    nested(
+        &raw.services,
+        "plugins",
+        Parent::Service,
+        sink,
+        &mut raw.plugins,
+    );
+    nested(
+        &raw.routes,
+        "plugins",
+        Parent::Route,
+        sink,
+        &mut raw.plugins,
+    );
+    nested(
+        &raw.consumers,
+        "plugins",
+        Parent::Consumer,
+        sink,
+        &mut raw.plugins,
+    );
+    raw
+}
+
+fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> ConfigDocument {
+    let services: Vec<super::Service> = raw
+        .services
+        .iter()
+        .map(|r| read::service(r, sink))
+        .collect();
+    let service_index = Index::new(
+        "service",
+        "name",
+        services.iter().map(|s| Keys {
+            path: &s.path,
+            id: s.id.as_deref(),
+            name: s.name.as_deref(),
+            custom_id: None,
+        }),
+        sink,
+    );
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for r in &raw.routes {
+        let (mut route, service_ref) = read::route(r, sink);
+        let nested_in = match r.parent {
+            Parent::Service(i) => Some(i),
+            _ => None,
+        };
+        route.service = link(service_ref.as_ref(), nested_in, &service_index, sink);
+        routes.push(route);
+    }
+    let route_index = Index::new(
+        "route",
+        "name",
+        routes.iter().map(|r| Keys {
+            path: &r.path,
+            id: r.id.as_deref(),
+            name: r.name.as_deref(),
+            custom_id: None,
+        }),
+        sink,
+    );
+
+    let consumers: Vec<super::Consumer> = raw
+        .consumers
+        .iter()
+        .map(|r| read::consumer(r, sink))
+        .collect();
+    let consumer_index = Index::new(
+        "consumer",
+        "username",
+        consumers.iter().map(|c| Keys {
+            path: &c.path,
+            id: c.id.as_deref(),
+            name: c.username.as_deref(),
+            custom_id: c.custom_id.as_deref(),
+        }),
+        sink,
+    );
+
+    let upstreams: Vec<super::Upstream> = raw
+        .upstreams
+        .iter()
+        .map(|r| read::upstream(r, sink))
+        .collect();
+    let upstream_index = Index::new(
+        "upstream",
+        "name",
+        upstreams.iter().map(|u| Keys {
+            path: &u.path,
+            id: u.id.as_deref(),
+            name: Some(u.name.as_str()).filter(|n| !n.is_empty()),
+            custom_id: None,
+        }),
+        sink,
+    );
+
+    let targets = read::targets(&raw.targets, &upstream_index, sink);
+    let keyauth_credentials =
+        read::keyauth_credentials(&raw.keyauth_credentials, &consumer_index, sink);
+    let acls = read::acls(&raw.acls, &consumer_index, sink);
+    let plugins = read::plugins(
+        &raw.plugins,
+        &service_index,
+        &route_index,
+        &consumer_index,
+        sink,
+    );
+
+    ConfigDocument {
+        format_version,
+        services,
+        routes,
+        consumers,
+        plugins,
+        upstreams,
+        targets,
+        keyauth_credentials,
+        acls,
+    }
+}
