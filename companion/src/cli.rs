@@ -44,7 +44,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct StorageArgs {
     /// Storage URL: s3://bucket/prefix, or file:///dir for the embedded local store.
-    #[arg(long = "storage", env = "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE", value_name = "URL")]
+    #[arg(
+        long = "storage",
+        env = "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+        value_name = "URL"
+    )]
     pub storage: String,
 
     /// The `<version>` in `<prefix>/<version>/config.json`; exporter and importers must agree
@@ -158,7 +162,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 60, 500ms, 5s, 2m"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 60, 500ms, 5s, 2m"))
 }
 
 impl StorageArgs {
@@ -184,16 +189,27 @@ impl StorageArgs {
             .or_else(|| non_empty_env("AWS_REGION"))
             .or_else(|| non_empty_env("AWS_DEFAULT_REGION"))
             .with_context(|| format!("{url}: no S3 region: set AWS_REGION (or AWS_DEFAULT_REGION), e.g. us-east-1; S3-compatible stores accept any region they are configured with"))?;
-        let access_key_id = self.aws_access_key_id.clone().filter(|s| !s.is_empty()).with_context(|| {
-            format!("{url}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-        })?;
-        let secret_access_key = self.aws_secret_access_key.clone().filter(|s| !s.expose().is_empty()).with_context(|| {
-            format!("{url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
-        })?;
+        let access_key_id = self
+            .aws_access_key_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .with_context(|| {
+                format!("{url}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            })?;
+        let secret_access_key = self
+            .aws_secret_access_key
+            .clone()
+            .filter(|s| !s.expose().is_empty())
+            .with_context(|| {
+                format!("{url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+            })?;
         Ok(Some(S3Settings {
             access_key_id,
             secret_access_key,
-            session_token: self.aws_session_token.clone().filter(|s| !s.expose().is_empty()),
+            session_token: self
+                .aws_session_token
+                .clone()
+                .filter(|s| !s.expose().is_empty()),
             region,
             endpoint: self.aws_endpoint.clone().filter(|s| !s.is_empty()),
             force_path_style: self.s3_force_path_style,
@@ -228,14 +244,20 @@ fn non_empty_env(name: &str) -> Option<String> {
 /// Parses the command line, sets up logging and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},aws_sigv4=warn,hyper_util=warn", cli.log))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{},aws_sigv4=warn,hyper_util=warn",
+        cli.log
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -298,13 +320,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -348,7 +371,13 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         exported_at: exporter::rfc3339_now(),
         signature: None,
     };
-    let object = format!("{}/{key}", url.to_string().trim_end_matches('/').trim_end_matches(url.prefix()).trim_end_matches('/'));
+    let object = format!(
+        "{}/{key}",
+        url.to_string()
+            .trim_end_matches('/')
+            .trim_end_matches(url.prefix())
+            .trim_end_matches('/')
+    );
     let outcome = exporter::export_once(
         store.as_ref(),
         &key,
@@ -369,7 +398,10 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(WriteOutcome::AlreadyStored) => {
-            println!("{object} already holds this document (sha256 {}); nothing written", metadata.sha256);
+            println!(
+                "{object} already holds this document (sha256 {}); nothing written",
+                metadata.sha256
+            );
             Ok(ExitCode::SUCCESS)
         }
         Ok(WriteOutcome::Superseded { stored_revision }) => {
@@ -425,9 +457,18 @@ mod tests {
             "us-east-1",
         ])
         .unwrap();
-        let Command::Export(args) = &cli.command else { panic!("parsed another command") };
-        let s3 = args.storage.s3_settings(&args.storage.url().unwrap()).unwrap().unwrap();
+        let Command::Export(args) = &cli.command else {
+            panic!("parsed another command")
+        };
+        let s3 = args
+            .storage
+            .s3_settings(&args.storage.url().unwrap())
+            .unwrap()
+            .unwrap();
         let shown = format!("{cli:?} {s3:?}");
-        assert!(!shown.contains("sup3rs3cret") && !shown.contains("t0ken-value"), "{shown}");
+        assert!(
+            !shown.contains("sup3rs3cret") && !shown.contains("t0ken-value"),
+            "{shown}"
+        );
     }
 }

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use fallback_core::backoff::Backoff;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::document::{ConfigDocument, Problem, ValidationErrors};
-use fallback_core::export::{plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, WritePlan};
+use fallback_core::export::{
+    plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, WritePlan,
+};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -219,7 +221,7 @@ pub async fn run(
                         state.stats.poll_failures.fetch_add(1, Ordering::Relaxed);
                         poll_failures_in_a_row += 1;
                         // The first failure and then every 10th: an outage must not flood the log.
-                        if poll_failures_in_a_row == 1 || poll_failures_in_a_row % 10 == 0 {
+                        if poll_failures_in_a_row == 1 || poll_failures_in_a_row.is_multiple_of(10) {
                             warn!(failures_in_a_row = poll_failures_in_a_row, "{e}; the last exported config stays in storage");
                         }
                     }
@@ -292,7 +294,10 @@ impl ExportLoop {
             signature: None,
         };
         let key = &self.settings.key;
-        let stored = Some(ExportedRevision { sha256, revision: candidate.revision });
+        let stored = Some(ExportedRevision {
+            sha256,
+            revision: candidate.revision,
+        });
         match write_document(self.store.as_ref(), key, &candidate.body, &metadata).await {
             Ok(WriteOutcome::Stored { .. }) => {
                 self.stats.uploads.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@
 
 pub mod cli;
 pub mod exporter;
-pub mod transport;
 pub mod secret;
 pub mod source;
 pub mod storage;
+pub mod transport;

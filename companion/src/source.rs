@@ -60,10 +60,16 @@ impl ControlPlane {
     /// A source polling `url` (e.g. `http://kong-cp:8001/config`).
     pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| {
-            anyhow::anyhow!("control plane URL {:?} is not a URL ({e}); use e.g. http://kong-cp:8001/config", transport::redact_url(url))
+            anyhow::anyhow!(
+                "control plane URL {:?} is not a URL ({e}); use e.g. http://kong-cp:8001/config",
+                transport::redact_url(url)
+            )
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            anyhow::bail!("control plane URL {} must be http:// or https://", transport::redact_url(url));
+            anyhow::bail!(
+                "control plane URL {} must be http:// or https://",
+                transport::redact_url(url)
+            );
         }
         Ok(Self {
             url: url.to_owned(),
@@ -83,7 +89,10 @@ impl ControlPlane {
     pub async fn poll(&mut self) -> Result<Polled, SourceError> {
         let mut builder = Request::get(&self.url)
             .header("accept", "application/json, application/yaml;q=0.9")
-            .header("user-agent", concat!("fallback-companion/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "user-agent",
+                concat!("fallback-companion/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(tag) = &self.etag {
             builder = builder.header("if-none-match", tag.as_str());
         }
@@ -101,10 +110,11 @@ impl ControlPlane {
                     .get("etag")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let value = normalise(response.body()).map_err(|detail| SourceError::Malformed {
-                    url: self.shown_url.clone(),
-                    detail,
-                })?;
+                let value =
+                    normalise(response.body()).map_err(|detail| SourceError::Malformed {
+                        url: self.shown_url.clone(),
+                        detail,
+                    })?;
                 // Remembered only once the body was readable, so a garbled answer is fetched again.
                 self.etag = etag;
                 Ok(Polled::Document(value))
@@ -148,7 +158,9 @@ pub fn normalise(body: &[u8]) -> Result<Value, String> {
         _ => None,
     };
     let value = match admin_api_config {
-        Some(inner) => parse_json_or_yaml(&inner).map_err(|e| format!("its \"config\" string: {e}"))?,
+        Some(inner) => {
+            parse_json_or_yaml(&inner).map_err(|e| format!("its \"config\" string: {e}"))?
+        }
         None => value,
     };
     if !value.is_object() {
@@ -184,7 +196,10 @@ mod tests {
     fn admin_api_shape_with_yaml_inside_is_unwrapped() {
         let body = json!({"config": "_format_version: \"3.0\"\nservices:\n- name: s\n  url: http://u:8080\n"});
         let v = normalise(body.to_string().as_bytes()).unwrap();
-        assert_eq!(v, json!({"_format_version": "3.0", "services": [{"name": "s", "url": "http://u:8080"}]}));
+        assert_eq!(
+            v,
+            json!({"_format_version": "3.0", "services": [{"name": "s", "url": "http://u:8080"}]})
+        );
     }
 
     #[test]

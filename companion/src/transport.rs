@@ -61,7 +61,9 @@ pub async fn send(
             .collect()
             .await
             .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     SendError::TooLarge
                 } else {
                     SendError::Network(format!("reading the response body: {e}"))

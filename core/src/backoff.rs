@@ -58,7 +58,11 @@ mod tests {
             let d = b.clone().next_delay_ms(0);
             assert_eq!(d, step / 2, "lowest draw is half the step");
             let d = b.next_delay_ms(u64::MAX);
-            assert!(d >= step / 2 && d <= step, "{d} outside [{}, {step}]", step / 2);
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d} outside [{}, {step}]",
+                step / 2
+            );
         }
         assert_eq!(b.attempts(), 6);
     }

@@ -118,7 +118,9 @@ mod tests {
 
     #[test]
     fn sorts_keys_at_every_depth_and_drops_whitespace() {
-        let a: Value = serde_json::from_str(r#"{ "b": 1, "a": {"z": [1, {"y": 2, "x": 3}], "c": null} }"#).unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{ "b": 1, "a": {"z": [1, {"y": 2, "x": 3}], "c": null} }"#)
+                .unwrap();
         assert_eq!(
             canonical_json(&a),
             br#"{"a":{"c":null,"z":[1,{"x":3,"y":2}]},"b":1}"#.to_vec()
@@ -128,9 +130,10 @@ mod tests {
     #[test]
     fn same_document_in_any_key_order_has_the_same_digest() {
         let a = json!({"_format_version": "3.0", "services": [{"name": "s", "host": "h"}]});
-        let b: Value =
-            serde_json::from_str(r#"{"services":[{"host":"h","name":"s"}],"_format_version":"3.0"}"#)
-                .unwrap();
+        let b: Value = serde_json::from_str(
+            r#"{"services":[{"host":"h","name":"s"}],"_format_version":"3.0"}"#,
+        )
+        .unwrap();
         assert_eq!(
             Sha256Digest::of(&canonical_json(&a)),
             Sha256Digest::of(&canonical_json(&b))

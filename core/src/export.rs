@@ -344,7 +344,10 @@ mod tests {
 
     #[test]
     fn key_is_prefix_version_config_json() {
-        assert_eq!(object_key("kong", "3.4.1.0").unwrap(), "kong/3.4.1.0/config.json");
+        assert_eq!(
+            object_key("kong", "3.4.1.0").unwrap(),
+            "kong/3.4.1.0/config.json"
+        );
         assert_eq!(object_key("/a//b/", "1").unwrap(), "a/b/1/config.json");
         assert_eq!(object_key("", "1").unwrap(), "1/config.json");
     }
@@ -353,9 +356,15 @@ mod tests {
     fn key_rejects_versions_and_prefixes_that_escape() {
         assert_eq!(object_key("p", ""), Err(KeyError::EmptyVersion));
         for bad in ["a/b", "..", ".", "a b", "a\\b"] {
-            assert!(matches!(object_key("p", bad), Err(KeyError::BadVersion(_))), "{bad}");
+            assert!(
+                matches!(object_key("p", bad), Err(KeyError::BadVersion(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!(object_key("a/../b", "1"), Err(KeyError::BadPrefix(_))));
+        assert!(matches!(
+            object_key("a/../b", "1"),
+            Err(KeyError::BadPrefix(_))
+        ));
     }
 
     #[test]
@@ -364,7 +373,10 @@ mod tests {
         m.signature = Some("c2ln".into());
         let pairs = m.to_pairs();
         let back = ExportMetadata::from_lookup(|name| {
-            pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
         })
         .unwrap();
         assert_eq!(back, Some(m));
@@ -389,33 +401,50 @@ mod tests {
     fn plan_creates_when_empty_and_skips_identical_bytes() {
         let c = metadata(b"new", 10);
         assert_eq!(plan_write(None, &c), WritePlan::Create);
-        let stored = StoredObject { etag: "\"e\"".into(), metadata: Some(metadata(b"new", 3)) };
+        let stored = StoredObject {
+            etag: "\"e\"".into(),
+            metadata: Some(metadata(b"new", 3)),
+        };
         assert_eq!(plan_write(Some(&stored), &c), WritePlan::AlreadyStored);
     }
 
     #[test]
     fn plan_never_goes_back_in_revision() {
-        let stored = StoredObject { etag: "\"e\"".into(), metadata: Some(metadata(b"newer", 20)) };
+        let stored = StoredObject {
+            etag: "\"e\"".into(),
+            metadata: Some(metadata(b"newer", 20)),
+        };
         assert_eq!(
             plan_write(Some(&stored), &metadata(b"older", 10)),
-            WritePlan::Superseded { stored_revision: 20 }
+            WritePlan::Superseded {
+                stored_revision: 20
+            }
         );
         assert_eq!(
             plan_write(Some(&stored), &metadata(b"same-rev", 20)),
-            WritePlan::Superseded { stored_revision: 20 }
+            WritePlan::Superseded {
+                stored_revision: 20
+            }
         );
         assert_eq!(
             plan_write(Some(&stored), &metadata(b"newest", 21)),
-            WritePlan::Replace { if_match: "\"e\"".into() }
+            WritePlan::Replace {
+                if_match: "\"e\"".into()
+            }
         );
     }
 
     #[test]
     fn plan_replaces_foreign_objects_conditionally() {
-        let stored = StoredObject { etag: "g1".into(), metadata: None };
+        let stored = StoredObject {
+            etag: "g1".into(),
+            metadata: None,
+        };
         assert_eq!(
             plan_write(Some(&stored), &metadata(b"x", 1)),
-            WritePlan::Replace { if_match: "g1".into() }
+            WritePlan::Replace {
+                if_match: "g1".into()
+            }
         );
     }
 
@@ -424,7 +453,11 @@ mod tests {
         let mut clock = RevisionClock::default();
         assert_eq!(clock.next(1_000), 1_000);
         assert_eq!(clock.next(1_000), 1_001);
-        assert_eq!(clock.next(900), 1_002, "a clock step backwards still moves forward");
+        assert_eq!(
+            clock.next(900),
+            1_002,
+            "a clock step backwards still moves forward"
+        );
         assert_eq!(clock.next(5_000), 5_000);
     }
 
@@ -456,7 +489,11 @@ mod tests {
         assert_eq!(p.offer(sha("a"), ()), Offer::Unchanged);
         assert_eq!(p.offer(sha("b"), ()), Offer::Queued { replaced: false });
         assert_eq!(p.offer(sha("b"), ()), Offer::AlreadyPending);
-        assert_eq!(p.offer(sha("a"), ()), Offer::Unchanged, "back to what is stored");
+        assert_eq!(
+            p.offer(sha("a"), ()),
+            Offer::Unchanged,
+            "back to what is stored"
+        );
         assert_eq!(p.due_at(), None);
     }
 

@@ -13,8 +13,7 @@ proxy_wasm::main! {{
 }}
 
 /// The JSON body of the 503 sent while no configuration is loaded.
-const NO_CONFIG_BODY: &str =
-    r#"{"message":"no configuration loaded yet: the fallback filter has not received a config from the control plane or storage"}"#;
+const NO_CONFIG_BODY: &str = r#"{"message":"no configuration loaded yet: the fallback filter has not received a config from the control plane or storage"}"#;
 
 struct FallbackRoot;
 
@@ -23,7 +22,11 @@ impl Context for FallbackRoot {}
 impl RootContext for FallbackRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let Some(raw) = self.get_plugin_configuration() else {
-            proxy_wasm::hostcalls::log(LogLevel::Info, "fallback: started with an empty configuration").ok();
+            proxy_wasm::hostcalls::log(
+                LogLevel::Info,
+                "fallback: started with an empty configuration",
+            )
+            .ok();
             return true;
         };
         match serde_json::from_slice::<serde_json::Value>(&raw) {

@@ -74,7 +74,11 @@ impl Paths {
             io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
                 StoreError::PermissionDenied {
                     key: self.key.clone(),
-                    permission: if action.starts_with("read") { "read" } else { "write" },
+                    permission: if action.starts_with("read") {
+                        "read"
+                    } else {
+                        "write"
+                    },
                     resource: path.display().to_string(),
                     detail,
                 }

@@ -157,11 +157,12 @@ impl StorageUrl {
                 if bucket.is_empty() {
                     return Err(fail("names no bucket"));
                 }
-                if !bucket
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
-                {
-                    return Err(fail("has a bucket name with characters buckets cannot have"));
+                if !bucket.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_')
+                }) {
+                    return Err(fail(
+                        "has a bucket name with characters buckets cannot have",
+                    ));
                 }
                 let bucket = bucket.to_owned();
                 let prefix = prefix.trim_matches('/').to_owned();
@@ -173,7 +174,9 @@ impl StorageUrl {
             }
             "file" => {
                 if !rest.starts_with('/') {
-                    return Err(fail("is not an absolute path (use three slashes: file:///dir)"));
+                    return Err(fail(
+                        "is not an absolute path (use three slashes: file:///dir)",
+                    ));
                 }
                 if rest.split('/').any(|s| s == "..") {
                     return Err(fail("contains \"..\""));
@@ -252,25 +255,43 @@ mod tests {
     fn parses_the_three_schemes() {
         assert_eq!(
             StorageUrl::parse("s3://my-bucket/kong/backup/").unwrap(),
-            StorageUrl::S3 { bucket: "my-bucket".into(), prefix: "kong/backup".into() }
+            StorageUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "kong/backup".into()
+            }
         );
         assert_eq!(
             StorageUrl::parse("s3://b").unwrap(),
-            StorageUrl::S3 { bucket: "b".into(), prefix: "".into() }
+            StorageUrl::S3 {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
         );
         assert_eq!(
             StorageUrl::parse("gcs://b/p").unwrap(),
-            StorageUrl::Gcs { bucket: "b".into(), prefix: "p".into() }
+            StorageUrl::Gcs {
+                bucket: "b".into(),
+                prefix: "p".into()
+            }
         );
         assert_eq!(
             StorageUrl::parse("file:///var/lib/fallback").unwrap(),
-            StorageUrl::File { root: "/var/lib/fallback".into() }
+            StorageUrl::File {
+                root: "/var/lib/fallback".into()
+            }
         );
     }
 
     #[test]
     fn rejects_what_cannot_be_a_store_with_the_url_in_the_message() {
-        for bad in ["bucket/prefix", "s3:///p", "s3://Bad_Bucket!/p", "file://relative", "ftp://x/y", "file:///a/../b"] {
+        for bad in [
+            "bucket/prefix",
+            "s3:///p",
+            "s3://Bad_Bucket!/p",
+            "file://relative",
+            "ftp://x/y",
+            "file:///a/../b",
+        ] {
             let err = StorageUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
             assert!(err.contains("expected s3://"), "{err}");

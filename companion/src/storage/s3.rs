@@ -9,8 +9,8 @@ use crate::transport::{self, HttpClient, SendError};
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
-    SigningSettings, UriPathNormalizationMode,
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -124,12 +124,12 @@ impl S3Store {
         };
         headers.push(("host".into(), host));
         let payload_hash = Sha256Digest::of(&payload).to_hex();
-        let signing_headers =
-            self.sign(method.as_str(), &url, &headers, &payload_hash)
-                .map_err(|detail| StoreError::Rejected {
-                    key: key.to_owned(),
-                    detail,
-                })?;
+        let signing_headers = self
+            .sign(method.as_str(), &url, &headers, &payload_hash)
+            .map_err(|detail| StoreError::Rejected {
+                key: key.to_owned(),
+                detail,
+            })?;
 
         let mut builder = Request::builder().method(method).uri(uri);
         for (name, value) in headers.iter().chain(signing_headers.iter()) {
@@ -214,11 +214,12 @@ impl S3Store {
 
     fn stored_object(&self, key: &str, headers: &HeaderMap) -> Result<StoredObject, StoreError> {
         let etag = header(headers, "etag").unwrap_or_default().to_owned();
-        let metadata = ExportMetadata::from_lookup(|name| header(headers, &format!("{META_PREFIX}{name}")))
-            .map_err(|e| StoreError::Rejected {
-                key: key.to_owned(),
-                detail: format!("s3://{}: {e}", self.resource(key)),
-            })?;
+        let metadata =
+            ExportMetadata::from_lookup(|name| header(headers, &format!("{META_PREFIX}{name}")))
+                .map_err(|e| StoreError::Rejected {
+                    key: key.to_owned(),
+                    detail: format!("s3://{}: {e}", self.resource(key)),
+                })?;
         Ok(StoredObject { etag, metadata })
     }
 
@@ -351,7 +352,9 @@ impl ConfigStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
-        let response = self.exchange(Method::HEAD, key, Vec::new(), Bytes::new()).await?;
+        let response = self
+            .exchange(Method::HEAD, key, Vec::new(), Bytes::new())
+            .await?;
         match response.status() {
             s if s.is_success() => Ok(Some(self.stored_object(key, response.headers())?)),
             StatusCode::NOT_FOUND => Ok(None),
@@ -360,7 +363,9 @@ impl ConfigStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError> {
-        let response = self.exchange(Method::GET, key, Vec::new(), Bytes::new()).await?;
+        let response = self
+            .exchange(Method::GET, key, Vec::new(), Bytes::new())
+            .await?;
         match response.status() {
             s if s.is_success() => {
                 let stored = self.stored_object(key, response.headers())?;
@@ -369,7 +374,9 @@ impl ConfigStore for S3Store {
                     stored,
                 }))
             }
-            StatusCode::NOT_FOUND if !response.body().windows(12).any(|w| w == b"NoSuchBucket") => Ok(None),
+            StatusCode::NOT_FOUND if !response.body().windows(12).any(|w| w == b"NoSuchBucket") => {
+                Ok(None)
+            }
             _ => Err(self.failure(key, Operation::Get, &response)),
         }
     }
@@ -397,7 +404,9 @@ impl ConfigStore for S3Store {
         });
         let response = self.exchange(Method::PUT, key, headers, body).await?;
         if response.status().is_success() {
-            Ok(header(response.headers(), "etag").unwrap_or_default().to_owned())
+            Ok(header(response.headers(), "etag")
+                .unwrap_or_default()
+                .to_owned())
         } else {
             Err(self.failure(key, Operation::Put, &response))
         }
@@ -423,31 +432,52 @@ mod tests {
     #[test]
     fn addresses_custom_endpoints_path_style_and_aws_virtual_hosted() {
         let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333/"))).unwrap();
-        assert_eq!(s.object_url("p/3.4 x/config.json"), "http://127.0.0.1:8333/b/p/3.4%20x/config.json");
+        assert_eq!(
+            s.object_url("p/3.4 x/config.json"),
+            "http://127.0.0.1:8333/b/p/3.4%20x/config.json"
+        );
         let s = S3Store::new("b".into(), settings(None)).unwrap();
         assert_eq!(s.object_url("k"), "https://b.s3.eu-west-1.amazonaws.com/k");
         let s = S3Store::new("my.bucket".into(), settings(None)).unwrap();
-        assert_eq!(s.object_url("k"), "https://s3.eu-west-1.amazonaws.com/my.bucket/k");
+        assert_eq!(
+            s.object_url("k"),
+            "https://s3.eu-west-1.amazonaws.com/my.bucket/k"
+        );
     }
 
     #[test]
     fn rejects_an_endpoint_that_is_not_an_http_url() {
         let err = S3Store::new("b".into(), settings(Some("minio:9000"))).unwrap_err();
-        assert!(err.to_string().contains("AWS_CONFIG_STORAGE_ENDPOINT"), "{err}");
+        assert!(
+            err.to_string().contains("AWS_CONFIG_STORAGE_ENDPOINT"),
+            "{err}"
+        );
     }
 
     #[test]
     fn signature_headers_are_present_and_the_secret_is_not() {
         let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333"))).unwrap();
         let headers = s
-            .sign("PUT", "http://127.0.0.1:8333/b/k", &[("host".into(), "127.0.0.1:8333".into())], &Sha256Digest::of(b"").to_hex())
+            .sign(
+                "PUT",
+                "http://127.0.0.1:8333/b/k",
+                &[("host".into(), "127.0.0.1:8333".into())],
+                &Sha256Digest::of(b"").to_hex(),
+            )
             .unwrap();
         let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
         assert!(names.contains(&"authorization"), "{names:?}");
         assert!(names.contains(&"x-amz-date"), "{names:?}");
         assert!(names.contains(&"x-amz-content-sha256"), "{names:?}");
-        let auth = &headers.iter().find(|(n, _)| n == "authorization").unwrap().1;
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
+        let auth = &headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .unwrap()
+            .1;
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+            "{auth}"
+        );
         assert!(auth.contains("/eu-west-1/s3/aws4_request"), "{auth}");
         assert!(!format!("{s:?} {headers:?}").contains("wJalr"));
     }
