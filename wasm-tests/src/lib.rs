@@ -14,6 +14,7 @@
 //! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
 //! cargo test for failing tests), and each external process logs to a file in its own dir.
 
+pub mod fixtures;
 pub mod http;
 pub mod mock_cp;
 pub mod ports;

@@ -6,6 +6,9 @@
 pub mod file;
 pub mod s3;
 
+pub use file::FileStore;
+pub use s3::S3Store;
+
 use crate::secret::Secret;
 use async_trait::async_trait;
 use bytes::Bytes;

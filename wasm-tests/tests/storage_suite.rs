@@ -1,0 +1,321 @@
+//! One behaviour suite, run against every storage backend: `file://` and S3 (real SeaweedFS with
+//! real SigV4 checks). Then what only S3 can show: permissions, bad credentials, a store that is
+//! down, and the upload's checksum and metadata as the store itself holds them.
+
+use bytes::Bytes;
+use fallback_companion::exporter::{write_document, WriteOutcome};
+use fallback_companion::storage::{ConfigStore, FileStore, Precondition, StoreError};
+use fallback_core::digest::Sha256Digest;
+use fallback_core::export::ExportMetadata;
+use std::sync::Arc;
+use wasm_tests::fixtures::s3_store;
+use wasm_tests::{Credentials, SeaweedFs};
+
+fn metadata(body: &[u8], revision: u64, node: &str) -> ExportMetadata {
+    ExportMetadata {
+        sha256: Sha256Digest::of(body),
+        revision,
+        node_id: node.into(),
+        exported_at: "2026-11-26T10:00:00.000Z".into(),
+        signature: None,
+    }
+}
+
+/// What every backend must do.
+async fn behaviour_suite(store: Arc<dyn ConfigStore>) {
+    let key = "suite/3.4.1.0/config.json";
+
+    // Nothing stored yet.
+    assert!(store.head(key).await.unwrap().is_none());
+    assert!(store.get(key).await.unwrap().is_none());
+
+    // Create-only write, then read back body and metadata.
+    let v1 = Bytes::from_static(br#"{"_format_version":"3.0","n":1}"#);
+    let m1 = metadata(&v1, 100, "node-a");
+    let tag1 = store
+        .put(key, v1.clone(), &m1, Precondition::Absent)
+        .await
+        .unwrap();
+    let head = store
+        .head(key)
+        .await
+        .unwrap()
+        .expect("stored object is visible");
+    assert_eq!(head.metadata.as_ref(), Some(&m1));
+    let got = store
+        .get(key)
+        .await
+        .unwrap()
+        .expect("stored object is readable");
+    assert_eq!(got.body, v1);
+    assert_eq!(got.stored.metadata.as_ref(), Some(&m1));
+    assert!(!tag1.is_empty());
+
+    // Create-only fails once something is there; If-Match fails on a stale tag.
+    let v2 = Bytes::from_static(br#"{"_format_version":"3.0","n":2}"#);
+    let m2 = metadata(&v2, 200, "node-b");
+    let err = store
+        .put(key, v2.clone(), &m2, Precondition::Absent)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { .. }),
+        "{err}"
+    );
+    let err = store
+        .put(
+            key,
+            v2.clone(),
+            &m2,
+            Precondition::Matches("\"not-the-tag\"".into()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        store.get(key).await.unwrap().unwrap().body,
+        v1,
+        "failed writes change nothing"
+    );
+
+    // If-Match with the current tag replaces, and the tag changes.
+    let tag2 = store
+        .put(
+            key,
+            v2.clone(),
+            &m2,
+            Precondition::Matches(head.etag.clone()),
+        )
+        .await
+        .unwrap();
+    assert_ne!(tag2, tag1);
+    let got = store.get(key).await.unwrap().unwrap();
+    assert_eq!(got.body, v2);
+    assert_eq!(got.stored.metadata, Some(m2.clone()));
+    let err = store
+        .put(key, v1.clone(), &m1, Precondition::Matches(head.etag))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { .. }),
+        "old tag no longer matches"
+    );
+
+    // The exporter's compare-and-swap on top of it.
+    assert_eq!(
+        write_document(store.as_ref(), key, &v1, &metadata(&v1, 150, "node-a"))
+            .await
+            .unwrap(),
+        WriteOutcome::Superseded {
+            stored_revision: 200
+        },
+        "an older revision never replaces a newer one"
+    );
+    assert_eq!(
+        write_document(store.as_ref(), key, &v2, &metadata(&v2, 300, "node-c"))
+            .await
+            .unwrap(),
+        WriteOutcome::AlreadyStored
+    );
+    let v3 = Bytes::from_static(br#"{"_format_version":"3.0","n":3}"#);
+    assert!(matches!(
+        write_document(store.as_ref(), key, &v3, &metadata(&v3, 300, "node-c"))
+            .await
+            .unwrap(),
+        WriteOutcome::Stored { .. }
+    ));
+    assert_eq!(store.get(key).await.unwrap().unwrap().body, v3);
+
+    // Many writers at once, revisions in random order: the highest always ends up stored.
+    let race_key = "suite/race/config.json";
+    let mut writers = tokio::task::JoinSet::new();
+    let revisions = [7u64, 3, 12, 1, 9, 12_000, 5, 11, 2, 8];
+    for revision in revisions {
+        let store = store.clone();
+        writers.spawn(async move {
+            let body = Bytes::from(format!(r#"{{"_format_version":"3.0","rev":{revision}}}"#));
+            let meta = metadata(&body, revision, &format!("racer-{revision}"));
+            write_document(store.as_ref(), race_key, &body, &meta).await
+        });
+    }
+    while let Some(result) = writers.join_next().await {
+        result
+            .expect("writer task")
+            .expect("every racer finishes without an error");
+    }
+    let winner = store
+        .head(race_key)
+        .await
+        .unwrap()
+        .unwrap()
+        .metadata
+        .unwrap();
+    assert_eq!(winner.revision, 12_000);
+    assert_eq!(
+        store.get(race_key).await.unwrap().unwrap().body,
+        Bytes::from(r#"{"_format_version":"3.0","rev":12000}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_backend_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    behaviour_suite(Arc::new(FileStore::new(dir.path().join("prefix")))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_backend_passes_the_suite_against_seaweedfs() {
+    let seaweed = SeaweedFs::start().await;
+    behaviour_suite(s3_store(&seaweed, seaweed.writer())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_upload_carries_checksum_and_metadata_as_the_store_sees_them() {
+    let seaweed = SeaweedFs::start().await;
+    let store = s3_store(&seaweed, seaweed.writer());
+    let key = "kong/3.4.1.0/config.json";
+    let body = Bytes::from_static(br#"{"_format_version":"3.0"}"#);
+    let meta = metadata(&body, 42, "node-x");
+    store
+        .put(key, body.clone(), &meta, Precondition::Absent)
+        .await
+        .unwrap();
+
+    // Read behind the companion's back, through the filer.
+    assert_eq!(seaweed.raw_object(key).await.as_deref(), Some(&body[..]));
+    let raw = seaweed
+        .raw_metadata(key)
+        .await
+        .expect("metadata readable via the filer");
+    let find = |name: &str| {
+        raw.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} missing from {raw:?}"))
+    };
+    assert_eq!(find("x-amz-meta-sha256"), Sha256Digest::of(&body).to_hex());
+    assert_eq!(find("x-amz-meta-revision"), "42");
+    assert_eq!(find("x-amz-meta-node-id"), "node-x");
+    assert_eq!(find("x-amz-meta-exported-at"), "2026-11-26T10:00:00.000Z");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_read_only_identity_is_told_which_permission_it_lacks() {
+    let seaweed = SeaweedFs::start().await;
+    let key = "kong/1/config.json";
+    let body = Bytes::from_static(b"{}");
+    s3_store(&seaweed, seaweed.writer())
+        .put(
+            key,
+            body.clone(),
+            &metadata(&body, 1, "w"),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+
+    let reader = s3_store(&seaweed, seaweed.reader());
+    assert_eq!(
+        reader.get(key).await.unwrap().unwrap().body,
+        body,
+        "the reader can read"
+    );
+    let err = reader
+        .put(
+            key,
+            body.clone(),
+            &metadata(&body, 2, "r"),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::PermissionDenied {
+            permission,
+            resource,
+            ..
+        } => {
+            assert_eq!(*permission, "s3:PutObject");
+            assert!(
+                resource.ends_with(&format!("{}/{key}", seaweed.bucket())),
+                "{resource}"
+            );
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("permission denied") && text.contains("s3:PutObject"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&seaweed.reader().secret_key),
+        "no secret in {text}"
+    );
+    assert!(
+        !err.is_transient(),
+        "a permission problem is not retried as if it were an outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_wrong_secret_and_unknown_key_are_named_without_leaking_the_secret() {
+    let seaweed = SeaweedFs::start().await;
+    let wrong_secret = Credentials {
+        access_key: seaweed.writer().access_key.clone(),
+        secret_key: "definitely-not-the-secret".into(),
+    };
+    let err = s3_store(&seaweed, &wrong_secret)
+        .put(
+            "k",
+            Bytes::from_static(b"{}"),
+            &metadata(b"{}", 1, "n"),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::BadCredentials { .. }), "{text}");
+    assert!(text.contains("AWS_SECRET_ACCESS_KEY"), "{text}");
+    assert!(!text.contains("definitely-not-the-secret"), "{text}");
+
+    let unknown = Credentials {
+        access_key: "AKIDUNKNOWN".into(),
+        secret_key: "x".into(),
+    };
+    let err = s3_store(&seaweed, &unknown)
+        .put(
+            "k",
+            Bytes::from_static(b"{}"),
+            &metadata(b"{}", 1, "n"),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::BadCredentials { .. }), "{err}");
+    assert!(err.to_string().contains("AWS_ACCESS_KEY_ID"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_down_is_transient_and_missing_bucket_is_not() {
+    let mut seaweed = SeaweedFs::start().await;
+    let store = s3_store(&seaweed, seaweed.writer());
+    seaweed.stop().await;
+    let err = store.head("k").await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    seaweed.restart().await;
+
+    let missing = fallback_companion::storage::S3Store::new(
+        "no-such-bucket".into(),
+        wasm_tests::fixtures::s3_settings(&seaweed, seaweed.writer()),
+    )
+    .unwrap();
+    // SeaweedFS creates buckets on an admin's first PUT, so the missing bucket shows on a read.
+    let err = missing.get("k").await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("no-such-bucket"), "{err}");
+}
