@@ -82,7 +82,7 @@ pub struct StorageArgs {
     pub aws_endpoint: Option<String>,
 
     /// Address buckets path-style even on AWS.
-    #[arg(long, env = "FALLBACK_S3_FORCE_PATH_STYLE", value_parser = parse_on_off, default_value = "off", value_name = "on|off")]
+    #[arg(long, env = "FALLBACK_S3_FORCE_PATH_STYLE", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub s3_force_path_style: bool,
 }
 
@@ -93,11 +93,11 @@ pub struct RunArgs {
     pub storage: StorageArgs,
 
     /// Export role: poll the control plane and export every new valid config.
-    #[arg(long = "export", env = "KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", value_parser = parse_on_off, default_value = "off", value_name = "on|off")]
+    #[arg(long = "export", env = "KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub export: bool,
 
     /// Signer role: hand data planes signed URLs (not in this build yet).
-    #[arg(long = "import", env = "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", value_parser = parse_on_off, default_value = "off", value_name = "on|off")]
+    #[arg(long = "import", env = "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub import: bool,
 
     /// The control plane's config endpoint: plain declarative JSON/YAML, or Kong's DB-less
@@ -363,7 +363,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     for w in &prepared.warnings {
         eprintln!("warning: {file}: {w}");
     }
-    let (url, key, store) = args.storage.open()?;
+    let (_, key, store) = args.storage.open()?;
     let metadata = ExportMetadata {
         sha256: prepared.sha256,
         revision: args.revision.unwrap_or_else(exporter::unix_ms),
@@ -371,13 +371,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         exported_at: exporter::rfc3339_now(),
         signature: None,
     };
-    let object = format!(
-        "{}/{key}",
-        url.to_string()
-            .trim_end_matches('/')
-            .trim_end_matches(url.prefix())
-            .trim_end_matches('/')
-    );
+    let object = format!("{}/{key}", store.describe());
     let outcome = exporter::export_once(
         store.as_ref(),
         &key,
@@ -436,6 +430,33 @@ mod tests {
         assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
+    }
+
+    #[test]
+    fn roles_take_on_off_from_flags_and_environment() {
+        let cli = Cli::try_parse_from([
+            "fallback-companion",
+            "run",
+            "--storage",
+            "file:///tmp/x",
+            "--export",
+            "on",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        assert!(args.export && !args.import);
+        let err = Cli::try_parse_from([
+            "fallback-companion",
+            "run",
+            "--storage",
+            "file:///tmp/x",
+            "--export",
+            "sometimes",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("is not on or off"), "{err}");
     }
 
     #[test]
