@@ -261,6 +261,20 @@ async fn s3_read_only_identity_is_told_which_permission_it_lacks() {
     );
 }
 
+/// The error of a small create-only write that is expected to fail.
+async fn failed_put(store: Arc<dyn ConfigStore>) -> StoreError {
+    let body = Bytes::from_static(b"{}");
+    store
+        .put(
+            "k",
+            body.clone(),
+            &metadata(&body, 1, "n"),
+            Precondition::Absent,
+        )
+        .await
+        .expect_err("the write must fail")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_wrong_secret_and_unknown_key_are_named_without_leaking_the_secret() {
     let seaweed = SeaweedFs::start().await;
@@ -268,15 +282,7 @@ async fn s3_wrong_secret_and_unknown_key_are_named_without_leaking_the_secret() 
         access_key: seaweed.writer().access_key.clone(),
         secret_key: "definitely-not-the-secret".into(),
     };
-    let err = s3_store(&seaweed, &wrong_secret)
-        .put(
-            "k",
-            Bytes::from_static(b"{}"),
-            &metadata(b"{}", 1, "n"),
-            Precondition::Absent,
-        )
-        .await
-        .unwrap_err();
+    let err = failed_put(s3_store(&seaweed, &wrong_secret)).await;
     let text = err.to_string();
     assert!(matches!(err, StoreError::BadCredentials { .. }), "{text}");
     assert!(text.contains("AWS_SECRET_ACCESS_KEY"), "{text}");
@@ -286,15 +292,7 @@ async fn s3_wrong_secret_and_unknown_key_are_named_without_leaking_the_secret() 
         access_key: "AKIDUNKNOWN".into(),
         secret_key: "x".into(),
     };
-    let err = s3_store(&seaweed, &unknown)
-        .put(
-            "k",
-            Bytes::from_static(b"{}"),
-            &metadata(b"{}", 1, "n"),
-            Precondition::Absent,
-        )
-        .await
-        .unwrap_err();
+    let err = failed_put(s3_store(&seaweed, &unknown)).await;
     assert!(matches!(err, StoreError::BadCredentials { .. }), "{err}");
     assert!(err.to_string().contains("AWS_ACCESS_KEY_ID"), "{err}");
 }
