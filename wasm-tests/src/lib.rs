@@ -14,6 +14,7 @@
 //! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
 //! cargo test for failing tests), and each external process logs to a file in its own dir.
 
+pub mod envoy;
 pub mod fixtures;
 pub mod http;
 pub mod mock_cp;
@@ -23,6 +24,7 @@ pub mod seaweed;
 pub mod sha256;
 pub mod tools;
 
+pub use envoy::Envoy;
 pub use http::HttpResponse;
 pub use mock_cp::{etag_of, MockCp, Mode, RecordedRequest};
 pub use ports::{free_port, free_port_with_offset};
