@@ -483,6 +483,36 @@ mod tests {
     }
 
     #[test]
+    fn session_tokens_are_signed_and_sent() {
+        let mut with_token = settings(Some("http://127.0.0.1:8333"));
+        with_token.session_token = Some(Secret::new("FQoGZXIvYXdzEXAMPLETOKEN"));
+        let s = S3Store::new("b".into(), with_token).unwrap();
+        let headers = s
+            .sign(
+                "GET",
+                "http://127.0.0.1:8333/b/k",
+                &[("host".into(), "127.0.0.1:8333".into())],
+                &Sha256Digest::of(b"").to_hex(),
+            )
+            .unwrap();
+        let token = headers.iter().find(|(n, _)| n == "x-amz-security-token");
+        assert_eq!(
+            token.map(|(_, v)| v.as_str()),
+            Some("FQoGZXIvYXdzEXAMPLETOKEN")
+        );
+        let auth = &headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .unwrap()
+            .1;
+        assert!(
+            auth.contains("x-amz-security-token"),
+            "the token is covered by the signature: {auth}"
+        );
+        assert!(!format!("{s:?}").contains("EXAMPLETOKEN"));
+    }
+
+    #[test]
     fn reads_s3_error_documents() {
         let body = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
         assert_eq!(xml_field(body, "Code").as_deref(), Some("AccessDenied"));
