@@ -113,8 +113,13 @@ pub struct MockCp {
 impl MockCp {
     /// Starts serving on a free 127.0.0.1 port, with no document (requests get 503).
     pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts serving on `127.0.0.1:port`, with no document (requests get 503).
+    pub async fn start_on(port: u16) -> Self {
         let mut cp = Self {
-            port: free_port(),
+            port,
             state: Arc::new(Mutex::new(State {
                 content: Content::None,
                 admin_shape: false,

@@ -60,10 +60,15 @@ impl Paths {
             name.push(suffix);
             body.with_file_name(name)
         };
+        // Hidden, so that a listing of the store shows the object and its metadata only.
+        let lock = body.with_file_name(format!(
+            ".{}.lock",
+            body.file_name().unwrap_or_default().to_string_lossy()
+        ));
         Self {
             key: key.to_owned(),
             meta: with_suffix(".meta.json"),
-            lock: with_suffix(".lock"),
+            lock,
             body,
         }
     }
