@@ -6,9 +6,11 @@
 //! - [`export`]: the metadata stored beside every export and the decision of whether a write may
 //!   replace what the store holds.
 //! - [`backoff`]: exponential backoff with jitter, shared by every retry loop.
+//! - [`wire`]: the companion signer API types, shared by the filter and the companion.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod digest;
 pub mod document;
 pub mod export;
+pub mod wire;

@@ -1,0 +1,73 @@
+//! What crosses the wire between the filter and the companion's signer role.
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the signer API: `GET /v1/fallback-config?version=<v>` with `Authorization: Bearer`.
+pub const SIGNER_PATH: &str = "/v1/fallback-config";
+
+/// Path prefix under which the companion itself serves objects of `file://` storage, behind
+/// HMAC-signed expiring URLs: `GET /v1/objects/<key>?expires=<unix s>&signature=<hex>`.
+pub const OBJECTS_PATH: &str = "/v1/objects/";
+
+/// The signer's `200` answer: where to fetch `config.json` and what it must hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedConfig {
+    /// A URL granting `GET` of exactly this object until `expires_at`. Its query carries a
+    /// signature: never log it whole (see [`redact_signed_url`]).
+    pub url: String,
+    /// Always `GET`.
+    pub method: String,
+    /// RFC 3339 UTC time after which the URL no longer works.
+    pub expires_at: String,
+    /// The `<version>` asked for.
+    pub version: String,
+    /// The object key, `<prefix>/<version>/config.json`.
+    pub key: String,
+    /// Hex sha256 the body must have (from the object's metadata).
+    pub sha256: String,
+    /// The export's revision (from the object's metadata).
+    pub revision: u64,
+    /// Optional Ed25519 signature over the body (base64), when the exporter signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// The body of every error answer, Kong-style: `{"message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// `url` without its query string, for logs: a presigned URL's query holds its signature.
+pub fn redact_signed_url(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_config_round_trips_and_omits_a_missing_signature() {
+        let c = SignedConfig {
+            url: "http://s3:8333/b/k?X-Amz-Signature=abc".into(),
+            method: "GET".into(),
+            expires_at: "2026-11-26T10:05:00Z".into(),
+            version: "3.4.1.0".into(),
+            key: "kong/3.4.1.0/config.json".into(),
+            sha256: "00".repeat(32),
+            revision: 7,
+            signature: None,
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(!text.contains("signature\":"), "{text}");
+        assert_eq!(serde_json::from_str::<SignedConfig>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn redaction_drops_the_query() {
+        assert_eq!(redact_signed_url("http://h/k?X-Amz-Signature=abc"), "http://h/k");
+        assert_eq!(redact_signed_url("http://h/k"), "http://h/k");
+    }
+}
