@@ -6,6 +6,9 @@
 //! - [`export`]: the metadata stored beside every export and the decision of whether a write may
 //!   replace what the store holds.
 //! - [`backoff`]: exponential backoff with jitter, shared by every retry loop.
+//! - [`filter_config`]: the filter's plugin configuration, parsed and checked.
+//! - [`fetch`]: the filter's sans-IO fetch state machine (control plane, companion, storage).
+//! - [`router`]: the per-request routing decision.
 //! - [`wire`]: the companion signer API types, shared by the filter and the companion.
 #![forbid(unsafe_code)]
 
@@ -13,4 +16,7 @@ pub mod backoff;
 pub mod digest;
 pub mod document;
 pub mod export;
+pub mod fetch;
+pub mod filter_config;
+pub mod router;
 pub mod wire;
