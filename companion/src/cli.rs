@@ -3,8 +3,9 @@
 
 use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
 use crate::secret::Secret;
+use crate::signer::{self, Tokens};
 use crate::source::{self, ControlPlane};
-use crate::storage::{self, ConfigStore, S3Settings, StorageUrl};
+use crate::storage::{self, ConfigStore, S3Settings, StorageUrl, UrlSigner};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use fallback_core::backoff::Backoff;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Keeps Kong and proxy-wasm data planes serving when their control plane is down.
 #[derive(Debug, Parser)]
@@ -29,9 +30,12 @@ pub struct Cli {
 }
 
 /// The companion's commands.
+// Parsed once per process: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the roles switched on: export (KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on).
+    /// Run the roles switched on: export (KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on) and/or signer
+    /// (KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on); both may run in one process.
     Run(RunArgs),
     /// Validate a declarative config file and export it once (for CI pipelines).
     ///
@@ -96,9 +100,49 @@ pub struct RunArgs {
     #[arg(long = "export", env = "KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub export: bool,
 
-    /// Signer role: hand data planes signed URLs (not in this build yet).
+    /// Signer role: serve filters short-lived signed URLs of the exported config
+    /// (GET /v1/fallback-config); give it read-only storage credentials.
     #[arg(long = "import", env = "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub import: bool,
+
+    /// Address the signer role listens on (HTTP/1.1). In a container use 0.0.0.0:8280, or the
+    /// filters outside it cannot connect.
+    #[arg(
+        long,
+        env = "FALLBACK_LISTEN",
+        default_value = "127.0.0.1:8280",
+        value_name = "ADDR:PORT"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Bearer tokens filters must present, comma-separated (prefer the environment variable:
+    /// flags show in process lists).
+    #[arg(
+        long,
+        env = "FALLBACK_SIGNER_TOKENS",
+        hide_env_values = true,
+        value_name = "TOKEN,..."
+    )]
+    pub signer_tokens: Option<Secret>,
+
+    /// File of bearer tokens, one per line, `#` comments; re-read when it changes, so tokens
+    /// rotate without a restart.
+    #[arg(long, env = "FALLBACK_SIGNER_TOKENS_FILE", value_name = "FILE")]
+    pub signer_tokens_file: Option<PathBuf>,
+
+    /// Lifetime of the signed URLs handed out (at most 7 days, S3's limit).
+    #[arg(long, env = "FALLBACK_SIGNED_URL_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub signed_url_ttl: Duration,
+
+    /// file:// storage only: the base URL filters reach this companion at, for the object URLs
+    /// it signs [default: http://<--listen>].
+    #[arg(long, env = "FALLBACK_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// file:// storage only: HMAC key of the object URLs; give every replica the same one so
+    /// they accept each other's URLs [default: 32 random bytes per process].
+    #[arg(long, env = "FALLBACK_URL_SIGNING_KEY", hide_env_values = true)]
+    pub url_signing_key: Option<Secret>,
 
     /// The control plane's config endpoint: plain declarative JSON/YAML, or Kong's DB-less
     /// Admin API `GET /config`.
@@ -252,6 +296,8 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and collectors get plain `key=value` text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -280,40 +326,154 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.import {
-        bail!("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on: the signer role is not in this build yet; run the export role only");
+    if !args.export && !args.import {
+        bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on) and/or KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on (or --import on)");
     }
-    if !args.export {
-        bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on)");
-    }
-    let cp_url = args.control_plane_url.as_deref().filter(|u| !u.is_empty()).context(
-        "the export role needs the control plane's config URL: set FALLBACK_CONTROL_PLANE_URL (e.g. http://kong-cp:8001/config)",
-    )?;
-    let (_, key, store) = args.storage.open()?;
-    let source = ControlPlane::new(cp_url, args.control_plane_timeout)?;
-    let settings = ExportSettings {
-        key,
-        node_id: args.storage.node_id(),
-        poll_interval: args.poll_interval,
-        export_delay: args.export_delay,
-        retry_initial: args.retry_initial,
-        retry_max: args.retry_max,
+    let cp_url = if args.export {
+        Some(args.control_plane_url.as_deref().filter(|u| !u.is_empty()).context(
+            "the export role needs the control plane's config URL: set FALLBACK_CONTROL_PLANE_URL (e.g. http://kong-cp:8001/config)",
+        )?)
+    } else {
+        None
     };
+    let url = args.storage.url()?;
+    let key = args.storage.key(&url)?;
+    // Everything the signer needs is checked before anything starts.
+    let signer = if args.import {
+        Some(signer_setup(&args, &url)?)
+    } else {
+        None
+    };
+    let store: Arc<dyn ConfigStore> = Arc::from(storage::open_with_url_signer(
+        &url,
+        args.storage.s3_settings(&url)?,
+        signer.as_ref().and_then(|s| s.0.object_urls.clone()),
+    )?);
+    let stats = Arc::new(ExportStats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (exported_tx, _exported_rx) = watch::channel(None);
-    let exporter = tokio::spawn(exporter::run(
-        settings,
-        source,
-        store,
-        Arc::new(ExportStats::default()),
-        exported_tx,
-        shutdown_rx,
-    ));
-    shutdown_signal().await;
-    info!("signal received, stopping");
+
+    let exporter = match cp_url {
+        Some(cp_url) => {
+            let source = ControlPlane::new(cp_url, args.control_plane_timeout)?;
+            let settings = ExportSettings {
+                key,
+                node_id: args.storage.node_id(),
+                poll_interval: args.poll_interval,
+                export_delay: args.export_delay,
+                retry_initial: args.retry_initial,
+                retry_max: args.retry_max,
+            };
+            let (exported_tx, _exported_rx) = watch::channel(None);
+            Some(tokio::spawn(exporter::run(
+                settings,
+                source,
+                store.clone(),
+                stats.clone(),
+                exported_tx,
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+    let mut signer_task = match signer {
+        Some((mut settings, listener)) => {
+            if args.export {
+                settings.export_stats = Some(stats.clone());
+            }
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            Some(tokio::spawn(signer::serve(
+                settings,
+                store.clone(),
+                listener,
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+    let signer_failed = async {
+        match signer_task.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => info!("signal received, stopping"),
+        result = signer_failed => {
+            failure = Some(match result {
+                Ok(Ok(())) => anyhow::anyhow!("the signer role stopped unexpectedly"),
+                Ok(Err(e)) => e.context("the signer role failed"),
+                Err(e) => anyhow::anyhow!("the signer task failed: {e}"),
+            });
+            signer_task = None;
+        }
+    }
     let _ = shutdown_tx.send(true);
-    exporter.await.context("export task failed")?;
-    Ok(())
+    if let Some(task) = signer_task {
+        let _ = task.await;
+    }
+    if let Some(exporter) = exporter {
+        exporter.await.context("export task failed")?;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The signer's settings and bound listener, or a start-up error saying what to fix.
+fn signer_setup(
+    args: &RunArgs,
+    url: &StorageUrl,
+) -> anyhow::Result<(signer::SignerSettings, std::net::TcpListener)> {
+    if args.signed_url_ttl.is_zero() || args.signed_url_ttl > signer::MAX_TTL {
+        bail!(
+            "FALLBACK_SIGNED_URL_TTL {:?} is out of range: use 1s to 7d (S3 refuses presigned URLs valid longer than 7 days)",
+            args.signed_url_ttl
+        );
+    }
+    let tokens = Tokens::new(
+        args.signer_tokens.as_ref(),
+        args.signer_tokens_file.as_deref(),
+    )?;
+    let object_urls = match url {
+        StorageUrl::File { .. } => {
+            let base = match args.public_url.as_deref().filter(|u| !u.is_empty()) {
+                Some(base) => {
+                    let parsed = url::Url::parse(base).with_context(|| {
+                        format!("FALLBACK_PUBLIC_URL {base:?} is not a URL; use e.g. http://companion:8280")
+                    })?;
+                    if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+                        bail!("FALLBACK_PUBLIC_URL {base:?} must be an http:// or https:// URL without a query");
+                    }
+                    base.to_owned()
+                }
+                None => {
+                    if args.listen.ip().is_unspecified() {
+                        warn!("FALLBACK_PUBLIC_URL is not set and the signer listens on {}: object URLs will name http://{}, which filters cannot reach; set FALLBACK_PUBLIC_URL", args.listen, args.listen);
+                    }
+                    format!("http://{}", args.listen)
+                }
+            };
+            Some(Arc::new(match &args.url_signing_key {
+                Some(key) if !key.expose().is_empty() => UrlSigner::new(&base, key.clone()),
+                _ => UrlSigner::with_random_key(&base),
+            }))
+        }
+        _ => None,
+    };
+    let listener = std::net::TcpListener::bind(args.listen).with_context(|| {
+        format!(
+            "the signer role cannot listen on {} (FALLBACK_LISTEN)",
+            args.listen
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let mut settings =
+        signer::SignerSettings::new(url.prefix(), &args.storage.config_version, Arc::new(tokens));
+    settings.ttl = args.signed_url_ttl;
+    settings.object_urls = object_urls;
+    Ok((settings, listener))
 }
 
 async fn shutdown_signal() {

@@ -140,3 +140,85 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Signer settings for tests: one bearer token, the given prefix and default version, a short
+/// readiness interval so that `/readyz` follows the store quickly.
+pub fn signer_settings(
+    prefix: &str,
+    version: &str,
+    token: &str,
+) -> fallback_companion::signer::SignerSettings {
+    let tokens = fallback_companion::signer::Tokens::new(Some(&Secret::new(token)), None)
+        .expect("a token is configured");
+    let mut settings =
+        fallback_companion::signer::SignerSettings::new(prefix, version, Arc::new(tokens));
+    settings.readiness_interval = Duration::from_millis(200);
+    settings
+}
+
+/// The companion's signer role running in this process on a free loopback port.
+pub struct RunningSigner {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RunningSigner {
+    /// A listener on a free loopback port and its base URL, for settings that must know the
+    /// URL before the signer starts (file:// object URLs).
+    pub async fn bind() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        (listener, url)
+    }
+
+    /// Starts the signer on `listener`.
+    pub fn start_on(
+        listener: tokio::net::TcpListener,
+        settings: fallback_companion::signer::SignerSettings,
+        store: Arc<dyn ConfigStore>,
+    ) -> Self {
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            if let Err(e) =
+                fallback_companion::signer::serve(settings, store, listener, shutdown_rx).await
+            {
+                eprintln!("signer failed: {e:#}");
+            }
+        });
+        Self {
+            url,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Starts the signer on a free loopback port.
+    pub async fn start(
+        settings: fallback_companion::signer::SignerSettings,
+        store: Arc<dyn ConfigStore>,
+    ) -> Self {
+        let (listener, _) = Self::bind().await;
+        Self::start_on(listener, settings, store)
+    }
+
+    /// Stops the signer and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for RunningSigner {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}

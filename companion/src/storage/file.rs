@@ -1,27 +1,53 @@
 //! `file:///dir`: the embedded default. Objects are plain files below `dir`; the metadata sits
 //! beside each one in `<name>.meta.json`. A lock file per object makes the conditional write an
 //! atomic compare-and-swap between processes on the same host, as `If-Match` does in S3.
+//!
+//! Filters cannot read these files: the companion serves them itself at
+//! `<public URL>/v1/objects/<key>?expires=<unix s>&signature=<hex>`, the signature being
+//! HMAC-SHA256 over `"GET\n<key>\n<expires>"` ([`UrlSigner`]).
 
 use super::{ConfigStore, FetchedObject, Precondition, StoreError};
+use crate::secret::Secret;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::{ExportMetadata, StoredObject};
+use fallback_core::wire::OBJECTS_PATH;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Objects stored as files below a root directory.
 #[derive(Debug, Clone)]
 pub struct FileStore {
     root: PathBuf,
+    url_signer: Option<Arc<UrlSigner>>,
 }
 
 impl FileStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            url_signer: None,
+        }
+    }
+
+    /// The same store, handing out URLs of the companion's object route signed by `signer`.
+    pub fn with_url_signer(mut self, signer: Arc<UrlSigner>) -> Self {
+        self.url_signer = Some(signer);
+        self
+    }
+
+    /// The URL signer, when one is configured.
+    pub fn url_signer(&self) -> Option<&Arc<UrlSigner>> {
+        self.url_signer.as_ref()
     }
 
     /// Where the object for `key` lives.
@@ -239,5 +265,248 @@ impl ConfigStore for FileStore {
             Ok(etag_of(&body, &sidecar))
         })
         .await
+    }
+
+    fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        now: SystemTime,
+    ) -> Result<String, StoreError> {
+        let signer = self.url_signer.as_ref().ok_or_else(|| StoreError::Rejected {
+            key: key.to_owned(),
+            detail: "file:// objects are served by the companion's signer role only; no URL signer is configured".into(),
+        })?;
+        let expires = unix_seconds(now).saturating_add(expires_in.as_secs().max(1));
+        Ok(signer.url(key, expires))
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Signs and checks the URLs of the companion's own object route (`file://` storage):
+/// `<base>/v1/objects/<key>?expires=<unix s>&signature=<hex HMAC-SHA256 over "GET\n<key>\n<expires>">`.
+///
+/// Replicas that share `FALLBACK_URL_SIGNING_KEY` accept each other's URLs; without it every
+/// process draws a random key and only accepts its own.
+pub struct UrlSigner {
+    base: String,
+    key: Secret,
+}
+
+impl fmt::Debug for UrlSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlSigner")
+            .field("base", &self.base)
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+/// Why an object URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectUrlError {
+    /// `expires` or `signature` missing or malformed.
+    #[error("the object URL lacks a valid expires/signature query; ask the signer (/v1/fallback-config) for a fresh URL")]
+    Malformed,
+    /// The signature does not match this key and expiry.
+    #[error("the object URL's signature does not match; ask the signer (/v1/fallback-config) for a fresh URL")]
+    BadSignature,
+    /// The signature is right but the URL has expired.
+    #[error("the object URL expired at {expired_at} (unix {expires}); ask the signer (/v1/fallback-config) for a fresh URL")]
+    Expired {
+        /// Unix seconds.
+        expires: u64,
+        /// RFC 3339.
+        expired_at: String,
+    },
+}
+
+impl UrlSigner {
+    /// A signer issuing URLs under `base` (e.g. `http://companion:8280`) with `key`.
+    pub fn new(base: &str, key: Secret) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+        }
+    }
+
+    /// A signer with 32 random bytes as key (URLs valid in this process only).
+    pub fn with_random_key(base: &str) -> Self {
+        let bytes: [u8; 32] = rand::random();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self::new(base, Secret::new(hex))
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn mac(&self, key: &str, expires: u64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose().as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(format!("GET\n{key}\n{expires}").as_bytes());
+        mac
+    }
+
+    /// The hex signature for `key` until `expires` (unix seconds).
+    pub fn signature(&self, key: &str, expires: u64) -> String {
+        self.mac(key, expires)
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The signed URL of `key`, each path segment percent-encoded.
+    pub fn url(&self, key: &str, expires: u64) -> String {
+        let mut url = format!("{}{}", self.base, OBJECTS_PATH.trim_end_matches('/'));
+        for segment in key.split('/') {
+            url.push('/');
+            url.push_str(&encode_segment(segment));
+        }
+        format!(
+            "{url}?expires={expires}&signature={}",
+            self.signature(key, expires)
+        )
+    }
+
+    /// Checks `expires`/`signature` (raw query values) for `key` at `now`. The signature is
+    /// compared in constant time, before the expiry, so that a forged URL learns nothing.
+    pub fn verify(
+        &self,
+        key: &str,
+        expires: Option<&str>,
+        signature: Option<&str>,
+        now: SystemTime,
+    ) -> Result<(), ObjectUrlError> {
+        let expires: u64 = expires
+            .and_then(|e| e.parse().ok())
+            .ok_or(ObjectUrlError::Malformed)?;
+        let signature = signature
+            .and_then(decode_hex)
+            .ok_or(ObjectUrlError::Malformed)?;
+        // `verify_slice` compares in constant time (the `subtle` crate underneath).
+        self.mac(key, expires)
+            .verify_slice(&signature)
+            .map_err(|_| ObjectUrlError::BadSignature)?;
+        if unix_seconds(now) >= expires {
+            return Err(ObjectUrlError::Expired {
+                expires,
+                expired_at: humantime::format_rfc3339_seconds(
+                    UNIX_EPOCH + Duration::from_secs(expires),
+                )
+                .to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub(crate) fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> UrlSigner {
+        UrlSigner::new("http://companion:8280/", Secret::new("shared-key"))
+    }
+
+    #[test]
+    fn signed_urls_verify_for_their_key_until_they_expire() {
+        let s = signer();
+        let url = s.url("3.4 x/config.json", 2_000_000_000);
+        assert!(
+            url.starts_with("http://companion:8280/v1/objects/3.4%20x/config.json?expires=2000000000&signature="),
+            "{url}"
+        );
+        let sig = s.signature("3.4 x/config.json", 2_000_000_000);
+        let before = UNIX_EPOCH + Duration::from_secs(1_999_999_000);
+        assert_eq!(
+            s.verify("3.4 x/config.json", Some("2000000000"), Some(&sig), before),
+            Ok(())
+        );
+        // Another key, another expiry, a tampered signature: refused as bad signatures.
+        assert_eq!(
+            s.verify("other/config.json", Some("2000000000"), Some(&sig), before),
+            Err(ObjectUrlError::BadSignature)
+        );
+        assert_eq!(
+            s.verify("3.4 x/config.json", Some("2000000001"), Some(&sig), before),
+            Err(ObjectUrlError::BadSignature)
+        );
+        let mut tampered = sig.clone().into_bytes();
+        tampered[0] = if tampered[0] == b'0' { b'1' } else { b'0' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(
+            s.verify(
+                "3.4 x/config.json",
+                Some("2000000000"),
+                Some(&tampered),
+                before
+            ),
+            Err(ObjectUrlError::BadSignature)
+        );
+        assert_eq!(
+            s.verify("3.4 x/config.json", Some("2000000000"), None, before),
+            Err(ObjectUrlError::Malformed)
+        );
+        let after = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let err = s
+            .verify("3.4 x/config.json", Some("2000000000"), Some(&sig), after)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expired at 2033-05-18T03:33:20Z"),
+            "{err}"
+        );
+        // Another key never verifies; the key never shows in Debug.
+        let other = UrlSigner::new("http://companion:8280", Secret::new("other"));
+        assert_eq!(
+            other.verify("3.4 x/config.json", Some("2000000000"), Some(&sig), before),
+            Err(ObjectUrlError::BadSignature)
+        );
+        assert!(!format!("{s:?}").contains("shared-key"));
+    }
+
+    #[test]
+    fn presign_get_needs_a_signer() {
+        let store = FileStore::new("/tmp/nowhere".into());
+        assert!(store
+            .presign_get("k/config.json", Duration::from_secs(60), SystemTime::now())
+            .is_err());
+        let store = store.with_url_signer(Arc::new(signer()));
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let url = store
+            .presign_get("k/config.json", Duration::from_secs(60), now)
+            .unwrap();
+        assert!(url.contains("?expires=1060&signature="), "{url}");
     }
 }

@@ -6,7 +6,7 @@
 pub mod file;
 pub mod s3;
 
-pub use file::FileStore;
+pub use file::{FileStore, ObjectUrlError, UrlSigner};
 pub use s3::S3Store;
 
 use crate::secret::Secret;
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use fallback_core::export::{ExportMetadata, StoredObject};
 use std::fmt;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 /// A write's precondition, the store-side half of the compare-and-swap in
 /// [`fallback_core::export::plan_write`].
@@ -109,6 +110,16 @@ pub trait ConfigStore: Send + Sync + fmt::Debug {
         body: Bytes,
         metadata: &ExportMetadata,
         precondition: Precondition,
+    ) -> Result<String, StoreError>;
+
+    /// A URL granting a plain `GET` of exactly `key` until `now + expires_in`, to hand to a
+    /// filter that holds no credentials. S3: a SigV4 presigned URL; `file://`: a URL of the
+    /// companion's own object route, HMAC-signed (see [`file::UrlSigner`]).
+    fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        now: SystemTime,
     ) -> Result<String, StoreError>;
 }
 
@@ -236,8 +247,24 @@ pub struct S3Settings {
 
 /// Opens the store a URL names.
 pub fn open(url: &StorageUrl, s3: Option<S3Settings>) -> anyhow::Result<Box<dyn ConfigStore>> {
+    open_with_url_signer(url, s3, None)
+}
+
+/// Opens the store a URL names; a `file://` store hands out URLs signed by `url_signer`
+/// (the companion's own object route).
+pub fn open_with_url_signer(
+    url: &StorageUrl,
+    s3: Option<S3Settings>,
+    url_signer: Option<std::sync::Arc<UrlSigner>>,
+) -> anyhow::Result<Box<dyn ConfigStore>> {
     Ok(match url {
-        StorageUrl::File { root } => Box::new(file::FileStore::new(root.clone())),
+        StorageUrl::File { root } => {
+            let store = file::FileStore::new(root.clone());
+            Box::new(match url_signer {
+                Some(signer) => store.with_url_signer(signer),
+                None => store,
+            })
+        }
         StorageUrl::S3 { bucket, .. } => {
             let settings = s3.ok_or_else(|| {
                 anyhow::anyhow!("{url}: S3 storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")

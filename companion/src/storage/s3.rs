@@ -9,8 +9,8 @@ use crate::transport::{self, HttpClient, SendError};
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode,
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+    SignatureLocation, SigningSettings, UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -25,6 +25,8 @@ use std::time::{Duration, SystemTime};
 
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 const META_PREFIX: &str = "x-amz-meta-";
+/// The longest lifetime S3 accepts for a presigned URL.
+pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// An S3 bucket.
 pub struct S3Store {
@@ -71,9 +73,14 @@ impl S3Store {
                 BaseUrl::PathStyle(format!("{}/{bucket}", endpoint.trim_end_matches('/')))
             }
             // Dots in a bucket name break the TLS wildcard certificate of virtual-hosted style.
-            None if settings.force_path_style || bucket.contains('.') => BaseUrl::PathStyle(
-                format!("https://s3.{}.amazonaws.com/{bucket}", settings.region),
-            ),
+            None if settings.force_path_style || bucket.contains('.') => {
+                BaseUrl::PathStyle(format!("{}/{bucket}", aws_endpoint(&settings.region)))
+            }
+            // us-east-1 uses AWS's global endpoint `s3.amazonaws.com`, its own default for that
+            // region (and the host of AWS's documented presigning example).
+            None if settings.region == "us-east-1" => {
+                BaseUrl::VirtualHosted(format!("https://{bucket}.s3.amazonaws.com"))
+            }
             None => BaseUrl::VirtualHosted(format!(
                 "https://{bucket}.s3.{}.amazonaws.com",
                 settings.region
@@ -205,6 +212,79 @@ impl S3Store {
             .collect())
     }
 
+    /// A presigned `GET` URL for `key` (SigV4 in the query string, `UNSIGNED-PAYLOAD`, only
+    /// `host` signed), valid for `expires_in` from `now`. Anyone holding it can read that one
+    /// object, with this store's credentials, until it expires.
+    pub fn presign(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        now: SystemTime,
+    ) -> Result<String, StoreError> {
+        let fail = |detail: String| StoreError::Rejected {
+            key: key.to_owned(),
+            detail: format!("cannot presign a GET URL: {detail}"),
+        };
+        if expires_in.is_zero() || expires_in > MAX_PRESIGN_TTL {
+            return Err(fail(format!(
+                "lifetime {expires_in:?} is outside S3's 1 s to 7 days"
+            )));
+        }
+        let url = self.object_url(key);
+        let uri: http::Uri = url.parse().map_err(|e| fail(format!("{e}")))?;
+        let host = match (uri.host(), uri.port_u16()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => return Err(fail("the storage URL has no host".into())),
+        };
+        let identity: Identity = Credentials::new(
+            self.settings.access_key_id.clone(),
+            self.settings.secret_access_key.expose().to_owned(),
+            self.settings
+                .session_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
+            None,
+            "fallback-companion",
+        )
+        .into();
+        let mut settings = SigningSettings::default();
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(expires_in);
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        settings.payload_checksum_kind = PayloadChecksumKind::NoHeader;
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.settings.region)
+            .name("s3")
+            .time(now)
+            .settings(settings)
+            .build()
+            .map_err(|e| fail(e.to_string()))?
+            .into();
+        let headers = [("host", host.as_str())];
+        let signable = SignableRequest::new(
+            "GET",
+            &url,
+            headers.into_iter(),
+            SignableBody::UnsignedPayload,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| fail(e.to_string()))?
+            .into_parts();
+        let (_, query) = instructions.into_parts();
+        let mut signed = url;
+        for (i, (name, value)) in query.iter().enumerate() {
+            signed.push(if i == 0 { '?' } else { '&' });
+            signed.push_str(&encode_segment(name));
+            signed.push('=');
+            signed.push_str(&encode_segment(value));
+        }
+        Ok(signed)
+    }
+
     fn endpoint_for_messages(&self) -> String {
         match &self.settings.endpoint {
             Some(e) => transport::redact_url(e),
@@ -294,6 +374,15 @@ impl S3Store {
             }
             _ => StoreError::Rejected { key: key_owned, detail: said },
         }
+    }
+}
+
+/// AWS's S3 endpoint for `region`: the global `s3.amazonaws.com` for us-east-1, its default.
+fn aws_endpoint(region: &str) -> String {
+    if region == "us-east-1" {
+        "https://s3.amazonaws.com".to_owned()
+    } else {
+        format!("https://s3.{region}.amazonaws.com")
     }
 }
 
@@ -411,6 +500,15 @@ impl ConfigStore for S3Store {
             Err(self.failure(key, Operation::Put, &response))
         }
     }
+
+    fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        now: SystemTime,
+    ) -> Result<String, StoreError> {
+        self.presign(key, expires_in, now)
+    }
 }
 
 #[cfg(test)]
@@ -443,6 +541,80 @@ mod tests {
             s.object_url("k"),
             "https://s3.eu-west-1.amazonaws.com/my.bucket/k"
         );
+    }
+
+    /// AWS's documented example of a presigned URL ("Authenticating Requests: Using Query
+    /// Parameters", Signature Version 4), reproduced to the last hex digit.
+    #[test]
+    fn presigns_exactly_as_aws_documents() {
+        let s = S3Store::new(
+            "examplebucket".into(),
+            S3Settings {
+                access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+                secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+                session_token: None,
+                region: "us-east-1".into(),
+                endpoint: None,
+                force_path_style: false,
+            },
+        )
+        .unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_369_353_600); // 20130524T000000Z
+        let url = s
+            .presign("test.txt", Duration::from_secs(86_400), at)
+            .unwrap();
+        assert!(
+            url.starts_with("https://examplebucket.s3.amazonaws.com/test.txt?"),
+            "{url}"
+        );
+        let query: std::collections::BTreeMap<String, String> = url::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+        assert_eq!(query["X-Amz-Algorithm"], "AWS4-HMAC-SHA256");
+        assert_eq!(
+            query["X-Amz-Credential"],
+            "AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request"
+        );
+        assert_eq!(query["X-Amz-Date"], "20130524T000000Z");
+        assert_eq!(query["X-Amz-Expires"], "86400");
+        assert_eq!(query["X-Amz-SignedHeaders"], "host");
+        assert_eq!(
+            query["X-Amz-Signature"],
+            "aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
+        );
+        assert!(
+            url.contains(
+                "X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+            ),
+            "the credential is percent-encoded in the URL: {url}"
+        );
+        assert!(!url.contains("wJalr"));
+    }
+
+    #[test]
+    fn presigned_urls_keep_path_style_endpoints_and_refuse_long_lifetimes() {
+        let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333"))).unwrap();
+        let url = s
+            .presign(
+                "p/3.4.1.0/config.json",
+                Duration::from_secs(300),
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert!(
+            url.starts_with("http://127.0.0.1:8333/b/p/3.4.1.0/config.json?X-Amz-"),
+            "{url}"
+        );
+        let err = s
+            .presign(
+                "k",
+                MAX_PRESIGN_TTL + Duration::from_secs(1),
+                SystemTime::now(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("7 days"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,513 @@
+//! The signer role end to end: filters ask the companion for a short-lived signed URL and
+//! fetch `config.json` with it, holding no storage credentials.
+//!
+//! - S3: a real SeaweedFS checks the presigned SigV4 URLs; the signer uses the *reader*
+//!   identity, the export is written with the *writer* one.
+//! - `file://`: the companion serves the object itself behind HMAC-signed URLs.
+//! - The real binary: `fallback-companion run` with environment variables.
+
+use bytes::Bytes;
+use fallback_companion::exporter::{write_document, WriteOutcome};
+use fallback_companion::secret::Secret;
+use fallback_companion::storage::{ConfigStore, FileStore, UrlSigner};
+use fallback_core::digest::{canonical_json, Sha256Digest};
+use fallback_core::export::{object_key, ExportMetadata};
+use fallback_core::wire::SignedConfig;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use wasm_tests::fixtures::{document, s3_store, signer_settings, wait_until, RunningSigner};
+use wasm_tests::http::{self, HttpResponse};
+use wasm_tests::{companion_binary, free_port, SeaweedFs};
+
+const TOKEN: &str = "filter-token-6f1d2c";
+const VERSION: &str = "3.4.1.0";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn key() -> String {
+    object_key("kong", VERSION).unwrap()
+}
+
+/// Exports `marker`'s document under `key` and returns its bytes and metadata.
+async fn export(store: &dyn ConfigStore, key: &str, marker: &str) -> (Bytes, ExportMetadata) {
+    let body = Bytes::from(canonical_json(&document(marker)));
+    let metadata = ExportMetadata {
+        sha256: Sha256Digest::of(&body),
+        revision: 1_700_000_000_000 + marker.len() as u64,
+        node_id: "exporter-1".into(),
+        exported_at: "2026-11-26T10:00:00.000Z".into(),
+        signature: None,
+    };
+    let outcome = write_document(store, key, &body, &metadata).await.unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Stored { .. }),
+        "{outcome:?}"
+    );
+    (body, metadata)
+}
+
+async fn ask(signer: &RunningSigner, query: &str, token: Option<&str>) -> HttpResponse {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    http::request(
+        "GET",
+        &format!("{}/v1/fallback-config{query}", signer.url),
+        &headers,
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+}
+
+fn signed(response: &HttpResponse) -> SignedConfig {
+    assert_eq!(response.status, 200, "{}", response.text());
+    serde_json::from_slice(&response.body).unwrap()
+}
+
+fn message(response: &HttpResponse) -> String {
+    response.json()["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {}", response.text()))
+        .to_owned()
+}
+
+/// `url` with its object key replaced by `other_key`, the query (signature) kept.
+fn with_key(url: &str, key: &str, other_key: &str) -> String {
+    assert!(url.contains(key), "{url} names {key}");
+    url.replacen(key, other_key, 1)
+}
+
+async fn get_status(url: &str) -> u16 {
+    http::get(url).await.unwrap().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_signer_hands_out_urls_that_seaweedfs_accepts_for_that_object_only() {
+    let seaweed = SeaweedFs::start().await;
+    let writer = s3_store(&seaweed, seaweed.writer());
+    let signer = RunningSigner::start(
+        signer_settings("kong", VERSION, TOKEN),
+        s3_store(&seaweed, seaweed.reader()),
+    )
+    .await;
+
+    // No token, a wrong token: 401 with a Bearer challenge, the tried token never echoed.
+    let r = ask(&signer, "", None).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    let r = ask(&signer, "", Some("guessed-token-123")).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    assert!(!r.text().contains("guessed-token-123"), "{}", r.text());
+
+    // Nothing exported yet.
+    let r = ask(&signer, "", Some(TOKEN)).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let m = message(&r);
+    assert!(m.contains("nothing exported for version 3.4.1.0"), "{m}");
+    assert!(m.contains("kong/3.4.1.0/config.json"), "{m}");
+
+    // Export with the writer; the signer (reader) hands out a URL to exactly those bytes.
+    let (body, metadata) = export(writer.as_ref(), &key(), "v1").await;
+    let before = SystemTime::now();
+    let config = signed(&ask(&signer, "?version=3.4.1.0", Some(TOKEN)).await);
+    assert_eq!(config.method, "GET");
+    assert_eq!(config.version, VERSION);
+    assert_eq!(config.key, key());
+    assert_eq!(config.sha256, metadata.sha256.to_hex());
+    assert_eq!(config.revision, metadata.revision);
+    assert_eq!(config.signature, None);
+    assert!(config.url.contains("X-Amz-Signature="), "{}", config.url);
+    let expires = humantime::parse_rfc3339(&config.expires_at).unwrap();
+    let lifetime = expires.duration_since(before).unwrap_or_default();
+    assert!(
+        lifetime > Duration::from_secs(290) && lifetime <= Duration::from_secs(300),
+        "default lifetime is 5 minutes: {lifetime:?}"
+    );
+    let fetched = http::get(&config.url).await.unwrap();
+    assert_eq!(fetched.status, 200, "{}", fetched.text());
+    assert_eq!(fetched.body, body.to_vec(), "exactly the stored bytes");
+
+    // The same signature on another (existing) object: refused by the store itself.
+    let other = object_key("kong", "9.9.9").unwrap();
+    export(writer.as_ref(), &other, "other").await;
+    let r = http::get(&with_key(&config.url, &key(), &other))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    // The other version is asked for by name.
+    let config2 = signed(&ask(&signer, "?version=9.9.9", Some(TOKEN)).await);
+    assert_eq!(config2.key, other);
+    assert_eq!(get_status(&config2.url).await, 200);
+
+    // A version that cannot name an object.
+    let r = ask(&signer, "?version=..", Some(TOKEN)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(message(&r).contains("version"), "{}", r.text());
+
+    // Health, readiness, metrics, unknown paths and methods.
+    assert_eq!(
+        http::get(&format!("{}/healthz", signer.url))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        http::get(&format!("{}/readyz", signer.url))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let r = http::get(&format!("{}/nope", signer.url)).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert!(!message(&r).is_empty());
+    let r = http::request(
+        "POST",
+        &format!("{}/v1/fallback-config", signer.url),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.header("allow"), Some("GET"));
+    let metrics = http::get(&format!("{}/metrics", signer.url))
+        .await
+        .unwrap()
+        .text();
+    for line in [
+        "fallback_companion_signer_requests_total{code=\"401\"} 2",
+        "fallback_companion_signer_requests_total{code=\"404\"} 1",
+        "fallback_companion_signer_requests_total{code=\"200\"} 2",
+        "fallback_companion_signer_requests_total{code=\"400\"} 1",
+        "fallback_companion_signer_requests_total{code=\"405\"} 1",
+        "fallback_companion_signing_duration_seconds_count 3",
+        "fallback_companion_info{version=\"",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    signer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_urls_expire_with_their_ttl() {
+    let seaweed = SeaweedFs::start().await;
+    export(s3_store(&seaweed, seaweed.writer()).as_ref(), &key(), "v1").await;
+    let mut settings = signer_settings("kong", VERSION, TOKEN);
+    settings.ttl = Duration::from_secs(1);
+    let signer = RunningSigner::start(settings, s3_store(&seaweed, seaweed.reader())).await;
+
+    // A fresh URL works (its 1 s may straddle a second boundary: ask again if it did).
+    let mut last = None;
+    for _ in 0..5 {
+        let config = signed(&ask(&signer, "", Some(TOKEN)).await);
+        let status = get_status(&config.url).await;
+        last = Some(config);
+        if status == 200 {
+            break;
+        }
+    }
+    let config = last.unwrap();
+    assert!(
+        config.url.contains("X-Amz-Expires=1&") || config.url.contains("X-Amz-Expires=1"),
+        "{}",
+        config.url
+    );
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let r = http::get(&config.url).await.unwrap();
+    assert_eq!(r.status, 403, "expired URL: {}", r.text());
+    signer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_storage_down_is_503_and_not_ready_until_it_returns() {
+    let mut seaweed = SeaweedFs::start().await;
+    export(s3_store(&seaweed, seaweed.writer()).as_ref(), &key(), "v1").await;
+    let signer = RunningSigner::start(
+        signer_settings("kong", VERSION, TOKEN),
+        s3_store(&seaweed, seaweed.reader()),
+    )
+    .await;
+    let readyz = format!("{}/readyz", signer.url);
+    wait_until("ready", WAIT, || async { get_status(&readyz).await == 200 }).await;
+    signed(&ask(&signer, "", Some(TOKEN)).await);
+
+    seaweed.stop().await;
+    let r = ask(&signer, "", Some(TOKEN)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        message(&r).contains("storage cannot be reached"),
+        "{}",
+        r.text()
+    );
+    let r = http::get(&readyz).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(message(&r).starts_with("not ready:"), "{}", r.text());
+    assert_eq!(
+        http::get(&format!("{}/healthz", signer.url))
+            .await
+            .unwrap()
+            .status,
+        200,
+        "alive while storage is down"
+    );
+
+    seaweed.restart().await;
+    wait_until("ready again", WAIT, || async {
+        get_status(&readyz).await == 200
+    })
+    .await;
+    wait_until("signing again", WAIT, || async {
+        ask(&signer, "", Some(TOKEN)).await.status == 200
+    })
+    .await;
+    let config = signed(&ask(&signer, "", Some(TOKEN)).await);
+    assert_eq!(get_status(&config.url).await, 200);
+    signer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_storage_is_served_by_the_companion_behind_signed_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, base) = RunningSigner::bind().await;
+    let url_signer = Arc::new(UrlSigner::new(&base, Secret::new("replicas-share-this")));
+    let store: Arc<dyn ConfigStore> =
+        Arc::new(FileStore::new(dir.path().to_owned()).with_url_signer(url_signer.clone()));
+    let mut settings = signer_settings("", VERSION, TOKEN);
+    settings.object_urls = Some(url_signer.clone());
+    let signer = RunningSigner::start_on(listener, settings, store.clone());
+    let key = object_key("", VERSION).unwrap();
+
+    let r = ask(&signer, "", Some("nope")).await;
+    assert_eq!(r.status, 401);
+    assert!(!r.text().contains("nope\""), "{}", r.text());
+    let r = ask(&signer, "", Some(TOKEN)).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(message(&r).contains("nothing exported for version 3.4.1.0"));
+
+    let (body, metadata) = export(store.as_ref(), &key, "v1").await;
+    let config = signed(&ask(&signer, "", Some(TOKEN)).await);
+    assert_eq!(config.sha256, metadata.sha256.to_hex());
+    assert_eq!(config.revision, metadata.revision);
+    assert!(
+        config
+            .url
+            .starts_with(&format!("{base}/v1/objects/3.4.1.0/config.json?expires=")),
+        "{}",
+        config.url
+    );
+    // No bearer token: the signature is the credential.
+    let fetched = http::get(&config.url).await.unwrap();
+    assert_eq!(fetched.status, 200, "{}", fetched.text());
+    assert_eq!(fetched.body, body.to_vec());
+    assert_eq!(fetched.header("content-type"), Some("application/json"));
+    assert_eq!(
+        fetched.header("x-fallback-sha256"),
+        Some(metadata.sha256.to_hex().as_str())
+    );
+    assert_eq!(
+        fetched.header("x-fallback-revision"),
+        Some(metadata.revision.to_string().as_str())
+    );
+
+    // A tampered signature; the same signature on another existing object.
+    let (head, signature) = config.url.split_once("signature=").unwrap();
+    let flipped = if signature.starts_with('0') { "1" } else { "0" };
+    let tampered = format!("{head}signature={flipped}{}", &signature[1..]);
+    let r = http::get(&tampered).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        message(&r).contains("signature does not match"),
+        "{}",
+        r.text()
+    );
+    let other = object_key("", "9.9.9").unwrap();
+    export(store.as_ref(), &other, "other").await;
+    let r = http::get(&with_key(&config.url, &key, &other))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        message(&r).contains("signature does not match"),
+        "{}",
+        r.text()
+    );
+    let r = http::get(&format!("{base}/v1/objects/{key}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "no signature at all: {}", r.text());
+
+    // Expired: a URL signed for one second ago is told apart from a bad signature.
+    let past = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let r = http::get(&url_signer.url(&key, past)).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(message(&r).contains("expired"), "{}", r.text());
+
+    // An object some other tool wrote (no sha256 metadata): 409, re-export it.
+    let foreign = dir.path().join("kong-wrote-this/config.json");
+    std::fs::create_dir_all(foreign.parent().unwrap()).unwrap();
+    std::fs::write(&foreign, b"{\"_format_version\":\"3.0\"}").unwrap();
+    let r = ask(&signer, "?version=kong-wrote-this", Some(TOKEN)).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(message(&r).contains("re-export"), "{}", r.text());
+
+    let metrics = http::get(&format!("{}/metrics", signer.url))
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("fallback_companion_object_requests_total{code=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fallback_companion_object_requests_total{code=\"403\"} 4"),
+        "{metrics}"
+    );
+    signer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_urls_expire_with_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, base) = RunningSigner::bind().await;
+    let url_signer = Arc::new(UrlSigner::with_random_key(&base));
+    let store: Arc<dyn ConfigStore> =
+        Arc::new(FileStore::new(dir.path().to_owned()).with_url_signer(url_signer.clone()));
+    let mut settings = signer_settings("", VERSION, TOKEN);
+    settings.object_urls = Some(url_signer);
+    settings.ttl = Duration::from_secs(1);
+    let signer = RunningSigner::start_on(listener, settings, store.clone());
+    export(store.as_ref(), &object_key("", VERSION).unwrap(), "v1").await;
+    let config = signed(&ask(&signer, "", Some(TOKEN)).await);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let r = http::get(&config.url).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(message(&r).contains("expired at"), "{}", r.text());
+    signer.stop().await;
+}
+
+/// Sends SIGTERM to the child and waits for it to exit.
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the companion did not stop within 10 s of SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_the_signer_role_from_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("store");
+    let tokens = dir.path().join("tokens");
+    let log = dir.path().join("companion.log");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env = |cmd: &mut Command| {
+        cmd.env_clear()
+            .env(
+                "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+                format!("file://{}", storage.display()),
+            )
+            .env("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", "on")
+            .env("FALLBACK_CONFIG_VERSION", VERSION)
+            .env("FALLBACK_LISTEN", format!("127.0.0.1:{port}"));
+    };
+
+    // Without any token the role refuses to start, saying how to set one.
+    let mut cmd = Command::new(companion_binary());
+    env(&mut cmd);
+    let out = cmd.arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FALLBACK_SIGNER_TOKENS"), "{stderr}");
+
+    std::fs::write(&tokens, format!("# rotated by the ops team\n{TOKEN}\n")).unwrap();
+    let mut cmd = Command::new(companion_binary());
+    env(&mut cmd);
+    let mut child = cmd
+        .env("FALLBACK_SIGNER_TOKENS_FILE", &tokens)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let healthz = format!("{base}/healthz");
+    wait_until("the companion answers /healthz", WAIT, || async {
+        http::get(&healthz).await.map(|r| r.status) == Ok(200)
+    })
+    .await;
+    let signer_url = format!("{base}/v1/fallback-config");
+    let ask = |token: &'static str| {
+        let url = signer_url.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            http::request(
+                "GET",
+                &url,
+                &[("authorization", auth.as_str())],
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = ask(TOKEN).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // Export with the one-shot command, then fetch through the companion.
+    let doc = dir.path().join("kong.json");
+    std::fs::write(&doc, serde_json::to_vec(&document("bin")).unwrap()).unwrap();
+    let out = Command::new(companion_binary())
+        .args(["export", "--storage"])
+        .arg(format!("file://{}", storage.display()))
+        .args(["--config-version", VERSION, "--config-file"])
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = signed(&ask(TOKEN).await);
+    assert!(
+        config.url.starts_with(&format!("{base}/v1/objects/")),
+        "{}",
+        config.url
+    );
+    let fetched = http::get(&config.url).await.unwrap();
+    assert_eq!(fetched.status, 200, "{}", fetched.text());
+    assert_eq!(fetched.body, canonical_json(&document("bin")));
+
+    // A wrong token is refused and shows nowhere; the token file rotates without a restart.
+    assert_eq!(ask("wrong-token-4242").await.status, 401);
+    std::fs::write(&tokens, "rotated-token-99\n").unwrap();
+    assert_eq!(ask("rotated-token-99").await.status, 200);
+    assert_eq!(ask(TOKEN).await.status, 401, "the old token is gone");
+
+    let status = terminate(&mut child);
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("signer request"), "{logged}");
+    assert!(logged.contains("status=200"), "{logged}");
+    for secret in ["wrong-token-4242", TOKEN, "rotated-token-99", "signature="] {
+        assert!(!logged.contains(secret), "{secret} in the log:\n{logged}");
+    }
+}
