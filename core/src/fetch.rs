@@ -1,1 +1,1256 @@
-//! (being written)
+//! The filter's fetch state machine, sans I/O: events in (a tick, a call's response, the clock),
+//! actions out (dispatch this call, publish this document, log, count).
+//!
+//! One machine runs in the leader worker's root context. It polls the control plane (CP) and,
+//! when the CP is unusable, imports the fallback config: a signed URL from the companion, then the
+//! object from storage, verified (sha256) and validated before it is published. It never
+//! unpublishes: a failure anywhere keeps the last good config in place.
+//!
+//! Modes ([`Mode`]):
+//! - `Starting` → `ControlPlane`: the CP serves a valid document.
+//! - `Starting` → `Fallback`: the CP fails once (there is nothing to serve yet).
+//! - `ControlPlane` → `Fallback`: `cp_failure_threshold` failures in a row.
+//! - `Fallback` → `ControlPlane`: the CP serves a valid document again.
+//! - No CP configured: `Fallback` from the start.
+//!
+//! The import itself is a second, smaller state machine: idle until due, then asking
+//! the companion, then fetching the object; a failure at any step schedules a retry with
+//! backoff and jitter. Calls carry a [`CallId`]; at most one call per party is in flight, and a
+//! call the host never answers counts as failed once its timeout plus a grace second has passed.
+
+mod signed_url;
+#[cfg(test)]
+mod tests;
+
+use crate::backoff::Backoff;
+use crate::digest::{canonical_json, Sha256Digest};
+use crate::document::{ConfigDocument, Loaded, ValidationErrors};
+use crate::filter_config::FilterConfig;
+use crate::wire::{redact_signed_url, ErrorBody, SignedConfig};
+use serde_json::Value;
+use std::fmt;
+use std::sync::Arc;
+
+/// Identifies one dispatched call; the glue maps the host's token to it.
+pub type CallId = u64;
+
+/// How long past its own timeout a call may stay unanswered before the machine gives up on it.
+pub const LOST_CALL_GRACE_MS: u64 = 1_000;
+
+/// Longest excerpt of a peer's error message quoted in a log line.
+const QUOTE_MAX: usize = 200;
+
+/// Who a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Party {
+    /// The control plane's config endpoint.
+    ControlPlane,
+    /// The companion's signer API.
+    Companion,
+    /// The object storage, through a signed URL.
+    Storage,
+}
+
+impl Party {
+    /// A stable lowercase name, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Party::ControlPlane => "control_plane",
+            Party::Companion => "companion",
+            Party::Storage => "storage",
+        }
+    }
+}
+
+/// A call for the host to dispatch. `method`, `path` and `authority` become the `:method`,
+/// `:path` and `:authority` pseudo-headers; `headers` holds only regular headers.
+///
+/// If the host refuses to dispatch it, report that through [`FetchMachine::on_response`] with
+/// [`HttpResponse::transport_failure`] so the machine does not wait for the lost-call timeout.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// The id the response must be reported with.
+    pub call: CallId,
+    /// Who the call goes to.
+    pub party: Party,
+    /// Envoy cluster name, or `host:port` in Kong's ngx_wasm_module.
+    pub upstream: String,
+    /// `:method`.
+    pub method: String,
+    /// `:path`, with the query. For storage it holds a signature: see the `Debug` impl.
+    pub path: String,
+    /// `:authority`.
+    pub authority: String,
+    /// Regular headers (lowercase names). May hold `authorization`: see the `Debug` impl.
+    pub headers: Vec<(String, String)>,
+    /// How long the host should wait for the answer.
+    pub timeout_ms: u64,
+}
+
+/// Redacts the bearer token and a signed URL's query, so `{:?}` of an action is safe to log.
+impl fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                if name.eq_ignore_ascii_case("authorization") {
+                    (name.as_str(), "<redacted>")
+                } else {
+                    (name.as_str(), value.as_str())
+                }
+            })
+            .collect();
+        let path = match self.party {
+            Party::Storage => redact_signed_url(&self.path),
+            _ => &self.path,
+        };
+        f.debug_struct("HttpRequest")
+            .field("call", &self.call)
+            .field("party", &self.party)
+            .field("upstream", &self.upstream)
+            .field("method", &self.method)
+            .field("path", &path)
+            .field("authority", &self.authority)
+            .field("headers", &headers)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// What came back for a call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpResponse {
+    /// The HTTP status; `None` for a transport failure or timeout (Envoy: zero headers; Kong:
+    /// a `:dispatch_status` other than success).
+    pub status: Option<u16>,
+    /// Response headers as received (names in any case).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with a status and a body, no headers.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        HttpResponse {
+            status: Some(status),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// The call failed below HTTP: no connection, reset, timeout, or the host refused it.
+    pub fn transport_failure() -> Self {
+        HttpResponse::default()
+    }
+
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Where a published document came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Polled from the control plane.
+    ControlPlane,
+    /// Imported from storage (the fallback config).
+    Fallback,
+}
+
+impl Source {
+    /// A stable lowercase name, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::ControlPlane => "control_plane",
+            Source::Fallback => "fallback",
+        }
+    }
+}
+
+/// A validated document for every worker to enforce.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublishedConfig {
+    /// Where it came from.
+    pub source: Source,
+    /// The export's revision in storage; 0 for control plane documents.
+    pub revision: u64,
+    /// sha256 of `document`.
+    pub sha256: Sha256Digest,
+    /// The bytes exactly as validated: `ConfigDocument::from_slice(document)` succeeds. Control
+    /// plane documents are stored as canonical JSON (see [`crate::digest`]), like exports, so the
+    /// same config has the same sha256 from either source.
+    pub document: Arc<[u8]>,
+}
+
+/// Shows the document's size, not its bytes.
+impl fmt::Debug for PublishedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublishedConfig")
+            .field("source", &self.source)
+            .field("revision", &self.revision)
+            .field("sha256", &self.sha256)
+            .field("document_bytes", &self.document.len())
+            .finish()
+    }
+}
+
+/// A step that succeeded or failed, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// A control plane poll (an HTTP answer counts as success; what it held is `Validate`).
+    ControlPlane,
+    /// A signed URL from the companion.
+    Companion,
+    /// The object from storage.
+    Storage,
+    /// The object's sha256 against the signer's.
+    Verify,
+    /// A document's validation, from either source.
+    Validate,
+}
+
+impl Stage {
+    /// A stable lowercase name, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::ControlPlane => "control_plane",
+            Stage::Companion => "companion",
+            Stage::Storage => "storage",
+            Stage::Verify => "verify",
+            Stage::Validate => "validate",
+        }
+    }
+}
+
+/// How loud a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Routine detail.
+    Debug,
+    /// Something an operator may want to know (a new config, a mode change).
+    Info,
+    /// Something is wrong but the filter copes (a failed poll, a retried import).
+    Warn,
+    /// Something is wrong and needs a person (no config at all).
+    Error,
+}
+
+/// What the host glue must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Dispatch this call; report its answer with [`FetchMachine::on_response`].
+    Dispatch(HttpRequest),
+    /// Make this document the one every worker enforces.
+    Publish(PublishedConfig),
+    /// Log this line. It never contains the companion token or a signed URL's query.
+    Log {
+        /// How loud.
+        level: LogLevel,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// Count one outcome of a stage.
+    Count {
+        /// Which stage.
+        stage: Stage,
+        /// Whether it succeeded.
+        success: bool,
+    },
+}
+
+/// What the machine is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// A control plane is configured and has not answered yet; nothing is published.
+    Starting,
+    /// The control plane answers: its config is what is published (or about to be).
+    ControlPlane,
+    /// The control plane is unusable (or none is configured): importing from storage.
+    Fallback,
+}
+
+impl Mode {
+    /// A stable lowercase name, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Starting => "starting",
+            Mode::ControlPlane => "control_plane",
+            Mode::Fallback => "fallback",
+        }
+    }
+}
+
+/// A call waiting for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InFlight {
+    call: CallId,
+    /// When the call counts as lost: its timeout plus [`LOST_CALL_GRACE_MS`].
+    deadline_ms: u64,
+}
+
+/// The control plane poller's state.
+#[derive(Debug)]
+struct Poller {
+    next_poll_ms: u64,
+    in_flight: Option<InFlight>,
+    /// Whether the call in flight carries `If-None-Match` (a 304 only means something then).
+    conditional: bool,
+    /// ETag of the last document accepted from the CP.
+    etag: Option<String>,
+    failures: u32,
+    /// sha256 of the last rejected body, so the same broken document is described once.
+    last_rejected: Option<Sha256Digest>,
+}
+
+/// The import's state: asking the companion, then fetching the object.
+#[derive(Debug)]
+enum ImportState {
+    /// Nothing in flight; the next import starts at `due_ms` (`None`: not scheduled).
+    Idle { due_ms: Option<u64> },
+    /// Waiting for the companion's signed URL.
+    AskingCompanion { call: InFlight },
+    /// Waiting for the object.
+    FetchingObject { call: InFlight, object: ObjectRef },
+}
+
+/// What the companion said the object is.
+#[derive(Debug)]
+struct ObjectRef {
+    key: String,
+    revision: u64,
+    sha256: Sha256Digest,
+    /// The URL without its query, for logs.
+    redacted_url: String,
+}
+
+/// The fetch state machine. See the module documentation.
+pub struct FetchMachine {
+    config: FilterConfig,
+    mode: Mode,
+    current: Option<PublishedConfig>,
+    poller: Option<Poller>,
+    import: ImportState,
+    backoff: Backoff,
+    rng: SplitMix64,
+    next_call: CallId,
+    /// The latest clock reading, to notice the clock going backwards.
+    last_now_ms: Option<u64>,
+}
+
+impl fmt::Debug for FetchMachine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchMachine")
+            .field("mode", &self.mode)
+            .field("current", &self.current)
+            .field("poller", &self.poller)
+            .field("import", &self.import)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FetchMachine {
+    /// A machine for `config`; `entropy_seed` feeds the retry jitter (use the host's randomness
+    /// or clock, different in every process, so a fleet does not retry in lockstep).
+    pub fn new(config: &FilterConfig, entropy_seed: u64) -> Self {
+        let poller = config.control_plane.as_ref().map(|_| Poller {
+            next_poll_ms: 0,
+            in_flight: None,
+            conditional: false,
+            etag: None,
+            failures: 0,
+            last_rejected: None,
+        });
+        let (mode, due_ms) = if poller.is_some() {
+            (Mode::Starting, None)
+        } else {
+            (Mode::Fallback, Some(0))
+        };
+        FetchMachine {
+            config: config.clone(),
+            mode,
+            current: None,
+            poller,
+            import: ImportState::Idle { due_ms },
+            backoff: Backoff::new(config.retry_initial_ms, config.retry_max_ms),
+            rng: SplitMix64(entropy_seed),
+            next_call: 1,
+            last_now_ms: None,
+        }
+    }
+
+    /// A worker that becomes leader adopts what is already published so it does not start from
+    /// "nothing": the mode follows the document's source, the CP is polled (unconditionally) at
+    /// the next tick, and a fallback document is re-checked against storage at the next tick.
+    /// Calls already in flight stay tracked.
+    pub fn adopt(&mut self, current: Option<&PublishedConfig>) {
+        self.current = current.cloned();
+        if let Some(poller) = &mut self.poller {
+            poller.etag = None;
+            poller.failures = 0;
+            poller.last_rejected = None;
+            poller.next_poll_ms = 0;
+            self.mode = match current.map(|c| c.source) {
+                None => Mode::Starting,
+                Some(Source::ControlPlane) => Mode::ControlPlane,
+                Some(Source::Fallback) => Mode::Fallback,
+            };
+        }
+        if let ImportState::Idle { due_ms } = &mut self.import {
+            *due_ms = (self.mode == Mode::Fallback).then_some(0);
+        }
+    }
+
+    /// The host's periodic tick.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.observe_clock(now_ms);
+        self.drive(now_ms, &mut out);
+        out
+    }
+
+    /// The answer to a call. Answers to unknown or abandoned calls are ignored.
+    pub fn on_response(
+        &mut self,
+        now_ms: u64,
+        call: CallId,
+        response: HttpResponse,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.observe_clock(now_ms);
+        let poll = self
+            .poller
+            .as_ref()
+            .and_then(|p| p.in_flight)
+            .filter(|f| f.call == call);
+        if poll.is_some() {
+            self.on_cp_response(now_ms, response, &mut out);
+        } else {
+            match &self.import {
+                ImportState::AskingCompanion { call: f } if f.call == call => {
+                    self.on_companion_response(now_ms, response, &mut out);
+                }
+                ImportState::FetchingObject { call: f, .. } if f.call == call => {
+                    self.on_storage_response(now_ms, response, &mut out);
+                }
+                _ => log(
+                    &mut out,
+                    LogLevel::Debug,
+                    format!("ignoring the answer to call {call}: no such call in flight"),
+                ),
+            }
+        }
+        self.drive(now_ms, &mut out);
+        out
+    }
+
+    /// What the machine is doing.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The document published last (or adopted), if any.
+    pub fn current(&self) -> Option<&PublishedConfig> {
+        self.current.as_ref()
+    }
+
+    /// Consecutive control plane failures so far (0 without a control plane).
+    pub fn consecutive_cp_failures(&self) -> u32 {
+        self.poller.as_ref().map_or(0, |p| p.failures)
+    }
+
+    /// A wall clock that jumps back would otherwise postpone every schedule by the jump: shift
+    /// every absolute time back with it.
+    fn observe_clock(&mut self, now_ms: u64) {
+        if let Some(last) = self.last_now_ms {
+            if now_ms < last {
+                let back = last - now_ms;
+                let shift = |t: &mut u64| *t = t.saturating_sub(back);
+                if let Some(p) = &mut self.poller {
+                    shift(&mut p.next_poll_ms);
+                    if let Some(f) = &mut p.in_flight {
+                        shift(&mut f.deadline_ms);
+                    }
+                }
+                match &mut self.import {
+                    ImportState::Idle { due_ms } => {
+                        if let Some(t) = due_ms {
+                            shift(t);
+                        }
+                    }
+                    ImportState::AskingCompanion { call }
+                    | ImportState::FetchingObject { call, .. } => shift(&mut call.deadline_ms),
+                }
+            }
+        }
+        self.last_now_ms = Some(now_ms);
+    }
+
+    /// Gives up on lost calls, then starts whatever is due.
+    fn drive(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let lost_poll = self
+            .poller
+            .as_ref()
+            .and_then(|p| p.in_flight)
+            .filter(|f| now_ms >= f.deadline_ms);
+        if lost_poll.is_some() {
+            self.on_cp_response(now_ms, lost_call_response(), out);
+        }
+        match &self.import {
+            ImportState::AskingCompanion { call } if now_ms >= call.deadline_ms => {
+                self.on_companion_response(now_ms, lost_call_response(), out);
+            }
+            ImportState::FetchingObject { call, .. } if now_ms >= call.deadline_ms => {
+                self.on_storage_response(now_ms, lost_call_response(), out);
+            }
+            _ => {}
+        }
+
+        let poll_due = self
+            .poller
+            .as_ref()
+            .is_some_and(|p| p.in_flight.is_none() && now_ms >= p.next_poll_ms);
+        if poll_due {
+            self.poll_cp(now_ms, out);
+        }
+        let import_due =
+            matches!(self.import, ImportState::Idle { due_ms: Some(t) } if now_ms >= t);
+        if import_due && self.mode != Mode::ControlPlane {
+            self.ask_companion(now_ms, out);
+        }
+    }
+
+    fn new_call(&mut self, now_ms: u64, timeout_ms: u64) -> InFlight {
+        let call = self.next_call;
+        self.next_call = self.next_call.wrapping_add(1);
+        InFlight {
+            call,
+            deadline_ms: now_ms
+                .saturating_add(timeout_ms)
+                .saturating_add(LOST_CALL_GRACE_MS),
+        }
+    }
+
+    // ---- control plane ----
+
+    fn poll_cp(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let Some(cp) = self.config.control_plane.clone() else {
+            return;
+        };
+        let flight = self.new_call(now_ms, cp.timeout_ms);
+        let serving_cp = self.mode == Mode::ControlPlane;
+        let Some(poller) = &mut self.poller else {
+            return;
+        };
+        let mut headers = vec![("accept".to_owned(), "application/json".to_owned())];
+        // Off the CP's document, a 304 would not say which document to serve: ask for it whole.
+        let etag = poller.etag.as_ref().filter(|_| serving_cp);
+        if let Some(etag) = etag {
+            headers.push(("if-none-match".to_owned(), etag.clone()));
+        }
+        poller.conditional = etag.is_some();
+        poller.in_flight = Some(flight);
+        poller.next_poll_ms = now_ms.saturating_add(self.config.poll_interval_ms);
+        out.push(Action::Dispatch(HttpRequest {
+            call: flight.call,
+            party: Party::ControlPlane,
+            upstream: cp.upstream,
+            method: "GET".to_owned(),
+            path: cp.path,
+            authority: cp.authority,
+            headers,
+            timeout_ms: cp.timeout_ms,
+        }));
+    }
+
+    fn on_cp_response(&mut self, now_ms: u64, response: HttpResponse, out: &mut Vec<Action>) {
+        let Some(poller) = &mut self.poller else {
+            return;
+        };
+        poller.in_flight = None;
+        let conditional = poller.conditional;
+        let upstream = self.cp_upstream();
+        match response.status {
+            Some(200) => {
+                out.push(count(Stage::ControlPlane, true));
+                self.on_cp_document(now_ms, &response, out);
+            }
+            Some(304) if conditional && self.mode == Mode::ControlPlane => {
+                out.push(count(Stage::ControlPlane, true));
+                log(
+                    out,
+                    LogLevel::Debug,
+                    format!("control plane {upstream}: config unchanged (304)"),
+                );
+                self.cp_succeeded();
+            }
+            Some(304) => {
+                out.push(count(Stage::ControlPlane, false));
+                self.cp_failed(
+                    now_ms,
+                    "answered 304 Not Modified to a request without If-None-Match".to_owned(),
+                    out,
+                );
+            }
+            status => {
+                out.push(count(Stage::ControlPlane, false));
+                let why = self.cp_status_problem(status, &response);
+                self.cp_failed(now_ms, why, out);
+            }
+        }
+    }
+
+    fn cp_upstream(&self) -> String {
+        self.config
+            .control_plane
+            .as_ref()
+            .map_or_else(String::new, |cp| cp.upstream.clone())
+    }
+
+    fn cp_status_problem(&self, status: Option<u16>, response: &HttpResponse) -> String {
+        let Some(cp) = &self.config.control_plane else {
+            return String::new();
+        };
+        let detail = peer_message(&response.body);
+        match status {
+            None => format!(
+                "no answer (connection failed or no response within {} ms)",
+                cp.timeout_ms
+            ),
+            Some(s @ (401 | 403)) => format!(
+                "HTTP {s}{detail}: the control plane refused the request; check its access rules"
+            ),
+            Some(404) => format!(
+                "HTTP 404{detail}: no config endpoint at {}; check control_plane.path",
+                cp.path
+            ),
+            Some(s) => format!("HTTP {s}{detail}"),
+        }
+    }
+
+    fn on_cp_document(&mut self, now_ms: u64, response: &HttpResponse, out: &mut Vec<Action>) {
+        let upstream = self.cp_upstream();
+        let body_sha = Sha256Digest::of(&response.body);
+        let already_described = self
+            .poller
+            .as_ref()
+            .is_some_and(|p| p.last_rejected == Some(body_sha));
+        let checked =
+            decode_cp_body(&response.body, response.header("content-type")).and_then(|value| {
+                match ConfigDocument::from_json(&value) {
+                    Ok(loaded) => Ok((value, loaded)),
+                    Err(errors) => Err(invalid_document(&errors)),
+                }
+            });
+        let (value, loaded) = match checked {
+            Ok(ok) => ok,
+            Err(why) => {
+                out.push(count(Stage::Validate, false));
+                if let Some(p) = &mut self.poller {
+                    p.last_rejected = Some(body_sha);
+                }
+                let why = if already_described {
+                    format!(
+                        "still serves the same unusable config (body sha256 {body_sha}), \
+                         described above"
+                    )
+                } else {
+                    format!("served an unusable config: {why}")
+                };
+                self.cp_failed(now_ms, why, out);
+                return;
+            }
+        };
+        out.push(count(Stage::Validate, true));
+        let document = canonical_json(&value);
+        let published = PublishedConfig {
+            source: Source::ControlPlane,
+            revision: 0,
+            sha256: Sha256Digest::of(&document),
+            document: document.into(),
+        };
+        if let Some(poller) = &mut self.poller {
+            poller.last_rejected = None;
+            poller.etag = response
+                .header("etag")
+                .filter(|e| usable_etag(e))
+                .map(str::to_owned);
+        }
+        let was = self.mode;
+        let sha = published.sha256;
+        let message = match (self.publish(published, &loaded, out), was) {
+            (true, Mode::Fallback) => Some(format!(
+                "control plane {upstream} is back: serving its config (sha256 {sha}) instead of \
+                 the fallback config"
+            )),
+            (true, _) => Some(format!(
+                "serving the config from control plane {upstream} (sha256 {sha})"
+            )),
+            (false, Mode::Fallback) => Some(format!(
+                "control plane {upstream} is back with the config already served (sha256 {sha}): \
+                 leaving the fallback mode"
+            )),
+            (false, _) => None,
+        };
+        if let Some(message) = message {
+            log(out, LogLevel::Info, message);
+        }
+        self.cp_succeeded();
+    }
+
+    fn cp_succeeded(&mut self) {
+        if let Some(p) = &mut self.poller {
+            p.failures = 0;
+        }
+        if self.mode != Mode::ControlPlane {
+            self.mode = Mode::ControlPlane;
+            self.backoff.reset();
+        }
+        if let ImportState::Idle { due_ms } = &mut self.import {
+            *due_ms = None;
+        }
+    }
+
+    fn cp_failed(&mut self, now_ms: u64, why: String, out: &mut Vec<Action>) {
+        let threshold = self.config.cp_failure_threshold.max(1);
+        let upstream = self.cp_upstream();
+        let Some(poller) = &mut self.poller else {
+            return;
+        };
+        poller.failures = poller.failures.saturating_add(1);
+        let failures = poller.failures;
+        if self.mode == Mode::Fallback {
+            log(
+                out,
+                LogLevel::Debug,
+                format!(
+                    "control plane {upstream} still unusable ({failures} failures in a row): {why}"
+                ),
+            );
+        } else if self.current.is_none() {
+            log(
+                out,
+                LogLevel::Warn,
+                format!(
+                    "control plane {upstream}: {why}; no config yet: importing the fallback \
+                     config from storage"
+                ),
+            );
+            self.fall_back(now_ms);
+        } else if failures >= threshold {
+            log(
+                out,
+                LogLevel::Warn,
+                format!(
+                    "control plane {upstream} unreachable ({failures} failures in a row, last: \
+                     {why}): switching to the fallback config from storage"
+                ),
+            );
+            self.fall_back(now_ms);
+        } else {
+            log(
+                out,
+                LogLevel::Warn,
+                format!(
+                    "control plane {upstream}: {why} (failure {failures} of {threshold} before \
+                     falling back to storage; still serving the current config)"
+                ),
+            );
+        }
+    }
+
+    fn fall_back(&mut self, now_ms: u64) {
+        self.mode = Mode::Fallback;
+        if let Some(p) = &mut self.poller {
+            p.etag = None;
+        }
+        if let ImportState::Idle { due_ms } = &mut self.import {
+            *due_ms = Some(now_ms);
+        }
+    }
+
+    // ---- import ----
+
+    fn ask_companion(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let companion = self.config.companion.clone();
+        let flight = self.new_call(now_ms, companion.timeout_ms);
+        let separator = if companion.path.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let path = format!(
+            "{}{separator}version={}",
+            companion.path,
+            percent_encode(&self.config.version)
+        );
+        log(
+            out,
+            LogLevel::Debug,
+            format!(
+                "asking companion {} for a signed URL of the config for version {}",
+                companion.upstream, self.config.version
+            ),
+        );
+        self.import = ImportState::AskingCompanion { call: flight };
+        out.push(Action::Dispatch(HttpRequest {
+            call: flight.call,
+            party: Party::Companion,
+            upstream: companion.upstream,
+            method: "GET".to_owned(),
+            path,
+            authority: companion.authority,
+            headers: vec![
+                (
+                    "authorization".to_owned(),
+                    format!("Bearer {}", companion.token),
+                ),
+                ("accept".to_owned(), "application/json".to_owned()),
+            ],
+            timeout_ms: companion.timeout_ms,
+        }));
+    }
+
+    /// An import answer that arrives after the CP came back is of no use.
+    fn import_abandoned(&mut self, out: &mut Vec<Action>) -> bool {
+        if self.mode != Mode::ControlPlane {
+            return false;
+        }
+        self.import = ImportState::Idle { due_ms: None };
+        log(
+            out,
+            LogLevel::Debug,
+            "dropping the import's answer: the control plane is back".to_owned(),
+        );
+        true
+    }
+
+    fn on_companion_response(
+        &mut self,
+        now_ms: u64,
+        response: HttpResponse,
+        out: &mut Vec<Action>,
+    ) {
+        if self.import_abandoned(out) {
+            return;
+        }
+        let companion = &self.config.companion;
+        let detail = peer_message(&response.body);
+        let why = match response.status {
+            Some(200) => match read_signed_config(&response.body) {
+                Ok(signed) => {
+                    out.push(count(Stage::Companion, true));
+                    self.fetch_object(now_ms, signed, out);
+                    return;
+                }
+                Err(why) => format!(
+                    "companion {} answered 200 but {why}; check that the companion and the filter \
+                     are the same release",
+                    companion.upstream
+                ),
+            },
+            None => format!(
+                "companion {} unreachable (connection failed or no answer within {} ms); check \
+                 that it runs with the signer role",
+                companion.upstream, companion.timeout_ms
+            ),
+            Some(s @ (401 | 403)) => format!(
+                "companion {} rejected the token (HTTP {s}{detail}); set companion.token to the \
+                 signer's token",
+                companion.upstream
+            ),
+            Some(404) => format!(
+                "nothing exported for version {} (companion: HTTP 404{detail}); check that an \
+                 exporter runs with the same version",
+                self.config.version
+            ),
+            Some(503) => format!(
+                "companion {} cannot reach storage (HTTP 503{detail})",
+                companion.upstream
+            ),
+            Some(s) => format!("companion {} answered HTTP {s}{detail}", companion.upstream),
+        };
+        out.push(count(Stage::Companion, false));
+        self.import_failed(now_ms, why, out);
+    }
+
+    fn fetch_object(&mut self, now_ms: u64, signed: SignedObject, out: &mut Vec<Action>) {
+        let SignedObject {
+            object,
+            authority,
+            path,
+        } = signed;
+        let storage = self.config.storage.clone();
+        let flight = self.new_call(now_ms, storage.timeout_ms);
+        log(
+            out,
+            LogLevel::Debug,
+            format!(
+                "fetching {} (revision {}) from storage {}",
+                object.redacted_url, object.revision, storage.upstream
+            ),
+        );
+        self.import = ImportState::FetchingObject {
+            call: flight,
+            object,
+        };
+        out.push(Action::Dispatch(HttpRequest {
+            call: flight.call,
+            party: Party::Storage,
+            upstream: storage.upstream,
+            method: "GET".to_owned(),
+            path,
+            authority,
+            headers: Vec::new(),
+            timeout_ms: storage.timeout_ms,
+        }));
+    }
+
+    fn on_storage_response(&mut self, now_ms: u64, response: HttpResponse, out: &mut Vec<Action>) {
+        if self.import_abandoned(out) {
+            return;
+        }
+        let state = std::mem::replace(&mut self.import, ImportState::Idle { due_ms: None });
+        let ImportState::FetchingObject { object, .. } = state else {
+            return;
+        };
+        let storage = &self.config.storage;
+        let detail = peer_message(&response.body);
+        let url = &object.redacted_url;
+        let why = match response.status {
+            Some(200) => {
+                out.push(count(Stage::Storage, true));
+                self.on_object(now_ms, &object, response.body, out);
+                return;
+            }
+            None => format!(
+                "storage {} unreachable fetching {url} (connection failed or no answer within {} \
+                 ms)",
+                storage.upstream, storage.timeout_ms
+            ),
+            Some(403) => format!(
+                "storage refused the signed URL for {url} (HTTP 403{detail}): it may have expired \
+                 (check clocks) or the signer's credentials cannot read it"
+            ),
+            Some(404) => format!(
+                "storage has no object {} (HTTP 404{detail}) although the companion signed it",
+                object.key
+            ),
+            Some(s) => format!("storage answered HTTP {s}{detail} for {url}"),
+        };
+        out.push(count(Stage::Storage, false));
+        self.import_failed(now_ms, why, out);
+    }
+
+    fn on_object(&mut self, now_ms: u64, object: &ObjectRef, body: Vec<u8>, out: &mut Vec<Action>) {
+        let actual = Sha256Digest::of(&body);
+        if actual != object.sha256 {
+            out.push(count(Stage::Verify, false));
+            let why = format!(
+                "object {} ({}) has sha256 {actual} but its export says {}: not using it (a \
+                 corrupted or concurrently replaced object)",
+                object.key, object.redacted_url, object.sha256
+            );
+            self.import_failed(now_ms, why, out);
+            return;
+        }
+        out.push(count(Stage::Verify, true));
+        let loaded = match ConfigDocument::from_slice(&body) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                out.push(count(Stage::Validate, false));
+                let why = format!(
+                    "object {} (revision {}) is not a usable config: {}",
+                    object.key,
+                    object.revision,
+                    invalid_document(&errors)
+                );
+                self.import_failed(now_ms, why, out);
+                return;
+            }
+        };
+        out.push(count(Stage::Validate, true));
+        self.backoff.reset();
+        if self.mode == Mode::Starting {
+            self.mode = Mode::Fallback;
+        }
+        let refresh = self.config.fallback_refresh_interval_ms;
+        self.import = ImportState::Idle {
+            due_ms: Some(now_ms.saturating_add(refresh)),
+        };
+        let published = PublishedConfig {
+            source: Source::Fallback,
+            revision: object.revision,
+            sha256: actual,
+            document: body.into(),
+        };
+        if self.publish(published, &loaded, out) {
+            log(
+                out,
+                LogLevel::Info,
+                format!(
+                    "imported revision {} (sha256 {actual}) from storage: serving the fallback \
+                     config; next check in {refresh} ms",
+                    object.revision
+                ),
+            );
+        } else {
+            log(
+                out,
+                LogLevel::Debug,
+                format!(
+                    "storage still holds revision {} (sha256 {actual}): nothing new",
+                    object.revision
+                ),
+            );
+        }
+    }
+
+    fn import_failed(&mut self, now_ms: u64, why: String, out: &mut Vec<Action>) {
+        let delay = self.backoff.next_delay_ms(self.rng.next());
+        self.import = ImportState::Idle {
+            due_ms: Some(now_ms.saturating_add(delay)),
+        };
+        let serving = match &self.current {
+            Some(c) => format!(
+                "still serving the {} config (sha256 {})",
+                source_phrase(c.source),
+                c.sha256
+            ),
+            None => "no config yet: requests get 503 until one is imported".to_owned(),
+        };
+        let level = if self.current.is_some() {
+            LogLevel::Warn
+        } else {
+            LogLevel::Error
+        };
+        log(
+            out,
+            level,
+            format!(
+                "fallback import failed: {why}; {serving}; retrying in {delay} ms (attempt {})",
+                self.backoff.attempts()
+            ),
+        );
+    }
+
+    /// Publishes `candidate` unless the same document from the same source (and revision) is
+    /// already published; says whether it did.
+    fn publish(
+        &mut self,
+        candidate: PublishedConfig,
+        loaded: &Loaded,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let same = self.current.as_ref().is_some_and(|c| {
+            c.source == candidate.source
+                && c.revision == candidate.revision
+                && c.sha256 == candidate.sha256
+        });
+        if same {
+            return false;
+        }
+        if !loaded.warnings.is_empty() {
+            let mut message = format!(
+                "the {} config (sha256 {}) loaded with {} warning(s):",
+                source_phrase(candidate.source),
+                candidate.sha256,
+                loaded.warnings.len()
+            );
+            for warning in &loaded.warnings {
+                message.push_str("\n  ");
+                message.push_str(&warning.to_string());
+            }
+            log(out, LogLevel::Warn, message);
+        }
+        self.current = Some(candidate.clone());
+        out.push(Action::Publish(candidate));
+        true
+    }
+}
+
+fn source_phrase(source: Source) -> &'static str {
+    match source {
+        Source::ControlPlane => "control plane",
+        Source::Fallback => "fallback",
+    }
+}
+
+fn log(out: &mut Vec<Action>, level: LogLevel, message: String) {
+    out.push(Action::Log { level, message });
+}
+
+fn count(stage: Stage, success: bool) -> Action {
+    Action::Count { stage, success }
+}
+
+fn lost_call_response() -> HttpResponse {
+    HttpResponse::transport_failure()
+}
+
+fn invalid_document(errors: &ValidationErrors) -> String {
+    format!("{errors}\nkeeping the last good config")
+}
+
+/// An ETag worth sending back: printable ASCII of a sane length (it is network input).
+fn usable_etag(etag: &str) -> bool {
+    !etag.is_empty() && etag.len() <= 256 && etag.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// The declarative JSON in a CP's `200` body: the document itself, or Kong Admin API's
+/// `{"config": "<JSON text>"}`.
+fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, String> {
+    const YAML: &str = "the filter reads JSON only (YAML is not supported): point \
+                        control_plane.path at an endpoint that serves the declarative config as JSON";
+    if content_type.is_some_and(|t| t.to_ascii_lowercase().contains("yaml")) {
+        return Err(format!("the answer is YAML ({YAML})"));
+    }
+    let value = match serde_json::from_slice::<Value>(body) {
+        Ok(value) => value,
+        Err(_) if looks_like_yaml(body) => {
+            return Err(format!("the answer looks like YAML; {YAML}"))
+        }
+        Err(err) => {
+            return Err(format!(
+                "the answer is not JSON (line {}, column {}; {} bytes)",
+                err.line(),
+                err.column(),
+                body.len()
+            ))
+        }
+    };
+    let wrapped = value
+        .as_object()
+        .filter(|map| !map.contains_key("_format_version"))
+        .and_then(|map| map.get("config"));
+    match wrapped {
+        None => Ok(value),
+        Some(Value::Object(_)) => Ok(wrapped.cloned().unwrap_or(Value::Null)),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(inner) => Ok(inner),
+            Err(_) if looks_like_yaml(text.as_bytes()) => Err(format!(
+                "its Kong Admin API answer {{\"config\": ...}} holds YAML; {YAML}"
+            )),
+            Err(err) => Err(format!(
+                "its Kong Admin API answer {{\"config\": ...}} does not hold JSON (line {}, \
+                 column {})",
+                err.line(),
+                err.column()
+            )),
+        },
+        Some(_) => {
+            Err("its {\"config\": ...} answer holds neither a JSON object nor JSON text".to_owned())
+        }
+    }
+}
+
+/// YAML documents start with `---`, a `%` directive, a comment, or a `key:` line; JSON with
+/// `{` or `[`.
+fn looks_like_yaml(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+    let text = text.trim_start_matches('\u{feff}').trim_start();
+    if text.starts_with('{') || text.starts_with('[') {
+        return false;
+    }
+    let first_line = text.lines().next().unwrap_or("");
+    text.starts_with("---")
+        || text.starts_with('%')
+        || text.starts_with('#')
+        || first_line.contains(": ")
+        || first_line.ends_with(':')
+}
+
+/// A signed URL, split for the storage call.
+struct SignedObject {
+    object: ObjectRef,
+    authority: String,
+    path: String,
+}
+
+/// A companion `200` body, checked and split into the storage call's `:authority` and `:path`.
+fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
+    let signed: SignedConfig = serde_json::from_slice(body).map_err(|err| {
+        format!(
+            "its body is not a signed config ({})",
+            quote(&err.to_string())
+        )
+    })?;
+    if !signed.method.eq_ignore_ascii_case("GET") {
+        return Err(format!(
+            "the signed URL is for {}, not GET",
+            quote(&signed.method)
+        ));
+    }
+    let sha256 = Sha256Digest::from_hex(&signed.sha256)
+        .ok_or_else(|| format!("its sha256 {} is not 64 hex digits", quote(&signed.sha256)))?;
+    let redacted_url = redact_signed_url(&signed.url).to_owned();
+    let (authority, path) = signed_url::split(&signed.url).ok_or_else(|| {
+        format!(
+            "its URL {} is not an http(s)://host/path URL",
+            quote(&redacted_url)
+        )
+    })?;
+    Ok(SignedObject {
+        authority: authority.to_owned(),
+        path,
+        object: ObjectRef {
+            key: signed.key,
+            revision: signed.revision,
+            sha256,
+            redacted_url,
+        },
+    })
+}
+
+/// `": <message>"` from a peer's `{"message": ...}` error body, or nothing.
+fn peer_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) if !e.message.trim().is_empty() => format!(": {}", quote(e.message.trim())),
+        _ => String::new(),
+    }
+}
+
+/// Network text made safe for one log line: control characters replaced, length bounded.
+fn quote(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(QUOTE_MAX)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(QUOTE_MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Query-component percent-encoding: everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// SplitMix64: tiny, fast, and plenty for spreading retry times.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
