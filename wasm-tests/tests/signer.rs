@@ -511,3 +511,80 @@ async fn the_binary_runs_the_signer_role_from_environment_variables() {
         assert!(!logged.contains(secret), "{secret} in the log:\n{logged}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_signer_roles_run_together_in_one_process() {
+    let seaweed = SeaweedFs::start().await;
+    let cp = wasm_tests::MockCp::start().await;
+    cp.set_document(&document("both"));
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(companion_binary())
+        .env_clear()
+        .env(
+            "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+            format!("s3://{}/kong", seaweed.bucket()),
+        )
+        .env("KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", "on")
+        .env("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", "on")
+        .env("FALLBACK_CONTROL_PLANE_URL", format!("{}/config", cp.url()))
+        .env("FALLBACK_POLL_INTERVAL", "200ms")
+        .env("FALLBACK_CONFIG_VERSION", VERSION)
+        .env("FALLBACK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FALLBACK_SIGNER_TOKENS", format!("other-token,{TOKEN}"))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_STORAGE_ENDPOINT", seaweed.endpoint())
+        .env("AWS_ACCESS_KEY_ID", &seaweed.writer().access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &seaweed.writer().secret_key)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let signer_url = format!("{base}/v1/fallback-config");
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    let ask = || http::request("GET", &signer_url, &headers, Bytes::new());
+    wait_until("the exported document is signed for", WAIT, || async {
+        ask().await.map(|r| r.status) == Ok(200)
+    })
+    .await;
+    let config = signed(&ask().await.unwrap());
+    let fetched = http::get(&config.url).await.unwrap();
+    assert_eq!(fetched.status, 200, "{}", fetched.text());
+    assert_eq!(fetched.body, canonical_json(&document("both")));
+    let metrics = http::get(&format!("{base}/metrics")).await.unwrap().text();
+    assert!(
+        metrics.contains("fallback_companion_export_uploads_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fallback_companion_signer_requests_total{code=\"200\"}"),
+        "{metrics}"
+    );
+    let status = terminate(&mut child);
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(status.success(), "{status:?}\n{logged}");
+    assert!(logged.contains("export role stopped"), "{logged}");
+    assert!(logged.contains("signer role stopped"), "{logged}");
+    assert!(!logged.contains("X-Amz-Signature"), "{logged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refusing_the_read_is_502_naming_the_permission() {
+    let seaweed = SeaweedFs::start().await;
+    // The reader identity may read only its own bucket.
+    let mut settings = wasm_tests::fixtures::s3_settings(&seaweed, seaweed.reader());
+    settings.force_path_style = true;
+    let store: Arc<dyn ConfigStore> = Arc::new(
+        fallback_companion::storage::S3Store::new("not-granted".into(), settings).unwrap(),
+    );
+    let signer = RunningSigner::start(signer_settings("kong", VERSION, TOKEN), store).await;
+    let r = ask(&signer, "", Some(TOKEN)).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(message(&r).contains("s3:GetObject"), "{}", r.text());
+    let r = http::get(&format!("{}/readyz", signer.url)).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    signer.stop().await;
+}
