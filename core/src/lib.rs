@@ -8,6 +8,7 @@
 //! - [`backoff`]: exponential backoff with jitter, shared by every retry loop.
 //! - [`filter_config`]: the filter's plugin configuration, parsed and checked.
 //! - [`fetch`]: the filter's sans-IO fetch state machine (control plane, companion, storage).
+//! - [`publication`]: the leader lease and published-config record in the proxy's shared data.
 //! - [`router`]: the per-request routing decision.
 //! - [`wire`]: the companion signer API types, shared by the filter and the companion.
 #![forbid(unsafe_code)]
@@ -18,5 +19,6 @@ pub mod document;
 pub mod export;
 pub mod fetch;
 pub mod filter_config;
+pub mod publication;
 pub mod router;
 pub mod wire;

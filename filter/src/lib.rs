@@ -1,72 +1,383 @@
-//! Fallback's proxy-wasm HTTP filter.
+//! Fallback's proxy-wasm HTTP filter: thin host glue over `fallback-core`.
 //!
-//! This build is the skeleton the import path grows from: it loads in Envoy (and any
-//! proxy-wasm host), checks that its plugin configuration is a JSON object, and answers every
-//! request with Kong's "no configuration yet" 503 until the fetch state machine lands.
+//! - Each worker's root context ([`Worker`]) takes part in a leader lease in shared data; the
+//!   leader drives `fallback_core::fetch::FetchMachine` (control plane, companion, storage) from
+//!   `on_tick` and publishes each new document in shared data.
+//! - Every worker reads the published document once per generation, compiles a router, and
+//!   hands it to its HTTP contexts ([`request::RequestFilter`]).
 
+mod host;
+mod request;
+
+use fallback_core::document::ConfigDocument;
+use fallback_core::fetch::{
+    Action, CallId, FetchMachine, HttpResponse, LogLevel as CoreLevel, PublishedConfig, Source,
+    Stage,
+};
+use fallback_core::filter_config::FilterConfig;
+use fallback_core::publication::{
+    claim_lease, Lease, PublicationHeader, CONFIG_KEY, HEADER_KEY, LEASE_KEY,
+};
+use fallback_core::router::Router;
+use host::Metric;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{ContextType, LogLevel, MetricType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FallbackRoot) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Worker::new()) });
 }}
 
-/// The JSON body of the 503 sent while no configuration is loaded.
-const NO_CONFIG_BODY: &str = r#"{"message":"no configuration loaded yet: the fallback filter has not received a config from the control plane or storage"}"#;
+/// The configuration in force on this worker.
+pub struct Active {
+    router: Router,
+    source: Source,
+    revision: u64,
+}
 
-struct FallbackRoot;
+/// What HTTP contexts read: the configuration in force, replaced whole on each new generation.
+type Shared = Rc<RefCell<Option<Rc<Active>>>>;
 
-impl Context for FallbackRoot {}
+struct Metrics {
+    source: Metric,
+    revision: Metric,
+    generation: Metric,
+    success: [Metric; 5],
+    failure: [Metric; 5],
+}
 
-impl RootContext for FallbackRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let Some(raw) = self.get_plugin_configuration() else {
-            proxy_wasm::hostcalls::log(
-                LogLevel::Info,
-                "fallback: started with an empty configuration",
+const STAGES: [(&str, Stage); 5] = [
+    ("control_plane", Stage::ControlPlane),
+    ("companion", Stage::Companion),
+    ("storage", Stage::Storage),
+    ("verify", Stage::Verify),
+    ("validate", Stage::Validate),
+];
+
+impl Metrics {
+    fn define() -> Self {
+        let counter = |outcome: &str, stage: &str| {
+            Metric::define(
+                MetricType::Counter,
+                &format!("fallback_fetch_{outcome}_{stage}"),
             )
-            .ok();
-            return true;
         };
-        match serde_json::from_slice::<serde_json::Value>(&raw) {
-            Ok(serde_json::Value::Object(_)) => true,
-            Ok(_) => {
-                log_error("fallback: plugin configuration must be a JSON object");
-                false
+        Self {
+            source: Metric::define(MetricType::Gauge, "fallback_source"),
+            revision: Metric::define(MetricType::Gauge, "fallback_revision"),
+            generation: Metric::define(MetricType::Gauge, "fallback_generation"),
+            success: STAGES.map(|(name, _)| counter("success", name)),
+            failure: STAGES.map(|(name, _)| counter("failure", name)),
+        }
+    }
+
+    fn count(&self, stage: Stage, success: bool) {
+        if let Some(i) = STAGES.iter().position(|(_, s)| *s == stage) {
+            if success {
+                self.success[i].add(1);
+            } else {
+                self.failure[i].add(1);
+            }
+        }
+    }
+}
+
+/// One worker's root context.
+struct Worker {
+    id: u64,
+    config: Option<Rc<FilterConfig>>,
+    /// The fetch state machine, present while this worker holds the lease.
+    machine: Option<FetchMachine>,
+    /// Whether this worker claimed the lease on the previous tick (leadership starts when the
+    /// claim is still ours one tick later: two workers writing an absent key both "win").
+    claimed: bool,
+    calls: HashMap<u32, CallId>,
+    generation_applied: Option<u64>,
+    active: Shared,
+    metrics: Option<Metrics>,
+}
+
+impl Worker {
+    fn new() -> Self {
+        Self {
+            id: random_u64(),
+            config: None,
+            machine: None,
+            claimed: false,
+            calls: HashMap::new(),
+            generation_applied: None,
+            active: Rc::new(RefCell::new(None)),
+            metrics: None,
+        }
+    }
+
+    /// Takes part in the lease; starts or stops the state machine as leadership changes.
+    fn lead_or_follow(&mut self, config: &FilterConfig, now: u64) {
+        let (current, cas) = host::shared_get(LEASE_KEY);
+        let holds_now = current
+            .as_deref()
+            .and_then(Lease::decode)
+            .is_some_and(|l| l.holder == self.id && l.expires_ms > now);
+        let claim = claim_lease(current.as_deref(), self.id, now, config.leader_lease_ms);
+        let wrote = claim.is_some_and(|value| host::shared_set(LEASE_KEY, &value, cas));
+        let leading = wrote && holds_now && self.claimed;
+        self.claimed = wrote;
+        match (leading, self.machine.is_some()) {
+            (true, false) => {
+                let mut machine = FetchMachine::new(config, random_u64());
+                machine.adopt(read_published().as_ref());
+                host::log(
+                    LogLevel::Info,
+                    "fallback: this worker now leads config fetching",
+                );
+                self.machine = Some(machine);
+            }
+            (false, true) => {
+                host::log(
+                    LogLevel::Info,
+                    "fallback: another worker leads config fetching now",
+                );
+                self.machine = None;
+                self.calls.clear();
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries out the machine's actions; a dispatch the host refuses is fed back as a failure.
+    fn perform(&mut self, actions: Vec<Action>) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Dispatch(req) => {
+                    let mut headers: Vec<(&str, &str)> = vec![
+                        (":method", req.method.as_str()),
+                        (":path", req.path.as_str()),
+                        (":authority", req.authority.as_str()),
+                    ];
+                    headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    let timeout = Duration::from_millis(req.timeout_ms);
+                    match host::dispatch(&req.upstream, &headers, timeout) {
+                        Ok(token) => {
+                            self.calls.insert(token, req.call);
+                        }
+                        Err(status) => {
+                            host::log(
+                                LogLevel::Warn,
+                                &format!(
+                                    "fallback: the host refused a call to upstream {:?} ({status:?}): check that the cluster exists",
+                                    req.upstream
+                                ),
+                            );
+                            if let Some(machine) = self.machine.as_mut() {
+                                let failed = HttpResponse {
+                                    status: None,
+                                    headers: Vec::new(),
+                                    body: Vec::new(),
+                                };
+                                queue.extend(machine.on_response(host::now_ms(), req.call, failed));
+                            }
+                        }
+                    }
+                }
+                Action::Publish(published) => publish(&published),
+                Action::Log { level, message } => host::log(level_of(level), &message),
+                Action::Count { stage, success } => {
+                    if let Some(m) = &self.metrics {
+                        m.count(stage, success);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the published document when its generation changed, and compiles it.
+    fn apply_published(&mut self) {
+        let (header, _) = host::shared_get(HEADER_KEY);
+        let Some(header) = header.as_deref().and_then(PublicationHeader::decode) else {
+            return;
+        };
+        if self.generation_applied == Some(header.generation) {
+            return;
+        }
+        let (document, _) = host::shared_get(CONFIG_KEY);
+        // The document key is written before the header; newer bytes mean a newer header follows.
+        let Some(published) = document.as_deref().and_then(|d| header.attach(d)) else {
+            return;
+        };
+        match ConfigDocument::from_slice(&published.document) {
+            Ok(loaded) => {
+                let router = Router::compile(&loaded.document);
+                for skipped in router.unsupported() {
+                    host::log(
+                        LogLevel::Warn,
+                        &format!("fallback: {} never matches in this build: {}", skipped.path, skipped.reason),
+                    );
+                }
+                *self.active.borrow_mut() = Some(Rc::new(Active {
+                    router,
+                    source: published.source,
+                    revision: published.revision,
+                }));
+                if let Some(m) = &self.metrics {
+                    m.source.set(match published.source {
+                        Source::ControlPlane => 1,
+                        Source::Fallback => 2,
+                    });
+                    m.revision.set(published.revision);
+                    m.generation.set(header.generation);
+                }
+            }
+            Err(errors) => host::log(
+                LogLevel::Error,
+                &format!("fallback: published config generation {} does not load here; keeping the previous one. {errors}", header.generation),
+            ),
+        }
+        self.generation_applied = Some(header.generation);
+    }
+}
+
+/// The published config, if any (for a new leader to adopt).
+fn read_published() -> Option<PublishedConfig> {
+    let header = PublicationHeader::decode(&host::shared_get(HEADER_KEY).0?)?;
+    header.attach(&host::shared_get(CONFIG_KEY).0?)
+}
+
+/// Writes the document, then the header that announces it.
+fn publish(published: &PublishedConfig) {
+    let generation = host::shared_get(HEADER_KEY)
+        .0
+        .as_deref()
+        .and_then(PublicationHeader::decode)
+        .map_or(1, |h| h.generation + 1);
+    let header = PublicationHeader {
+        generation,
+        source: published.source,
+        revision: published.revision,
+        sha256: published.sha256,
+    };
+    if !(host::shared_set(CONFIG_KEY, &published.document, None)
+        && host::shared_set(HEADER_KEY, &header.encode(), None))
+    {
+        host::log(
+            LogLevel::Error,
+            "fallback: could not publish the config in shared data",
+        );
+    }
+}
+
+fn level_of(level: CoreLevel) -> LogLevel {
+    match level {
+        CoreLevel::Debug => LogLevel::Debug,
+        CoreLevel::Info => LogLevel::Info,
+        CoreLevel::Warn => LogLevel::Warn,
+        CoreLevel::Error => LogLevel::Error,
+    }
+}
+
+/// 64 random bits from the host (WASI `random_get` behind std's hasher keys).
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(host::now_ms());
+    hasher.finish()
+}
+
+impl Context for Worker {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        let Some(call) = self.calls.remove(&token) else {
+            return;
+        };
+        let headers = if num_headers == 0 {
+            Vec::new()
+        } else {
+            host::call_response_headers()
+        };
+        // Envoy reports a transport failure as a response without headers; Kong's
+        // ngx_wasm_module as one without `:status` (and a `:dispatch_status`).
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| v.parse().ok());
+        let body = if status.is_some() {
+            host::call_response_body(body_size)
+        } else {
+            Vec::new()
+        };
+        let response = HttpResponse {
+            status,
+            headers,
+            body,
+        };
+        if let Some(machine) = self.machine.as_mut() {
+            let actions = machine.on_response(host::now_ms(), call, response);
+            self.perform(actions);
+        }
+    }
+}
+
+impl RootContext for Worker {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let raw = proxy_wasm::hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        match FilterConfig::parse(&raw) {
+            Ok(config) => {
+                let _ =
+                    proxy_wasm::hostcalls::set_tick_period(Duration::from_millis(config.tick_ms));
+                self.metrics = Some(Metrics::define());
+                self.config = Some(Rc::new(config));
+                true
             }
             Err(e) => {
-                log_error(&format!("fallback: plugin configuration is not JSON: {e}"));
+                host::log(
+                    LogLevel::Error,
+                    &format!(
+                        "fallback: invalid plugin configuration, the filter is not started: {e}"
+                    ),
+                );
                 false
             }
         }
     }
 
+    fn on_tick(&mut self) {
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        let now = host::now_ms();
+        self.lead_or_follow(&config, now);
+        if let Some(machine) = self.machine.as_mut() {
+            let actions = machine.on_tick(now);
+            self.perform(actions);
+        }
+        self.apply_published();
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(FallbackRequest))
+        let config = self.config.clone()?;
+        Some(Box::new(request::RequestFilter::new(
+            self.active.borrow().clone(),
+            config,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
-}
-
-struct FallbackRequest;
-
-impl Context for FallbackRequest {}
-
-impl HttpContext for FallbackRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.send_http_response(
-            503,
-            vec![("content-type", "application/json; charset=utf-8")],
-            Some(NO_CONFIG_BODY.as_bytes()),
-        );
-        Action::Pause
-    }
-}
-
-fn log_error(message: &str) {
-    // A failed log call has nowhere better to go; it must not become a panic.
-    proxy_wasm::hostcalls::log(LogLevel::Error, message).ok();
 }
