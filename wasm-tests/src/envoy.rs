@@ -34,7 +34,7 @@ pub const UPSTREAM_HEADER: &str = "x-fallback-upstream";
 pub struct EnvoyOptions {
     /// Worker threads (`--concurrency`).
     pub concurrency: u32,
-    /// The filter's plugin configuration (any JSON; the filter accepts only objects).
+    /// The filter's plugin configuration (the default: valid, with every party unreachable).
     pub filter_config: serde_json::Value,
     /// Control plane `(host, port)` behind cluster `fallback_cp`.
     pub cp: Option<(String, u16)>,
@@ -53,7 +53,12 @@ impl Default for EnvoyOptions {
     fn default() -> Self {
         Self {
             concurrency: 2,
-            filter_config: serde_json::json!({}),
+            // The smallest valid configuration: storage only, every party unreachable.
+            filter_config: serde_json::json!({
+                "version": "0.0.0",
+                "companion": {"upstream": "fallback_companion", "authority": "companion", "token": "unused"},
+                "storage": {"upstream": "fallback_storage"},
+            }),
             cp: None,
             companion: None,
             storage: None,

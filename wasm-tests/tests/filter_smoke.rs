@@ -12,10 +12,10 @@ const V8_CREATED: &str = "wasm.envoy.wasm.runtime.v8.created";
 const V8_ACTIVE: &str = "wasm.envoy.wasm.runtime.v8.active";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unconfigured_filter_answers_503_json_on_every_worker() {
+async fn filter_without_a_config_yet_answers_503_json_on_every_worker() {
+    // Nothing is reachable: no control plane, companion and storage ports closed.
     let envoy = Envoy::start(EnvoyOptions {
         concurrency: 2,
-        filter_config: serde_json::json!({"version": "3.4.1.0"}),
         ..Default::default()
     })
     .await;
@@ -48,12 +48,12 @@ async fn unconfigured_filter_answers_503_json_on_every_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_object_configuration_stops_envoy() {
+async fn invalid_configuration_stops_envoy_with_every_problem_logged() {
     // The filter's on_configure returns false; with `fail_open: false` (the bootstrap's
     // choice) Envoy 1.40 refuses the static listener and exits with status 1 at startup.
     let failure = match Envoy::try_start(EnvoyOptions {
         concurrency: 2,
-        filter_config: serde_json::json!([1, 2]),
+        filter_config: serde_json::json!({"version": "3.4.1.0", "tick_ms": 10}),
         ..Default::default()
     })
     .await
@@ -71,7 +71,9 @@ async fn non_object_configuration_stops_envoy() {
     assert!(
         failure
             .log
-            .contains("fallback: plugin configuration must be a JSON object"),
+            .contains("fallback: invalid plugin configuration")
+            && failure.log.contains("companion: required")
+            && failure.log.contains("tick_ms: must be at least 50"),
         "the filter's error line is missing: {failure}"
     );
     assert!(
