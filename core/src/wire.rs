@@ -67,7 +67,10 @@ mod tests {
 
     #[test]
     fn redaction_drops_the_query() {
-        assert_eq!(redact_signed_url("http://h/k?X-Amz-Signature=abc"), "http://h/k");
+        assert_eq!(
+            redact_signed_url("http://h/k?X-Amz-Signature=abc"),
+            "http://h/k"
+        );
         assert_eq!(redact_signed_url("http://h/k"), "http://h/k");
     }
 }

@@ -260,6 +260,8 @@ impl Envoy {
             .args(["--log-level", "info"])
             .args(["--base-id", &envoy.base_id.to_string()])
             .arg("--disable-hot-restart")
+            // Envoy writes its log file every 10 s by default; tests read it while it runs.
+            .args(["--file-flush-interval-msec", "100"])
             .arg("--log-path")
             .arg(envoy.log_path())
             .args(&options.extra_args)

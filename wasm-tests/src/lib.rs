@@ -14,6 +14,8 @@
 //! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
 //! cargo test for failing tests), and each external process logs to a file in its own dir.
 
+pub mod companion_process;
+pub mod echo;
 pub mod envoy;
 pub mod fixtures;
 pub mod http;
@@ -22,8 +24,11 @@ pub mod ports;
 pub mod s3;
 pub mod seaweed;
 pub mod sha256;
+pub mod stack;
 pub mod tools;
 
+pub use companion_process::CompanionProcess;
+pub use echo::EchoServer;
 pub use envoy::Envoy;
 pub use http::HttpResponse;
 pub use mock_cp::{etag_of, MockCp, Mode, RecordedRequest};
