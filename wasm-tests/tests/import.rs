@@ -289,3 +289,46 @@ async fn four_workers_make_one_signing_request_per_interval() {
         "expected about 5 signing requests, got {made}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_answering_500_or_too_slowly_counts_as_down() {
+    let stack = ImportStack::start().await;
+    let doc = routing_document(&[("shop", stack.alpha.port())]);
+    stack.export(&doc).await;
+    stack.cp.set_document(&doc);
+    stack.cp.set_mode(wasm_tests::Mode::Fail500);
+    let envoy = Envoy::start(stack.envoy_options(2)).await;
+    wait_until(
+        "a CP answering 500 sends the filter to storage",
+        WAIT,
+        || async { source_gauge(&envoy).await == Some(2) },
+    )
+    .await;
+    assert_eq!(
+        upstream_of(&envoy, "/shop/x").await.as_deref(),
+        Some("alpha")
+    );
+
+    stack.cp.set_mode(wasm_tests::Mode::Normal);
+    wait_until(
+        "the CP answering again brings the filter back",
+        WAIT,
+        || async { source_gauge(&envoy).await == Some(1) },
+    )
+    .await;
+
+    // Slower than the filter's 1 s timeout: as good as down.
+    stack
+        .cp
+        .set_mode(wasm_tests::Mode::Slow(Duration::from_secs(3)));
+    wait_until(
+        "a CP slower than the timeout sends the filter to storage",
+        WAIT,
+        || async { source_gauge(&envoy).await == Some(2) },
+    )
+    .await;
+    assert_eq!(
+        upstream_of(&envoy, "/shop/x").await.as_deref(),
+        Some("alpha")
+    );
+}
