@@ -26,9 +26,14 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    /// Starts an upstream that calls itself `name` in its answers.
+    /// Starts an upstream that calls itself `name` in its answers, on a free port.
     pub async fn start(name: &str) -> Self {
-        let port = free_port();
+        Self::start_on(name, free_port()).await
+    }
+
+    /// Starts an upstream that calls itself `name` in its answers, on `127.0.0.1:port`.
+    /// Panics when the port cannot be bound.
+    pub async fn start_on(name: &str, port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap_or_else(|e| panic!("echo server {name}: cannot listen on {port}: {e}"));
