@@ -5,7 +5,10 @@ use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
 use crate::secret::Secret;
 use crate::signer::{self, Tokens};
 use crate::source::{self, ControlPlane};
-use crate::storage::{self, ConfigStore, S3Settings, StorageUrl, UrlSigner};
+use crate::storage::{
+    self, BackendSettings, ConfigStore, GcsSettings, S3Settings, ServerSideEncryption, StorageUrl,
+    UrlSigner,
+};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use fallback_core::backoff::Backoff;
@@ -47,7 +50,8 @@ pub enum Command {
 /// Where exports live and with which credentials.
 #[derive(Debug, Args)]
 pub struct StorageArgs {
-    /// Storage URL: s3://bucket/prefix, or file:///dir for the embedded local store.
+    /// Storage URL: s3://bucket/prefix, gcs://bucket/prefix, or file:///dir for the embedded
+    /// local store.
     #[arg(
         long = "storage",
         env = "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
@@ -88,6 +92,39 @@ pub struct StorageArgs {
     /// Address buckets path-style even on AWS.
     #[arg(long, env = "FALLBACK_S3_FORCE_PATH_STYLE", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub s3_force_path_style: bool,
+
+    /// Server-side encryption of S3 uploads, as Kong's cluster_fallback_export_s3_config:
+    /// e.g. {"ServerSideEncryption":"aws:kms","SSEKMSKeyId":"arn:aws:kms:..."}.
+    #[arg(long, env = "KONG_CLUSTER_FALLBACK_EXPORT_S3_CONFIG", value_parser = parse_s3_config, value_name = "JSON")]
+    pub s3_config: Option<ServerSideEncryption>,
+
+    /// GCS: the service-account key JSON itself (prefer the environment variable).
+    #[arg(
+        long,
+        env = "GCP_SERVICE_ACCOUNT",
+        hide_env_values = true,
+        value_name = "JSON"
+    )]
+    pub gcp_service_account: Option<Secret>,
+
+    /// GCS: path of a service-account key file [used when GCP_SERVICE_ACCOUNT is not set;
+    /// with neither, the metadata server].
+    #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS", value_name = "FILE")]
+    pub google_application_credentials: Option<PathBuf>,
+
+    /// GCS: an emulator's host:port or URL (fake-gcs-server); requests then go there
+    /// unauthenticated.
+    #[arg(long, env = "STORAGE_EMULATOR_HOST", value_name = "HOST:PORT")]
+    pub storage_emulator_host: Option<String>,
+
+    /// GCS: the metadata server's host, when not metadata.google.internal.
+    #[arg(long, env = "GCE_METADATA_HOST", value_name = "HOST[:PORT]")]
+    pub gce_metadata_host: Option<String>,
+}
+
+fn parse_s3_config(text: &str) -> Result<ServerSideEncryption, String> {
+    ServerSideEncryption::parse(text)
+        .map_err(|problem| format!("KONG_CLUSTER_FALLBACK_EXPORT_S3_CONFIG {problem}"))
 }
 
 /// `run` options.
@@ -222,7 +259,8 @@ impl StorageArgs {
     }
 
     /// S3 settings, checked at start-up so that a missing region or key fails now, not at the
-    /// first export.
+    /// first export. Without AWS_ACCESS_KEY_ID the access key id is left empty: the store then
+    /// uses AWS's default credential chain.
     pub fn s3_settings(&self, url: &StorageUrl) -> anyhow::Result<Option<S3Settings>> {
         if !matches!(url, StorageUrl::S3 { .. }) {
             return Ok(None);
@@ -237,16 +275,18 @@ impl StorageArgs {
             .aws_access_key_id
             .clone()
             .filter(|s| !s.is_empty())
-            .with_context(|| {
-                format!("{url}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-            })?;
+            .unwrap_or_default();
         let secret_access_key = self
             .aws_secret_access_key
             .clone()
-            .filter(|s| !s.expose().is_empty())
-            .with_context(|| {
-                format!("{url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
-            })?;
+            .filter(|s| !s.expose().is_empty());
+        let secret_access_key = match (access_key_id.is_empty(), secret_access_key) {
+            (true, _) => Secret::new(""),
+            (false, Some(secret)) => secret,
+            (false, None) => {
+                bail!("{url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+            }
+        };
         Ok(Some(S3Settings {
             access_key_id,
             secret_access_key,
@@ -257,14 +297,29 @@ impl StorageArgs {
             region,
             endpoint: self.aws_endpoint.clone().filter(|s| !s.is_empty()),
             force_path_style: self.s3_force_path_style,
+            server_side_encryption: self.s3_config.clone(),
         }))
+    }
+
+    /// The settings of the backend the URL names.
+    pub fn backend_settings(&self, url: &StorageUrl) -> anyhow::Result<BackendSettings> {
+        Ok(BackendSettings {
+            s3: self.s3_settings(url)?,
+            gcs: matches!(url, StorageUrl::Gcs { .. }).then(|| GcsSettings {
+                service_account_json: self.gcp_service_account.clone(),
+                credentials_file: self.google_application_credentials.clone(),
+                emulator_host: self.storage_emulator_host.clone(),
+                metadata_host: self.gce_metadata_host.clone(),
+            }),
+        })
     }
 
     /// Opens the configured store.
     pub fn open(&self) -> anyhow::Result<(StorageUrl, String, Arc<dyn ConfigStore>)> {
         let url = self.url()?;
         let key = self.key(&url)?;
-        let store: Arc<dyn ConfigStore> = Arc::from(storage::open(&url, self.s3_settings(&url)?)?);
+        let store: Arc<dyn ConfigStore> =
+            Arc::from(storage::open(&url, self.backend_settings(&url)?)?);
         Ok((url, key, store))
     }
 
@@ -346,7 +401,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let store: Arc<dyn ConfigStore> = Arc::from(storage::open_with_url_signer(
         &url,
-        args.storage.s3_settings(&url)?,
+        args.storage.backend_settings(&url)?,
         signer.as_ref().and_then(|s| s.0.object_urls.clone()),
     )?);
     let stats = Arc::new(ExportStats::default());

@@ -574,7 +574,7 @@ async fn sign(shared: &Shared, req: &Request<Incoming>) -> (Response<Body>, Outc
     // more than the URL grants.
     let now = UNIX_EPOCH + Duration::from_secs(unix_seconds(SystemTime::now()));
     let ttl = shared.settings.ttl;
-    let url = match shared.store.presign_get(&key, ttl, now) {
+    let url = match shared.store.presign_get(&key, ttl, now).await {
         Ok(u) => u,
         Err(e) => {
             let message = format!("cannot sign a URL for {object}: {e}");

@@ -44,6 +44,7 @@ pub fn s3_settings(store: &SeaweedFs, identity: &Credentials) -> S3Settings {
         region: "us-east-1".into(),
         endpoint: Some(store.endpoint()),
         force_path_style: false,
+        server_side_encryption: None,
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod companion_process;
 pub mod echo;
 pub mod envoy;
+pub mod fake_gcs;
 pub mod fixtures;
 pub mod http;
 pub mod mock_cp;

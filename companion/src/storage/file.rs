@@ -267,7 +267,26 @@ impl ConfigStore for FileStore {
         .await
     }
 
-    fn presign_get(
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.blocking(key, |p| {
+            let Some(lock) = p.open_lock(false)? else {
+                return Ok(());
+            };
+            lock.lock().map_err(|e| p.io_error("lock", &p.lock, e))?;
+            // The lock file stays: another process may be waiting on it.
+            for path in [&p.body, &p.meta] {
+                match fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(p.io_error("remove", path, e)),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn presign_get(
         &self,
         key: &str,
         expires_in: Duration,
@@ -496,16 +515,18 @@ mod tests {
         assert!(!format!("{s:?}").contains("shared-key"));
     }
 
-    #[test]
-    fn presign_get_needs_a_signer() {
+    #[tokio::test]
+    async fn presign_get_needs_a_signer() {
         let store = FileStore::new("/tmp/nowhere".into());
         assert!(store
             .presign_get("k/config.json", Duration::from_secs(60), SystemTime::now())
+            .await
             .is_err());
         let store = store.with_url_signer(Arc::new(signer()));
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let url = store
             .presign_get("k/config.json", Duration::from_secs(60), now)
+            .await
             .unwrap();
         assert!(url.contains("?expires=1060&signature="), "{url}");
     }

@@ -3,11 +3,15 @@
 //! Every backend passes the same behaviour suite (`wasm-tests/tests/storage_suite.rs`), so the
 //! exporter and the signer never need to know which one they talk to.
 
+pub mod aws_credentials;
 pub mod file;
+pub mod gcp_auth;
+pub mod gcs;
 pub mod s3;
 
 pub use file::{FileStore, ObjectUrlError, UrlSigner};
-pub use s3::S3Store;
+pub use gcs::{GcsSettings, GcsStore};
+pub use s3::{S3Store, ServerSideEncryption};
 
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -113,14 +117,62 @@ pub trait ConfigStore: Send + Sync + fmt::Debug {
     ) -> Result<String, StoreError>;
 
     /// A URL granting a plain `GET` of exactly `key` until `now + expires_in`, to hand to a
-    /// filter that holds no credentials. S3: a SigV4 presigned URL; `file://`: a URL of the
-    /// companion's own object route, HMAC-signed (see [`file::UrlSigner`]).
-    fn presign_get(
+    /// filter that holds no credentials. S3: a SigV4 presigned URL; GCS: a V4 signed URL;
+    /// `file://`: a URL of the companion's own object route, HMAC-signed (see
+    /// [`file::UrlSigner`]).
+    async fn presign_get(
         &self,
         key: &str,
         expires_in: Duration,
         now: SystemTime,
     ) -> Result<String, StoreError>;
+
+    /// Removes `key` (nothing stored is not an error); `doctor` cleans its probe object with it.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Where the credentials in use come from, resolving them if that needs a request (a token
+    /// endpoint, STS, a metadata server). Never shows a secret.
+    async fn credential_source(&self) -> Result<String, StoreError> {
+        Ok("none needed".into())
+    }
+
+    /// The store's clock, read from the `Date` of a cheap request, or `None` for a local store.
+    async fn store_time(&self) -> Result<Option<SystemTime>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Parses an HTTP `Date` (IMF-fixdate, `Thu, 26 Nov 2026 10:24:17 GMT`).
+pub fn parse_http_date(text: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: u64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as u64
+        + 1;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe as u64 * 365 + yoe as u64 / 4 - yoe as u64 / 100 + doy;
+    let days = era * 146_097 + doe as i64 - 719_468;
+    let secs = days * 86_400 + (*h * 3600 + *m * 60 + *s) as i64;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
 /// A parsed `KONG_CLUSTER_FALLBACK_CONFIG_STORAGE` value.
@@ -231,7 +283,8 @@ impl fmt::Debug for StorageUrl {
 /// Credentials and addressing for S3 and S3-compatible stores.
 #[derive(Clone, Debug)]
 pub struct S3Settings {
-    /// `AWS_ACCESS_KEY_ID`.
+    /// `AWS_ACCESS_KEY_ID`; empty: credentials come from AWS's default chain (environment,
+    /// profile files, web identity, ECS, IMDSv2), refreshed before they expire.
     pub access_key_id: String,
     /// `AWS_SECRET_ACCESS_KEY`.
     pub secret_access_key: Secret,
@@ -243,18 +296,29 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     /// Addresses buckets as `endpoint/bucket/key` even on AWS.
     pub force_path_style: bool,
+    /// `KONG_CLUSTER_FALLBACK_EXPORT_S3_CONFIG`: server-side encryption of uploads.
+    pub server_side_encryption: Option<ServerSideEncryption>,
+}
+
+/// Settings of every backend that needs some; each is used only for its own scheme.
+#[derive(Clone, Debug, Default)]
+pub struct BackendSettings {
+    /// For `s3://`.
+    pub s3: Option<S3Settings>,
+    /// For `gcs://`.
+    pub gcs: Option<GcsSettings>,
 }
 
 /// Opens the store a URL names.
-pub fn open(url: &StorageUrl, s3: Option<S3Settings>) -> anyhow::Result<Box<dyn ConfigStore>> {
-    open_with_url_signer(url, s3, None)
+pub fn open(url: &StorageUrl, settings: BackendSettings) -> anyhow::Result<Box<dyn ConfigStore>> {
+    open_with_url_signer(url, settings, None)
 }
 
 /// Opens the store a URL names; a `file://` store hands out URLs signed by `url_signer`
 /// (the companion's own object route).
 pub fn open_with_url_signer(
     url: &StorageUrl,
-    s3: Option<S3Settings>,
+    settings: BackendSettings,
     url_signer: Option<std::sync::Arc<UrlSigner>>,
 ) -> anyhow::Result<Box<dyn ConfigStore>> {
     Ok(match url {
@@ -266,14 +330,15 @@ pub fn open_with_url_signer(
             })
         }
         StorageUrl::S3 { bucket, .. } => {
-            let settings = s3.ok_or_else(|| {
-                anyhow::anyhow!("{url}: S3 storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-            })?;
-            Box::new(s3::S3Store::new(bucket.clone(), settings)?)
+            let s3 = settings
+                .s3
+                .ok_or_else(|| anyhow::anyhow!("{url}: S3 storage needs a region (AWS_REGION)"))?;
+            Box::new(s3::S3Store::new(bucket.clone(), s3)?)
         }
-        StorageUrl::Gcs { .. } => anyhow::bail!(
-            "{url}: gcs:// storage is not available in this build yet; use s3:// (also for S3-compatible stores via AWS_CONFIG_STORAGE_ENDPOINT) or file://"
-        ),
+        StorageUrl::Gcs { bucket, .. } => {
+            let gcs = settings.gcs.unwrap_or_default();
+            Box::new(gcs::GcsStore::new(bucket.clone(), gcs)?)
+        }
     })
 }
 
@@ -310,6 +375,19 @@ mod tests {
                 root: "/var/lib/fallback".into()
             }
         );
+    }
+
+    #[test]
+    fn reads_http_dates() {
+        assert_eq!(
+            parse_http_date("Thu, 26 Nov 2026 10:24:17 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_688_657))
+        );
+        assert_eq!(
+            parse_http_date("Fri, 24 May 2013 00:00:00 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_369_353_600))
+        );
+        assert_eq!(parse_http_date("yesterday"), None);
     }
 
     #[test]

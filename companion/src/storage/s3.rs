@@ -4,7 +4,9 @@
 //! With `AWS_CONFIG_STORAGE_ENDPOINT` set, buckets are addressed path-style on that endpoint, as
 //! S3-compatible stores expect; otherwise virtual-hosted-style on `s3.<region>.amazonaws.com`.
 
+use super::aws_credentials::AwsCredentials;
 use super::{ConfigStore, FetchedObject, Precondition, S3Settings, StoreError};
+use crate::secret::Secret;
 use crate::transport::{self, HttpClient, SendError};
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
@@ -32,6 +34,7 @@ pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct S3Store {
     bucket: String,
     settings: S3Settings,
+    credentials: AwsCredentials,
     base: BaseUrl,
     client: HttpClient,
 }
@@ -51,6 +54,7 @@ impl fmt::Debug for S3Store {
             .field("bucket", &self.bucket)
             .field("base", &self.base)
             .field("settings", &self.settings)
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -86,9 +90,19 @@ impl S3Store {
                 settings.region
             )),
         };
+        let credentials = if settings.access_key_id.is_empty() {
+            AwsCredentials::default_chain(&settings.region)
+        } else {
+            AwsCredentials::fixed(
+                &settings.access_key_id,
+                settings.secret_access_key.expose(),
+                settings.session_token.as_ref().map(Secret::expose),
+            )
+        };
         Ok(Self {
             bucket,
             settings,
+            credentials,
             base,
             client: transport::client(),
         })
@@ -111,15 +125,39 @@ impl S3Store {
         format!("{}/{key}", self.bucket)
     }
 
-    /// Signs and sends one request; `payload` is the body (empty for HEAD/GET).
+    /// Credentials valid for a while yet, or the error saying where none were found.
+    async fn credentials(&self, key: &str) -> Result<Credentials, StoreError> {
+        self.credentials
+            .current()
+            .await
+            .map_err(|e| StoreError::BadCredentials {
+                key: key.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Signs and sends one request; `payload` is the body (empty for HEAD/GET). Returns the
+    /// response and the access key id it was signed with (for messages).
     async fn exchange(
         &self,
         method: Method,
         key: &str,
+        headers: Vec<(String, String)>,
+        payload: Bytes,
+    ) -> Result<(Response<Bytes>, String), StoreError> {
+        let url = self.object_url(key);
+        self.exchange_url(method, key, &url, headers, payload).await
+    }
+
+    async fn exchange_url(
+        &self,
+        method: Method,
+        key: &str,
+        url: &str,
         mut headers: Vec<(String, String)>,
         payload: Bytes,
-    ) -> Result<Response<Bytes>, StoreError> {
-        let url = self.object_url(key);
+    ) -> Result<(Response<Bytes>, String), StoreError> {
+        let credentials = self.credentials(key).await?;
         let uri: http::Uri = url.parse().map_err(|e| StoreError::Rejected {
             key: key.to_owned(),
             detail: format!("cannot form a request URL: {e}"),
@@ -132,7 +170,7 @@ impl S3Store {
         headers.push(("host".into(), host));
         let payload_hash = Sha256Digest::of(&payload).to_hex();
         let signing_headers = self
-            .sign(method.as_str(), &url, &headers, &payload_hash)
+            .sign(&credentials, method.as_str(), url, &headers, &payload_hash)
             .map_err(|detail| StoreError::Rejected {
                 key: key.to_owned(),
                 detail,
@@ -148,7 +186,7 @@ impl S3Store {
                 key: key.to_owned(),
                 detail: format!("cannot build the request: {e}"),
             })?;
-        transport::send(&self.client, request, REQUEST_DEADLINE)
+        let response = transport::send(&self.client, request, REQUEST_DEADLINE)
             .await
             .map_err(|e| StoreError::Transient {
                 key: key.to_owned(),
@@ -158,29 +196,21 @@ impl S3Store {
                     }
                     SendError::TooLarge => e.to_string(),
                 },
-            })
+            })?;
+        Ok((response, credentials.access_key_id().to_owned()))
     }
 
     /// The SigV4 headers for a request (`authorization`, `x-amz-date`, `x-amz-content-sha256`,
     /// and `x-amz-security-token` with a session token).
     fn sign(
         &self,
+        credentials: &Credentials,
         method: &str,
         url: &str,
         headers: &[(String, String)],
         payload_hash: &str,
     ) -> Result<Vec<(String, String)>, String> {
-        let identity: Identity = Credentials::new(
-            self.settings.access_key_id.clone(),
-            self.settings.secret_access_key.expose().to_owned(),
-            self.settings
-                .session_token
-                .as_ref()
-                .map(|t| t.expose().to_owned()),
-            None,
-            "fallback-companion",
-        )
-        .into();
+        let identity: Identity = credentials.clone().into();
         let mut settings = SigningSettings::default();
         // S3 signs the path as sent: no double encoding, no dot-segment normalisation.
         settings.percent_encoding_mode = PercentEncodingMode::Single;
@@ -215,8 +245,19 @@ impl S3Store {
     /// A presigned `GET` URL for `key` (SigV4 in the query string, `UNSIGNED-PAYLOAD`, only
     /// `host` signed), valid for `expires_in` from `now`. Anyone holding it can read that one
     /// object, with this store's credentials, until it expires.
-    pub fn presign(
+    pub async fn presign(
         &self,
+        key: &str,
+        expires_in: Duration,
+        now: SystemTime,
+    ) -> Result<String, StoreError> {
+        let credentials = self.credentials(key).await?;
+        self.presign_with(&credentials, key, expires_in, now)
+    }
+
+    fn presign_with(
+        &self,
+        credentials: &Credentials,
         key: &str,
         expires_in: Duration,
         now: SystemTime,
@@ -237,17 +278,7 @@ impl S3Store {
             (Some(h), None) => h.to_owned(),
             (None, _) => return Err(fail("the storage URL has no host".into())),
         };
-        let identity: Identity = Credentials::new(
-            self.settings.access_key_id.clone(),
-            self.settings.secret_access_key.expose().to_owned(),
-            self.settings
-                .session_token
-                .as_ref()
-                .map(|t| t.expose().to_owned()),
-            None,
-            "fallback-companion",
-        )
-        .into();
+        let identity: Identity = credentials.clone().into();
         let mut settings = SigningSettings::default();
         settings.signature_location = SignatureLocation::QueryParams;
         settings.expires_in = Some(expires_in);
@@ -285,6 +316,15 @@ impl S3Store {
         Ok(signed)
     }
 
+    fn secret_hint(&self) -> &'static str {
+        match self.credentials {
+            AwsCredentials::Static(_) => "check AWS_SECRET_ACCESS_KEY",
+            AwsCredentials::Chain(_) => {
+                "check the credentials the AWS default chain found (profile, web identity, instance role)"
+            }
+        }
+    }
+
     fn endpoint_for_messages(&self) -> String {
         match &self.settings.endpoint {
             Some(e) => transport::redact_url(e),
@@ -304,7 +344,14 @@ impl S3Store {
     }
 
     /// Turns a non-success answer into the error an operator can act on.
-    fn failure(&self, key: &str, operation: Operation, response: &Response<Bytes>) -> StoreError {
+    fn failure(
+        &self,
+        key: &str,
+        operation: Operation,
+        response: &Response<Bytes>,
+        access_key_id: &str,
+    ) -> StoreError {
+        let secret_hint = self.secret_hint();
         let status = response.status();
         let body = String::from_utf8_lossy(response.body());
         let code = xml_field(&body, "Code").unwrap_or_default();
@@ -324,15 +371,13 @@ impl S3Store {
             (_, "SignatureDoesNotMatch") => StoreError::BadCredentials {
                 key: key_owned,
                 detail: format!(
-                    "{said}; the secret access key does not match AWS_ACCESS_KEY_ID {}: check AWS_SECRET_ACCESS_KEY",
-                    self.settings.access_key_id
+                    "{said}; the secret access key does not match access key {access_key_id}: {secret_hint}"
                 ),
             },
             (_, "InvalidAccessKeyId") => StoreError::BadCredentials {
                 key: key_owned,
                 detail: format!(
-                    "{said}; the store knows no access key {}: check AWS_ACCESS_KEY_ID",
-                    self.settings.access_key_id
+                    "{said}; the store knows no access key {access_key_id}: check AWS_ACCESS_KEY_ID (or the credentials of the AWS default chain)"
                 ),
             },
             (_, "RequestTimeTooSkewed") => StoreError::BadCredentials {
@@ -341,15 +386,14 @@ impl S3Store {
             },
             (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired") => StoreError::BadCredentials {
                 key: key_owned,
-                detail: format!("{said}; renew AWS_SESSION_TOKEN"),
+                detail: format!("{said}; the session token of access key {access_key_id} is not valid: renew AWS_SESSION_TOKEN (or the credentials of the AWS default chain)"),
             },
             (StatusCode::FORBIDDEN, _) => StoreError::PermissionDenied {
                 key: key_owned,
                 permission: operation.permission(),
                 resource: format!("arn:aws:s3:::{}", self.resource(key)),
                 detail: format!(
-                    "{said} for access key {}{}",
-                    self.settings.access_key_id,
+                    "{said} for access key {access_key_id}{}",
                     if operation == Operation::Head {
                         "; S3 also answers 403 for a missing object when s3:ListBucket is not granted"
                     } else {
@@ -377,6 +421,82 @@ impl S3Store {
     }
 }
 
+/// Server-side encryption (and storage class) of every upload, as Kong's
+/// `cluster_fallback_export_s3_config` offers: the JSON names of S3's `PutObject` parameters,
+/// e.g. `{"ServerSideEncryption":"aws:kms","SSEKMSKeyId":"arn:aws:kms:..."}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerSideEncryption {
+    headers: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ServerSideEncryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The KMS encryption context may hold values an operator considers private.
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ServerSideEncryption")
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+impl ServerSideEncryption {
+    /// Parses the JSON object; unknown names and wrong types are refused with what is accepted.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const ACCEPTED: &str = "ServerSideEncryption (AES256, aws:kms, aws:kms:dsse), SSEKMSKeyId, SSEKMSEncryptionContext, BucketKeyEnabled, StorageClass";
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("is not JSON ({e}); expected an object such as {{\"ServerSideEncryption\":\"aws:kms\",\"SSEKMSKeyId\":\"...\"}}"))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| "is not a JSON object".to_owned())?;
+        let mut headers = Vec::new();
+        for (name, value) in object {
+            let header = match name.as_str() {
+                "ServerSideEncryption" => "x-amz-server-side-encryption",
+                "SSEKMSKeyId" => "x-amz-server-side-encryption-aws-kms-key-id",
+                "SSEKMSEncryptionContext" => "x-amz-server-side-encryption-context",
+                "BucketKeyEnabled" => "x-amz-server-side-encryption-bucket-key-enabled",
+                "StorageClass" => "x-amz-storage-class",
+                other => {
+                    return Err(format!(
+                        "names {other:?}, which is not supported; use {ACCEPTED}"
+                    ))
+                }
+            };
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) if name == "BucketKeyEnabled" => b.to_string(),
+                _ => return Err(format!("{name} must be a string")),
+            };
+            if name == "ServerSideEncryption"
+                && !matches!(text.as_str(), "AES256" | "aws:kms" | "aws:kms:dsse")
+            {
+                return Err(format!(
+                    "ServerSideEncryption {text:?} is not one of AES256, aws:kms, aws:kms:dsse"
+                ));
+            }
+            if http::HeaderValue::from_str(&text).is_err() {
+                return Err(format!(
+                    "{name} holds characters an HTTP header cannot carry"
+                ));
+            }
+            headers.push((header.to_owned(), text));
+        }
+        if headers.iter().any(|(n, _)| n.contains("kms"))
+            && !headers
+                .iter()
+                .any(|(n, v)| n == "x-amz-server-side-encryption" && v.starts_with("aws:kms"))
+        {
+            return Err("SSEKMSKeyId, SSEKMSEncryptionContext and BucketKeyEnabled need \"ServerSideEncryption\":\"aws:kms\"".into());
+        }
+        Ok(Self { headers })
+    }
+
+    /// The request headers of an upload.
+    pub fn headers(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.headers.iter().cloned()
+    }
+}
+
 /// AWS's S3 endpoint for `region`: the global `s3.amazonaws.com` for us-east-1, its default.
 fn aws_endpoint(region: &str) -> String {
     if region == "us-east-1" {
@@ -398,6 +518,7 @@ enum Operation {
     Head,
     Get,
     Put,
+    Delete,
 }
 
 impl Operation {
@@ -405,6 +526,7 @@ impl Operation {
         match self {
             Operation::Head | Operation::Get => "s3:GetObject",
             Operation::Put => "s3:PutObject",
+            Operation::Delete => "s3:DeleteObject",
         }
     }
 }
@@ -441,18 +563,18 @@ impl ConfigStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
-        let response = self
+        let (response, access_key_id) = self
             .exchange(Method::HEAD, key, Vec::new(), Bytes::new())
             .await?;
         match response.status() {
             s if s.is_success() => Ok(Some(self.stored_object(key, response.headers())?)),
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(self.failure(key, Operation::Head, &response)),
+            _ => Err(self.failure(key, Operation::Head, &response, &access_key_id)),
         }
     }
 
     async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError> {
-        let response = self
+        let (response, access_key_id) = self
             .exchange(Method::GET, key, Vec::new(), Bytes::new())
             .await?;
         match response.status() {
@@ -466,7 +588,7 @@ impl ConfigStore for S3Store {
             StatusCode::NOT_FOUND if !response.body().windows(12).any(|w| w == b"NoSuchBucket") => {
                 Ok(None)
             }
-            _ => Err(self.failure(key, Operation::Get, &response)),
+            _ => Err(self.failure(key, Operation::Get, &response, &access_key_id)),
         }
     }
 
@@ -491,23 +613,56 @@ impl ConfigStore for S3Store {
             Precondition::Absent => ("if-none-match".to_owned(), "*".to_owned()),
             Precondition::Matches(tag) => ("if-match".to_owned(), tag),
         });
-        let response = self.exchange(Method::PUT, key, headers, body).await?;
+        if let Some(sse) = &self.settings.server_side_encryption {
+            headers.extend(sse.headers());
+        }
+        let (response, access_key_id) = self.exchange(Method::PUT, key, headers, body).await?;
         if response.status().is_success() {
             Ok(header(response.headers(), "etag")
                 .unwrap_or_default()
                 .to_owned())
         } else {
-            Err(self.failure(key, Operation::Put, &response))
+            Err(self.failure(key, Operation::Put, &response, &access_key_id))
         }
     }
 
-    fn presign_get(
+    async fn presign_get(
         &self,
         key: &str,
         expires_in: Duration,
         now: SystemTime,
     ) -> Result<String, StoreError> {
-        self.presign(key, expires_in, now)
+        self.presign(key, expires_in, now).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let (response, access_key_id) = self
+            .exchange(Method::DELETE, key, Vec::new(), Bytes::new())
+            .await?;
+        match response.status() {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            _ => Err(self.failure(key, Operation::Delete, &response, &access_key_id)),
+        }
+    }
+
+    async fn credential_source(&self) -> Result<String, StoreError> {
+        self.credentials
+            .describe_source()
+            .await
+            .map_err(|e| StoreError::BadCredentials {
+                key: String::new(),
+                detail: e.to_string(),
+            })
+    }
+
+    async fn store_time(&self) -> Result<Option<SystemTime>, StoreError> {
+        // A signed HEAD of the bucket: any answer, even a refusal, carries the store's clock.
+        let url = self.object_url("");
+        let url = url.trim_end_matches('/').to_owned();
+        let (response, _) = self
+            .exchange_url(Method::HEAD, "", &url, Vec::new(), Bytes::new())
+            .await?;
+        Ok(header(response.headers(), "date").and_then(super::parse_http_date))
     }
 }
 
@@ -524,6 +679,7 @@ mod tests {
             region: "eu-west-1".into(),
             endpoint: endpoint.map(str::to_owned),
             force_path_style: false,
+            server_side_encryption: None,
         }
     }
 
@@ -545,8 +701,8 @@ mod tests {
 
     /// AWS's documented example of a presigned URL ("Authenticating Requests: Using Query
     /// Parameters", Signature Version 4), reproduced to the last hex digit.
-    #[test]
-    fn presigns_exactly_as_aws_documents() {
+    #[tokio::test]
+    async fn presigns_exactly_as_aws_documents() {
         let s = S3Store::new(
             "examplebucket".into(),
             S3Settings {
@@ -556,12 +712,14 @@ mod tests {
                 region: "us-east-1".into(),
                 endpoint: None,
                 force_path_style: false,
+                server_side_encryption: None,
             },
         )
         .unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_369_353_600); // 20130524T000000Z
         let url = s
             .presign("test.txt", Duration::from_secs(86_400), at)
+            .await
             .unwrap();
         assert!(
             url.starts_with("https://examplebucket.s3.amazonaws.com/test.txt?"),
@@ -593,8 +751,8 @@ mod tests {
         assert!(!url.contains("wJalr"));
     }
 
-    #[test]
-    fn presigned_urls_keep_path_style_endpoints_and_refuse_long_lifetimes() {
+    #[tokio::test]
+    async fn presigned_urls_keep_path_style_endpoints_and_refuse_long_lifetimes() {
         let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333"))).unwrap();
         let url = s
             .presign(
@@ -602,6 +760,7 @@ mod tests {
                 Duration::from_secs(300),
                 SystemTime::now(),
             )
+            .await
             .unwrap();
         assert!(
             url.starts_with("http://127.0.0.1:8333/b/p/3.4.1.0/config.json?X-Amz-"),
@@ -613,6 +772,7 @@ mod tests {
                 MAX_PRESIGN_TTL + Duration::from_secs(1),
                 SystemTime::now(),
             )
+            .await
             .unwrap_err();
         assert!(err.to_string().contains("7 days"), "{err}");
     }
@@ -629,8 +789,16 @@ mod tests {
     #[test]
     fn signature_headers_are_present_and_the_secret_is_not() {
         let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333"))).unwrap();
+        let creds = Credentials::new(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            None,
+            None,
+            "test",
+        );
         let headers = s
             .sign(
+                &creds,
                 "PUT",
                 "http://127.0.0.1:8333/b/k",
                 &[("host".into(), "127.0.0.1:8333".into())],
@@ -659,8 +827,16 @@ mod tests {
         let mut with_token = settings(Some("http://127.0.0.1:8333"));
         with_token.session_token = Some(Secret::new("FQoGZXIvYXdzEXAMPLETOKEN"));
         let s = S3Store::new("b".into(), with_token).unwrap();
+        let creds = Credentials::new(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            Some("FQoGZXIvYXdzEXAMPLETOKEN".into()),
+            None,
+            "test",
+        );
         let headers = s
             .sign(
+                &creds,
                 "GET",
                 "http://127.0.0.1:8333/b/k",
                 &[("host".into(), "127.0.0.1:8333".into())],
@@ -682,6 +858,43 @@ mod tests {
             "the token is covered by the signature: {auth}"
         );
         assert!(!format!("{s:?}").contains("EXAMPLETOKEN"));
+    }
+
+    #[test]
+    fn server_side_encryption_takes_kongs_s3_config_names() {
+        let sse = ServerSideEncryption::parse(
+            r#"{"ServerSideEncryption":"aws:kms","SSEKMSKeyId":"arn:aws:kms:eu-west-1:1:key/k","BucketKeyEnabled":true}"#,
+        )
+        .unwrap();
+        let headers: Vec<(String, String)> = sse.headers().collect();
+        assert!(headers.contains(&("x-amz-server-side-encryption".into(), "aws:kms".into())));
+        assert!(headers.contains(&(
+            "x-amz-server-side-encryption-aws-kms-key-id".into(),
+            "arn:aws:kms:eu-west-1:1:key/k".into()
+        )));
+        assert!(headers.contains(&(
+            "x-amz-server-side-encryption-bucket-key-enabled".into(),
+            "true".into()
+        )));
+        for (bad, says) in [
+            (r#"{"ServerSideEncryption":"rot13"}"#, "not one of"),
+            (r#"{"Acl":"public-read"}"#, "not supported"),
+            (r#"{"SSEKMSKeyId":"k"}"#, "need"),
+            ("aws:kms", "not JSON"),
+        ] {
+            let err = ServerSideEncryption::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_access_key_means_the_default_chain() {
+        let mut chain = settings(None);
+        chain.access_key_id.clear();
+        let s = S3Store::new("b".into(), chain).unwrap();
+        assert!(matches!(s.credentials, AwsCredentials::Chain(_)));
+        let s = S3Store::new("b".into(), settings(None)).unwrap();
+        assert!(matches!(s.credentials, AwsCredentials::Static(_)));
     }
 
     #[test]
