@@ -45,6 +45,12 @@ pub enum Command {
     /// Exit codes: 0 stored (or storage already holds these bytes), 1 storage failure,
     /// 2 the file is unreadable or invalid, 3 storage holds a newer revision.
     Export(ExportArgs),
+    /// Print a signed GET URL of one object (like `aws s3 presign`, `gsutil signurl`), with the
+    /// credentials of the same environment as `run`.
+    Presign(crate::presign::PresignArgs),
+    /// Check storage URL, credentials, reachability, clock skew, permissions and the current
+    /// config.json with the environment of `run`; one line per check, exit code 1 on a failure.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Where exports live and with which credentials.
@@ -369,6 +375,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Export(args) => export(args).await,
+            Command::Presign(args) => crate::presign::presign(args).await,
+            Command::Doctor(args) => crate::doctor::doctor(args).await,
         }
     });
     match result {

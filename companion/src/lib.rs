@@ -4,10 +4,13 @@
 //!   `fallback-core`, and writes it to object storage as `<prefix>/<version>/config.json`.
 //! - **signer role**: serves filters short-lived signed URLs of the exported object
 //!   ([`signer::serve`]), and for `file://` storage the object itself behind such URLs.
-//! - **offline tools**: `export --config-file` for CI pipelines.
+//! - **offline tools**: `export --config-file` for CI pipelines, `presign` for a signed URL of
+//!   one object, `doctor` to check a deployment's storage settings.
 
 pub mod cli;
+pub mod doctor;
 pub mod exporter;
+pub mod presign;
 pub mod secret;
 pub mod signer;
 pub mod source;
