@@ -2,29 +2,47 @@
 //!
 //! [`Router::compile`] turns a [`ConfigDocument`] into a [`Router`] once per config revision;
 //! [`Router::route`] then answers each request with a [`RouteOutcome`]: forward it (to which
-//! `host:port`, with which `:path` and `Host`), or answer it with Kong's 404 or 503.
+//! `host:port`, with which `:path` and `Host`), redirect it to HTTPS, or answer it with Kong's
+//! 404 or 503.
 //!
-//! This is a minimal subset of Kong's `traditional_compatible` router:
-//! - A route matches when every field it sets matches: `methods` (exact, case-sensitive),
-//!   `hosts` (case-insensitive; one leading `*.` or trailing `.*` wildcard; a route host with a
-//!   `:port` only matches that port, the request's port defaulting to the scheme's), `paths`
-//!   (plain prefix), and its `protocols` include the request's scheme.
-//! - Among matches: more fields set (hosts, methods, paths) first, then plain hosts before
-//!   wildcard hosts, then the longer matching path prefix, then higher `regex_priority`, then
-//!   document order.
-//! - The upstream path joins the service `path` with the request path (stripped of the matched
-//!   prefix when `strip_path`) exactly as Kong's `path_handling: v0`, which is what
-//!   `traditional_compatible` uses whatever the route's `path_handling` says.
+//! The semantics are Kong 3.x's `traditional_compatible` router (`kong/router/compat.lua` and
+//! `atc.lua`) for HTTP requests:
+//! - A route matches when every field it sets matches: `methods` (exact), `hosts`
+//!   (case-insensitive; exact, or one leading `*` / trailing `*` wildcard matching any depth;
+//!   a host with `:port` only matches that port, the request's port defaulting to the scheme's),
+//!   `headers` (names case-insensitive; any listed value, compared case-insensitively, or one
+//!   `~*` regex matched against the lowercased value), `paths` (prefixes, or `~` regexes anchored at the start). `protocols` do not
+//!   take part in matching: an `https`-only route matched over plain HTTP answers with its
+//!   `https_redirect_status_code` (426 by default), as Kong's runloop does.
+//! - The request path is normalised first (RFC 3986: unreserved percent-escapes decoded, dot
+//!   segments removed, slashes merged), as Kong does before matching and proxying.
+//! - Every path of a route competes on its own (Kong splits routes by path kind and length).
+//!   Priority, highest first, as Kong's `get_priority`: the number of fields set (methods,
+//!   hosts, headers, snis, paths); hosts all plain (no wildcard); the number of headers; regex
+//!   path; `regex_priority` (regex paths only); prefix length. Equal priorities: document order.
+//! - The upstream request: the service's `host:port`, or a target of the upstream the service
+//!   host names (smooth weighted round-robin); the path joined as Kong's `path_handling: v0`
+//!   (the only one `traditional_compatible` uses), the query string kept; `Host` is the target
+//!   (with its port unless it is the protocol's default), the upstream's `host_header`, or the
+//!   request's own when the route has `preserve_host`.
 //!
-//! Not supported in this build, on purpose (a later router replaces this one):
-//! - Regex paths (`~...`) never match; a route whose paths are all regexes never matches.
-//! - Routes that set `headers` or `snis` never match: the request view carries neither, and
-//!   ignoring the condition would route traffic Kong would not.
+//! Scale: routes are indexed by host (exact names in a hash map, wildcards by their suffix or
+//! prefix at each dot of the request host) and, within a host, by path prefix (a hash map per
+//! prefix length present). A regex path is indexed under its literal prefix (`~/users/\d+`
+//! under `/users/`), so a request only ever runs the few regexes whose literal prefix its path
+//! starts with, never the whole list. Matching gathers the candidates from a handful of hash
+//! lookups and checks them in priority order; a regex runs only when its candidate is the best
+//! one left. Regexes use `regex-lite` (compiled once per revision): like PCRE's default, `\d`
+//! and `\w` are ASCII.
 //!
-//! Both are listed by [`Router::unsupported`] so the caller can log them.
-//! The request path is matched as given: no percent-decoding or dot-segment normalisation.
+//! Not supported, on purpose: routes that set `snis` never match (the request view carries no
+//! SNI), nor do routes whose regexes Rust's `regex` cannot compile (PCRE look-around and
+//! back-references). [`Router::unsupported`] lists them so the caller can log them.
+
+mod path;
 
 use crate::document::{ConfigDocument, Protocol};
+use regex_lite::Regex;
 use std::cell::Cell;
 use std::collections::HashMap;
 
@@ -33,6 +51,9 @@ pub const NO_SERVICE_MESSAGE: &str = "no Service found with those values";
 
 /// Kong's 404 message when no route matches.
 pub const NO_ROUTE_MESSAGE: &str = "no Route matched with those values";
+
+/// Kong's 426 message when an `https`-only route is requested over plain HTTP.
+pub const HTTPS_REQUIRED_MESSAGE: &str = "Please use HTTPS protocol";
 
 /// What the router needs to know about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +66,9 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// `http` or `https`.
     pub scheme: &'a str,
+    /// Request headers as `(name, value)`, names in any case; a header may repeat. Only read
+    /// when some route matches on headers ([`Router::needs_headers`]).
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 /// The routing decision for one request.
@@ -54,11 +78,25 @@ pub enum RouteOutcome {
     Forward(Forward),
     /// No route matched: answer 404 with [`NO_ROUTE_MESSAGE`].
     NoRoute,
+    /// An `https`-only route matched a plain-HTTP request (Kong's `https_redirect_status_code`).
+    HttpsRequired(HttpsRequired),
     /// A route matched but the request cannot be served: answer 503 with `message`.
     Unavailable {
         /// The `message` of the `{"message": ...}` body.
         message: String,
     },
+}
+
+/// The answer to a plain-HTTP request that matched an `https`-only route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsRequired {
+    /// 426 (body `{"message": HTTPS_REQUIRED_MESSAGE}`, headers `Connection: Upgrade`,
+    /// `Upgrade: TLS/1.2, HTTP/1.1`), or 301/302/307/308 with `location` and no body.
+    pub status: u16,
+    /// `https://<host without port><original path and query>` for redirects, else `None`.
+    pub location: Option<String>,
+    /// The matched route's name, else its id, else its path in the input.
+    pub route_name: String,
 }
 
 /// Where a matched request goes.
@@ -72,6 +110,8 @@ pub struct Forward {
     pub route_name: String,
     /// The service's name, else its id, else its path in the input.
     pub service_name: String,
+    /// The service's protocol (`http` or `https`), the scheme of the upstream request.
+    pub scheme: &'static str,
     /// `host:port` to connect to (IPv6 in brackets).
     pub upstream: String,
     /// The `:path` to send upstream, query string kept.
@@ -79,6 +119,43 @@ pub struct Forward {
     /// The `Host` to send upstream: the upstream's host (with its port unless it is the
     /// service protocol's default), or the request's authority when the route preserves it.
     pub host_header: String,
+    /// What Kong's debug header (`Kong-Debug: 1`) reveals.
+    pub debug: KongDebug,
+}
+
+impl Forward {
+    /// `scheme://host:port/path?query`, the upstream request as a URL.
+    pub fn upstream_url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.upstream, self.path)
+    }
+}
+
+/// The ids and names Kong reveals with `allow_debug_header` and `Kong-Debug: 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KongDebug {
+    /// The route's `id`.
+    pub route_id: Option<String>,
+    /// The route's `name`.
+    pub route_name: Option<String>,
+    /// The service's `id`.
+    pub service_id: Option<String>,
+    /// The service's `name`.
+    pub service_name: Option<String>,
+}
+
+impl KongDebug {
+    /// The response headers Kong adds, for the fields that are set.
+    pub fn headers(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("Kong-Route-Id", &self.route_id),
+            ("Kong-Route-Name", &self.route_name),
+            ("Kong-Service-Id", &self.service_id),
+            ("Kong-Service-Name", &self.service_name),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+        .collect()
+    }
 }
 
 /// A route, or part of one, this router cannot enforce (see the module documentation).
@@ -99,31 +176,65 @@ pub struct Unsupported {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<CompiledRoute>,
-    /// Lowercased plain host (no port) → indices into `routes` of routes listing it.
-    by_host: HashMap<String, Vec<usize>>,
-    /// Indices into `routes` of routes without hosts or with a wildcard host.
-    others: Vec<usize>,
+    /// Every (route, path) pair, sorted by priority: the index is the rank, lower wins.
+    candidates: Vec<Candidate>,
+    exact_hosts: HashMap<String, PathIndex>,
+    /// `*.example.com` under `.example.com`.
+    suffix_hosts: HashMap<String, PathIndex>,
+    /// `example.*` under `example.`.
+    prefix_hosts: HashMap<String, PathIndex>,
+    /// Routes without hosts.
+    any_host: PathIndex,
     services: Vec<CompiledService>,
     balancers: Vec<Balancer>,
     unsupported: Vec<Unsupported>,
+    needs_headers: bool,
 }
 
 #[derive(Debug)]
 struct CompiledRoute {
     index: usize,
     name: String,
+    debug_id: Option<String>,
+    debug_name: Option<String>,
     service: Option<usize>,
-    http: bool,
-    https: bool,
+    /// `protocols` lists `https` but not `http`.
+    https_only: bool,
+    redirect_status: u16,
     methods: Vec<String>,
     hosts: Vec<HostMatcher>,
-    /// Plain prefixes only; empty when the route sets no paths.
-    paths: Vec<String>,
-    /// How many of hosts, methods, paths the route sets.
-    fields: u8,
+    headers: Vec<HeaderMatcher>,
     strip_path: bool,
     preserve_host: bool,
-    regex_priority: i64,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    route: usize,
+    path: PathMatcher,
+}
+
+#[derive(Debug)]
+enum PathMatcher {
+    Any,
+    Prefix(String),
+    /// Kong's `^` + the regex, and the literal text every match starts with (its key in the
+    /// path index).
+    Regex {
+        regex: Regex,
+        literal: String,
+    },
+}
+
+/// Candidates of one host key, indexed by path.
+#[derive(Debug, Default)]
+struct PathIndex {
+    /// Ranks of candidates without paths.
+    pathless: Vec<u32>,
+    /// Plain prefix, or a regex's literal prefix → ranks.
+    prefixes: HashMap<String, Vec<u32>>,
+    /// Distinct prefix lengths in `prefixes`, ascending.
+    lengths: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,17 +252,28 @@ struct HostMatcher {
     port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum HostRank {
-    None,
-    Wildcard,
-    Plain,
+#[derive(Debug)]
+struct HeaderMatcher {
+    /// Lowercase.
+    name: String,
+    values: HeaderValues,
+}
+
+#[derive(Debug)]
+enum HeaderValues {
+    /// Lowercase; any one matches.
+    Any(Vec<String>),
+    /// Matched against the lowercased value, as Kong does.
+    Regex(Regex),
 }
 
 #[derive(Debug)]
 struct CompiledService {
     name: String,
+    id: Option<String>,
+    kong_name: Option<String>,
     enabled: bool,
+    scheme: &'static str,
     /// Kong's `path`, `/` when unset.
     base_path: String,
     default_port: u16,
@@ -168,6 +290,7 @@ enum Destination {
 #[derive(Debug)]
 struct Balancer {
     name: String,
+    host_header: Option<String>,
     targets: Vec<(String, u16, i64)>,
     current: Vec<Cell<i64>>,
     total: i64,
@@ -191,6 +314,9 @@ impl Balancer {
     }
 }
 
+/// Kong's `get_priority` as a tuple: higher wins, compared field by field.
+type Priority = (u8, bool, usize, bool, i64, usize);
+
 impl Router {
     /// Compiles every HTTP route of `doc`.
     pub fn compile(doc: &ConfigDocument) -> Router {
@@ -207,11 +333,22 @@ impl Router {
                     .collect();
                 Balancer {
                     name: upstream.name.clone(),
+                    host_header: upstream
+                        .extra
+                        .get("host_header")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned),
                     current: targets.iter().map(|_| Cell::new(0)).collect(),
                     total: targets.iter().map(|t| t.2).sum(),
                     targets,
                 }
             })
+            .collect();
+        let upstream_by_name: HashMap<String, usize> = doc
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(u, upstream)| (upstream.name.to_ascii_lowercase(), u))
             .collect();
 
         let services = doc
@@ -219,15 +356,14 @@ impl Router {
             .iter()
             .map(|s| CompiledService {
                 name: display_name(s.name.as_deref(), s.id.as_deref(), &s.path),
+                id: s.id.clone(),
+                kong_name: s.name.clone(),
                 enabled: s.enabled,
+                scheme: s.protocol.as_str(),
                 base_path: s.upstream_path.clone().unwrap_or_else(|| "/".to_owned()),
                 default_port: s.protocol.default_port(),
-                destination: match doc
-                    .upstreams
-                    .iter()
-                    .position(|u| u.name.eq_ignore_ascii_case(&s.host))
-                {
-                    Some(u) => Destination::Balanced(u),
+                destination: match upstream_by_name.get(&s.host.to_ascii_lowercase()) {
+                    Some(&u) => Destination::Balanced(u),
                     None => Destination::Direct {
                         host: s.host.clone(),
                         port: s.port,
@@ -238,13 +374,19 @@ impl Router {
 
         let mut router = Router {
             routes: Vec::new(),
-            by_host: HashMap::new(),
-            others: Vec::new(),
+            candidates: Vec::new(),
+            exact_hosts: HashMap::new(),
+            suffix_hosts: HashMap::new(),
+            prefix_hosts: HashMap::new(),
+            any_host: PathIndex::default(),
             services,
             balancers,
             unsupported: Vec::new(),
+            needs_headers: false,
         };
 
+        // (priority, document order, path order, candidate)
+        let mut ranked: Vec<(Priority, usize, usize, Candidate)> = Vec::new();
         for (index, route) in doc.routes.iter().enumerate() {
             let http = route.protocols.contains(&Protocol::Http);
             let https = route.protocols.contains(&Protocol::Https);
@@ -258,79 +400,142 @@ impl Router {
                     reason,
                 })
             };
-            if !route.headers.is_empty() {
-                unsupported("matching on headers is not supported: the route never matches".into());
-                continue;
-            }
             if !route.snis.is_empty() {
                 unsupported("matching on snis is not supported: the route never matches".into());
                 continue;
             }
-            let (regexes, paths): (Vec<&String>, Vec<&String>) =
-                route.paths.iter().partition(|p| p.starts_with('~'));
-            if !regexes.is_empty() {
-                let effect = if paths.is_empty() {
-                    "the route never matches"
-                } else {
-                    "only its plain paths match"
+            let mut headers = Vec::new();
+            let mut bad_header = None;
+            for (name, values) in &route.headers {
+                let values = match values.as_slice() {
+                    [one] if one.starts_with("~*") => match Regex::new(&one[2..]) {
+                        Ok(re) => HeaderValues::Regex(re),
+                        Err(e) => {
+                            bad_header = Some(format!(
+                                    "header {name} regex {one:?} is not supported ({}): the route never matches",
+                                    error_summary(&e.to_string())
+                                ));
+                            break;
+                        }
+                    },
+                    _ => HeaderValues::Any(values.iter().map(|v| v.to_lowercase()).collect()),
                 };
-                unsupported(format!(
-                    "regex paths are not supported ({}): {effect}",
-                    regexes
-                        .iter()
-                        .map(|p| p.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                if paths.is_empty() {
-                    continue;
+                headers.push(HeaderMatcher {
+                    name: name.to_ascii_lowercase(),
+                    values,
+                });
+            }
+            if let Some(reason) = bad_header {
+                unsupported(reason);
+                continue;
+            }
+            let mut paths = Vec::new();
+            for p in &route.paths {
+                match p.strip_prefix('~') {
+                    Some(re) => match Regex::new(&format!("^{re}")) {
+                        Ok(regex) => paths.push(PathMatcher::Regex {
+                            regex,
+                            literal: literal_prefix(re),
+                        }),
+                        Err(e) => unsupported(format!(
+                            "regex path {p:?} is not supported ({}): this path never matches",
+                            error_summary(&e.to_string())
+                        )),
+                    },
+                    None => paths.push(PathMatcher::Prefix(p.clone())),
                 }
             }
+            if !route.paths.is_empty() && paths.is_empty() {
+                continue;
+            }
+            router.needs_headers |= !headers.is_empty();
+
             let hosts: Vec<HostMatcher> = route.hosts.iter().map(|h| host_matcher(h)).collect();
-            let fields = [
-                !route.hosts.is_empty(),
+            let match_weight = [
                 !route.methods.is_empty(),
+                !route.hosts.is_empty(),
+                !route.headers.is_empty(),
                 !route.paths.is_empty(),
             ]
             .into_iter()
             .filter(|set| *set)
             .count() as u8;
-
+            let plain_host_only = !hosts.is_empty()
+                && hosts
+                    .iter()
+                    .all(|h| matches!(h.pattern, HostPattern::Exact(_)));
             let slot = router.routes.len();
-            let mut in_others = hosts.is_empty();
-            for host in &hosts {
-                match &host.pattern {
-                    HostPattern::Exact(name) => {
-                        let list = router.by_host.entry(name.clone()).or_default();
-                        if list.last() != Some(&slot) {
-                            list.push(slot);
-                        }
-                    }
-                    _ => in_others = true,
-                }
-            }
-            if in_others {
-                router.others.push(slot);
-            }
             router.routes.push(CompiledRoute {
                 index,
                 name: display_name(route.name.as_deref(), route.id.as_deref(), &route.path),
+                debug_id: route.id.clone(),
+                debug_name: route.name.clone(),
                 service: route.service,
-                http,
-                https,
+                https_only: https && !http,
+                redirect_status: route.https_redirect_status_code,
                 methods: route.methods.clone(),
                 hosts,
-                paths: paths.into_iter().cloned().collect(),
-                fields,
+                headers,
                 strip_path: route.strip_path,
                 preserve_host: route.preserve_host,
-                regex_priority: route.regex_priority,
             });
+            if paths.is_empty() {
+                paths.push(PathMatcher::Any);
+            }
+            for (order, path) in paths.into_iter().enumerate() {
+                let (regex, length) = match &path {
+                    PathMatcher::Any => (false, 0),
+                    PathMatcher::Prefix(p) => (false, p.len()),
+                    PathMatcher::Regex { .. } => (true, 0),
+                };
+                let priority = (
+                    match_weight,
+                    plain_host_only,
+                    route.headers.len(),
+                    regex,
+                    if regex { route.regex_priority } else { 0 },
+                    length,
+                );
+                ranked.push((priority, index, order, Candidate { route: slot, path }));
+            }
+        }
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+
+        for (rank, (_, _, _, candidate)) in ranked.into_iter().enumerate() {
+            let rank = rank as u32;
+            let route = &router.routes[candidate.route];
+            if route.hosts.is_empty() {
+                router.any_host.add(&candidate.path, rank);
+            }
+            // One entry per distinct host key (a host may be listed with several ports).
+            let mut seen: Vec<&HostPattern> = Vec::new();
+            for key in route.hosts.iter().map(|h| &h.pattern) {
+                if seen.contains(&key) {
+                    continue;
+                }
+                seen.push(key);
+                let index = match key {
+                    HostPattern::Exact(h) => router.exact_hosts.entry(h.clone()).or_default(),
+                    HostPattern::Suffix(h) => router.suffix_hosts.entry(h.clone()).or_default(),
+                    HostPattern::Prefix(h) => router.prefix_hosts.entry(h.clone()).or_default(),
+                };
+                index.add(&candidate.path, rank);
+            }
+            router.candidates.push(candidate);
+        }
+        for index in router
+            .exact_hosts
+            .values_mut()
+            .chain(router.suffix_hosts.values_mut())
+            .chain(router.prefix_hosts.values_mut())
+            .chain(std::iter::once(&mut router.any_host))
+        {
+            index.finish();
         }
         router
     }
 
-    /// How many routes can match (HTTP routes, minus those never matching in this build).
+    /// How many routes can match (HTTP routes, minus those that never match in this build).
     pub fn len(&self) -> usize {
         self.routes.len()
     }
@@ -338,6 +543,12 @@ impl Router {
     /// True when no route can match.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// True when some route matches on headers: only then does [`RequestView::headers`] need
+    /// to carry the request's headers.
+    pub fn needs_headers(&self) -> bool {
+        self.needs_headers
     }
 
     /// Routes, or parts of routes, this build cannot enforce; worth a warning in the log.
@@ -351,32 +562,48 @@ impl Router {
         let (req_host, req_port) = split_authority(request.authority);
         let req_host = req_host.to_ascii_lowercase();
         let req_port = req_port.unwrap_or(if https { 443 } else { 80 });
-        let (path, query) = match request.path.find('?') {
+        let (raw_path, query) = match request.path.find('?') {
             Some(at) => request.path.split_at(at),
             None => (request.path, ""),
         };
+        let path = path::normalize(raw_path);
 
-        let candidates = self
-            .by_host
-            .get(&req_host)
-            .into_iter()
-            .flatten()
-            .chain(&self.others);
-        let mut best: Option<(Priority, &CompiledRoute, usize)> = None;
-        for &slot in candidates {
-            let route = &self.routes[slot];
-            let Some((priority, prefix_len)) =
-                route.matches(request, https, &req_host, req_port, path)
-            else {
+        let mut ranks: Vec<u32> = Vec::new();
+        self.gather(&req_host, &path, &mut ranks);
+        ranks.sort_unstable();
+        ranks.dedup();
+
+        let mut winner = None;
+        for &rank in &ranks {
+            let candidate = &self.candidates[rank as usize];
+            let route = &self.routes[candidate.route];
+            if !route.matches(request, &req_host, req_port) {
                 continue;
-            };
-            if best.as_ref().is_none_or(|(b, _, _)| priority > *b) {
-                best = Some((priority, route, prefix_len));
             }
+            let matched_len = match &candidate.path {
+                PathMatcher::Any => 0,
+                PathMatcher::Prefix(p) => p.len(),
+                PathMatcher::Regex { regex, .. } => match regex.find(&path) {
+                    Some(m) => m.end(),
+                    None => continue,
+                },
+            };
+            winner = Some((route, matched_len));
+            break;
         }
-        let Some((_, route, prefix_len)) = best else {
+        let Some((route, matched_len)) = winner else {
             return RouteOutcome::NoRoute;
         };
+
+        if route.https_only && !https {
+            let location = (route.redirect_status != 426)
+                .then(|| format!("https://{req_host}{}", request.path));
+            return RouteOutcome::HttpsRequired(HttpsRequired {
+                status: route.redirect_status,
+                location,
+                route_name: route.name.clone(),
+            });
+        }
 
         let Some(service_index) = route.service else {
             return RouteOutcome::Unavailable {
@@ -389,10 +616,12 @@ impl Router {
                 message: format!("service {} is disabled", service.name),
             };
         }
+        let mut host_header_override = None;
         let (host, port) = match &service.destination {
             Destination::Direct { host, port } => (host.as_str(), *port),
             Destination::Balanced(u) => {
                 let balancer = &self.balancers[*u];
+                host_header_override = balancer.host_header.as_deref();
                 match balancer.pick() {
                     Some(target) => target,
                     None => {
@@ -408,19 +637,23 @@ impl Router {
         };
 
         let postfix = if route.strip_path {
-            sanitize_postfix(&path[prefix_len..])
+            path::sanitize_postfix(&path[matched_len..])
         } else {
             ""
         };
-        let mut upstream_path = join_path_v0(&service.base_path, route.strip_path, postfix, path);
+        let joined = path::join_v0(&service.base_path, route.strip_path, postfix, &path);
+        let mut upstream_path = path::escape(&joined).into_owned();
         upstream_path.push_str(query);
 
         let host_header = if route.preserve_host {
             request.authority.to_owned()
-        } else if port == service.default_port {
-            bracket(host).into_owned()
         } else {
-            format!("{}:{port}", bracket(host))
+            let name = host_header_override.unwrap_or(host);
+            if port == service.default_port {
+                bracket(name).into_owned()
+            } else {
+                format!("{}:{port}", bracket(name))
+            }
         };
 
         RouteOutcome::Forward(Forward {
@@ -428,83 +661,119 @@ impl Router {
             service: service_index,
             route_name: route.name.clone(),
             service_name: service.name.clone(),
+            scheme: service.scheme,
             upstream: format!("{}:{port}", bracket(host)),
             path: upstream_path,
             host_header,
+            debug: KongDebug {
+                route_id: route.debug_id.clone(),
+                route_name: route.debug_name.clone(),
+                service_id: service.id.clone(),
+                service_name: service.kong_name.clone(),
+            },
         })
+    }
+
+    /// Collects the ranks of every candidate whose host key and path could match.
+    fn gather(&self, host: &str, path: &str, ranks: &mut Vec<u32>) {
+        if let Some(index) = self.exact_hosts.get(host) {
+            index.gather(path, ranks);
+        }
+        if !self.suffix_hosts.is_empty() {
+            for (at, _) in host.match_indices('.') {
+                if let Some(index) = self.suffix_hosts.get(&host[at..]) {
+                    index.gather(path, ranks);
+                }
+            }
+        }
+        if !self.prefix_hosts.is_empty() {
+            for (at, _) in host.match_indices('.') {
+                if let Some(index) = self.prefix_hosts.get(&host[..=at]) {
+                    index.gather(path, ranks);
+                }
+            }
+        }
+        self.any_host.gather(path, ranks);
     }
 }
 
-/// Higher is better; compared field by field.
-type Priority = (u8, HostRank, usize, i64, std::cmp::Reverse<usize>);
+impl PathIndex {
+    fn add(&mut self, path: &PathMatcher, rank: u32) {
+        match path {
+            PathMatcher::Any => self.pathless.push(rank),
+            PathMatcher::Prefix(p) => self.prefixes.entry(p.clone()).or_default().push(rank),
+            PathMatcher::Regex { literal, .. } => {
+                self.prefixes.entry(literal.clone()).or_default().push(rank)
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        let mut lengths: Vec<usize> = self.prefixes.keys().map(|p| p.len()).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        self.lengths = lengths;
+    }
+
+    fn gather(&self, path: &str, ranks: &mut Vec<u32>) {
+        ranks.extend_from_slice(&self.pathless);
+        for &len in &self.lengths {
+            if len > path.len() {
+                break;
+            }
+            if let Some(found) = path.get(..len).and_then(|p| self.prefixes.get(p)) {
+                ranks.extend_from_slice(found);
+            }
+        }
+    }
+}
 
 impl CompiledRoute {
-    /// The route's priority for this request and the length of the matched path prefix, or
-    /// `None` when it does not match.
-    fn matches(
-        &self,
-        request: &RequestView<'_>,
-        https: bool,
-        host: &str,
-        port: u16,
-        path: &str,
-    ) -> Option<(Priority, usize)> {
-        if !(if https { self.https } else { self.http }) {
-            return None;
-        }
+    /// Everything but the path, which the index already checked.
+    fn matches(&self, request: &RequestView<'_>, host: &str, port: u16) -> bool {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == request.method) {
-            return None;
+            return false;
         }
-        let host_rank = if self.hosts.is_empty() {
-            HostRank::None
-        } else {
-            self.hosts.iter().filter_map(|h| h.rank(host, port)).max()?
-        };
-        let prefix_len = if self.paths.is_empty() {
-            0
-        } else {
-            self.paths
-                .iter()
-                .filter(|p| path.starts_with(p.as_str()))
-                .map(|p| p.len())
-                .max()?
-        };
-        Some((
-            (
-                self.fields,
-                host_rank,
-                prefix_len,
-                self.regex_priority,
-                std::cmp::Reverse(self.index),
-            ),
-            prefix_len,
-        ))
+        if !self.hosts.is_empty() && !self.hosts.iter().any(|h| h.matches(host, port)) {
+            return false;
+        }
+        self.headers.iter().all(|h| h.matches(request.headers))
     }
 }
 
 impl HostMatcher {
-    fn rank(&self, host: &str, port: u16) -> Option<HostRank> {
+    fn matches(&self, host: &str, port: u16) -> bool {
         if self.port.is_some_and(|p| p != port) {
-            return None;
+            return false;
         }
         match &self.pattern {
-            HostPattern::Exact(name) => (name == host).then_some(HostRank::Plain),
-            HostPattern::Suffix(suffix) => {
-                (host.len() > suffix.len() && host.ends_with(suffix)).then_some(HostRank::Wildcard)
-            }
-            HostPattern::Prefix(prefix) => (host.len() > prefix.len() && host.starts_with(prefix))
-                .then_some(HostRank::Wildcard),
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+            HostPattern::Prefix(prefix) => host.len() > prefix.len() && host.starts_with(prefix),
         }
+    }
+}
+
+impl HeaderMatcher {
+    fn matches(&self, headers: &[(&str, &str)]) -> bool {
+        headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(&self.name))
+            .any(|(_, value)| match &self.values {
+                HeaderValues::Any(values) => values.iter().any(|v| v.eq_ignore_ascii_case(value)),
+                // Kong's compat router: `any(lower(http.headers.<name>)) ~ "<regex>"`.
+                HeaderValues::Regex(re) => re.is_match(&value.to_lowercase()),
+            })
     }
 }
 
 fn host_matcher(host: &str) -> HostMatcher {
     let (name, port) = split_authority(host);
     let name = name.to_ascii_lowercase();
-    let pattern = if let Some(rest) = name.strip_prefix("*.") {
-        HostPattern::Suffix(format!(".{rest}"))
-    } else if let Some(rest) = name.strip_suffix(".*") {
-        HostPattern::Prefix(format!("{rest}."))
+    let pattern = if let Some(rest) = name.strip_prefix('*') {
+        HostPattern::Suffix(rest.to_owned())
+    } else if let Some(rest) = name.strip_suffix('*') {
+        HostPattern::Prefix(rest.to_owned())
     } else {
         HostPattern::Exact(name)
     };
@@ -550,523 +819,56 @@ fn display_name(name: Option<&str>, id: Option<&str>, path: &str) -> String {
     name.or(id).unwrap_or(path).to_owned()
 }
 
-/// Kong's `sanitize_uri_postfix`: a remaining path starting with `.`/`..` segments loses them.
-fn sanitize_postfix(postfix: &str) -> &str {
-    match postfix {
-        "." | ".." => "",
-        _ => postfix
-            .strip_prefix("./")
-            .or_else(|| postfix.strip_prefix("../"))
-            .unwrap_or(postfix),
+/// The text every match of Kong's `^<regex>` starts with: the regex up to its first
+/// metacharacter (escaped punctuation counts as literal). A top-level `|` means no common
+/// prefix; a quantifier takes back the character it applies to.
+fn literal_prefix(regex: &str) -> String {
+    if has_top_level_alternation(regex) {
+        return String::new();
     }
+    let mut literal = String::new();
+    let mut chars = regex.chars().peekable();
+    while let Some(c) = chars.next() {
+        let next = match c {
+            '\\' => match chars.peek() {
+                Some(&e) if e.is_ascii_punctuation() => {
+                    chars.next();
+                    e
+                }
+                _ => break,
+            },
+            '.' | '^' | '$' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '+' | '*' | '?' => break,
+            c => c,
+        };
+        if matches!(chars.peek(), Some('?' | '*' | '{')) {
+            break;
+        }
+        literal.push(next);
+    }
+    literal
 }
 
-/// Kong's `get_upstream_uri_v0`: joins the service path `base` with the request path
-/// (`postfix` is what remains after the matched prefix when stripping; `request` is the full
-/// request path without its query).
-fn join_path_v0(base: &str, strip_path: bool, postfix: &str, request: &str) -> String {
-    let request_ends_with_slash = request.ends_with('/');
-    if let Some(trimmed) = base.strip_suffix('/') {
-        if !strip_path {
-            // The request path without its leading slash, after the base's own.
-            return format!("{base}{}", request.strip_prefix('/').unwrap_or(request));
+fn has_top_level_alternation(regex: &str) -> bool {
+    let (mut depth, mut in_class, mut escaped) = (0usize, false, false);
+    for c in regex.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            '(' if !in_class => depth += 1,
+            ')' if !in_class => depth = depth.saturating_sub(1),
+            '|' if !in_class && depth == 0 => return true,
+            _ => {}
         }
-        if postfix.is_empty() {
-            if base == "/" {
-                "/".to_owned()
-            } else if request_ends_with_slash {
-                base.to_owned()
-            } else {
-                trimmed.to_owned()
-            }
-        } else if postfix.starts_with('/') {
-            format!("{trimmed}{postfix}")
-        } else {
-            format!("{base}{postfix}")
-        }
-    } else if !strip_path {
-        if request == "/" {
-            base.to_owned()
-        } else {
-            format!("{base}{request}")
-        }
-    } else if postfix.is_empty() {
-        if request.len() > 1 && request_ends_with_slash {
-            format!("{base}/")
-        } else {
-            base.to_owned()
-        }
-    } else if postfix.starts_with('/') {
-        format!("{base}{postfix}")
-    } else {
-        format!("{base}/{postfix}")
     }
+    false
+}
+
+/// The last line of a `regex` error: the line saying what is wrong.
+fn error_summary(text: &str) -> &str {
+    text.lines().last().unwrap_or(text).trim()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{json, Value};
-
-    fn router(body: Value) -> Router {
-        let mut map = body.as_object().cloned().expect("object");
-        map.insert("_format_version".into(), json!("3.0"));
-        let loaded = ConfigDocument::from_json(&Value::Object(map)).expect("valid document");
-        Router::compile(&loaded.document)
-    }
-
-    fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) -> RequestView<'a> {
-        RequestView {
-            method,
-            authority,
-            path,
-            scheme: "http",
-        }
-    }
-
-    fn forward(router: &Router, req: RequestView<'_>) -> Forward {
-        match router.route(&req) {
-            RouteOutcome::Forward(f) => f,
-            other => panic!("expected a forward for {req:?}, got {other:?}"),
-        }
-    }
-
-    /// The name of the route `req` matches, or "-" for NoRoute.
-    fn matched(router: &Router, method: &str, authority: &str, path: &str) -> String {
-        match router.route(&request(method, authority, path)) {
-            RouteOutcome::Forward(f) => f.route_name,
-            RouteOutcome::NoRoute => "-".to_owned(),
-            RouteOutcome::Unavailable { message } => format!("503 {message}"),
-        }
-    }
-
-    /// One service per route, so each route's matchers are given as-is.
-    fn routes(routes: Value) -> Router {
-        router(
-            json!({"services": [{"name": "svc", "url": "http://backend:8080", "routes": routes}]}),
-        )
-    }
-
-    #[test]
-    fn methods_match_exactly() {
-        let r = routes(json!([{"name": "get", "methods": ["GET", "HEAD"]}]));
-        assert_eq!(matched(&r, "GET", "a", "/"), "get");
-        assert_eq!(matched(&r, "HEAD", "a", "/x"), "get");
-        assert_eq!(matched(&r, "POST", "a", "/"), "-");
-        assert_eq!(matched(&r, "get", "a", "/"), "-");
-    }
-
-    #[test]
-    fn hosts_are_case_insensitive_and_ignore_the_request_port() {
-        let r = routes(json!([{"name": "h", "hosts": ["Example.com"]}]));
-        assert_eq!(matched(&r, "GET", "example.com", "/"), "h");
-        assert_eq!(matched(&r, "GET", "EXAMPLE.COM:8000", "/"), "h");
-        assert_eq!(matched(&r, "GET", "other.com", "/"), "-");
-        assert_eq!(matched(&r, "GET", "a.example.com", "/"), "-");
-    }
-
-    #[test]
-    fn a_route_host_with_a_port_needs_that_port() {
-        let r = routes(json!([
-            {"name": "p8000", "hosts": ["example.com:8000"]},
-            {"name": "p80", "hosts": ["plain.com:80"]},
-        ]));
-        assert_eq!(matched(&r, "GET", "example.com:8000", "/"), "p8000");
-        assert_eq!(matched(&r, "GET", "example.com:8001", "/"), "-");
-        assert_eq!(matched(&r, "GET", "example.com", "/"), "-");
-        // Without a port the request's port is the scheme's default.
-        assert_eq!(matched(&r, "GET", "plain.com", "/"), "p80");
-        assert_eq!(matched(&r, "GET", "plain.com:80", "/"), "p80");
-        let https = RequestView {
-            scheme: "https",
-            ..request("GET", "plain.com", "/")
-        };
-        assert_eq!(r.route(&https), RouteOutcome::NoRoute);
-    }
-
-    #[test]
-    fn wildcard_hosts() {
-        let r = routes(json!([
-            {"name": "leading", "hosts": ["*.example.com"]},
-            {"name": "trailing", "hosts": ["example.*"]},
-            {"name": "ported", "hosts": ["*.ported.com:9000"]},
-        ]));
-        assert_eq!(matched(&r, "GET", "a.example.com", "/"), "leading");
-        assert_eq!(matched(&r, "GET", "a.b.EXAMPLE.com:1", "/"), "leading");
-        assert_eq!(matched(&r, "GET", "example.com", "/"), "trailing");
-        assert_eq!(matched(&r, "GET", "example.org", "/"), "trailing");
-        assert_eq!(matched(&r, "GET", ".example.com", "/"), "-");
-        assert_eq!(matched(&r, "GET", "notexample.com", "/"), "-");
-        assert_eq!(matched(&r, "GET", "x.ported.com:9000", "/"), "ported");
-        assert_eq!(matched(&r, "GET", "x.ported.com", "/"), "-");
-    }
-
-    #[test]
-    fn ipv6_authorities() {
-        let r = routes(json!([{"name": "v6", "hosts": ["[::1]"]}]));
-        assert_eq!(matched(&r, "GET", "[::1]:8000", "/"), "v6");
-        assert_eq!(matched(&r, "GET", "[::1]", "/"), "v6");
-        assert_eq!(matched(&r, "GET", "[::2]", "/"), "-");
-    }
-
-    #[test]
-    fn paths_are_plain_prefixes() {
-        let r = routes(json!([{"name": "p", "paths": ["/api", "/v2/"]}]));
-        assert_eq!(matched(&r, "GET", "a", "/api"), "p");
-        assert_eq!(matched(&r, "GET", "a", "/api/x?q=1"), "p");
-        assert_eq!(matched(&r, "GET", "a", "/apix"), "p");
-        assert_eq!(matched(&r, "GET", "a", "/v2/x"), "p");
-        assert_eq!(matched(&r, "GET", "a", "/v2"), "-");
-        assert_eq!(matched(&r, "GET", "a", "/other"), "-");
-        // The query string is not part of the path.
-        assert_eq!(matched(&r, "GET", "a", "/x?/api"), "-");
-    }
-
-    #[test]
-    fn every_set_field_must_match() {
-        let r = routes(json!([
-            {"name": "all", "hosts": ["a.com"], "methods": ["POST"], "paths": ["/x"]},
-        ]));
-        assert_eq!(matched(&r, "POST", "a.com", "/x/1"), "all");
-        assert_eq!(matched(&r, "GET", "a.com", "/x/1"), "-");
-        assert_eq!(matched(&r, "POST", "b.com", "/x/1"), "-");
-        assert_eq!(matched(&r, "POST", "a.com", "/y"), "-");
-    }
-
-    #[test]
-    fn regex_paths_headers_and_snis_are_unsupported() {
-        let r = routes(json!([
-            {"name": "regex", "paths": ["~/users/\\d+$"]},
-            {"name": "mixed", "paths": ["~/re/\\d+$", "/plain"]},
-            {"name": "headers", "headers": {"x-version": ["1"]}},
-            {"name": "snis", "protocols": ["https"], "snis": ["a.com"]},
-        ]));
-        assert_eq!(r.len(), 1);
-        assert_eq!(matched(&r, "GET", "a", "/users/1"), "-");
-        assert_eq!(matched(&r, "GET", "a", "/re/1"), "-");
-        assert_eq!(matched(&r, "GET", "a", "/plain/1"), "mixed");
-        let notes: Vec<(usize, &str)> = r
-            .unsupported()
-            .iter()
-            .map(|u| (u.route, u.path.as_str()))
-            .collect();
-        assert_eq!(
-            notes,
-            [
-                (0, "services[0].routes[0]"),
-                (1, "services[0].routes[1]"),
-                (2, "services[0].routes[2]"),
-                (3, "services[0].routes[3]"),
-            ]
-        );
-        assert!(r.unsupported()[0].reason.contains("never matches"));
-        assert!(r.unsupported()[1].reason.contains("only its plain paths"));
-    }
-
-    #[test]
-    fn https_only_route_does_not_answer_http() {
-        let r = routes(json!([{"name": "secure", "protocols": ["https"], "paths": ["/"]}]));
-        assert_eq!(matched(&r, "GET", "a", "/"), "-");
-        let https = RequestView {
-            scheme: "https",
-            ..request("GET", "a", "/")
-        };
-        assert_eq!(forward(&r, https).route_name, "secure");
-    }
-
-    #[test]
-    fn non_http_routes_are_not_compiled() {
-        let r = router(json!({"services": [{"url": "tcp://db:5432", "routes": [
-            {"protocols": ["tcp"], "destinations": [{"port": 5432}]}
-        ]}]}));
-        assert!(r.is_empty());
-        assert!(r.unsupported().is_empty());
-        assert_eq!(r.route(&request("GET", "a", "/")), RouteOutcome::NoRoute);
-    }
-
-    #[test]
-    fn more_fields_win() {
-        let r = routes(json!([
-            {"name": "path", "paths": ["/api/long/prefix"]},
-            {"name": "host+path", "hosts": ["a.com"], "paths": ["/api"]},
-            {"name": "host+method+path", "hosts": ["*.com"], "methods": ["GET"], "paths": ["/"]},
-        ]));
-        assert_eq!(
-            matched(&r, "GET", "a.com", "/api/long/prefix"),
-            "host+method+path"
-        );
-        assert_eq!(
-            matched(&r, "POST", "a.com", "/api/long/prefix"),
-            "host+path"
-        );
-        assert_eq!(matched(&r, "POST", "b.com", "/api/long/prefix"), "path");
-    }
-
-    #[test]
-    fn plain_hosts_beat_wildcards_before_path_length() {
-        let r = routes(json!([
-            {"name": "wild", "hosts": ["*.example.com"], "paths": ["/api/v1"]},
-            {"name": "plain", "hosts": ["api.example.com"], "paths": ["/"]},
-        ]));
-        assert_eq!(matched(&r, "GET", "api.example.com", "/api/v1/x"), "plain");
-        assert_eq!(matched(&r, "GET", "www.example.com", "/api/v1/x"), "wild");
-    }
-
-    #[test]
-    fn longer_prefix_then_regex_priority_then_document_order() {
-        let r = routes(json!([
-            {"name": "short", "paths": ["/a"], "regex_priority": 10},
-            {"name": "long", "paths": ["/a/b"]},
-            {"name": "first", "paths": ["/c"]},
-            {"name": "second", "paths": ["/c"]},
-            {"name": "low", "paths": ["/d"], "regex_priority": 1},
-            {"name": "high", "paths": ["/d"], "regex_priority": 2},
-        ]));
-        assert_eq!(matched(&r, "GET", "x", "/a/b/c"), "long");
-        assert_eq!(matched(&r, "GET", "x", "/a/c"), "short");
-        assert_eq!(matched(&r, "GET", "x", "/c"), "first");
-        assert_eq!(matched(&r, "GET", "x", "/d"), "high");
-    }
-
-    #[test]
-    fn a_route_listing_several_hosts_uses_its_best_match() {
-        let r = routes(json!([
-            {"name": "both", "hosts": ["*.a.com", "x.a.com"]},
-            {"name": "wild", "hosts": ["*.a.com"], "regex_priority": 5},
-        ]));
-        assert_eq!(matched(&r, "GET", "x.a.com", "/"), "both");
-        assert_eq!(matched(&r, "GET", "y.a.com", "/"), "wild");
-    }
-
-    #[test]
-    fn names_fall_back_to_id_then_path() {
-        let r = router(json!({
-            "services": [{"id": "svc-id", "url": "http://b"}],
-            "routes": [
-                {"id": "route-id", "service": {"id": "svc-id"}, "paths": ["/id"]},
-                {"service": {"id": "svc-id"}, "paths": ["/anon"]},
-            ]
-        }));
-        let f = forward(&r, request("GET", "a", "/id"));
-        assert_eq!((f.route, f.service), (0, 0));
-        assert_eq!(f.route_name, "route-id");
-        assert_eq!(f.service_name, "svc-id");
-        assert_eq!(
-            forward(&r, request("GET", "a", "/anon")).route_name,
-            "routes[1]"
-        );
-    }
-
-    fn upstream_path(
-        service_path: Option<&str>,
-        route_path: &str,
-        strip: bool,
-        req: &str,
-    ) -> String {
-        let mut service = json!({"name": "s", "host": "backend", "routes": [
-            {"paths": [route_path], "strip_path": strip}
-        ]});
-        if let Some(p) = service_path {
-            service["path"] = json!(p);
-        }
-        let r = router(json!({ "services": [service] }));
-        forward(&r, request("GET", "a", req)).path
-    }
-
-    #[test]
-    fn kong_doc_path_examples() {
-        // Kong's proxy guide, path_handling v0 (the only one traditional_compatible uses).
-        assert_eq!(
-            upstream_path(Some("/s"), "/fv0", false, "/fv0req"),
-            "/s/fv0req"
-        );
-        assert_eq!(upstream_path(Some("/s"), "/tv0", true, "/tv0req"), "/s/req");
-        assert_eq!(
-            upstream_path(Some("/s"), "/fv0/", false, "/fv0/req"),
-            "/s/fv0/req"
-        );
-        assert_eq!(
-            upstream_path(Some("/s"), "/tv0/", true, "/tv0/req"),
-            "/s/req"
-        );
-    }
-
-    #[test]
-    fn service_path_joining() {
-        assert_eq!(upstream_path(Some("/v1"), "/api", true, "/api/x"), "/v1/x");
-        assert_eq!(upstream_path(Some("/v1"), "/api", true, "/api"), "/v1");
-        assert_eq!(upstream_path(Some("/v1"), "/api", true, "/api/"), "/v1/");
-        assert_eq!(upstream_path(Some("/v1/"), "/api", true, "/api/"), "/v1/");
-        assert_eq!(upstream_path(Some("/v1/"), "/api/", true, "/api/"), "/v1/");
-        assert_eq!(upstream_path(Some("/v1/"), "/api", true, "/api"), "/v1");
-        assert_eq!(upstream_path(Some("/v1/"), "/api", true, "/api/x"), "/v1/x");
-        assert_eq!(
-            upstream_path(Some("/v1/"), "/api/", true, "/api/x"),
-            "/v1/x"
-        );
-        assert_eq!(
-            upstream_path(Some("/v1/"), "/api", false, "/api/x"),
-            "/v1/api/x"
-        );
-        assert_eq!(upstream_path(Some("/v1"), "/", false, "/"), "/v1");
-        assert_eq!(upstream_path(None, "/api", true, "/api"), "/");
-        assert_eq!(upstream_path(None, "/api", true, "/api/x"), "/x");
-        assert_eq!(upstream_path(None, "/api", true, "/apix"), "/x");
-        assert_eq!(upstream_path(None, "/api", false, "/api/x"), "/api/x");
-        assert_eq!(upstream_path(None, "/", true, "/"), "/");
-        assert_eq!(upstream_path(None, "/api/", true, "/api/./x"), "/x");
-    }
-
-    #[test]
-    fn query_string_is_kept() {
-        assert_eq!(
-            upstream_path(Some("/v1"), "/api", true, "/api/x?a=1&b=/api"),
-            "/v1/x?a=1&b=/api"
-        );
-        assert_eq!(upstream_path(None, "/api", true, "/api?a=1"), "/?a=1");
-        assert_eq!(upstream_path(None, "/api", false, "/api?"), "/api?");
-    }
-
-    #[test]
-    fn upstream_address_and_host_header() {
-        let r = router(json!({"services": [
-            {"name": "plain", "url": "http://backend:8080", "routes": [{"paths": ["/plain"]}]},
-            {"name": "default", "url": "http://backend", "routes": [{"paths": ["/default"]}]},
-            {"name": "tls", "url": "https://secure.example", "routes": [
-                {"paths": ["/tls"]},
-                {"paths": ["/keep"], "preserve_host": true},
-            ]},
-            {"name": "v6", "url": "http://[::1]:9000", "routes": [{"paths": ["/v6"]}]},
-        ]}));
-        let f = forward(&r, request("GET", "front.com:8000", "/plain"));
-        assert_eq!(
-            (f.upstream.as_str(), f.host_header.as_str()),
-            ("backend:8080", "backend:8080")
-        );
-        let f = forward(&r, request("GET", "front.com", "/default"));
-        assert_eq!(
-            (f.upstream.as_str(), f.host_header.as_str()),
-            ("backend:80", "backend")
-        );
-        let f = forward(&r, request("GET", "front.com", "/tls"));
-        assert_eq!(
-            (f.upstream.as_str(), f.host_header.as_str()),
-            ("secure.example:443", "secure.example")
-        );
-        let f = forward(&r, request("GET", "Front.com:8000", "/keep"));
-        assert_eq!(
-            (f.upstream.as_str(), f.host_header.as_str()),
-            ("secure.example:443", "Front.com:8000")
-        );
-        let f = forward(&r, request("GET", "front.com", "/v6"));
-        assert_eq!(
-            (f.upstream.as_str(), f.host_header.as_str()),
-            ("[::1]:9000", "[::1]:9000")
-        );
-    }
-
-    #[test]
-    fn weighted_round_robin_over_targets() {
-        let r = router(json!({
-            "services": [{"name": "s", "host": "pool", "routes": [{"paths": ["/"]}]}],
-            "upstreams": [{"name": "pool", "targets": [
-                {"target": "10.0.0.1:8001", "weight": 100},
-                {"target": "10.0.0.2:8002", "weight": 50},
-                {"target": "10.0.0.3:8003", "weight": 0},
-            ]}],
-        }));
-        let picks: Vec<String> = (0..300)
-            .map(|_| forward(&r, request("GET", "a", "/")).upstream)
-            .collect();
-        let count = |t: &str| picks.iter().filter(|p| *p == t).count();
-        assert_eq!(count("10.0.0.1:8001"), 200);
-        assert_eq!(count("10.0.0.2:8002"), 100);
-        assert_eq!(count("10.0.0.3:8003"), 0);
-        // Smooth: the heavier target never runs more than twice in a row.
-        assert_eq!(
-            &picks[..3],
-            ["10.0.0.1:8001", "10.0.0.2:8002", "10.0.0.1:8001"]
-        );
-        // The cycle starts over; the Host header names the chosen target.
-        let next: Vec<String> = (0..2)
-            .map(|_| forward(&r, request("GET", "a", "/")).host_header)
-            .collect();
-        assert_eq!(next, ["10.0.0.1:8001", "10.0.0.2:8002"]);
-    }
-
-    #[test]
-    fn upstream_without_usable_targets_is_unavailable() {
-        let r = router(json!({
-            "services": [
-                {"name": "s", "host": "pool", "routes": [{"paths": ["/pool"]}]},
-                {"name": "e", "host": "empty", "routes": [{"paths": ["/empty"]}]},
-            ],
-            "upstreams": [
-                {"name": "pool", "targets": [{"target": "10.0.0.1", "weight": 0}]},
-                {"name": "empty"},
-            ],
-        }));
-        for (path, name) in [("/pool", "pool"), ("/empty", "empty")] {
-            assert_eq!(
-                r.route(&request("GET", "a", path)),
-                RouteOutcome::Unavailable {
-                    message: format!("no healthy upstream targets for upstream {name}")
-                }
-            );
-        }
-    }
-
-    #[test]
-    fn disabled_service_is_unavailable() {
-        let r = router(json!({"services": [
-            {"name": "off", "url": "http://b", "enabled": false, "routes": [{"paths": ["/"]}]}
-        ]}));
-        assert_eq!(
-            r.route(&request("GET", "a", "/")),
-            RouteOutcome::Unavailable {
-                message: "service off is disabled".into()
-            }
-        );
-    }
-
-    #[test]
-    fn route_without_service_is_unavailable() {
-        let r = router(json!({"routes": [{"name": "lonely", "paths": ["/"]}]}));
-        assert_eq!(
-            r.route(&request("GET", "a", "/")),
-            RouteOutcome::Unavailable {
-                message: NO_SERVICE_MESSAGE.into()
-            }
-        );
-    }
-
-    #[test]
-    fn no_route() {
-        let empty = router(json!({}));
-        assert!(empty.is_empty());
-        assert_eq!(
-            empty.route(&request("GET", "a", "/")),
-            RouteOutcome::NoRoute
-        );
-        let r = routes(json!([{"hosts": ["a.com"]}]));
-        assert_eq!(r.len(), 1);
-        assert_eq!(
-            r.route(&request("GET", "b.com", "/")),
-            RouteOutcome::NoRoute
-        );
-    }
-
-    #[test]
-    fn hosts_index_and_hostless_routes_combine() {
-        let r = routes(json!([
-            {"name": "anyhost", "paths": ["/"]},
-            {"name": "a", "hosts": ["a.com"]},
-            {"name": "a2", "hosts": ["a.com", "b.com"], "paths": ["/x"]},
-        ]));
-        assert_eq!(matched(&r, "GET", "a.com", "/"), "a");
-        assert_eq!(matched(&r, "GET", "a.com", "/x"), "a2");
-        assert_eq!(matched(&r, "GET", "b.com", "/x"), "a2");
-        assert_eq!(matched(&r, "GET", "b.com", "/y"), "anyhost");
-        assert_eq!(matched(&r, "GET", "c.com", "/x"), "anyhost");
-    }
-}
+mod tests;

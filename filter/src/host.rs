@@ -63,6 +63,23 @@ pub fn request_header(name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
+/// Every request header, decoded lossily (a header may repeat).
+pub fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Answers the request from the filter with no body (e.g. a redirect).
+pub fn send_empty(status: u32, headers: &[(&str, &str)]) {
+    let _ = hostcalls::send_http_response(status, headers.to_vec(), None);
+}
+
 /// Sets (or with `None` removes) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);

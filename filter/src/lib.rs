@@ -216,7 +216,7 @@ impl Worker {
                 for skipped in router.unsupported() {
                     host::log(
                         LogLevel::Warn,
-                        &format!("fallback: {} never matches in this build: {}", skipped.path, skipped.reason),
+                        &format!("fallback: {}: {}", skipped.path, skipped.reason),
                     );
                 }
                 *self.active.borrow_mut() = Some(Rc::new(Active {

@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 const NO_CONFIG: &str = r#"{"message":"no configuration loaded yet: the gateway has not received a config from the control plane or from storage; retry shortly"}"#;
 const NO_ROUTE: &str = r#"{"message":"no Route matched with those values"}"#;
+const HTTPS_REQUIRED: &str = r#"{"message":"Please use HTTPS protocol"}"#;
 
 /// One request's filter: a snapshot of the configuration in force when it arrived.
 pub struct RequestFilter {
@@ -42,15 +43,29 @@ impl HttpContext for RequestFilter {
         let authority = host::request_header(":authority").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_else(|| "/".into());
         let scheme = host::request_header(":scheme").unwrap_or_else(|| "http".into());
+        // Reading every header costs an allocation per header: only when a route needs them.
+        let owned = if active.router.needs_headers() {
+            host::request_headers()
+        } else {
+            Vec::new()
+        };
+        let headers: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         let view = RequestView {
             method: &method,
             authority: &authority,
             path: &path,
             scheme: &scheme,
+            headers: &headers,
         };
         match active.router.route(&view) {
             RouteOutcome::Forward(forward) => {
+                // Envoy connects to this host:port (set_filter_state → the dynamic forward
+                // proxy's envoy.upstream.dynamic_host) and sends `Host` exactly as Kong would.
                 host::set_request_header(&self.config.upstream_header, Some(&forward.upstream));
+                host::set_request_header(":authority", Some(&forward.host_header));
                 host::set_request_header(":path", Some(&forward.path));
                 if self.config.allow_debug_header
                     && host::request_header("kong-debug").as_deref() == Some("1")
@@ -59,17 +74,34 @@ impl HttpContext for RequestFilter {
                         Source::ControlPlane => "control_plane",
                         Source::Fallback => "fallback",
                     };
-                    self.debug = Some(vec![
-                        ("kong-route-name", forward.route_name),
-                        ("kong-service-name", forward.service_name),
-                        ("x-fallback-source", source.to_owned()),
-                        ("x-fallback-revision", active.revision.to_string()),
-                    ]);
+                    let mut debug: Vec<(&'static str, String)> = forward
+                        .debug
+                        .headers()
+                        .into_iter()
+                        .map(|(name, value)| (name, value.to_owned()))
+                        .collect();
+                    debug.push(("X-Fallback-Source", source.to_owned()));
+                    debug.push(("X-Fallback-Revision", active.revision.to_string()));
+                    self.debug = Some(debug);
                 }
                 Action::Continue
             }
             RouteOutcome::NoRoute => {
                 host::send_json(404, NO_ROUTE, &[]);
+                Action::Pause
+            }
+            RouteOutcome::HttpsRequired(required) => {
+                match &required.location {
+                    Some(location) => host::send_empty(
+                        u32::from(required.status),
+                        &[("location", location.as_str())],
+                    ),
+                    None => host::send_json(
+                        u32::from(required.status),
+                        HTTPS_REQUIRED,
+                        &[("connection", "Upgrade"), ("upgrade", "TLS/1.2, HTTP/1.1")],
+                    ),
+                }
                 Action::Pause
             }
             RouteOutcome::Unavailable { message } => {

@@ -1,0 +1,209 @@
+//! Request-path normalisation and upstream-path building, as Kong 3.x does them.
+
+/// Kong's `kong.tools.uri.normalize(path, true)` (RFC 3986 §6.2.2): percent-encoded unreserved
+/// characters are decoded, other triplets get upper-case hex digits, runs of `/` collapse to
+/// one (Kong merges slashes) and dot segments are removed (§5.2.4). `path` has no query.
+pub fn normalize(path: &str) -> String {
+    if path.is_empty() || path == "/" {
+        return path.to_owned();
+    }
+    let decoded = decode_unreserved(path);
+    let merged = merge_slashes(&decoded);
+    if !merged.contains('.') {
+        return merged;
+    }
+    remove_dot_segments(&merged)
+}
+
+fn decode_unreserved(path: &str) -> String {
+    if !path.contains('%') {
+        return path.to_owned();
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = h * 16 + l;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                } else {
+                    out.push(b'%');
+                    out.push(bytes[i + 1].to_ascii_uppercase());
+                    out.push(bytes[i + 2].to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    // Only ASCII bytes were decoded, so valid UTF-8 stays valid.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn merge_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut previous_slash = false;
+    for c in path.chars() {
+        if c == '/' && previous_slash {
+            continue;
+        }
+        previous_slash = c == '/';
+        out.push(c);
+    }
+    out
+}
+
+/// RFC 3986 §5.2.4 on an absolute path.
+fn remove_dot_segments(path: &str) -> String {
+    let mut output: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len() - 1;
+    // A path ending in "." or ".." names a directory: it keeps a trailing slash.
+    let mut trailing_slash = false;
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => trailing_slash = i == last,
+            ".." => {
+                output.pop();
+                trailing_slash = i == last;
+            }
+            "" if i == 0 => {}
+            s => {
+                output.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &output {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Kong's `kong.tools.uri.escape`: percent-encodes what may not appear raw in a request target
+/// (anything outside unreserved, reserved and `%`), so the upstream request line stays valid.
+pub fn escape(path: &str) -> std::borrow::Cow<'_, str> {
+    let keep = |b: u8| b.is_ascii_alphanumeric() || b"!#$&'()*+,/:;=?@[]-_.~%".contains(&b);
+    if path.bytes().all(keep) {
+        return path.into();
+    }
+    let mut out = String::with_capacity(path.len() + 8);
+    for b in path.bytes() {
+        if keep(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
+}
+
+/// Kong's `sanitize_uri_postfix`: a remaining path starting with `.`/`..` segments loses them.
+pub fn sanitize_postfix(postfix: &str) -> &str {
+    match postfix {
+        "." | ".." => "",
+        _ => postfix
+            .strip_prefix("./")
+            .or_else(|| postfix.strip_prefix("../"))
+            .unwrap_or(postfix),
+    }
+}
+
+/// Kong's `get_upstream_uri_v0`: joins the service path `base` with the request path
+/// (`postfix` is what remains after the matched prefix when stripping; `request` is the full
+/// normalised request path without its query).
+pub fn join_v0(base: &str, strip_path: bool, postfix: &str, request: &str) -> String {
+    let request_ends_with_slash = request.ends_with('/');
+    if let Some(trimmed) = base.strip_suffix('/') {
+        if !strip_path {
+            // The request path without its leading slash, after the base's own.
+            return format!("{base}{}", request.strip_prefix('/').unwrap_or(request));
+        }
+        if postfix.is_empty() {
+            if base == "/" {
+                "/".to_owned()
+            } else if request_ends_with_slash {
+                base.to_owned()
+            } else {
+                trimmed.to_owned()
+            }
+        } else if postfix.starts_with('/') {
+            format!("{trimmed}{postfix}")
+        } else {
+            format!("{base}{postfix}")
+        }
+    } else if !strip_path {
+        if request == "/" {
+            base.to_owned()
+        } else {
+            format!("{base}{request}")
+        }
+    } else if postfix.is_empty() {
+        if request.len() > 1 && request_ends_with_slash {
+            format!("{base}/")
+        } else {
+            base.to_owned()
+        }
+    } else if postfix.starts_with('/') {
+        format!("{base}{postfix}")
+    } else {
+        format!("{base}/{postfix}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_follows_rfc_3986_as_kong_does() {
+        // RFC 3986 §5.2.4 examples, on absolute paths; §6.2.2.2 percent-encoding; Kong merges
+        // slashes (kong.tools.uri.normalize(uri, true) in its router).
+        for (input, expected) in [
+            ("/", "/"),
+            ("/a/b/c/./../../g", "/a/g"),
+            ("/mid/content=5/../6", "/mid/6"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/a/.", "/a/"),
+            ("/a/..", "/"),
+            ("/a/b/", "/a/b/"),
+            ("//a///b", "/a/b"),
+            ("/%7Euser/%61pi", "/~user/api"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2e%2e/x", "/a../x"),
+            ("/x/%2e%2e/y", "/y"),
+            ("/100%", "/100%"),
+            ("/.hidden/x", "/.hidden/x"),
+        ] {
+            assert_eq!(normalize(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn escape_keeps_reserved_and_percent() {
+        assert_eq!(escape("/a b/%2F?x"), "/a%20b/%2F?x");
+        assert_eq!(escape("/caf\u{e9}"), "/caf%C3%A9");
+        assert_eq!(escape("/plain/path"), "/plain/path");
+    }
+}
