@@ -51,6 +51,9 @@ pub enum Command {
     /// Check storage URL, credentials, reachability, clock skew, permissions and the current
     /// config.json with the environment of `run`; one line per check, exit code 1 on a failure.
     Doctor(crate::doctor::DoctorArgs),
+    /// Print, as one JSON object, where the filter would send a request under a config file:
+    /// route, service, upstream URL and Host (or the 404/426/503 it would answer).
+    Match(crate::match_cmd::MatchArgs),
 }
 
 /// Where exports live and with which credentials.
@@ -377,6 +380,7 @@ pub fn main() -> ExitCode {
             Command::Export(args) => export(args).await,
             Command::Presign(args) => crate::presign::presign(args).await,
             Command::Doctor(args) => crate::doctor::doctor(args).await,
+            Command::Match(args) => Ok(crate::match_cmd::run(&args)),
         }
     });
     match result {

@@ -5,11 +5,13 @@
 //! - **signer role**: serves filters short-lived signed URLs of the exported object
 //!   ([`signer::serve`]), and for `file://` storage the object itself behind such URLs.
 //! - **offline tools**: `export --config-file` for CI pipelines, `presign` for a signed URL of
-//!   one object, `doctor` to check a deployment's storage settings.
+//!   one object, `doctor` to check a deployment's storage settings, `match` to see where a
+//!   request would go under a config.
 
 pub mod cli;
 pub mod doctor;
 pub mod exporter;
+pub mod match_cmd;
 pub mod presign;
 pub mod secret;
 pub mod signer;

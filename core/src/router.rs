@@ -82,6 +82,8 @@ pub enum RouteOutcome {
     HttpsRequired(HttpsRequired),
     /// A route matched but the request cannot be served: answer 503 with `message`.
     Unavailable {
+        /// The matched route's name, else its id, else its path in the input.
+        route_name: String,
         /// The `message` of the `{"message": ...}` body.
         message: String,
     },
@@ -607,12 +609,14 @@ impl Router {
 
         let Some(service_index) = route.service else {
             return RouteOutcome::Unavailable {
+                route_name: route.name.clone(),
                 message: NO_SERVICE_MESSAGE.to_owned(),
             };
         };
         let service = &self.services[service_index];
         if !service.enabled {
             return RouteOutcome::Unavailable {
+                route_name: route.name.clone(),
                 message: format!("service {} is disabled", service.name),
             };
         }
@@ -626,6 +630,7 @@ impl Router {
                     Some(target) => target,
                     None => {
                         return RouteOutcome::Unavailable {
+                            route_name: route.name.clone(),
                             message: format!(
                                 "no healthy upstream targets for upstream {}",
                                 balancer.name

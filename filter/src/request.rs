@@ -104,7 +104,7 @@ impl HttpContext for RequestFilter {
                 }
                 Action::Pause
             }
-            RouteOutcome::Unavailable { message } => {
+            RouteOutcome::Unavailable { message, .. } => {
                 let body = serde_json::json!({ "message": message }).to_string();
                 host::send_json(503, &body, &[]);
                 Action::Pause

@@ -30,7 +30,7 @@ fn matched(router: &Router, method: &str, authority: &str, path: &str) -> String
     match router.route(&request(method, authority, path)) {
         RouteOutcome::Forward(f) => f.route_name,
         RouteOutcome::NoRoute => "-".to_owned(),
-        RouteOutcome::Unavailable { message } => format!("503 {message}"),
+        RouteOutcome::Unavailable { message, .. } => format!("503 {message}"),
         RouteOutcome::HttpsRequired(h) => format!("{} {}", h.status, h.route_name),
     }
 }
@@ -360,6 +360,7 @@ fn upstream_without_usable_targets_is_unavailable() {
         assert_eq!(
             r.route(&request("GET", "a", path)),
             RouteOutcome::Unavailable {
+                route_name: format!("services[{}].routes[0]", usize::from(name == "empty")),
                 message: format!("no healthy upstream targets for upstream {name}")
             }
         );
@@ -374,6 +375,7 @@ fn disabled_service_is_unavailable() {
     assert_eq!(
         r.route(&request("GET", "a", "/")),
         RouteOutcome::Unavailable {
+            route_name: "services[0].routes[0]".into(),
             message: "service off is disabled".into()
         }
     );
@@ -385,6 +387,7 @@ fn route_without_service_is_unavailable() {
     assert_eq!(
         r.route(&request("GET", "a", "/")),
         RouteOutcome::Unavailable {
+            route_name: "lonely".into(),
             message: NO_SERVICE_MESSAGE.into()
         }
     );
@@ -438,7 +441,7 @@ fn describe(outcome: RouteOutcome) -> String {
     match outcome {
         RouteOutcome::Forward(f) => f.route_name,
         RouteOutcome::NoRoute => "-".to_owned(),
-        RouteOutcome::Unavailable { message } => format!("503 {message}"),
+        RouteOutcome::Unavailable { message, .. } => format!("503 {message}"),
         RouteOutcome::HttpsRequired(h) => match h.location {
             Some(location) => format!("{} {} {location}", h.status, h.route_name),
             None => format!("{} {}", h.status, h.route_name),
