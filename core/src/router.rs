@@ -19,7 +19,9 @@
 //! - Every path of a route competes on its own (Kong splits routes by path kind and length).
 //!   Priority, highest first, as Kong's `get_priority`: the number of fields set (methods,
 //!   hosts, headers, snis, paths); hosts all plain (no wildcard); the number of headers; regex
-//!   path; `regex_priority` (regex paths only); prefix length. Equal priorities: document order.
+//!   path; `regex_priority` (regex paths only); prefix length. Equal priorities: the greater
+//!   route id first, as Kong's ATC router; routes without ids after those with, in document
+//!   order.
 //! - The upstream request: the service's `host:port`, or a target of the upstream the service
 //!   host names (smooth weighted round-robin); the path joined as Kong's `path_handling: v0`
 //!   (the only one `traditional_compatible` uses), the query string kept; `Host` is the target
@@ -45,6 +47,7 @@ use crate::document::{ConfigDocument, Protocol};
 use regex_lite::Regex;
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Kong's 503 message when the matched route has no service.
 pub const NO_SERVICE_MESSAGE: &str = "no Service found with those values";
@@ -121,8 +124,8 @@ pub struct Forward {
     /// The `Host` to send upstream: the upstream's host (with its port unless it is the
     /// service protocol's default), or the request's authority when the route preserves it.
     pub host_header: String,
-    /// What Kong's debug header (`Kong-Debug: 1`) reveals.
-    pub debug: KongDebug,
+    /// What Kong's debug header (`Kong-Debug: 1`) reveals (shared: built once per route).
+    pub debug: Rc<KongDebug>,
 }
 
 impl Forward {
@@ -197,8 +200,8 @@ pub struct Router {
 struct CompiledRoute {
     index: usize,
     name: String,
-    debug_id: Option<String>,
-    debug_name: Option<String>,
+    /// Its ids and names for Kong's debug header.
+    debug: Rc<KongDebug>,
     service: Option<usize>,
     /// `protocols` lists `https` but not `http`.
     https_only: bool,
@@ -272,8 +275,6 @@ enum HeaderValues {
 #[derive(Debug)]
 struct CompiledService {
     name: String,
-    id: Option<String>,
-    kong_name: Option<String>,
     enabled: bool,
     scheme: &'static str,
     /// Kong's `path`, `/` when unset.
@@ -358,8 +359,6 @@ impl Router {
             .iter()
             .map(|s| CompiledService {
                 name: display_name(s.name.as_deref(), s.id.as_deref(), &s.path),
-                id: s.id.clone(),
-                kong_name: s.name.clone(),
                 enabled: s.enabled,
                 scheme: s.protocol.as_str(),
                 base_path: s.upstream_path.clone().unwrap_or_else(|| "/".to_owned()),
@@ -470,8 +469,12 @@ impl Router {
             router.routes.push(CompiledRoute {
                 index,
                 name: display_name(route.name.as_deref(), route.id.as_deref(), &route.path),
-                debug_id: route.id.clone(),
-                debug_name: route.name.clone(),
+                debug: Rc::new(KongDebug {
+                    route_id: route.id.clone(),
+                    route_name: route.name.clone(),
+                    service_id: route.service.and_then(|s| doc.services[s].id.clone()),
+                    service_name: route.service.and_then(|s| doc.services[s].name.clone()),
+                }),
                 service: route.service,
                 https_only: https && !http,
                 redirect_status: route.https_redirect_status_code,
@@ -501,7 +504,25 @@ impl Router {
                 ranked.push((priority, index, order, Candidate { route: slot, path }));
             }
         }
-        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        // Equal priorities: Kong's ATC router keeps matchers in a BTreeMap keyed by
+        // (priority, route uuid) and tries them in reverse, so the greater id wins (canonical
+        // UUIDs order as their lowercase text). Routes without an id follow, in document order.
+        let ids: Vec<Option<String>> = doc
+            .routes
+            .iter()
+            .map(|r| r.id.as_ref().map(|id| id.to_ascii_lowercase()))
+            .collect();
+        ranked.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| match (&ids[a.1], &ids[b.1]) {
+                    (Some(x), Some(y)) => y.cmp(x),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                })
+                .then(a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+        });
 
         for (rank, (_, _, _, candidate)) in ranked.into_iter().enumerate() {
             let rank = rank as u32;
@@ -562,7 +583,12 @@ impl Router {
     pub fn route(&self, request: &RequestView<'_>) -> RouteOutcome {
         let https = request.scheme.eq_ignore_ascii_case("https");
         let (req_host, req_port) = split_authority(request.authority);
-        let req_host = req_host.to_ascii_lowercase();
+        let req_host: std::borrow::Cow<'_, str> =
+            if req_host.bytes().any(|b| b.is_ascii_uppercase()) {
+                req_host.to_ascii_lowercase().into()
+            } else {
+                req_host.into()
+            };
         let req_port = req_port.unwrap_or(if https { 443 } else { 80 });
         let (raw_path, query) = match request.path.find('?') {
             Some(at) => request.path.split_at(at),
@@ -670,12 +696,7 @@ impl Router {
             upstream: format!("{}:{port}", bracket(host)),
             path: upstream_path,
             host_header,
-            debug: KongDebug {
-                route_id: route.debug_id.clone(),
-                route_name: route.debug_name.clone(),
-                service_id: service.id.clone(),
-                service_name: service.kong_name.clone(),
-            },
+            debug: route.debug.clone(),
         })
     }
 

@@ -1,18 +1,21 @@
 //! Request-path normalisation and upstream-path building, as Kong 3.x does them.
 
+use std::borrow::Cow;
+
 /// Kong's `kong.tools.uri.normalize(path, true)` (RFC 3986 §6.2.2): percent-encoded unreserved
 /// characters are decoded, other triplets get upper-case hex digits, runs of `/` collapse to
 /// one (Kong merges slashes) and dot segments are removed (§5.2.4). `path` has no query.
-pub fn normalize(path: &str) -> String {
-    if path.is_empty() || path == "/" {
-        return path.to_owned();
+pub fn normalize(path: &str) -> Cow<'_, str> {
+    // Every segment follows a '/', so a path without "%", "//" and "/." is already normal.
+    if !path.contains('%') && !path.contains("//") && !path.contains("/.") {
+        return path.into();
     }
     let decoded = decode_unreserved(path);
     let merged = merge_slashes(&decoded);
     if !merged.contains('.') {
-        return merged;
+        return merged.into();
     }
-    remove_dot_segments(&merged)
+    remove_dot_segments(&merged).into()
 }
 
 fn decode_unreserved(path: &str) -> String {
@@ -100,7 +103,7 @@ fn remove_dot_segments(path: &str) -> String {
 
 /// Kong's `kong.tools.uri.escape`: percent-encodes what may not appear raw in a request target
 /// (anything outside unreserved, reserved and `%`), so the upstream request line stays valid.
-pub fn escape(path: &str) -> std::borrow::Cow<'_, str> {
+pub fn escape(path: &str) -> Cow<'_, str> {
     let keep = |b: u8| b.is_ascii_alphanumeric() || b"!#$&'()*+,/:;=?@[]-_.~%".contains(&b);
     if path.bytes().all(keep) {
         return path.into();

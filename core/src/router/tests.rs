@@ -846,6 +846,19 @@ fn many_routes_index_agrees_with_priority() {
 }
 
 #[test]
+fn equal_priorities_go_to_the_greater_route_id_as_in_kong_atc() {
+    // atc-router: matchers in a BTreeMap<(priority, uuid)>, tried in reverse order.
+    let r = routes(json!([
+        {"name": "low-id", "id": "10000000-0000-4000-8000-000000000000", "paths": ["/a"]},
+        {"name": "high-id", "id": "F0000000-0000-4000-8000-000000000000", "paths": ["/a"]},
+        {"name": "no-id", "paths": ["/a"]},
+        {"name": "no-id-longer", "paths": ["/a/b"]},
+    ]));
+    assert_eq!(matched(&r, "GET", "x", "/a/x"), "high-id");
+    assert_eq!(matched(&r, "GET", "x", "/a/b"), "no-id-longer");
+}
+
+#[test]
 fn regex_literal_prefixes_index_regex_paths() {
     for (regex, literal) in [
         ("/users/\\d+$", "/users/"),
