@@ -150,6 +150,7 @@ impl CredentialChain {
             .await;
         match provider.provide_credentials().await {
             Ok(fresh) => {
+                let fresh = without_empty_token(fresh);
                 *cached = Some(fresh.clone());
                 Ok(fresh)
             }
@@ -161,6 +162,42 @@ impl CredentialChain {
             },
         }
     }
+}
+
+/// `aws-config` requires the `Token` field of ECS, IMDS and STS answers but takes `""`: that
+/// is no session token, and must not be sent (nor reported) as one.
+fn without_empty_token(credentials: Credentials) -> Credentials {
+    if credentials.session_token() != Some("") {
+        return credentials;
+    }
+    let mut builder = Credentials::builder()
+        .access_key_id(credentials.access_key_id())
+        .secret_access_key(credentials.secret_access_key())
+        .provider_name(static_provider_name(&credentials));
+    if let Some(at) = credentials.expiry() {
+        builder = builder.expiry(at);
+    }
+    builder.build()
+}
+
+/// The provider name again, for a rebuilt `Credentials` (which wants a `&'static str`).
+fn static_provider_name(credentials: &Credentials) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "Environment",
+        "ProfileFile",
+        "WebIdentityToken",
+        "EcsContainer",
+        "IMDSv2",
+        "CredentialProcess",
+        "SSO",
+        "Login",
+    ];
+    let name = provider_name(credentials);
+    KNOWN
+        .iter()
+        .find(|known| name.as_deref() == Some(**known))
+        .copied()
+        .unwrap_or("DefaultChain")
 }
 
 fn still_fresh(credentials: &Credentials, now: SystemTime) -> bool {
@@ -204,6 +241,30 @@ mod tests {
             !shown.contains("wJalrSECRET") && !shown.contains("T0KEN"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn an_empty_session_token_is_no_session_token() {
+        let at = SystemTime::now() + Duration::from_secs(600);
+        let c = without_empty_token(Credentials::new(
+            "AKID",
+            "s3cret",
+            Some(String::new()),
+            Some(at),
+            "EcsContainer",
+        ));
+        assert_eq!(c.session_token(), None);
+        assert_eq!(c.expiry(), Some(at));
+        assert_eq!(c.secret_access_key(), "s3cret");
+        assert_eq!(provider_name(&c).as_deref(), Some("EcsContainer"));
+        let kept = without_empty_token(Credentials::new(
+            "AKID",
+            "s3cret",
+            Some("T".into()),
+            None,
+            "IMDSv2",
+        ));
+        assert_eq!(kept.session_token(), Some("T"));
     }
 
     #[test]

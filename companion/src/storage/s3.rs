@@ -137,14 +137,14 @@ impl S3Store {
     }
 
     /// Signs and sends one request; `payload` is the body (empty for HEAD/GET). Returns the
-    /// response and the access key id it was signed with (for messages).
+    /// response and what it was signed with (for messages).
     async fn exchange(
         &self,
         method: Method,
         key: &str,
         headers: Vec<(String, String)>,
         payload: Bytes,
-    ) -> Result<(Response<Bytes>, String), StoreError> {
+    ) -> Result<(Response<Bytes>, SignedWith), StoreError> {
         let url = self.object_url(key);
         self.exchange_url(method, key, &url, headers, payload).await
     }
@@ -156,7 +156,7 @@ impl S3Store {
         url: &str,
         mut headers: Vec<(String, String)>,
         payload: Bytes,
-    ) -> Result<(Response<Bytes>, String), StoreError> {
+    ) -> Result<(Response<Bytes>, SignedWith), StoreError> {
         let credentials = self.credentials(key).await?;
         let uri: http::Uri = url.parse().map_err(|e| StoreError::Rejected {
             key: key.to_owned(),
@@ -197,7 +197,11 @@ impl S3Store {
                     SendError::TooLarge => e.to_string(),
                 },
             })?;
-        Ok((response, credentials.access_key_id().to_owned()))
+        let signed_with = SignedWith {
+            access_key_id: credentials.access_key_id().to_owned(),
+            session_token: credentials.session_token().is_some(),
+        };
+        Ok((response, signed_with))
     }
 
     /// The SigV4 headers for a request (`authorization`, `x-amz-date`, `x-amz-content-sha256`,
@@ -349,8 +353,23 @@ impl S3Store {
         key: &str,
         operation: Operation,
         response: &Response<Bytes>,
-        access_key_id: &str,
+        signed_with: &SignedWith,
     ) -> StoreError {
+        let access_key_id = signed_with.access_key_id.as_str();
+        // S3-compatible stores whose identities are static keys (SeaweedFS's s3.json, MinIO
+        // without STS) refuse any request carrying a session token: say so, or the operator
+        // hunts for a missing permission or a wrong key.
+        let token_hint = if signed_with.session_token && self.settings.endpoint.is_some() {
+            format!(
+                "; the request carried the session token of temporary credentials{}: a store with only static identities refuses those, give it keys it issued (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+                match self.credentials {
+                    AwsCredentials::Static(_) => " (AWS_SESSION_TOKEN)",
+                    AwsCredentials::Chain(_) => " found by the AWS default chain",
+                }
+            )
+        } else {
+            String::new()
+        };
         let secret_hint = self.secret_hint();
         let status = response.status();
         let body = String::from_utf8_lossy(response.body());
@@ -377,7 +396,7 @@ impl S3Store {
             (_, "InvalidAccessKeyId") => StoreError::BadCredentials {
                 key: key_owned,
                 detail: format!(
-                    "{said}; the store knows no access key {access_key_id}: check AWS_ACCESS_KEY_ID (or the credentials of the AWS default chain)"
+                    "{said}; the store knows no access key {access_key_id}: check AWS_ACCESS_KEY_ID (or the credentials of the AWS default chain){token_hint}"
                 ),
             },
             (_, "RequestTimeTooSkewed") => StoreError::BadCredentials {
@@ -393,7 +412,7 @@ impl S3Store {
                 permission: operation.permission(),
                 resource: format!("arn:aws:s3:::{}", self.resource(key)),
                 detail: format!(
-                    "{said} for access key {access_key_id}{}",
+                    "{said} for access key {access_key_id}{}{token_hint}",
                     if operation == Operation::Head {
                         "; S3 also answers 403 for a missing object when s3:ListBucket is not granted"
                     } else {
@@ -419,6 +438,13 @@ impl S3Store {
             _ => StoreError::Rejected { key: key_owned, detail: said },
         }
     }
+}
+
+/// What a request was signed with, for error messages (never the secret nor the token).
+#[derive(Debug, Clone)]
+struct SignedWith {
+    access_key_id: String,
+    session_token: bool,
 }
 
 /// Server-side encryption (and storage class) of every upload, as Kong's
@@ -563,18 +589,18 @@ impl ConfigStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
-        let (response, access_key_id) = self
+        let (response, signed_with) = self
             .exchange(Method::HEAD, key, Vec::new(), Bytes::new())
             .await?;
         match response.status() {
             s if s.is_success() => Ok(Some(self.stored_object(key, response.headers())?)),
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(self.failure(key, Operation::Head, &response, &access_key_id)),
+            _ => Err(self.failure(key, Operation::Head, &response, &signed_with)),
         }
     }
 
     async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError> {
-        let (response, access_key_id) = self
+        let (response, signed_with) = self
             .exchange(Method::GET, key, Vec::new(), Bytes::new())
             .await?;
         match response.status() {
@@ -588,7 +614,7 @@ impl ConfigStore for S3Store {
             StatusCode::NOT_FOUND if !response.body().windows(12).any(|w| w == b"NoSuchBucket") => {
                 Ok(None)
             }
-            _ => Err(self.failure(key, Operation::Get, &response, &access_key_id)),
+            _ => Err(self.failure(key, Operation::Get, &response, &signed_with)),
         }
     }
 
@@ -616,13 +642,13 @@ impl ConfigStore for S3Store {
         if let Some(sse) = &self.settings.server_side_encryption {
             headers.extend(sse.headers());
         }
-        let (response, access_key_id) = self.exchange(Method::PUT, key, headers, body).await?;
+        let (response, signed_with) = self.exchange(Method::PUT, key, headers, body).await?;
         if response.status().is_success() {
             Ok(header(response.headers(), "etag")
                 .unwrap_or_default()
                 .to_owned())
         } else {
-            Err(self.failure(key, Operation::Put, &response, &access_key_id))
+            Err(self.failure(key, Operation::Put, &response, &signed_with))
         }
     }
 
@@ -636,12 +662,12 @@ impl ConfigStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let (response, access_key_id) = self
+        let (response, signed_with) = self
             .exchange(Method::DELETE, key, Vec::new(), Bytes::new())
             .await?;
         match response.status() {
             s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
-            _ => Err(self.failure(key, Operation::Delete, &response, &access_key_id)),
+            _ => Err(self.failure(key, Operation::Delete, &response, &signed_with)),
         }
     }
 
@@ -895,6 +921,41 @@ mod tests {
         assert!(matches!(s.credentials, AwsCredentials::Chain(_)));
         let s = S3Store::new("b".into(), settings(None)).unwrap();
         assert!(matches!(s.credentials, AwsCredentials::Static(_)));
+    }
+
+    #[test]
+    fn a_refused_session_token_is_named_on_s3_compatible_stores_only() {
+        let forbidden = Response::builder()
+            .status(403)
+            .body(Bytes::from_static(
+                b"<Error><Code>InvalidAccessKeyId</Code></Error>",
+            ))
+            .unwrap();
+        let with_token = SignedWith {
+            access_key_id: "AKID".into(),
+            session_token: true,
+        };
+        let compatible = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333"))).unwrap();
+        let said = compatible
+            .failure("k", Operation::Put, &forbidden, &with_token)
+            .to_string();
+        assert!(
+            said.contains("session token") && said.contains("static identities"),
+            "{said}"
+        );
+        let aws = S3Store::new("b".into(), settings(None)).unwrap();
+        let said = aws
+            .failure("k", Operation::Put, &forbidden, &with_token)
+            .to_string();
+        assert!(!said.contains("static identities"), "{said}");
+        let without = SignedWith {
+            access_key_id: "AKID".into(),
+            session_token: false,
+        };
+        let said = compatible
+            .failure("k", Operation::Put, &forbidden, &without)
+            .to_string();
+        assert!(!said.contains("static identities"), "{said}");
     }
 
     #[test]
