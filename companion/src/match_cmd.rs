@@ -21,7 +21,7 @@ pub struct MatchArgs {
 
     /// The request URL as the gateway receives it: `http[s]://host[:port]/path?query`. The
     /// scheme is the one the client used to reach the gateway; the authority is the Host
-    /// header unless `-H 'Host: …'` is given.
+    /// header unless `-H 'Host: …'` is given; for https the URL's host is the SNI.
     #[arg(long)]
     pub url: String,
 
@@ -58,7 +58,8 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
         eprintln!("warning: {}: {}", skipped.path, skipped.reason);
     }
 
-    let (scheme, authority, path) = split_url(&args.url)?;
+    let (scheme, url_authority, path) = split_url(&args.url)?;
+    let authority = url_authority;
     let headers: Vec<(&str, &str)> = args
         .headers
         .iter()
@@ -75,12 +76,16 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
         .rev()
         .find(|(n, _)| n.eq_ignore_ascii_case("host"))
         .map_or(authority, |(_, v)| v);
+    // The SNI a client sends for this URL, as curl would: its host.
+    let url_host = split_host(url_authority);
     let view = RequestView {
         method: &args.method,
         authority,
         path,
         scheme,
         headers: &headers,
+        sni: scheme.eq_ignore_ascii_case("https").then_some(url_host),
+        port: None,
     };
     Ok(describe(router.route(&view)))
 }
@@ -125,6 +130,14 @@ fn object(fields: &[(&str, Value)]) -> String {
         .map(|(key, value)| format!("{}: {value}", Value::from(*key)))
         .collect();
     format!("{{{}}}", body.join(", "))
+}
+
+/// The host of an authority, without port or IPv6 brackets.
+fn split_host(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.split(':').next().unwrap_or(authority)
 }
 
 /// `scheme://authority/path?query` → (scheme, authority, path with query). The path is kept

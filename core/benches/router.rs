@@ -160,6 +160,8 @@ fn main() {
                     path: &request.path,
                     scheme: "http",
                     headers,
+                    sni: None,
+                    port: None,
                 };
                 let started = Instant::now();
                 let outcome = router.route(&view);

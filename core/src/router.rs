@@ -37,9 +37,14 @@
 //! one left. Regexes use `regex-lite` (compiled once per revision): like PCRE's default, `\d`
 //! and `\w` are ASCII.
 //!
-//! Not supported, on purpose: routes that set `snis` never match (the request view carries no
-//! SNI), nor do routes whose regexes Rust's `regex` cannot compile (PCRE look-around and
-//! back-references). [`Router::unsupported`] lists them so the caller can log them.
+//! `snis` are checked on HTTPS requests only (compat.lua: `net.protocol != "https" ||
+//! tls.sni == …`), against [`RequestView::sni`]. A host's port is compared with the `Host`
+//! header's port, else the port the request arrived on ([`RequestView::port`]), else the
+//! scheme's default.
+//!
+//! Not supported, on purpose: regexes `regex-lite` cannot compile (PCRE look-around,
+//! back-references, possessive quantifiers, Unicode classes): such a path never matches.
+//! [`Router::unsupported`] lists them so the caller can log them.
 
 mod path;
 
@@ -72,6 +77,12 @@ pub struct RequestView<'a> {
     /// Request headers as `(name, value)`, names in any case; a header may repeat. Only read
     /// when some route matches on headers ([`Router::needs_headers`]).
     pub headers: &'a [(&'a str, &'a str)],
+    /// The TLS SNI of an HTTPS request; a route with `snis` never matches an HTTPS request
+    /// without one.
+    pub sni: Option<&'a str>,
+    /// The port the request arrived on (Kong's `server_port`), for a `Host` without a port;
+    /// `None`: the scheme's default.
+    pub port: Option<u16>,
 }
 
 /// The routing decision for one request.
@@ -208,6 +219,8 @@ struct CompiledRoute {
     redirect_status: u16,
     methods: Vec<String>,
     hosts: Vec<HostMatcher>,
+    /// Without a trailing dot, as compat.lua's `sni_val_transform`.
+    snis: Vec<String>,
     headers: Vec<HeaderMatcher>,
     strip_path: bool,
     preserve_host: bool,
@@ -401,15 +414,12 @@ impl Router {
                     reason,
                 })
             };
-            if !route.snis.is_empty() {
-                unsupported("matching on snis is not supported: the route never matches".into());
-                continue;
-            }
             let mut headers = Vec::new();
             let mut bad_header = None;
             for (name, values) in &route.headers {
                 let values = match values.as_slice() {
-                    [one] if one.starts_with("~*") => match Regex::new(&one[2..]) {
+                    // Kong lowercases the pattern too (compat.lua: `value:lower()`).
+                    [one] if one.starts_with("~*") => match Regex::new(&one[2..].to_lowercase()) {
                         Ok(re) => HeaderValues::Regex(re),
                         Err(e) => {
                             bad_header = Some(format!(
@@ -433,7 +443,8 @@ impl Router {
             let mut paths = Vec::new();
             for p in &route.paths {
                 match p.strip_prefix('~') {
-                    Some(re) => match Regex::new(&format!("^{re}")) {
+                    // compat.lua: "^" .. regex, with `(?<name>` spelled `(?P<name>`.
+                    Some(re) => match Regex::new(&format!("^{}", re.replace("?<", "?P<"))) {
                         Ok(regex) => paths.push(PathMatcher::Regex {
                             regex,
                             literal: literal_prefix(re),
@@ -456,6 +467,7 @@ impl Router {
                 !route.methods.is_empty(),
                 !route.hosts.is_empty(),
                 !route.headers.is_empty(),
+                !route.snis.is_empty(),
                 !route.paths.is_empty(),
             ]
             .into_iter()
@@ -480,6 +492,14 @@ impl Router {
                 redirect_status: route.https_redirect_status_code,
                 methods: route.methods.clone(),
                 hosts,
+                snis: route
+                    .snis
+                    .iter()
+                    .map(|s| match s.strip_suffix('.') {
+                        Some(t) if !t.is_empty() => t.to_owned(),
+                        _ => s.clone(),
+                    })
+                    .collect(),
                 headers,
                 strip_path: route.strip_path,
                 preserve_host: route.preserve_host,
@@ -589,7 +609,9 @@ impl Router {
             } else {
                 req_host.into()
             };
-        let req_port = req_port.unwrap_or(if https { 443 } else { 80 });
+        let req_port = req_port
+            .or(request.port)
+            .unwrap_or(if https { 443 } else { 80 });
         let (raw_path, query) = match request.path.find('?') {
             Some(at) => request.path.split_at(at),
             None => (request.path, ""),
@@ -762,6 +784,12 @@ impl CompiledRoute {
         }
         if !self.hosts.is_empty() && !self.hosts.iter().any(|h| h.matches(host, port)) {
             return false;
+        }
+        if !self.snis.is_empty() && request.scheme.eq_ignore_ascii_case("https") {
+            let sni = request.sni.map(|s| s.strip_suffix('.').unwrap_or(s));
+            if !sni.is_some_and(|sni| self.snis.iter().any(|s| s == sni)) {
+                return false;
+            }
         }
         self.headers.iter().all(|h| h.matches(request.headers))
     }

@@ -80,6 +80,11 @@ pub fn send_empty(status: u32, headers: &[(&str, &str)]) {
     let _ = hostcalls::send_http_response(status, headers.to_vec(), None);
 }
 
+/// A host property (e.g. `["connection", "requested_server_name"]`), `None` when unset.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
 /// Sets (or with `None` removes) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);

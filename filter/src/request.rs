@@ -53,12 +53,22 @@ impl HttpContext for RequestFilter {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
+        // Envoy's attributes: the TLS SNI (empty on plain HTTP) and the listener's port, which
+        // Kong compares a route host's port with when the Host header names none.
+        let sni = host::property(&["connection", "requested_server_name"])
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .filter(|s| !s.is_empty());
+        let port = host::property(&["destination", "port"])
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .and_then(|b| u16::try_from(i64::from_le_bytes(b)).ok());
         let view = RequestView {
             method: &method,
             authority: &authority,
             path: &path,
             scheme: &scheme,
             headers: &headers,
+            sni: sni.as_deref(),
+            port,
         };
         match active.router.route(&view) {
             RouteOutcome::Forward(forward) => {

@@ -114,6 +114,21 @@ async fn send(envoy: &Envoy, method: &str, url: &str, headers: &[(&str, &str)]) 
     .unwrap_or_else(|e| panic!("{method} {url} through Envoy: {e}"))
 }
 
+/// Every worker applies a new config on its own tick: wait until several requests in a row
+/// (spread over the workers) are served.
+async fn wait_for_config(envoy: &Envoy) {
+    wait_until("every worker serves the config", WAIT, || async {
+        for _ in 0..8 {
+            let r = send(envoy, "GET", "http://api.example.com/users", &[]).await;
+            if r.status != 200 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_delivers_where_match_predicts() {
     let stack = ImportStack::start().await;
@@ -124,13 +139,7 @@ async fn envoy_delivers_where_match_predicts() {
     std::fs::write(&config, doc.to_string()).expect("config written");
     stack.cp.set_document(&doc);
     let envoy = Envoy::start(stack.envoy_options(2)).await;
-    wait_until("the config is served", WAIT, || async {
-        send(&envoy, "GET", "http://api.example.com/users", &[])
-            .await
-            .status
-            == 200
-    })
-    .await;
+    wait_for_config(&envoy).await;
 
     let upstream_name = |port: u16| if port == alpha { "alpha" } else { "beta" };
     let cases: &[Case] = &[
@@ -237,13 +246,7 @@ async fn kong_debug_header_and_https_answers() {
         );
     stack.cp.set_document(&doc);
     let envoy = Envoy::start(stack.envoy_options(1)).await;
-    wait_until("the config is served", WAIT, || async {
-        send(&envoy, "GET", "http://api.example.com/users", &[])
-            .await
-            .status
-            == 200
-    })
-    .await;
+    wait_for_config(&envoy).await;
 
     let r = send(&envoy, "GET", "http://api.example.com/users/1", &[]).await;
     assert_eq!(
@@ -267,6 +270,29 @@ async fn kong_debug_header_and_https_answers() {
     .expect("request through Envoy");
     assert_eq!(plain.status, 200);
     assert_eq!(plain.header("kong-route-name"), None);
+
+    // A route host with a port matches a Host without one through the listener's port (Kong's
+    // server_port), which the filter reads from Envoy's `destination.port`.
+    let port = envoy.listener_port();
+    doc["services"][0]["routes"]
+        .as_array_mut()
+        .expect("routes")
+        .push(json!({"name": "by-listener-port", "hosts": [format!("listener.example:{port}")]}));
+    stack.cp.set_document(&doc);
+    wait_until(
+        "the route on the listener's port is served",
+        WAIT,
+        || async {
+            for _ in 0..4 {
+                let r = send(&envoy, "GET", "http://listener.example/x", &[]).await;
+                if r.header("kong-route-name") != Some("by-listener-port") {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
 
     let r = send(&envoy, "GET", "http://api.example.com/admin/x", &[]).await;
     assert_eq!(r.status, 426);

@@ -15,6 +15,8 @@ fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) -> RequestVie
         path,
         scheme: "http",
         headers: &[],
+        sni: None,
+        port: None,
     }
 }
 
@@ -434,6 +436,8 @@ fn outcome(router: &Router, method: &str, url: &str, headers: &[(&str, &str)]) -
         path: if path.is_empty() { "/" } else { path },
         scheme,
         headers,
+        sni: (scheme == "https").then_some(authority.split(':').next().unwrap_or(authority)),
+        port: None,
     })
 }
 
@@ -660,6 +664,30 @@ fn kong_documented_router_rules() {
             ],
         },
         Rule {
+            doc: "compat.lua get_expression: snis are checked on https only \
+                  (`net.protocol != \"https\" || tls.sni == …`, trailing dot ignored) and count as \
+                  a field in get_priority",
+            routes: json!([
+                {"name": "sni", "snis": ["secure.example.com."], "paths": ["/s"]},
+                {"name": "plain", "paths": ["/s"]},
+            ]),
+            cases: &[
+                ("GET", "https://secure.example.com/s", &[], "sni"),
+                ("GET", "https://other.example.com/s", &[], "plain"),
+                ("GET", "http://other.example.com/s", &[], "sni"),
+            ],
+        },
+        Rule {
+            doc: "compat.lua get_expression: a `~*` header regex is lowercased, as is the \
+                  header value (`any(lower(http.headers.x)) ~ value:lower()`)",
+            routes: json!([{"name": "upper", "headers": {"x-id": ["~*^ID-[0-9]+$"]}}]),
+            cases: &[
+                ("GET", "http://a/", &[("x-id", "ID-7")], "upper"),
+                ("GET", "http://a/", &[("x-id", "id-7")], "upper"),
+                ("GET", "http://a/", &[("x-id", "id-x")], "-"),
+            ],
+        },
+        Rule {
             doc: "Proxy guide, Path normalization (RFC 3986): percent-decoded unreserved \
                   characters, dot segments removed, slashes merged, before matching",
             routes: json!([{"name": "n", "paths": ["/foo/bar"]}]),
@@ -783,11 +811,11 @@ fn kong_documented_upstream_requests() {
 }
 
 #[test]
-fn unsupported_routes_are_listed_and_never_match() {
+fn unsupported_regexes_are_listed_and_never_match() {
     let r = routes(json!([
         {"name": "lookaround", "paths": ["~/users/(?=\\d)"]},
         {"name": "mixed", "paths": ["~/re/(?!x)", "/plain"]},
-        {"name": "snis", "protocols": ["https"], "snis": ["a.com"]},
+        {"name": "backref", "paths": ["~/(a)\\1"]},
     ]));
     assert_eq!(r.len(), 1);
     assert_eq!(matched(&r, "GET", "a", "/users/1"), "-");
@@ -795,6 +823,13 @@ fn unsupported_routes_are_listed_and_never_match() {
     let notes: Vec<usize> = r.unsupported().iter().map(|u| u.route).collect();
     assert_eq!(notes, [0, 1, 2]);
     assert!(r.unsupported()[0].reason.contains("never matches"));
+}
+
+#[test]
+fn named_captures_are_spelled_as_kong_does() {
+    let r = routes(json!([{"name": "named", "paths": ["~/u/(?<id>\\d+)$"]}]));
+    assert!(r.unsupported().is_empty(), "{:?}", r.unsupported());
+    assert_eq!(matched(&r, "GET", "a", "/u/12"), "named");
 }
 
 #[test]
@@ -843,6 +878,22 @@ fn many_routes_index_agrees_with_priority() {
     assert_eq!(matched(&r, "GET", "x.w9.com", "/p8/x"), "w9");
     assert_eq!(matched(&r, "GET", "h7.com", "/re150/42"), "re150");
     assert_eq!(matched(&r, "GET", "nowhere", "/re150/x"), "root");
+}
+
+#[test]
+fn a_host_port_falls_back_to_the_listener_port() {
+    // Kong's net.dst.port: the Host header's port, else the port the request arrived on.
+    let r = routes(json!([{"name": "p8000", "hosts": ["example.com:8000"]}]));
+    let on_8000 = RequestView {
+        port: Some(8000),
+        ..request("GET", "example.com", "/")
+    };
+    assert_eq!(forward(&r, on_8000).route_name, "p8000");
+    let explicit = RequestView {
+        port: Some(8000),
+        ..request("GET", "example.com:9000", "/")
+    };
+    assert_eq!(r.route(&explicit), RouteOutcome::NoRoute);
 }
 
 #[test]
