@@ -633,8 +633,11 @@ impl Router {
             let matched_len = match &candidate.path {
                 PathMatcher::Any => 0,
                 PathMatcher::Prefix(p) => p.len(),
+                // atc.lua strips as many characters as the regex matched (`#matched_path`),
+                // from the start: the same as the match's end unless a top-level `|` left a
+                // branch unanchored.
                 PathMatcher::Regex { regex, .. } => match regex.find(&path) {
-                    Some(m) => m.end(),
+                    Some(m) => m.as_str().len(),
                     None => continue,
                 },
             };
