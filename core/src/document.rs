@@ -31,8 +31,8 @@ mod refs;
 mod tests;
 
 pub use entities::{
-    Acl, Algorithm, Consumer, Endpoint, KeyAuthCredential, PathHandling, Plugin, Protocol, Route,
-    Service, Target, Upstream,
+    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, KeyAuthCredential, PathHandling,
+    Plugin, Protocol, Route, Service, Target, Upstream,
 };
 
 use serde_json::Value;
@@ -62,6 +62,8 @@ pub struct ConfigDocument {
     pub targets: Vec<Target>,
     /// Every key-auth credential, top-level and nested under consumers.
     pub keyauth_credentials: Vec<KeyAuthCredential>,
+    /// Every basic-auth credential, top-level and nested under consumers.
+    pub basicauth_credentials: Vec<BasicAuthCredential>,
     /// Every ACL group membership, top-level and nested under consumers.
     pub acls: Vec<Acl>,
 }

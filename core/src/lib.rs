@@ -10,6 +10,8 @@
 //! - [`fetch`]: the filter's sans-IO fetch state machine (control plane, companion, storage).
 //! - [`publication`]: the leader lease and published-config record in the proxy's shared data.
 //! - [`router`]: the per-request routing decision.
+//! - [`plugins`]: the per-request decision of Kong's plugins (authentication, access control,
+//!   rate limiting, transformations).
 //! - [`wire`]: the companion signer API types, shared by the filter and the companion.
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,7 @@ pub mod document;
 pub mod export;
 pub mod fetch;
 pub mod filter_config;
+pub mod plugins;
 pub mod publication;
 pub mod router;
 pub mod wire;

@@ -276,7 +276,7 @@ pub struct Consumer {
     /// `tags`; default empty.
     pub tags: Vec<String>,
     /// Every field not modelled above, verbatim (nested `plugins`, `keyauth_credentials`,
-    /// `acls` excluded).
+    /// `basicauth_credentials`, `acls` excluded).
     pub extra: Map<String, Value>,
 }
 
@@ -369,6 +369,27 @@ pub struct KeyAuthCredential {
     pub consumer: usize,
     /// `ttl` in seconds, if given.
     pub ttl: Option<u32>,
+    /// `tags`; default empty.
+    pub tags: Vec<String>,
+    /// Every field not modelled above, verbatim.
+    pub extra: Map<String, Value>,
+}
+
+/// A basic-auth credential (`basicauth_credentials`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicAuthCredential {
+    /// Where this entity appeared in the input, e.g. `consumers[0].basicauth_credentials[0]`.
+    pub path: String,
+    /// `id`, if given.
+    pub id: Option<String>,
+    /// `username`, unique in the document.
+    pub username: String,
+    /// `password` as stored: Kong's exports hold `sha1(password .. consumer_id)` in lowercase
+    /// hex; a hand-written file may hold the clear password (Kong hashes it when loading).
+    /// Never echoed in problem messages.
+    pub password: String,
+    /// Index into `consumers`; always set.
+    pub consumer: usize,
     /// `tags`; default empty.
     pub tags: Vec<String>,
     /// Every field not modelled above, verbatim.

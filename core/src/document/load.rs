@@ -10,7 +10,7 @@ use super::refs::{link, Index, Keys};
 use super::{ConfigDocument, Loaded, Problem, ValidationErrors};
 use serde_json::{Map, Value};
 
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 9] = [
     "services",
     "routes",
     "consumers",
@@ -18,6 +18,7 @@ const KINDS: [&str; 8] = [
     "upstreams",
     "targets",
     "keyauth_credentials",
+    "basicauth_credentials",
     "acls",
 ];
 
@@ -28,7 +29,6 @@ const KONG_KINDS_NOT_SUPPORTED: &[&str] = &[
     "ca_certificates",
     "snis",
     "vaults",
-    "basicauth_credentials",
     "jwt_secrets",
     "hmacauth_credentials",
     "oauth2_credentials",
@@ -164,6 +164,7 @@ struct RawDocument<'a> {
     upstreams: Vec<Raw<'a>>,
     targets: Vec<Raw<'a>>,
     keyauth_credentials: Vec<Raw<'a>>,
+    basicauth_credentials: Vec<Raw<'a>>,
     acls: Vec<Raw<'a>>,
 }
 
@@ -268,6 +269,20 @@ fn collect<'a>(root: &'a Map<String, Value>, sink: &mut Sink) -> RawDocument<'a>
         Parent::Consumer,
         sink,
         &mut raw.keyauth_credentials,
+    );
+    entries(
+        top("basicauth_credentials"),
+        "basicauth_credentials",
+        Parent::None,
+        sink,
+        &mut raw.basicauth_credentials,
+    );
+    nested(
+        &raw.consumers,
+        "basicauth_credentials",
+        Parent::Consumer,
+        sink,
+        &mut raw.basicauth_credentials,
     );
     entries(top("acls"), "acls", Parent::None, sink, &mut raw.acls);
     nested(
@@ -385,6 +400,8 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
     let targets = read::targets(&raw.targets, &upstream_index, sink);
     let keyauth_credentials =
         read::keyauth_credentials(&raw.keyauth_credentials, &consumer_index, sink);
+    let basicauth_credentials =
+        read::basicauth_credentials(&raw.basicauth_credentials, &consumer_index, sink);
     let acls = read::acls(&raw.acls, &consumer_index, sink);
     let plugins = read::plugins(
         &raw.plugins,
@@ -403,6 +420,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         upstreams,
         targets,
         keyauth_credentials,
+        basicauth_credentials,
         acls,
     }
 }

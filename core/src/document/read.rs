@@ -3,8 +3,8 @@
 
 use super::address::{check_host, parse_url, protocol_named, split_host_port};
 use super::entities::{
-    Acl, Algorithm, Consumer, Endpoint, KeyAuthCredential, PathHandling, Plugin, Protocol, Route,
-    Service, Target, Upstream,
+    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, KeyAuthCredential, PathHandling,
+    Plugin, Protocol, Route, Service, Target, Upstream,
 };
 use super::fields::{strings_at, type_error, Fields, Sink};
 use super::load::{Parent, Raw};
@@ -406,6 +406,7 @@ const CONSUMER_FIELDS: &[&str] = &[
     "tags",
     "plugins",
     "keyauth_credentials",
+    "basicauth_credentials",
     "acls",
 ];
 
@@ -604,6 +605,55 @@ pub(super) fn keyauth_credentials(
         });
     }
     unique_ids(out.iter().map(|k| (k.path.as_str(), k.id.as_deref())), sink);
+    out
+}
+
+const BASICAUTH_FIELDS: &[&str] = &["id", "username", "password", "consumer", "tags"];
+
+pub(super) fn basicauth_credentials(
+    raws: &[Raw<'_>],
+    consumers: &Index,
+    sink: &mut Sink,
+) -> Vec<BasicAuthCredential> {
+    let mut out: Vec<BasicAuthCredential> = Vec::with_capacity(raws.len());
+    let mut usernames = Claims::new();
+    for raw in raws {
+        let f = raw.fields();
+        let id = entity_id(f, sink);
+        let consumer_ref = reference(f, "consumer", true, sink);
+        let consumer = required_link(
+            f,
+            "consumer",
+            consumer_ref.as_ref(),
+            parent_consumer(raw.parent),
+            consumers,
+            sink,
+        );
+        let username = f.required_text("username", sink);
+        if !username.is_empty() {
+            claim(
+                &mut usernames,
+                &username,
+                out.len(),
+                &raw.path,
+                f.at("username"),
+                format!("username {username:?}"),
+                sink,
+            );
+        }
+        // Kong allows an empty password; only the type is checked (and never the value shown).
+        let password = f.string("password", sink).unwrap_or_default();
+        out.push(BasicAuthCredential {
+            path: raw.path.clone(),
+            id,
+            username,
+            password,
+            consumer: consumer.unwrap_or(0),
+            tags: tags(f, sink),
+            extra: f.extra(BASICAUTH_FIELDS),
+        });
+    }
+    unique_ids(out.iter().map(|c| (c.path.as_str(), c.id.as_deref())), sink);
     out
 }
 

@@ -688,3 +688,50 @@ fn ids_need_only_be_non_empty() {
         "services[0].id: must not be empty",
     );
 }
+
+#[test]
+fn basicauth_credentials_load_nested_and_flat_like_keyauth() {
+    let loaded = load(doc(json!({
+        "consumers": [
+            {"username": "alice", "id": "c-1",
+             "basicauth_credentials": [{"username": "alice", "password": "0123abcd"}]},
+            {"username": "bob"}
+        ],
+        "basicauth_credentials": [{"username": "bob", "password": "s3cret", "consumer": "bob", "id": "b-1"}]
+    })));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let d = loaded.document;
+    assert_eq!(d.basicauth_credentials.len(), 2);
+    assert_eq!(d.basicauth_credentials[0].username, "bob");
+    assert_eq!(d.basicauth_credentials[0].consumer, 1);
+    assert_eq!(d.basicauth_credentials[0].id.as_deref(), Some("b-1"));
+    assert_eq!(
+        d.basicauth_credentials[1].path,
+        "consumers[0].basicauth_credentials[0]"
+    );
+    assert_eq!(d.basicauth_credentials[1].consumer, 0);
+    assert_eq!(d.basicauth_credentials[1].password, "0123abcd");
+}
+
+#[test]
+fn basicauth_credentials_need_a_unique_username_and_a_consumer() {
+    let found = problems(doc(json!({
+        "consumers": [{"username": "alice"}],
+        "basicauth_credentials": [
+            {"username": "a", "password": "x", "consumer": "alice"},
+            {"username": "a", "password": "hunter2", "consumer": "alice"},
+            {"password": "y"}
+        ]
+    })));
+    assert!(found.contains(
+        &"basicauth_credentials[1].username: duplicate username \"a\" (also basicauth_credentials[0])"
+            .to_owned()
+    ));
+    assert!(found
+        .iter()
+        .any(|p| p.starts_with("basicauth_credentials[2].consumer: required")));
+    assert!(found
+        .iter()
+        .any(|p| p.starts_with("basicauth_credentials[2].username")));
+    assert!(found.iter().all(|p| !p.contains("hunter2")));
+}

@@ -1,0 +1,102 @@
+//! `key-auth`: an API key in a header or the query string names a consumer's credential.
+//!
+//! Kong 3.x: `key_names` (`["apikey"]`), `key_in_header` / `key_in_query` (true),
+//! `hide_credentials` (false), `anonymous`, `run_on_preflight` (true), `realm`. No key: 401
+//! "No API key found in request"; the key given twice: 401 "Duplicate API key found"; an
+//! unknown key: 401 "Unauthorized"; each with `WWW-Authenticate: Key realm="kong"` (or the
+//! configured realm). `key_in_body` and credential `ttl`s are not enforced.
+
+use super::conf::Conf;
+use super::{authenticate, fail_or_anonymous, Exchange, Exit, PluginEngine, Step};
+use crate::document::ConfigDocument;
+
+#[derive(Debug)]
+pub(super) struct KeyAuth {
+    key_names: Vec<String>,
+    in_header: bool,
+    in_query: bool,
+    hide_credentials: bool,
+    anonymous: Option<String>,
+    run_on_preflight: bool,
+    www_authenticate: String,
+}
+
+impl KeyAuth {
+    pub(super) fn new(c: &Conf<'_>, _doc: &ConfigDocument) -> Result<KeyAuth, String> {
+        if c.boolean("key_in_body", false)? {
+            return Err("config.key_in_body (keys in the request body) is not supported".into());
+        }
+        let realm = c.string("realm")?.unwrap_or_else(|| "kong".to_owned());
+        Ok(KeyAuth {
+            key_names: c
+                .strings("key_names")?
+                .unwrap_or_else(|| vec!["apikey".to_owned()]),
+            in_header: c.boolean("key_in_header", true)?,
+            in_query: c.boolean("key_in_query", true)?,
+            hide_credentials: c.boolean("hide_credentials", false)?,
+            anonymous: c.string("anonymous")?.filter(|a| !a.is_empty()),
+            run_on_preflight: c.boolean("run_on_preflight", true)?,
+            www_authenticate: format!("Key realm=\"{realm}\""),
+        })
+    }
+
+    pub(super) fn access(&self, engine: &PluginEngine, ex: &mut Exchange) -> Step {
+        if !self.run_on_preflight && ex.method == "OPTIONS" {
+            return Ok(());
+        }
+        if self.anonymous.is_some() && ex.identity.credential.is_some() {
+            // Already authenticated by another plugin: Kong's logical OR.
+            return Ok(());
+        }
+        let unauthorized = |message: &str| {
+            Exit::error(401, message).with_header("WWW-Authenticate", self.www_authenticate.clone())
+        };
+        let mut key = None;
+        for name in &self.key_names {
+            let mut found: Vec<String> = Vec::new();
+            if self.in_header {
+                found = ex
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+            }
+            if found.is_empty() && self.in_query {
+                found = ex.query.values(name);
+            }
+            match found.len() {
+                0 => continue,
+                1 => {
+                    if self.hide_credentials {
+                        ex.query.remove(name);
+                        ex.clear_header(name);
+                    }
+                    key = found.pop();
+                    break;
+                }
+                _ => return Err(unauthorized("Duplicate API key found")),
+            }
+        }
+        let Some(key) = key.filter(|k| !k.is_empty()) else {
+            return fail_or_anonymous(
+                engine,
+                ex,
+                self.anonymous.as_deref(),
+                unauthorized("No API key found in request"),
+            );
+        };
+        match engine.keys.get(&key) {
+            Some((consumer, credential)) => {
+                authenticate(engine, ex, *consumer, Some(credential.clone()));
+                Ok(())
+            }
+            None => fail_or_anonymous(
+                engine,
+                ex,
+                self.anonymous.as_deref(),
+                unauthorized("Unauthorized"),
+            ),
+        }
+    }
+}

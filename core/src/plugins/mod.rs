@@ -1,0 +1,909 @@
+//! Kong's plugins, enforced per request: the decision, with no I/O.
+//!
+//! [`PluginEngine::compile`] reads the plugins, consumers and credentials of a
+//! [`ConfigDocument`] once per config revision. [`PluginEngine::access`] then runs, for one
+//! request the router forwards, every plugin that applies, in Kong's order, and answers either
+//! with a [`LocalResponse`] (401, 403, 429, a termination, a CORS preflight...) or with the
+//! [`UpstreamChanges`] to make before proxying and the [`ResponsePlan`] to apply to the
+//! response's headers.
+//!
+//! Kong's rules, as `kong/runloop/plugins_iterator.lua`:
+//! - **Order**: plugins run by descending priority (`correlation-id` 100001, `cors` 2000,
+//!   `key-auth` 1250, `basic-auth` 1100, `ip-restriction` 990, `acl` 950, `rate-limiting` 910,
+//!   `request-transformer` 801, `response-transformer` 800, `request-termination` 2); response
+//!   headers are changed in the same order.
+//! - **Scope**: for each plugin name the most specific enabled instance wins: consumer + route +
+//!   service, consumer + route, consumer + service, route + service, consumer, route, service,
+//!   global. The consumer is the one identified by the authentication plugins that ran before
+//!   (so `acl` and `rate-limiting` see it); authentication plugins, `acl` and `cors` are never
+//!   consumer-scoped, as in Kong.
+//! - `enabled: false` instances do not exist for the request (a less specific one applies).
+//! - An instance whose `protocols` do not include the request's scheme does not run.
+//! - When a plugin answers, the plugins that ran before it still change the answer's headers
+//!   (Kong runs their `header_filter`), the others do not run.
+//!
+//! **Fail closed**: an enabled plugin Fallback does not implement (or an implemented one whose
+//! `config` it cannot read) makes every request it applies to answer 500 with a message naming
+//! it, unless its name is listed in the filter's `ignore_unsupported_plugins`.
+//! [`unsupported_plugins`] lists them for the companion's validation and the filter's log.
+
+mod acl;
+mod basic_auth;
+mod conf;
+mod correlation_id;
+mod cors;
+mod ip_restriction;
+mod key_auth;
+mod rate_limiting;
+mod request_termination;
+mod request_transformer;
+mod response_transformer;
+#[cfg(test)]
+mod tests;
+
+use crate::document::{ConfigDocument, Plugin, Problem, Protocol};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+pub use rate_limiting::MemoryCounters;
+
+/// Kong's `kong.response.exit` `Content-Type` for its `{"message": ...}` bodies.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// Every plugin the engine implements, with Kong's priority.
+pub const SUPPORTED: [(&str, u32); 10] = [
+    ("correlation-id", 100_001),
+    ("cors", 2000),
+    ("key-auth", 1250),
+    ("basic-auth", 1100),
+    ("ip-restriction", 990),
+    ("acl", 950),
+    ("rate-limiting", 910),
+    ("request-transformer", 801),
+    ("response-transformer", 800),
+    ("request-termination", 2),
+];
+
+/// Names the plugins that may be scoped to a consumer (Kong's `no_consumer` is false).
+fn consumer_scoped(name: &str) -> bool {
+    !matches!(name, "key-auth" | "basic-auth" | "acl" | "cors")
+}
+
+/// Rate-limiting counters shared by every worker of a proxy.
+///
+/// A counter belongs to one window: `window_start_ms` changes when the period rolls over, and
+/// a counter from an older window counts as 0. Implementations: the filter's, over proxy-wasm
+/// shared data with compare-and-swap; [`MemoryCounters`] for tests and `match`.
+pub trait Counters {
+    /// How many requests `key` counted in the window starting at `window_start_ms`.
+    fn usage(&mut self, key: &str, window_start_ms: u64) -> u64;
+    /// Counts one more request unless `key` already counted `limit` in this window; returns
+    /// the new count, or `None` when the limit was reached (possibly by another worker since
+    /// [`Counters::usage`]), in which case nothing is counted, as Kong does not count
+    /// rejected requests.
+    fn increment(&mut self, key: &str, window_start_ms: u64, limit: u64) -> Option<u64>;
+}
+
+/// What the plugins need to know about a request the router forwards.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginRequest<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `http` or `https`: plugins run only for the protocols they list.
+    pub scheme: &'a str,
+    /// The client's path, without the query string (`limit_by: path`).
+    pub path: &'a str,
+    /// The upstream `:path` the router chose, query string included: the one transformers and
+    /// `hide_credentials` change.
+    pub upstream_path: &'a str,
+    /// The client's request headers (names in any case; pseudo-headers are ignored).
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The client's address (Kong's `kong.client.get_forwarded_ip()` without trusted IPs).
+    pub client_ip: Option<IpAddr>,
+    /// The matched route, an index into [`ConfigDocument::routes`].
+    pub route: Option<usize>,
+    /// Its service, an index into [`ConfigDocument::services`].
+    pub service: Option<usize>,
+    /// Unix time in milliseconds.
+    pub now_ms: u64,
+    /// Fresh random bits from the host (correlation ids).
+    pub random: u128,
+}
+
+/// The plugins' decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginOutcome {
+    /// A plugin answers the request itself.
+    Respond(LocalResponse),
+    /// Proxy the request with these changes.
+    Forward(UpstreamChanges),
+}
+
+/// An answer from a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// The status code.
+    pub status: u16,
+    /// Response headers, the plugins' own included (names in Kong's spelling).
+    pub headers: Vec<(String, String)>,
+    /// The body, `None` for none (a preflight).
+    pub body: Option<String>,
+    /// The plugin that answered.
+    pub plugin: &'static str,
+}
+
+/// A request header change, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// Remove every value of the header.
+    Remove(String),
+    /// Add one value.
+    Add(String, String),
+}
+
+/// What to change before proxying, and what to do to the response.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamChanges {
+    /// Request header changes (the difference between the client's headers and the plugins'
+    /// result).
+    pub request_headers: Vec<HeaderOp>,
+    /// The new upstream `:path` (query included), when a plugin changed it.
+    pub path: Option<String>,
+    /// The new `:method`, when a plugin changed it.
+    pub method: Option<String>,
+    /// Response header changes.
+    pub response: ResponsePlan,
+}
+
+impl UpstreamChanges {
+    /// The headers the plugins set or add upstream, `(name, value)` in order.
+    pub fn upstream_headers(&self) -> Vec<(&str, &str)> {
+        self.request_headers
+            .iter()
+            .filter_map(|op| match op {
+                HeaderOp::Add(name, value) => Some((name.as_str(), value.as_str())),
+                HeaderOp::Remove(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Response header changes, in Kong's `header_filter` order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResponsePlan {
+    steps: Vec<ResponseStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ResponseStep {
+    Set(String, String),
+    Add(String, String),
+    Remove(String),
+    Transform(response_transformer::HeaderTransform),
+}
+
+impl ResponsePlan {
+    /// True when the response is left alone.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Applies the changes to a response's headers (names compared case-insensitively).
+    pub fn apply(&self, headers: &mut Vec<(String, String)>) {
+        for step in &self.steps {
+            match step {
+                ResponseStep::Set(name, value) => set_header(headers, name, value),
+                ResponseStep::Add(name, value) => headers.push((name.clone(), value.clone())),
+                ResponseStep::Remove(name) => remove_header(headers, name),
+                ResponseStep::Transform(t) => t.apply(headers),
+            }
+        }
+    }
+
+    fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.steps
+            .push(ResponseStep::Set(name.to_owned(), value.into()));
+    }
+
+    fn add(&mut self, name: &str, value: impl Into<String>) {
+        self.steps
+            .push(ResponseStep::Add(name.to_owned(), value.into()));
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.steps.push(ResponseStep::Remove(name.to_owned()));
+    }
+}
+
+/// An enabled plugin the engine will not enforce as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedPlugin {
+    /// The plugin's name.
+    pub name: String,
+    /// Where it appeared in the input.
+    pub path: String,
+    /// Why: not implemented, or what in its `config` cannot be read.
+    pub reason: String,
+    /// True when the filter lets requests through anyway (`ignore_unsupported_plugins`).
+    pub ignored: bool,
+}
+
+/// The enabled plugins of `doc` that fail closed (or are ignored, per `ignore`), for
+/// validation warnings and logs. Features of a supported plugin that are not applied (e.g.
+/// response-transformer's JSON body changes) are listed too, with `ignored: true`.
+pub fn unsupported_plugins(doc: &ConfigDocument, ignore: &[String]) -> Vec<UnsupportedPlugin> {
+    PluginEngine::compile(doc, ignore).unsupported
+}
+
+/// The same list as validation problems (`plugins[2]: plugin "jwt" is not supported ...`).
+pub fn unsupported_warnings(doc: &ConfigDocument) -> Vec<Problem> {
+    unsupported_plugins(doc, &[])
+        .into_iter()
+        .map(|u| Problem::new(u.path, u.reason))
+        .collect()
+}
+
+/// A consumer as the plugins see it.
+#[derive(Debug, Clone)]
+struct ConsumerInfo {
+    id: Option<String>,
+    username: Option<String>,
+    custom_id: Option<String>,
+    groups: Vec<String>,
+    /// The consumer's identity in counters and logs: id, else username, else custom_id.
+    key: String,
+}
+
+/// Who the authentication plugins identified.
+#[derive(Debug, Clone, Default)]
+struct Identity {
+    consumer: Option<usize>,
+    /// The credential's id (or its path in the input): `None` for the anonymous consumer.
+    credential: Option<String>,
+}
+
+/// One plugin instance, compiled.
+#[derive(Debug)]
+enum Compiled {
+    CorrelationId(correlation_id::CorrelationId),
+    Cors(cors::Cors),
+    KeyAuth(key_auth::KeyAuth),
+    BasicAuth(basic_auth::BasicAuth),
+    IpRestriction(ip_restriction::IpRestriction),
+    Acl(acl::Acl),
+    RateLimiting(rate_limiting::RateLimiting),
+    RequestTransformer(request_transformer::RequestTransformer),
+    ResponseTransformer(response_transformer::ResponseTransformer),
+    RequestTermination(request_termination::RequestTermination),
+    /// Fails closed with this message.
+    Refuse(String),
+}
+
+#[derive(Debug)]
+struct Instance {
+    protocols: Vec<Protocol>,
+    compiled: Compiled,
+}
+
+type Scope = (Option<usize>, Option<usize>, Option<usize>);
+
+/// Every enabled instance of one plugin name.
+#[derive(Debug)]
+struct Chain {
+    name: String,
+    priority: u32,
+    consumer_scoped: bool,
+    instances: HashMap<Scope, Instance>,
+}
+
+impl Chain {
+    fn resolve(
+        &self,
+        route: Option<usize>,
+        service: Option<usize>,
+        consumer: Option<usize>,
+    ) -> Option<&Instance> {
+        let consumer = consumer.filter(|_| self.consumer_scoped);
+        let combos: [(bool, Scope); 8] = [
+            (
+                route.is_some() && service.is_some() && consumer.is_some(),
+                (route, service, consumer),
+            ),
+            (
+                route.is_some() && consumer.is_some(),
+                (route, None, consumer),
+            ),
+            (
+                service.is_some() && consumer.is_some(),
+                (None, service, consumer),
+            ),
+            (route.is_some() && service.is_some(), (route, service, None)),
+            (consumer.is_some(), (None, None, consumer)),
+            (route.is_some(), (route, None, None)),
+            (service.is_some(), (None, service, None)),
+            (true, (None, None, None)),
+        ];
+        combos
+            .iter()
+            .filter(|(possible, _)| *possible)
+            .find_map(|(_, scope)| self.instances.get(scope))
+    }
+}
+
+/// The plugins of one config revision, compiled for enforcement.
+///
+/// Holds per-worker state in [`Cell`]s (the correlation-id counter): not `Sync`, one per worker.
+#[derive(Debug)]
+pub struct PluginEngine {
+    chains: Vec<Chain>,
+    consumers: Vec<ConsumerInfo>,
+    /// API key → (consumer, credential identity).
+    keys: HashMap<String, (usize, String)>,
+    /// basic-auth username → credential.
+    basic: HashMap<String, basic_auth::Credential>,
+    route_keys: Vec<String>,
+    service_keys: Vec<String>,
+    unsupported: Vec<UnsupportedPlugin>,
+    counter: Cell<u64>,
+    worker_uuid: RefCell<Option<String>>,
+}
+
+impl PluginEngine {
+    /// Compiles the enabled plugins of `doc`. `ignore` names unsupported plugins that must not
+    /// fail closed (the filter's `ignore_unsupported_plugins`).
+    pub fn compile(doc: &ConfigDocument, ignore: &[String]) -> PluginEngine {
+        let mut groups: Vec<Vec<String>> = vec![Vec::new(); doc.consumers.len()];
+        for acl in &doc.acls {
+            if let Some(g) = groups.get_mut(acl.consumer) {
+                g.push(acl.group.clone());
+            }
+        }
+        let consumers: Vec<ConsumerInfo> = doc
+            .consumers
+            .iter()
+            .zip(groups)
+            .map(|(c, groups)| ConsumerInfo {
+                id: c.id.clone(),
+                username: c.username.clone(),
+                custom_id: c.custom_id.clone(),
+                groups,
+                key: c
+                    .id
+                    .clone()
+                    .or_else(|| c.username.clone())
+                    .or_else(|| c.custom_id.clone())
+                    .unwrap_or_else(|| c.path.clone()),
+            })
+            .collect();
+        let keys = doc
+            .keyauth_credentials
+            .iter()
+            .map(|k| {
+                let identity = k.id.clone().unwrap_or_else(|| k.path.clone());
+                (k.key.clone(), (k.consumer, identity))
+            })
+            .collect();
+        let basic = doc
+            .basicauth_credentials
+            .iter()
+            .map(|c| {
+                let consumer_id = doc
+                    .consumers
+                    .get(c.consumer)
+                    .and_then(|consumer| consumer.id.clone());
+                (
+                    c.username.clone(),
+                    basic_auth::Credential::new(c, consumer_id),
+                )
+            })
+            .collect();
+        let key_of = |id: &Option<String>, name: &Option<String>, path: &str| {
+            id.clone()
+                .or_else(|| name.clone())
+                .unwrap_or_else(|| path.to_owned())
+        };
+        let mut engine = PluginEngine {
+            chains: Vec::new(),
+            consumers,
+            keys,
+            basic,
+            route_keys: doc
+                .routes
+                .iter()
+                .map(|r| key_of(&r.id, &r.name, &r.path))
+                .collect(),
+            service_keys: doc
+                .services
+                .iter()
+                .map(|s| key_of(&s.id, &s.name, &s.path))
+                .collect(),
+            unsupported: Vec::new(),
+            counter: Cell::new(0),
+            worker_uuid: RefCell::new(None),
+        };
+        for plugin in doc.plugins.iter().filter(|p| p.enabled) {
+            engine.add(doc, plugin, ignore);
+        }
+        engine
+            .chains
+            .sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
+        engine
+    }
+
+    fn add(&mut self, doc: &ConfigDocument, plugin: &Plugin, ignore: &[String]) {
+        let name = plugin.name.as_str();
+        let ignored = ignore.iter().any(|i| i == name);
+        let priority = SUPPORTED.iter().find(|(n, _)| *n == name).map(|(_, p)| *p);
+        let compiled = match priority {
+            None => {
+                self.unsupported.push(UnsupportedPlugin {
+                    name: name.to_owned(),
+                    path: plugin.path.clone(),
+                    reason: if ignored {
+                        format!(
+                            "plugin {name:?} is not supported by the Fallback filter; ignored \
+                             (ignore_unsupported_plugins)"
+                        )
+                    } else {
+                        format!(
+                            "plugin {name:?} is not supported by the Fallback filter: requests \
+                             it applies to are refused with 500 (or list it in the filter's \
+                             ignore_unsupported_plugins)"
+                        )
+                    },
+                    ignored,
+                });
+                if ignored {
+                    return;
+                }
+                Compiled::Refuse(format!(
+                    "plugin {name:?} is enabled for this request but not supported by the \
+                     gateway's fallback filter"
+                ))
+            }
+            Some(_) => match self.compile_one(doc, plugin) {
+                Ok((compiled, notes)) => {
+                    for note in notes {
+                        self.unsupported.push(UnsupportedPlugin {
+                            name: name.to_owned(),
+                            path: plugin.path.clone(),
+                            reason: note,
+                            ignored: true,
+                        });
+                    }
+                    compiled
+                }
+                Err(reason) => {
+                    self.unsupported.push(UnsupportedPlugin {
+                        name: name.to_owned(),
+                        path: format!("{}.config", plugin.path),
+                        reason: format!(
+                            "plugin {name:?}: {reason}; requests it applies to are refused \
+                             with 500"
+                        ),
+                        ignored: false,
+                    });
+                    Compiled::Refuse(format!(
+                        "plugin {name:?} is enabled for this request but its configuration \
+                         cannot be enforced by the gateway's fallback filter"
+                    ))
+                }
+            },
+        };
+        let scope = (plugin.route, plugin.service, plugin.consumer);
+        let index = match self.chains.iter().position(|c| c.name == name) {
+            Some(i) => i,
+            None => {
+                self.chains.push(Chain {
+                    name: name.to_owned(),
+                    // Unsupported plugins are checked before any plugin runs.
+                    priority: priority.unwrap_or(u32::MAX),
+                    consumer_scoped: consumer_scoped(name),
+                    instances: HashMap::new(),
+                });
+                self.chains.len() - 1
+            }
+        };
+        self.chains[index].instances.insert(
+            scope,
+            Instance {
+                protocols: plugin.protocols.clone(),
+                compiled,
+            },
+        );
+    }
+
+    fn compile_one(
+        &self,
+        doc: &ConfigDocument,
+        plugin: &Plugin,
+    ) -> Result<(Compiled, Vec<String>), String> {
+        let c = conf::Conf::new(&plugin.config);
+        let mut notes = Vec::new();
+        let compiled = match plugin.name.as_str() {
+            "correlation-id" => Compiled::CorrelationId(correlation_id::CorrelationId::new(&c)?),
+            "cors" => Compiled::Cors(cors::Cors::new(&c)?),
+            "key-auth" => Compiled::KeyAuth(key_auth::KeyAuth::new(&c, doc)?),
+            "basic-auth" => Compiled::BasicAuth(basic_auth::BasicAuth::new(&c, doc)?),
+            "ip-restriction" => Compiled::IpRestriction(ip_restriction::IpRestriction::new(&c)?),
+            "acl" => Compiled::Acl(acl::Acl::new(&c)?),
+            "rate-limiting" => Compiled::RateLimiting(rate_limiting::RateLimiting::new(
+                &c,
+                plugin,
+                &self.route_keys,
+                &self.service_keys,
+                &mut notes,
+            )?),
+            "request-transformer" => Compiled::RequestTransformer(
+                request_transformer::RequestTransformer::new(&c, &mut notes)?,
+            ),
+            "response-transformer" => Compiled::ResponseTransformer(
+                response_transformer::ResponseTransformer::new(&c, &mut notes)?,
+            ),
+            "request-termination" => Compiled::RequestTermination(
+                request_termination::RequestTermination::new(&c, &mut notes)?,
+            ),
+            other => return Err(format!("no implementation for {other:?}")),
+        };
+        Ok((compiled, notes))
+    }
+
+    /// True when no plugin applies anywhere: the filter can skip reading headers for it.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty()
+    }
+
+    /// The enabled plugins this engine refuses (or ignores), to log once per revision.
+    pub fn unsupported(&self) -> &[UnsupportedPlugin] {
+        &self.unsupported
+    }
+
+    /// Runs the plugins for one forwarded request.
+    pub fn access(&self, req: &PluginRequest<'_>, counters: &mut dyn Counters) -> PluginOutcome {
+        let mut ex = Exchange::new(req);
+        let protocol = Protocol::from_name(req.scheme).unwrap_or(Protocol::Http);
+        let mut consumer_checked = None;
+        for chain in &self.chains {
+            // An unsupported consumer-scoped plugin is found once the consumer is known.
+            if ex.identity.consumer != consumer_checked {
+                consumer_checked = ex.identity.consumer;
+                if let Some(refusal) = self.refusal(req, ex.identity.consumer, &mut ex) {
+                    return refusal;
+                }
+            }
+            let Some(instance) = chain.resolve(req.route, req.service, ex.identity.consumer) else {
+                continue;
+            };
+            if !instance.protocols.contains(&protocol) {
+                continue;
+            }
+            let step = match &instance.compiled {
+                Compiled::CorrelationId(p) => p.access(self, &mut ex),
+                Compiled::Cors(p) => p.access(&mut ex),
+                Compiled::KeyAuth(p) => p.access(self, &mut ex),
+                Compiled::BasicAuth(p) => p.access(self, &mut ex),
+                Compiled::IpRestriction(p) => p.access(&mut ex),
+                Compiled::Acl(p) => p.access(self, &mut ex),
+                Compiled::RateLimiting(p) => p.access(self, &mut ex, counters),
+                Compiled::RequestTransformer(p) => p.access(&mut ex),
+                Compiled::ResponseTransformer(p) => p.access(&mut ex),
+                Compiled::RequestTermination(p) => p.access(&mut ex),
+                Compiled::Refuse(message) => Err(Exit::error(500, message)),
+            };
+            if let Err(exit) = step {
+                return ex.respond(exit, &chain.name);
+            }
+        }
+        if ex.identity.consumer != consumer_checked {
+            if let Some(refusal) = self.refusal(req, ex.identity.consumer, &mut ex) {
+                return refusal;
+            }
+        }
+        PluginOutcome::Forward(ex.finish(req))
+    }
+
+    /// The 500 of an unsupported plugin that applies to this request, if any.
+    fn refusal(
+        &self,
+        req: &PluginRequest<'_>,
+        consumer: Option<usize>,
+        ex: &mut Exchange,
+    ) -> Option<PluginOutcome> {
+        self.chains
+            .iter()
+            .filter(|c| c.priority == u32::MAX)
+            .find_map(|chain| {
+                let instance = chain.resolve(req.route, req.service, consumer)?;
+                match &instance.compiled {
+                    Compiled::Refuse(message) => Some((chain.name.clone(), message.clone())),
+                    _ => None,
+                }
+            })
+            .map(|(name, message)| {
+                let exit = Exit::error(500, &message);
+                let stolen = std::mem::take(ex);
+                stolen.respond_owned(exit, name)
+            })
+    }
+
+    fn consumer(&self, index: usize) -> Option<&ConsumerInfo> {
+        self.consumers.get(index)
+    }
+
+    /// Finds the `anonymous` consumer by id or username, as Kong 3.x accepts both.
+    fn find_consumer(&self, reference: &str) -> Option<usize> {
+        self.consumers
+            .iter()
+            .position(|c| c.id.as_deref() == Some(reference))
+            .or_else(|| {
+                self.consumers
+                    .iter()
+                    .position(|c| c.username.as_deref() == Some(reference))
+            })
+    }
+}
+
+/// A plugin's answer: Kong's `kong.response.exit` / `kong.response.error`.
+#[derive(Debug, Clone)]
+struct Exit {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+}
+
+impl Exit {
+    /// `{"message": message}` as JSON.
+    fn error(status: u16, message: &str) -> Exit {
+        Exit {
+            status,
+            headers: vec![("Content-Type".to_owned(), JSON_CONTENT_TYPE.to_owned())],
+            body: Some(serde_json::json!({ "message": message }).to_string()),
+        }
+    }
+
+    fn with_header(mut self, name: &str, value: impl Into<String>) -> Exit {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+}
+
+type Step = Result<(), Exit>;
+
+/// One request in flight through the plugins.
+#[derive(Debug, Default)]
+struct Exchange {
+    method: String,
+    /// Upstream request headers as they stand, names lowercase.
+    headers: Vec<(String, String)>,
+    original_headers: Vec<(String, String)>,
+    query: request_transformer::Query,
+    upstream_path: String,
+    path_changed: bool,
+    method_changed: bool,
+    client_path: String,
+    client_ip: Option<IpAddr>,
+    now_ms: u64,
+    random: u128,
+    service: Option<usize>,
+    identity: Identity,
+    response: ResponsePlan,
+}
+
+impl Exchange {
+    fn new(req: &PluginRequest<'_>) -> Exchange {
+        let headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.starts_with(':'))
+            .map(|(n, v)| (n.to_ascii_lowercase(), (*v).to_owned()))
+            .collect();
+        let (path, query) = match req.upstream_path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (req.upstream_path, None),
+        };
+        Exchange {
+            method: req.method.to_owned(),
+            original_headers: headers.clone(),
+            headers,
+            query: request_transformer::Query::parse(query),
+            upstream_path: path.to_owned(),
+            path_changed: false,
+            method_changed: false,
+            client_path: req.path.split('?').next().unwrap_or("/").to_owned(),
+            client_ip: req.client_ip,
+            now_ms: req.now_ms,
+            random: req.random,
+            service: req.service,
+            identity: Identity::default(),
+            response: ResponsePlan::default(),
+        }
+    }
+
+    /// The first value of a request header (as the client sent it, after earlier plugins).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) {
+        set_header(&mut self.headers, &name.to_ascii_lowercase(), value);
+    }
+
+    fn clear_header(&mut self, name: &str) {
+        remove_header(&mut self.headers, name);
+    }
+
+    fn respond(&mut self, exit: Exit, plugin: &str) -> PluginOutcome {
+        let stolen = std::mem::take(self);
+        stolen.respond_owned(exit, plugin.to_owned())
+    }
+
+    fn respond_owned(self, exit: Exit, plugin: String) -> PluginOutcome {
+        let mut headers = exit.headers;
+        self.response.apply(&mut headers);
+        PluginOutcome::Respond(LocalResponse {
+            status: exit.status,
+            headers,
+            body: exit.body,
+            plugin: SUPPORTED
+                .iter()
+                .find(|(n, _)| *n == plugin)
+                .map_or("unsupported", |(n, _)| n),
+        })
+    }
+
+    fn finish(self, req: &PluginRequest<'_>) -> UpstreamChanges {
+        let path = if self.path_changed || self.query.changed() {
+            let rebuilt = match self.query.render() {
+                Some(q) => format!("{}?{q}", self.upstream_path),
+                None => self.upstream_path.clone(),
+            };
+            Some(rebuilt).filter(|p| p != req.upstream_path)
+        } else {
+            None
+        };
+        UpstreamChanges {
+            request_headers: diff_headers(&self.original_headers, &self.headers),
+            path,
+            method: Some(self.method).filter(|_| self.method_changed),
+            response: self.response,
+        }
+    }
+}
+
+/// The changes that turn `before` into `after`: for each header whose values differ, remove
+/// it, then add its new values.
+fn diff_headers(before: &[(String, String)], after: &[(String, String)]) -> Vec<HeaderOp> {
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in before.iter().chain(after) {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
+        list.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let mut ops = Vec::new();
+    for name in names {
+        let old = values(before, name);
+        let new = values(after, name);
+        if old == new {
+            continue;
+        }
+        if !old.is_empty() {
+            ops.push(HeaderOp::Remove(name.to_owned()));
+        }
+        ops.extend(new.into_iter().map(|v| HeaderOp::Add(name.to_owned(), v)));
+    }
+    ops
+}
+
+/// Replaces every value of `name` with one `value` (at the first one's position).
+fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match headers
+        .iter()
+        .position(|(n, _)| n.eq_ignore_ascii_case(name))
+    {
+        Some(first) => {
+            headers[first].1 = value.to_owned();
+            let mut i = 0;
+            headers.retain(|(n, _)| {
+                let keep = i <= first || !n.eq_ignore_ascii_case(name);
+                i += 1;
+                keep
+            });
+        }
+        None => headers.push((name.to_owned(), value.to_owned())),
+    }
+}
+
+fn remove_header(headers: &mut Vec<(String, String)>, name: &str) {
+    headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+}
+
+/// Kong's `set_consumer` of its authentication plugins: the upstream `X-Consumer-*`,
+/// `X-Credential-Identifier` and `X-Anonymous-Consumer` headers, and the identity later
+/// plugins see.
+fn authenticate(
+    engine: &PluginEngine,
+    ex: &mut Exchange,
+    consumer: usize,
+    credential: Option<String>,
+) {
+    let info = engine.consumer(consumer);
+    let fields = [
+        ("x-consumer-id", info.and_then(|c| c.id.clone())),
+        (
+            "x-consumer-custom-id",
+            info.and_then(|c| c.custom_id.clone()),
+        ),
+        ("x-consumer-username", info.and_then(|c| c.username.clone())),
+        ("x-credential-identifier", credential.clone()),
+    ];
+    for (name, value) in fields {
+        match value {
+            Some(v) => ex.set_header(name, &v),
+            None => ex.clear_header(name),
+        }
+    }
+    if credential.is_some() {
+        ex.clear_header("x-anonymous-consumer");
+    } else {
+        ex.set_header("x-anonymous-consumer", "true");
+    }
+    ex.identity = Identity {
+        consumer: Some(consumer),
+        credential,
+    };
+}
+
+/// An authentication plugin's failure, or its `anonymous` consumer (Kong's logical OR between
+/// authentication plugins).
+fn fail_or_anonymous(
+    engine: &PluginEngine,
+    ex: &mut Exchange,
+    anonymous: Option<&str>,
+    failure: Exit,
+) -> Step {
+    let Some(reference) = anonymous else {
+        return Err(failure);
+    };
+    match engine.find_consumer(reference) {
+        Some(consumer) => {
+            authenticate(engine, ex, consumer, None);
+            Ok(())
+        }
+        None => Err(Exit::error(500, "An unexpected error occurred")),
+    }
+}
+
+/// Kong's default `message` for `kong.response.error(status)` without one.
+fn default_message(status: u16) -> String {
+    let text = match status {
+        400 => "Bad request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not found",
+        405 => "Method not allowed",
+        408 => "Request timeout",
+        409 => "Conflict",
+        411 => "Length required",
+        412 => "Precondition failed",
+        413 => "Payload too large",
+        414 => "URI too long",
+        415 => "Unsupported media type",
+        429 => "Too many requests",
+        500 => "An unexpected error occurred",
+        502 => "An invalid response was received from the upstream server",
+        503 => "The upstream server is currently unavailable",
+        504 => "The upstream server is timing out",
+        other => return format!("The upstream server responded with {other}"),
+    };
+    text.to_owned()
+}

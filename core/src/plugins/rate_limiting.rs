@@ -1,0 +1,314 @@
+//! `rate-limiting` with the `local` policy: counters per window, shared by every worker of the
+//! proxy through [`Counters`].
+//!
+//! Kong 3.x: limits `second`, `minute`, `hour`, `day`, `month`, `year` (at least one);
+//! `limit_by` `consumer` (default; the client IP when no consumer), `credential`, `ip`,
+//! `service`, `header` (`header_name`), `path` (`path`); `hide_client_headers` (false);
+//! `error_code` (429), `error_message` ("API rate limit exceeded"). Windows are aligned on the
+//! UTC calendar. Every answer carries `X-RateLimit-Limit-<Period>`,
+//! `X-RateLimit-Remaining-<Period>` and `RateLimit-Limit` / `RateLimit-Remaining` /
+//! `RateLimit-Reset` (the most constraining period); a refusal adds `Retry-After`. Counters
+//! are keyed by the plugin's own scope (its route and service), the identifier and the period,
+//! as Kong's local policy. `cluster` and `redis` policies are refused (they need a store the
+//! filter cannot reach); a config exported with them fails closed.
+
+use super::conf::Conf;
+use super::{Counters, Exchange, Exit, PluginEngine, Step};
+use crate::document::Plugin;
+use std::collections::HashMap;
+
+const PERIODS: [(&str, &str, u64); 6] = [
+    ("second", "Second", 1),
+    ("minute", "Minute", 60),
+    ("hour", "Hour", 3600),
+    ("day", "Day", 86_400),
+    ("month", "Month", 2_592_000),
+    ("year", "Year", 31_536_000),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LimitBy {
+    Consumer,
+    Credential,
+    Ip,
+    Service,
+    Header(String),
+    Path(String),
+}
+
+#[derive(Debug)]
+pub(super) struct RateLimiting {
+    /// (index into PERIODS, limit), in PERIODS order.
+    limits: Vec<(usize, u64)>,
+    limit_by: LimitBy,
+    hide_client_headers: bool,
+    error_code: u16,
+    error_message: String,
+    scope: String,
+}
+
+impl RateLimiting {
+    pub(super) fn new(
+        c: &Conf<'_>,
+        plugin: &Plugin,
+        route_keys: &[String],
+        service_keys: &[String],
+        _notes: &mut Vec<String>,
+    ) -> Result<RateLimiting, String> {
+        let mut limits = Vec::new();
+        for (i, (name, _, _)) in PERIODS.iter().enumerate() {
+            if let Some(n) = c.number(name)? {
+                if n <= 0.0 {
+                    return Err(format!("config.{name} must be greater than 0"));
+                }
+                limits.push((i, n.floor() as u64));
+            }
+        }
+        if limits.is_empty() {
+            return Err(
+                "at least one of config.second, minute, hour, day, month, year must be set".into(),
+            );
+        }
+        match c.string("policy")?.as_deref() {
+            None | Some("local") => {}
+            Some(other) => {
+                return Err(format!(
+                    "config.policy {other:?} is not supported (only \"local\", counted across \
+                     the proxy's workers)"
+                ))
+            }
+        }
+        let limit_by = match c.string("limit_by")?.as_deref() {
+            None | Some("consumer") => LimitBy::Consumer,
+            Some("credential") => LimitBy::Credential,
+            Some("ip") => LimitBy::Ip,
+            Some("service") => LimitBy::Service,
+            Some("header") => LimitBy::Header(
+                c.string("header_name")?
+                    .ok_or("config.header_name is required with limit_by \"header\"")?,
+            ),
+            Some("path") => LimitBy::Path(
+                c.string("path")?
+                    .ok_or("config.path is required with limit_by \"path\"")?,
+            ),
+            Some(other) => return Err(format!("config.limit_by {other:?} is not supported")),
+        };
+        let error_code = match c.number("error_code")? {
+            None => 429,
+            Some(s) if (100.0..=599.0).contains(&s) => s as u16,
+            Some(s) => return Err(format!("config.error_code {s} is not an HTTP status")),
+        };
+        let key = |keys: &[String], i: Option<usize>| {
+            i.and_then(|i| keys.get(i).cloned()).unwrap_or_default()
+        };
+        Ok(RateLimiting {
+            limits,
+            limit_by,
+            hide_client_headers: c.boolean("hide_client_headers", false)?,
+            error_code,
+            error_message: c
+                .string("error_message")?
+                .unwrap_or_else(|| "API rate limit exceeded".to_owned()),
+            scope: format!(
+                "{}:{}",
+                key(route_keys, plugin.route),
+                key(service_keys, plugin.service)
+            ),
+        })
+    }
+
+    fn identifier(&self, engine: &PluginEngine, ex: &Exchange) -> String {
+        let ip = || ex.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let consumer = || {
+            ex.identity
+                .consumer
+                .and_then(|i| engine.consumer(i))
+                .map(|c| c.key.clone())
+        };
+        let found = match &self.limit_by {
+            LimitBy::Consumer => consumer().or_else(|| ex.identity.credential.clone()),
+            LimitBy::Credential => ex.identity.credential.clone(),
+            LimitBy::Ip => None,
+            LimitBy::Service => ex.service.and_then(|i| engine.service_keys.get(i).cloned()),
+            LimitBy::Header(name) => ex.header(name).map(str::to_owned),
+            LimitBy::Path(path) => Some(path.clone()).filter(|p| *p == ex.client_path),
+        };
+        found.unwrap_or_else(ip)
+    }
+
+    pub(super) fn access(
+        &self,
+        engine: &PluginEngine,
+        ex: &mut Exchange,
+        counters: &mut dyn Counters,
+    ) -> Step {
+        let identifier = self.identifier(engine, ex);
+        let now_s = ex.now_ms / 1000;
+        let windows: Vec<(usize, u64, u64, String)> = self
+            .limits
+            .iter()
+            .map(|&(period, limit)| {
+                let start_s = window_start(now_s, period);
+                let key = format!(
+                    "ratelimit:{}:{identifier}:{}",
+                    self.scope, PERIODS[period].0
+                );
+                (period, limit, start_s * 1000, key)
+            })
+            .collect();
+        // Kong reads every period's usage, refuses when one is spent, else counts the request.
+        let mut usage: Vec<u64> = windows
+            .iter()
+            .map(|(_, _, start, key)| counters.usage(key, *start))
+            .collect();
+        let mut stop = windows
+            .iter()
+            .zip(&usage)
+            .position(|((_, limit, _, _), used)| used >= limit);
+        if stop.is_none() {
+            for (i, (_, limit, start, key)) in windows.iter().enumerate() {
+                match counters.increment(key, *start, *limit) {
+                    Some(count) => usage[i] = count.saturating_sub(1),
+                    None => {
+                        // Another worker spent the last unit since we read it.
+                        usage[i] = *limit;
+                        stop = Some(i);
+                        break;
+                    }
+                }
+            }
+        }
+
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut best: Option<(u64, u64, u64)> = None; // (remaining, window, limit)
+        let mut reset = 1;
+        for (i, (period, limit, start, _)) in windows.iter().enumerate() {
+            let mut remaining = limit.saturating_sub(usage[i]);
+            if stop.is_none() || stop == Some(i) {
+                remaining = remaining.saturating_sub(1);
+            }
+            let window = PERIODS[*period].2;
+            let better = match best {
+                None => true,
+                Some((r, w, _)) => remaining < r || (remaining == r && window > w),
+            };
+            if better {
+                best = Some((remaining, window, *limit));
+                let elapsed = (ex.now_ms.saturating_sub(*start)) / 1000;
+                reset = window.saturating_sub(elapsed).max(1);
+            }
+            let label = PERIODS[*period].1;
+            headers.push((format!("X-RateLimit-Limit-{label}"), limit.to_string()));
+            headers.push((
+                format!("X-RateLimit-Remaining-{label}"),
+                remaining.to_string(),
+            ));
+        }
+        if let Some((remaining, _, limit)) = best {
+            headers.push(("RateLimit-Limit".into(), limit.to_string()));
+            headers.push(("RateLimit-Remaining".into(), remaining.to_string()));
+            headers.push(("RateLimit-Reset".into(), reset.to_string()));
+        }
+        if self.hide_client_headers {
+            headers.clear();
+        }
+        for (name, value) in &headers {
+            ex.response.set(name, value.clone());
+        }
+        if stop.is_some() {
+            let mut exit = Exit::error(self.error_code, &self.error_message);
+            exit.headers.extend(headers);
+            return Err(exit.with_header("Retry-After", reset.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// The start (Unix seconds) of the UTC calendar window of `PERIODS[period]` holding `now_s`.
+fn window_start(now_s: u64, period: usize) -> u64 {
+    match PERIODS[period].0 {
+        "second" => now_s,
+        "minute" => now_s - now_s % 60,
+        "hour" => now_s - now_s % 3600,
+        "day" => now_s - now_s % 86_400,
+        name => {
+            let days = now_s / 86_400;
+            let (year, month, _) = civil_from_days(days as i64);
+            let first = if name == "month" { month } else { 1 };
+            days_from_civil(year, first, 1) as u64 * 86_400
+        }
+    }
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Howard Hinnant's `days_from_civil`.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Counters in one process's memory: tests, and `fallback-companion match` (which never
+/// counts anything twice).
+#[derive(Debug, Default, Clone)]
+pub struct MemoryCounters {
+    counts: HashMap<String, (u64, u64)>,
+}
+
+impl Counters for MemoryCounters {
+    fn usage(&mut self, key: &str, window_start_ms: u64) -> u64 {
+        match self.counts.get(key) {
+            Some((start, count)) if *start == window_start_ms => *count,
+            _ => 0,
+        }
+    }
+
+    fn increment(&mut self, key: &str, window_start_ms: u64, limit: u64) -> Option<u64> {
+        let entry = self
+            .counts
+            .entry(key.to_owned())
+            .or_insert((window_start_ms, 0));
+        if entry.0 != window_start_ms {
+            *entry = (window_start_ms, 0);
+        }
+        if entry.1 >= limit {
+            return None;
+        }
+        entry.1 += 1;
+        Some(entry.1)
+    }
+}
+
+#[cfg(test)]
+mod calendar_tests {
+    use super::*;
+
+    #[test]
+    fn windows_align_on_the_utc_calendar() {
+        // 2024-02-29T13:45:30Z
+        let now = 1_709_214_330;
+        assert_eq!(window_start(now, 0), now);
+        assert_eq!(window_start(now, 1), now - 30);
+        assert_eq!(window_start(now, 2), now - 45 * 60 - 30);
+        assert_eq!(window_start(now, 3), 1_709_164_800); // 2024-02-29T00:00:00Z
+        assert_eq!(window_start(now, 4), 1_706_745_600); // 2024-02-01
+        assert_eq!(window_start(now, 5), 1_704_067_200); // 2024-01-01
+    }
+}
