@@ -23,7 +23,9 @@ pub struct PreparedDocument {
     pub body: Bytes,
     /// Their sha256.
     pub sha256: Sha256Digest,
-    /// Non-fatal findings (e.g. entity kinds Fallback ignores).
+    /// Non-fatal findings: entity kinds Fallback ignores, and enabled plugins the filter does
+    /// not implement (it refuses the requests they apply to with 500 unless told to ignore
+    /// them).
     pub warnings: Vec<Problem>,
 }
 
@@ -32,10 +34,14 @@ pub struct PreparedDocument {
 pub fn prepare(value: &Value) -> Result<PreparedDocument, ValidationErrors> {
     let loaded = ConfigDocument::from_json(value)?;
     let body = canonical_json(value);
+    let mut warnings = loaded.warnings;
+    warnings.extend(fallback_core::plugins::unsupported_warnings(
+        &loaded.document,
+    ));
     Ok(PreparedDocument {
         sha256: Sha256Digest::of(&body),
         body: Bytes::from(body),
-        warnings: loaded.warnings,
+        warnings,
     })
 }
 
@@ -354,5 +360,29 @@ pub async fn export_once(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod prepare_tests {
+    use super::prepare;
+    use serde_json::json;
+
+    #[test]
+    fn validation_warns_about_plugins_the_filter_refuses() {
+        let prepared = prepare(&json!({
+            "_format_version": "3.0",
+            "services": [{"name": "s", "host": "h", "routes": [{"paths": ["/"],
+                "plugins": [{"name": "jwt"}]}]}],
+            "plugins": [{"name": "key-auth"}, {"name": "zipkin", "enabled": false}]
+        }))
+        .unwrap();
+        let warnings: Vec<String> = prepared.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0]
+                .starts_with("services[0].routes[0].plugins[0]: plugin \"jwt\" is not supported"),
+            "{warnings:?}"
+        );
     }
 }

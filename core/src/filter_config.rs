@@ -65,6 +65,9 @@ pub struct FilterConfig {
     pub upstream_header: String,
     /// Whether a request may ask for routing details through a debug header.
     pub allow_debug_header: bool,
+    /// Kong plugins the filter does not implement that may be ignored instead of refusing the
+    /// requests they apply to with 500 (e.g. `["prometheus", "zipkin"]`). Default: none.
+    pub ignore_unsupported_plugins: Vec<String>,
 }
 
 /// The control plane's config endpoint.
@@ -155,6 +158,7 @@ const TOP_KEYS: &[&str] = &[
     "leader_lease_ms",
     "upstream_header",
     "allow_debug_header",
+    "ignore_unsupported_plugins",
 ];
 const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms"];
 const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "timeout_ms"];
@@ -335,6 +339,7 @@ impl Reader {
                 false
             }
         };
+        let ignore_unsupported_plugins = self.plugin_names(root, "ignore_unsupported_plugins");
 
         Some(FilterConfig {
             version: version?,
@@ -350,7 +355,45 @@ impl Reader {
             leader_lease_ms,
             upstream_header,
             allow_debug_header,
+            ignore_unsupported_plugins,
         })
+    }
+
+    /// A list of plugin names; a plugin the filter implements cannot be ignored.
+    fn plugin_names(&mut self, map: &Map<String, Value>, key: &str) -> Vec<String> {
+        let items = match map.get(key) {
+            None | Some(Value::Null) => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected an array of plugin names, got {}", kind_of(other)),
+                );
+                return Vec::new();
+            }
+        };
+        let mut names = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(name)
+                    if crate::plugins::SUPPORTED
+                        .iter()
+                        .any(|(supported, _)| *supported == name) =>
+                {
+                    self.problem(
+                        format!("{key}[{i}]"),
+                        format!("{name:?} is enforced by the filter and cannot be ignored"),
+                    );
+                }
+                Some("") => self.problem(format!("{key}[{i}]"), "must not be empty"),
+                Some(name) => names.push(name.to_owned()),
+                None => self.problem(
+                    format!("{key}[{i}]"),
+                    format!("expected a plugin name, got {}", kind_of(item)),
+                ),
+            }
+        }
+        names
     }
 
     fn control_plane(&mut self, value: &Value) -> Option<ControlPlaneConfig> {
@@ -705,6 +748,7 @@ mod tests {
         assert_eq!((c.tick_ms, c.leader_lease_ms), (500, 5_000));
         assert_eq!(c.upstream_header, "x-fallback-upstream");
         assert!(!c.allow_debug_header);
+        assert!(c.ignore_unsupported_plugins.is_empty());
     }
 
     #[test]
@@ -851,6 +895,25 @@ mod tests {
         assert_problem(
             &with(minimal(), "fallback_refresh_interval_ms", json!(1.5)),
             "fallback_refresh_interval_ms: expected a whole number of at least 0, got 1.5",
+        );
+    }
+
+    #[test]
+    fn ignore_unsupported_plugins_lists_names_the_filter_does_not_implement() {
+        let c = parse(&with(
+            minimal(),
+            "ignore_unsupported_plugins",
+            json!(["prometheus", "zipkin"]),
+        ))
+        .unwrap();
+        assert_eq!(c.ignore_unsupported_plugins, vec!["prometheus", "zipkin"]);
+        assert_problem(
+            &with(minimal(), "ignore_unsupported_plugins", json!(["key-auth"])),
+            "ignore_unsupported_plugins[0]: \"key-auth\" is enforced by the filter and cannot be ignored",
+        );
+        assert_problem(
+            &with(minimal(), "ignore_unsupported_plugins", json!("jwt")),
+            "ignore_unsupported_plugins: expected an array of plugin names, got a string",
         );
     }
 
