@@ -22,7 +22,7 @@ use fallback_core::router::Router;
 use host::Metric;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
@@ -97,7 +97,7 @@ struct Worker {
     /// claim is still ours one tick later: two workers writing an absent key both "win").
     claimed: bool,
     calls: HashMap<u32, CallId>,
-    generation_applied: Option<u64>,
+    generation_applied: Cell<Option<u64>>,
     active: Shared,
     metrics: Option<Metrics>,
 }
@@ -110,7 +110,7 @@ impl Worker {
             machine: None,
             claimed: false,
             calls: HashMap::new(),
-            generation_applied: None,
+            generation_applied: Cell::new(None),
             active: Rc::new(RefCell::new(None)),
             metrics: None,
         }
@@ -197,12 +197,12 @@ impl Worker {
     }
 
     /// Reads the published document when its generation changed, and compiles it.
-    fn apply_published(&mut self) {
+    fn apply_published(&self) {
         let (header, _) = host::shared_get(HEADER_KEY);
         let Some(header) = header.as_deref().and_then(PublicationHeader::decode) else {
             return;
         };
-        if self.generation_applied == Some(header.generation) {
+        if self.generation_applied.get() == Some(header.generation) {
             return;
         }
         let (document, _) = host::shared_get(CONFIG_KEY);
@@ -238,7 +238,7 @@ impl Worker {
                 &format!("fallback: published config generation {} does not load here; keeping the previous one. {errors}", header.generation),
             ),
         }
-        self.generation_applied = Some(header.generation);
+        self.generation_applied.set(Some(header.generation));
     }
 }
 
@@ -371,6 +371,11 @@ impl RootContext for Worker {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
+        // Until this worker has a config, every request looks for one: right after the leader
+        // publishes the first config, a worker must not answer 503 until its own next tick.
+        if self.active.borrow().is_none() {
+            self.apply_published();
+        }
         Some(Box::new(request::RequestFilter::new(
             self.active.borrow().clone(),
             config,
