@@ -1,8 +1,12 @@
 //! `fallback-companion match`: where would this request go under a config? The answer comes
-//! from the very router the filter runs (`fallback_core::router`), so it is the filter's.
+//! from the very router and plugins the filter runs (`fallback_core::router`,
+//! `fallback_core::plugins`), so it is the filter's.
 
 use crate::source;
 use fallback_core::document::ConfigDocument;
+use fallback_core::plugins::{
+    MemoryCounters, PluginEngine, PluginOutcome, PluginRequest, UpstreamChanges,
+};
 use fallback_core::router::{RequestView, RouteOutcome, Router, HTTPS_REQUIRED_MESSAGE};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -28,10 +32,21 @@ pub struct MatchArgs {
     /// A request header, `Name: value`; repeat for several.
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+
+    /// The client's IP address, as the plugins see it (ip-restriction, rate-limiting).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub client_ip: std::net::IpAddr,
+
+    /// Plugins the filter does not implement that it is configured to ignore (the filter's
+    /// `ignore_unsupported_plugins`); repeat for several.
+    #[arg(long = "ignore-plugin", value_name = "NAME")]
+    pub ignore_plugins: Vec<String>,
 }
 
 /// Prints one JSON object on stdout: `{"route", "service", "upstream_url", "upstream_host"}`
-/// for a forwarded request; `{"route": null, "status": 404}` when nothing matches;
+/// for a forwarded request, with `"upstream_headers"` when plugins add headers upstream, or
+/// `"response": {"status", "body"}` when a plugin answers the request itself (401, 403, 429,
+/// a termination, a CORS preflight...); `{"route": null, "status": 404}` when nothing matches;
 /// `{"route", "status", "location"?, "message"?}` for an HTTPS redirect or a 503. Exit code 0
 /// whenever an answer is printed, 2 when the file or the arguments are unusable.
 pub fn run(args: &MatchArgs) -> ExitCode {
@@ -56,6 +71,10 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
     let router = Router::compile(&loaded.document);
     for skipped in router.unsupported() {
         eprintln!("warning: {}: {}", skipped.path, skipped.reason);
+    }
+    let plugins = PluginEngine::compile(&loaded.document, &args.ignore_plugins);
+    for plugin in plugins.unsupported() {
+        eprintln!("warning: {}: {}", plugin.path, plugin.reason);
     }
 
     let (scheme, url_authority, path) = split_url(&args.url)?;
@@ -87,7 +106,84 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
         sni: scheme.eq_ignore_ascii_case("https").then_some(url_host),
         port: None,
     };
-    Ok(describe(router.route(&view)))
+    let outcome = router.route(&view);
+    let RouteOutcome::Forward(forward) = &outcome else {
+        return Ok(describe(outcome));
+    };
+    if plugins.is_empty() {
+        return Ok(describe(outcome));
+    }
+    let request = PluginRequest {
+        method: &args.method,
+        scheme,
+        path,
+        upstream_path: &forward.path,
+        headers: &headers,
+        client_ip: Some(args.client_ip),
+        route: Some(forward.route),
+        service: Some(forward.service),
+        now_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        random: 0,
+    };
+    // Fresh counters: one request never reaches a rate limit (limits are at least 1).
+    let decision = plugins.access(&request, &mut MemoryCounters::default());
+    Ok(describe_with_plugins(outcome, decision))
+}
+
+/// [`describe`] for a forwarded request, with the plugins' decision.
+fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome) -> String {
+    let RouteOutcome::Forward(mut f) = outcome else {
+        return describe(outcome);
+    };
+    let changes = match decision {
+        PluginOutcome::Respond(answer) => {
+            let body = match answer.body.as_deref() {
+                None => Value::Null,
+                Some(text) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
+            };
+            return object(&[
+                ("route", json!(f.route_name)),
+                ("service", json!(f.service_name)),
+                ("upstream_url", json!(f.upstream_url())),
+                ("upstream_host", json!(f.host_header)),
+                ("response", json!({"status": answer.status, "body": body})),
+            ]);
+        }
+        PluginOutcome::Forward(changes) => changes,
+    };
+    if let Some(path) = &changes.path {
+        f.path.clone_from(path);
+    }
+    let mut fields = vec![
+        ("route", json!(f.route_name)),
+        ("service", json!(f.service_name)),
+        ("upstream_url", json!(f.upstream_url())),
+        ("upstream_host", json!(f.host_header)),
+    ];
+    let added = upstream_headers(&changes);
+    if !added.is_empty() {
+        fields.push(("upstream_headers", Value::Object(added)));
+    }
+    object(&fields)
+}
+
+/// The headers plugins set upstream: name → value (several values joined with ", ").
+fn upstream_headers(changes: &UpstreamChanges) -> serde_json::Map<String, Value> {
+    let mut map = serde_json::Map::new();
+    for (name, value) in changes.upstream_headers() {
+        match map.get_mut(name) {
+            Some(Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(value);
+            }
+            _ => {
+                map.insert(name.to_owned(), json!(value));
+            }
+        }
+    }
+    map
 }
 
 /// The JSON answer for one routing decision, its keys in the documented order.
@@ -173,6 +269,44 @@ mod tests {
             describe(RouteOutcome::NoRoute),
             r#"{"route": null, "status": 404}"#
         );
+    }
+
+    #[test]
+    fn plugins_answer_or_add_upstream_headers() {
+        let dir = std::env::temp_dir().join(format!("match-plugins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("kong.json");
+        std::fs::write(
+            &config,
+            json!({
+                "_format_version": "3.0",
+                "services": [{"name": "s", "url": "http://up:8080", "routes": [
+                    {"name": "r", "paths": ["/r"], "plugins": [{"name": "key-auth"}]}
+                ]}],
+                "consumers": [{"username": "alice", "keyauth_credentials": [{"key": "k"}]}]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let args = |headers: &[&str]| MatchArgs {
+            config: config.clone(),
+            method: "GET".into(),
+            url: "http://gw/r/x".into(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            ignore_plugins: Vec::new(),
+        };
+        let denied: Value = serde_json::from_str(&answer(&args(&[])).unwrap()).unwrap();
+        assert_eq!(denied["response"]["status"], 401);
+        assert_eq!(
+            denied["response"]["body"]["message"],
+            "No API key found in request"
+        );
+        let allowed: Value = serde_json::from_str(&answer(&args(&["apikey: k"])).unwrap()).unwrap();
+        assert_eq!(allowed.get("response"), None);
+        assert_eq!(allowed["upstream_headers"]["x-consumer-username"], "alice");
+        assert_eq!(allowed["upstream_url"], "http://up:8080/x");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

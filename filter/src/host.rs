@@ -128,3 +128,34 @@ impl Metric {
         }
     }
 }
+
+/// Adds a request header value (keeps the others).
+pub fn add_request_header(name: &str, value: &str) {
+    let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+}
+
+/// Answers the request from the filter with these headers and body (`None`: no body).
+pub fn send_response(status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) {
+    let _ = hostcalls::send_http_response(status, headers.to_vec(), body);
+}
+
+/// Every response header, decoded lossily.
+pub fn response_headers() -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
+        .map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Replaces every response header.
+pub fn set_response_headers(headers: &[(String, String)]) {
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let _ = hostcalls::set_map(MapType::HttpResponseHeaders, pairs);
+}

@@ -4,8 +4,10 @@
 //!   leader drives `fallback_core::fetch::FetchMachine` (control plane, companion, storage) from
 //!   `on_tick` and publishes each new document in shared data.
 //! - Every worker reads the published document once per generation, compiles a router, and
-//!   hands it to its HTTP contexts ([`request::RequestFilter`]).
+//!   hands it to its HTTP contexts ([`request::RequestFilter`]), with the config's plugins
+//!   compiled next to it; rate-limiting counters live in shared data ([`counters`]).
 
+mod counters;
 mod host;
 mod request;
 
@@ -15,6 +17,7 @@ use fallback_core::fetch::{
     Stage,
 };
 use fallback_core::filter_config::FilterConfig;
+use fallback_core::plugins::PluginEngine;
 use fallback_core::publication::{
     claim_lease, Lease, PublicationHeader, CONFIG_KEY, HEADER_KEY, LEASE_KEY,
 };
@@ -36,6 +39,7 @@ proxy_wasm::main! {{
 /// The configuration in force on this worker.
 pub struct Active {
     router: Router,
+    plugins: PluginEngine,
     source: Source,
     revision: u64,
 }
@@ -219,8 +223,27 @@ impl Worker {
                         &format!("fallback: {}: {}", skipped.path, skipped.reason),
                     );
                 }
+                let ignore = self
+                    .config
+                    .as_ref()
+                    .map_or(&[][..], |c| c.ignore_unsupported_plugins.as_slice());
+                let plugins = PluginEngine::compile(&loaded.document, ignore);
+                // Once per generation: the requests these plugins apply to answer 500 (or run
+                // without them, when listed in ignore_unsupported_plugins).
+                for plugin in plugins.unsupported() {
+                    let level = if plugin.ignored {
+                        LogLevel::Warn
+                    } else {
+                        LogLevel::Error
+                    };
+                    host::log(
+                        level,
+                        &format!("fallback: {}: {}", plugin.path, plugin.reason),
+                    );
+                }
                 *self.active.borrow_mut() = Some(Rc::new(Active {
                     router,
+                    plugins,
                     source: published.source,
                     revision: published.revision,
                 }));
@@ -281,7 +304,7 @@ fn level_of(level: CoreLevel) -> LogLevel {
 }
 
 /// 64 random bits from the host (WASI `random_get` behind std's hasher keys).
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(host::now_ms());
     hasher.finish()

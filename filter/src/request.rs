@@ -1,12 +1,17 @@
 //! Per request: route with the configuration in force, hand the upstream to the host, or answer.
 
+use crate::counters::SharedCounters;
 use crate::host;
 use crate::Active;
 use fallback_core::fetch::Source;
 use fallback_core::filter_config::FilterConfig;
-use fallback_core::router::{RequestView, RouteOutcome};
+use fallback_core::plugins::{
+    HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
+};
+use fallback_core::router::{Forward, RequestView, RouteOutcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use std::net::IpAddr;
 use std::rc::Rc;
 
 const NO_CONFIG: &str = r#"{"message":"no configuration loaded yet: the gateway has not received a config from the control plane or from storage; retry shortly"}"#;
@@ -18,6 +23,8 @@ pub struct RequestFilter {
     active: Option<Rc<Active>>,
     config: Rc<FilterConfig>,
     debug: Option<Vec<(&'static str, String)>>,
+    /// What the plugins change in the response's headers.
+    response_plan: Option<ResponsePlan>,
 }
 
 impl RequestFilter {
@@ -27,6 +34,7 @@ impl RequestFilter {
             active,
             config,
             debug: None,
+            response_plan: None,
         }
     }
 }
@@ -43,8 +51,9 @@ impl HttpContext for RequestFilter {
         let authority = host::request_header(":authority").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_else(|| "/".into());
         let scheme = host::request_header(":scheme").unwrap_or_else(|| "http".into());
-        // Reading every header costs an allocation per header: only when a route needs them.
-        let owned = if active.router.needs_headers() {
+        // Reading every header costs an allocation per header: only when a route or a plugin
+        // needs them.
+        let owned = if active.router.needs_headers() || !active.plugins.is_empty() {
             host::request_headers()
         } else {
             Vec::new()
@@ -72,11 +81,26 @@ impl HttpContext for RequestFilter {
         };
         match active.router.route(&view) {
             RouteOutcome::Forward(forward) => {
+                let changes = if active.plugins.is_empty() {
+                    None
+                } else {
+                    match run_plugins(&active, &forward, &method, &path, &scheme, &headers) {
+                        PluginOutcome::Respond(answer) => {
+                            send_local(&answer);
+                            return Action::Pause;
+                        }
+                        PluginOutcome::Forward(changes) => Some(changes),
+                    }
+                };
                 // Envoy connects to this host:port (set_filter_state → the dynamic forward
                 // proxy's envoy.upstream.dynamic_host) and sends `Host` exactly as Kong would.
                 host::set_request_header(&self.config.upstream_header, Some(&forward.upstream));
                 host::set_request_header(":authority", Some(&forward.host_header));
                 host::set_request_header(":path", Some(&forward.path));
+                if let Some(changes) = changes {
+                    apply_upstream_changes(&changes);
+                    self.response_plan = Some(changes.response).filter(|p| !p.is_empty());
+                }
                 if self.config.allow_debug_header
                     && host::request_header("kong-debug").as_deref() == Some("1")
                 {
@@ -123,11 +147,85 @@ impl HttpContext for RequestFilter {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if let Some(plan) = self.response_plan.take() {
+            let mut headers = host::response_headers();
+            plan.apply(&mut headers);
+            host::set_response_headers(&headers);
+        }
         if let Some(debug) = self.debug.take() {
             for (name, value) in &debug {
                 host::add_response_header(name, value);
             }
         }
         Action::Continue
+    }
+}
+
+/// Runs the plugins of the matched route for this request.
+fn run_plugins(
+    active: &Active,
+    forward: &Forward,
+    method: &str,
+    path: &str,
+    scheme: &str,
+    headers: &[(&str, &str)],
+) -> PluginOutcome {
+    let random = (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64());
+    let request = PluginRequest {
+        method,
+        scheme,
+        path,
+        upstream_path: &forward.path,
+        headers,
+        client_ip: client_ip(),
+        route: Some(forward.route),
+        service: Some(forward.service),
+        now_ms: host::now_ms(),
+        random,
+    };
+    active.plugins.access(&request, &mut SharedCounters)
+}
+
+/// Envoy's `source.address` (`ip:port`, IPv6 in brackets) as an address.
+fn client_ip() -> Option<IpAddr> {
+    let raw = host::property(&["source", "address"])?;
+    let text = String::from_utf8_lossy(&raw);
+    let host = match text.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => &text,
+    };
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Answers with a plugin's response (401, 403, 429, a termination, a preflight...).
+fn send_local(answer: &LocalResponse) {
+    let headers: Vec<(&str, &str)> = answer
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    host::send_response(
+        u32::from(answer.status),
+        &headers,
+        answer.body.as_deref().map(str::as_bytes),
+    );
+}
+
+/// Applies the plugins' request changes on top of the router's.
+fn apply_upstream_changes(changes: &UpstreamChanges) {
+    for op in &changes.request_headers {
+        match op {
+            HeaderOp::Remove(name) => host::set_request_header(name, None),
+            HeaderOp::Add(name, value) => host::add_request_header(name, value),
+        }
+    }
+    if let Some(path) = &changes.path {
+        host::set_request_header(":path", Some(path));
+    }
+    if let Some(method) = &changes.method {
+        host::set_request_header(":method", Some(method));
     }
 }
