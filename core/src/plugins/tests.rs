@@ -1040,3 +1040,61 @@ fn base64_round_trips() {
     }
     assert_eq!(basic_auth::decode_base64("!!"), None);
 }
+
+#[test]
+fn configs_as_kong_exports_them_with_every_default_spelt_out() {
+    // What `kong config db_export` / a CP's `/config` writes: every field, nulls included.
+    let e = engine(json!({"consumers": consumers(), "plugins": [
+        {"name": "key-auth", "config": {"anonymous": null, "hide_credentials": false,
+            "key_in_body": false, "key_in_header": true, "key_in_query": true,
+            "key_names": ["apikey"], "run_on_preflight": true, "realm": null}},
+        {"name": "acl", "config": {"allow": ["admins"], "deny": null,
+            "hide_groups_header": false, "include_consumer_groups": false,
+            "always_use_authenticated_groups": false}},
+        {"name": "rate-limiting", "config": {"day": null, "error_code": 429,
+            "error_message": "API rate limit exceeded", "fault_tolerant": true,
+            "header_name": null, "hide_client_headers": false, "hour": null,
+            "limit_by": "consumer", "minute": 100, "month": null, "path": null,
+            "policy": "local", "redis": {"host": null, "port": 6379}, "second": null,
+            "sync_rate": -1, "year": null}},
+        {"name": "ip-restriction", "config": {"allow": null, "deny": ["192.0.2.0/24"],
+            "message": null, "status": null}},
+        {"name": "cors", "config": {"credentials": false, "exposed_headers": null,
+            "headers": null, "max_age": null, "methods": ["GET", "HEAD", "PUT", "PATCH",
+            "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"], "origins": null,
+            "preflight_continue": false, "private_network": false}},
+        {"name": "correlation-id", "config": {"echo_downstream": false,
+            "generator": "uuid#counter", "header_name": "Kong-Request-ID"}},
+        {"name": "request-transformer", "config": {"http_method": null,
+            "add": {"body": [], "headers": [], "querystring": []},
+            "append": {"body": [], "headers": [], "querystring": []},
+            "remove": {"body": [], "headers": [], "querystring": []},
+            "rename": {"body": [], "headers": [], "querystring": []},
+            "replace": {"body": [], "headers": [], "querystring": [], "uri": null}}},
+        {"name": "response-transformer", "config": {
+            "add": {"headers": [], "json": [], "json_types": []},
+            "append": {"headers": [], "json": [], "json_types": []},
+            "remove": {"headers": [], "json": []},
+            "rename": {"headers": [], "json": []},
+            "replace": {"headers": [], "json": [], "json_types": []}}},
+        {"name": "request-termination", "route": "r2", "config": {"body": null,
+            "content_type": null, "echo": false, "message": null, "status_code": 503,
+            "trigger": null}}
+    ]}));
+    assert!(e.unsupported().is_empty(), "{:?}", e.unsupported());
+    let f = forward(req("/one").header("apikey", "alice-key").run(&e));
+    assert_eq!(
+        upstream(&f, "x-consumer-groups").as_deref(),
+        Some("admins, staff")
+    );
+    assert_eq!(
+        respond(
+            req("/two")
+                .route(1, 0)
+                .header("apikey", "alice-key")
+                .run(&e)
+        )
+        .status,
+        503
+    );
+}
