@@ -560,15 +560,32 @@ pub(super) fn targets(raws: &[Raw<'_>], upstreams: &Index, sink: &mut Sink) -> V
     out
 }
 
-const KEYAUTH_FIELDS: &[&str] = &["id", "key", "consumer", "ttl", "tags"];
+/// One entity owned by a consumer, with the parts every such kind reads the same way.
+struct ConsumerOwned<'r> {
+    raw: &'r Raw<'r>,
+    f: Fields<'r>,
+    id: Option<String>,
+    /// `None` when the consumer is missing or unresolved: that problem is recorded, so the
+    /// document is never returned.
+    consumer: Option<usize>,
+    /// The index the entity will have in its kind's list (what `claim` records).
+    index: usize,
+}
 
-pub(super) fn keyauth_credentials(
+/// Reads the entities owned by a consumer (key-auth and basic-auth credentials, ACL groups):
+/// their id, their consumer (referenced, or the consumer they are nested in) and the
+/// uniqueness of their ids are read alike for each kind, so that a fix to one is a fix to all.
+/// `read` reads the kind's own fields, given one `Claims` set for the kind's own uniqueness
+/// rule (keys, usernames, groups per consumer).
+fn consumer_owned<T>(
     raws: &[Raw<'_>],
     consumers: &Index,
     sink: &mut Sink,
-) -> Vec<KeyAuthCredential> {
-    let mut out: Vec<KeyAuthCredential> = Vec::with_capacity(raws.len());
-    let mut keys = Claims::new();
+    mut read: impl FnMut(ConsumerOwned<'_>, &mut Claims, &mut Sink) -> T,
+    path_and_id: fn(&T) -> (&str, Option<&str>),
+) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(raws.len());
+    let mut claims = Claims::new();
     for raw in raws {
         let f = raw.fields();
         let id = entity_id(f, sink);
@@ -581,31 +598,57 @@ pub(super) fn keyauth_credentials(
             consumers,
             sink,
         );
-        let key = f.required_text("key", sink);
-        if !key.is_empty() {
-            // The key is a secret: the message names the other credential, never the key.
-            claim(
-                &mut keys,
-                &key,
-                out.len(),
-                &raw.path,
-                f.at("key"),
-                "key".to_owned(),
-                sink,
-            );
-        }
-        out.push(KeyAuthCredential {
-            path: raw.path.clone(),
+        let owned = ConsumerOwned {
+            raw,
+            f,
             id,
-            key,
-            consumer: consumer.unwrap_or(0),
-            ttl: f.integer("ttl", 0, 100_000_000, sink).map(|t| t as u32),
-            tags: tags(f, sink),
-            extra: f.extra(KEYAUTH_FIELDS),
-        });
+            consumer,
+            index: out.len(),
+        };
+        out.push(read(owned, &mut claims, sink));
     }
-    unique_ids(out.iter().map(|k| (k.path.as_str(), k.id.as_deref())), sink);
+    unique_ids(out.iter().map(path_and_id), sink);
     out
+}
+
+const KEYAUTH_FIELDS: &[&str] = &["id", "key", "consumer", "ttl", "tags"];
+
+pub(super) fn keyauth_credentials(
+    raws: &[Raw<'_>],
+    consumers: &Index,
+    sink: &mut Sink,
+) -> Vec<KeyAuthCredential> {
+    consumer_owned(
+        raws,
+        consumers,
+        sink,
+        |owned, keys, sink| {
+            let f = owned.f;
+            let key = f.required_text("key", sink);
+            if !key.is_empty() {
+                // The key is a secret: the message names the other credential, never the key.
+                claim(
+                    keys,
+                    &key,
+                    owned.index,
+                    &owned.raw.path,
+                    f.at("key"),
+                    "key".to_owned(),
+                    sink,
+                );
+            }
+            KeyAuthCredential {
+                path: owned.raw.path.clone(),
+                id: owned.id,
+                key,
+                consumer: owned.consumer.unwrap_or(0),
+                ttl: f.integer("ttl", 0, 100_000_000, sink).map(|t| t as u32),
+                tags: tags(f, sink),
+                extra: f.extra(KEYAUTH_FIELDS),
+            }
+        },
+        |k| (k.path.as_str(), k.id.as_deref()),
+    )
 }
 
 const BASICAUTH_FIELDS: &[&str] = &["id", "username", "password", "consumer", "tags"];
@@ -615,88 +658,73 @@ pub(super) fn basicauth_credentials(
     consumers: &Index,
     sink: &mut Sink,
 ) -> Vec<BasicAuthCredential> {
-    let mut out: Vec<BasicAuthCredential> = Vec::with_capacity(raws.len());
-    let mut usernames = Claims::new();
-    for raw in raws {
-        let f = raw.fields();
-        let id = entity_id(f, sink);
-        let consumer_ref = reference(f, "consumer", true, sink);
-        let consumer = required_link(
-            f,
-            "consumer",
-            consumer_ref.as_ref(),
-            parent_consumer(raw.parent),
-            consumers,
-            sink,
-        );
-        let username = f.required_text("username", sink);
-        if !username.is_empty() {
-            claim(
-                &mut usernames,
-                &username,
-                out.len(),
-                &raw.path,
-                f.at("username"),
-                format!("username {username:?}"),
-                sink,
-            );
-        }
-        // Kong allows an empty password; only the type is checked (and never the value shown).
-        let password = f.string("password", sink).unwrap_or_default();
-        out.push(BasicAuthCredential {
-            path: raw.path.clone(),
-            id,
-            username,
-            password,
-            consumer: consumer.unwrap_or(0),
-            tags: tags(f, sink),
-            extra: f.extra(BASICAUTH_FIELDS),
-        });
-    }
-    unique_ids(out.iter().map(|c| (c.path.as_str(), c.id.as_deref())), sink);
-    out
+    consumer_owned(
+        raws,
+        consumers,
+        sink,
+        |owned, usernames, sink| {
+            let f = owned.f;
+            let username = f.required_text("username", sink);
+            if !username.is_empty() {
+                claim(
+                    usernames,
+                    &username,
+                    owned.index,
+                    &owned.raw.path,
+                    f.at("username"),
+                    format!("username {username:?}"),
+                    sink,
+                );
+            }
+            // Kong allows an empty password; only the type is checked (and never the value
+            // shown).
+            let password = f.string("password", sink).unwrap_or_default();
+            BasicAuthCredential {
+                path: owned.raw.path.clone(),
+                id: owned.id,
+                username,
+                password,
+                consumer: owned.consumer.unwrap_or(0),
+                tags: tags(f, sink),
+                extra: f.extra(BASICAUTH_FIELDS),
+            }
+        },
+        |c| (c.path.as_str(), c.id.as_deref()),
+    )
 }
 
 const ACL_FIELDS: &[&str] = &["id", "group", "consumer", "tags"];
 
 pub(super) fn acls(raws: &[Raw<'_>], consumers: &Index, sink: &mut Sink) -> Vec<Acl> {
-    let mut out: Vec<Acl> = Vec::with_capacity(raws.len());
-    let mut memberships = Claims::new();
-    for raw in raws {
-        let f = raw.fields();
-        let id = entity_id(f, sink);
-        let consumer_ref = reference(f, "consumer", true, sink);
-        let consumer = required_link(
-            f,
-            "consumer",
-            consumer_ref.as_ref(),
-            parent_consumer(raw.parent),
-            consumers,
-            sink,
-        );
-        let group = f.required_text("group", sink);
-        if let (Some(consumer), false) = (consumer, group.is_empty()) {
-            claim(
-                &mut memberships,
-                &format!("{consumer}\n{group}"),
-                out.len(),
-                &raw.path,
-                f.at("group"),
-                format!("group {group:?} for the same consumer"),
-                sink,
-            );
-        }
-        out.push(Acl {
-            path: raw.path.clone(),
-            id,
-            group,
-            consumer: consumer.unwrap_or(0),
-            tags: tags(f, sink),
-            extra: f.extra(ACL_FIELDS),
-        });
-    }
-    unique_ids(out.iter().map(|a| (a.path.as_str(), a.id.as_deref())), sink);
-    out
+    consumer_owned(
+        raws,
+        consumers,
+        sink,
+        |owned, memberships, sink| {
+            let f = owned.f;
+            let group = f.required_text("group", sink);
+            if let (Some(consumer), false) = (owned.consumer, group.is_empty()) {
+                claim(
+                    memberships,
+                    &format!("{consumer}\n{group}"),
+                    owned.index,
+                    &owned.raw.path,
+                    f.at("group"),
+                    format!("group {group:?} for the same consumer"),
+                    sink,
+                );
+            }
+            Acl {
+                path: owned.raw.path.clone(),
+                id: owned.id,
+                group,
+                consumer: owned.consumer.unwrap_or(0),
+                tags: tags(f, sink),
+                extra: f.extra(ACL_FIELDS),
+            }
+        },
+        |a| (a.path.as_str(), a.id.as_deref()),
+    )
 }
 
 pub(super) fn parent_consumer(parent: Parent) -> Option<usize> {
