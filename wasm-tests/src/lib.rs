@@ -10,11 +10,13 @@
 //! - [`S3Client`]: a minimal SigV4 S3 client; [`http`]: a minimal HTTP client.
 //! - [`tools`]: paths of the pinned binaries (`make tools`) and of the companion.
 //! - [`ports`]: free loopback ports, never handed out twice in one process.
+//! - [`demo_cli`]: the command-line conventions of the demo binaries in `src/bin`.
 //!
 //! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
 //! cargo test for failing tests), and each external process logs to a file in its own dir.
 
 pub mod companion_process;
+pub mod demo_cli;
 pub mod echo;
 pub mod envoy;
 pub mod fake_gcs;

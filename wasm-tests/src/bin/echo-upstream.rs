@@ -13,6 +13,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use wasm_tests::demo_cli::{self, Flag};
 use wasm_tests::EchoServer;
 
 const USAGE: &str = "\
@@ -38,33 +39,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
     let mut name = None;
     let mut port = None;
     while let Some(arg) = args.next() {
-        let (flag, inline_value) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |what: &str| {
-            inline_value
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value ({what})"))
-        };
-        match flag.as_str() {
+        let flag = Flag::parse(arg);
+        match flag.name.as_str() {
             "-h" | "--help" => return Ok(None),
             "--name" => {
-                let text = value("a name")?;
+                let text = flag.value(&mut args, "a name")?;
                 if text.is_empty() {
                     return Err("--name must not be empty".into());
                 }
                 name = Some(text);
             }
             "--port" => {
-                let text = value("a port number")?;
-                let parsed = text
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("--port {text:?} is not a port number (1-65535)"))?;
-                port = Some(parsed);
+                port = Some(demo_cli::port(&flag.value(&mut args, "a port number")?)?);
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -92,29 +78,12 @@ async fn serve(options: Options) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("echo-upstream: {message}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("echo-upstream: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(serve(options))
+    demo_cli::run(
+        "echo-upstream",
+        USAGE,
+        parse_args(std::env::args().skip(1)),
+        serve,
+    )
 }
 
 #[cfg(test)]

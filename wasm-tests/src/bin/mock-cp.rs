@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use wasm_tests::demo_cli::{self, Flag};
 use wasm_tests::sha256::sha256_hex;
 use wasm_tests::MockCp;
 
@@ -49,29 +50,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
     let mut port = None;
     let mut admin_api_shape = false;
     while let Some(arg) = args.next() {
-        let (name, inline_value) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |what: &str| {
-            inline_value
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value ({what})"))
-        };
-        match name.as_str() {
+        let flag = Flag::parse(arg);
+        match flag.name.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--file" => file = Some(PathBuf::from(value("a path")?)),
+            "--file" => file = Some(PathBuf::from(flag.value(&mut args, "a path")?)),
             "--port" => {
-                let text = value("a port number")?;
-                let parsed = text
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("--port {text:?} is not a port number (1-65535)"))?;
-                port = Some(parsed);
+                port = Some(demo_cli::port(&flag.value(&mut args, "a port number")?)?);
             }
-            "--admin-api-shape" if inline_value.is_none() => admin_api_shape = true,
+            "--admin-api-shape" if !flag.has_inline_value() => admin_api_shape = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -186,27 +172,10 @@ async fn serve(options: Options) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("mock-cp: {message}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mock-cp: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(serve(options))
+    demo_cli::run(
+        "mock-cp",
+        USAGE,
+        parse_args(std::env::args().skip(1)),
+        serve,
+    )
 }
