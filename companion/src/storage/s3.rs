@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
-    SignatureLocation, SigningSettings, UriPathNormalizationMode,
+    SignatureLocation, SigningParams, SigningSettings, UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -204,6 +204,31 @@ impl S3Store {
         Ok((response, signed_with))
     }
 
+    /// SigV4 parameters for this store's region at `time`, with the settings every S3
+    /// signature needs; `adjust` sets what differs between signed requests and presigned URLs
+    /// (where the signature goes, how long it lasts, the payload checksum).
+    fn signing_params<'a>(
+        &'a self,
+        identity: &'a Identity,
+        time: SystemTime,
+        adjust: impl FnOnce(&mut SigningSettings),
+    ) -> Result<SigningParams<'a>, String> {
+        let mut settings = SigningSettings::default();
+        // S3 signs the path as sent: no double encoding, no dot-segment normalisation.
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        adjust(&mut settings);
+        Ok(v4::SigningParams::builder()
+            .identity(identity)
+            .region(&self.settings.region)
+            .name("s3")
+            .time(time)
+            .settings(settings)
+            .build()
+            .map_err(|e| e.to_string())?
+            .into())
+    }
+
     /// The SigV4 headers for a request (`authorization`, `x-amz-date`, `x-amz-content-sha256`,
     /// and `x-amz-security-token` with a session token).
     fn sign(
@@ -215,20 +240,11 @@ impl S3Store {
         payload_hash: &str,
     ) -> Result<Vec<(String, String)>, String> {
         let identity: Identity = credentials.clone().into();
-        let mut settings = SigningSettings::default();
-        // S3 signs the path as sent: no double encoding, no dot-segment normalisation.
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.settings.region)
-            .name("s3")
-            .time(SystemTime::now())
-            .settings(settings)
-            .build()
-            .map_err(|e| format!("cannot sign the request: {e}"))?
-            .into();
+        let params = self
+            .signing_params(&identity, SystemTime::now(), |settings| {
+                settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+            })
+            .map_err(|e| format!("cannot sign the request: {e}"))?;
         let signable = SignableRequest::new(
             method,
             url,
@@ -283,21 +299,13 @@ impl S3Store {
             (None, _) => return Err(fail("the storage URL has no host".into())),
         };
         let identity: Identity = credentials.clone().into();
-        let mut settings = SigningSettings::default();
-        settings.signature_location = SignatureLocation::QueryParams;
-        settings.expires_in = Some(expires_in);
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-        settings.payload_checksum_kind = PayloadChecksumKind::NoHeader;
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.settings.region)
-            .name("s3")
-            .time(now)
-            .settings(settings)
-            .build()
-            .map_err(|e| fail(e.to_string()))?
-            .into();
+        let params = self
+            .signing_params(&identity, now, |settings| {
+                settings.signature_location = SignatureLocation::QueryParams;
+                settings.expires_in = Some(expires_in);
+                settings.payload_checksum_kind = PayloadChecksumKind::NoHeader;
+            })
+            .map_err(fail)?;
         let headers = [("host", host.as_str())];
         let signable = SignableRequest::new(
             "GET",
@@ -812,34 +820,47 @@ mod tests {
         );
     }
 
-    #[test]
-    fn signature_headers_are_present_and_the_secret_is_not() {
-        let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333"))).unwrap();
+    /// The SigV4 headers of a bodiless `method` request to `k`, signed with the example key
+    /// (and `session_token`, if any).
+    fn sign_empty_request(
+        s: &S3Store,
+        method: &str,
+        session_token: Option<&str>,
+    ) -> Vec<(String, String)> {
         let creds = Credentials::new(
             "AKIDEXAMPLE",
             "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-            None,
+            session_token.map(str::to_owned),
             None,
             "test",
         );
-        let headers = s
-            .sign(
-                &creds,
-                "PUT",
-                "http://127.0.0.1:8333/b/k",
-                &[("host".into(), "127.0.0.1:8333".into())],
-                &Sha256Digest::of(b"").to_hex(),
-            )
-            .unwrap();
+        s.sign(
+            &creds,
+            method,
+            "http://127.0.0.1:8333/b/k",
+            &[("host".into(), "127.0.0.1:8333".into())],
+            &Sha256Digest::of(b"").to_hex(),
+        )
+        .unwrap()
+    }
+
+    fn authorization(headers: &[(String, String)]) -> &str {
+        &headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn signature_headers_are_present_and_the_secret_is_not() {
+        let s = S3Store::new("b".into(), settings(Some("http://127.0.0.1:8333"))).unwrap();
+        let headers = sign_empty_request(&s, "PUT", None);
         let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
         assert!(names.contains(&"authorization"), "{names:?}");
         assert!(names.contains(&"x-amz-date"), "{names:?}");
         assert!(names.contains(&"x-amz-content-sha256"), "{names:?}");
-        let auth = &headers
-            .iter()
-            .find(|(n, _)| n == "authorization")
-            .unwrap()
-            .1;
+        let auth = authorization(&headers);
         assert!(
             auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
             "{auth}"
@@ -853,32 +874,13 @@ mod tests {
         let mut with_token = settings(Some("http://127.0.0.1:8333"));
         with_token.session_token = Some(Secret::new("FQoGZXIvYXdzEXAMPLETOKEN"));
         let s = S3Store::new("b".into(), with_token).unwrap();
-        let creds = Credentials::new(
-            "AKIDEXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-            Some("FQoGZXIvYXdzEXAMPLETOKEN".into()),
-            None,
-            "test",
-        );
-        let headers = s
-            .sign(
-                &creds,
-                "GET",
-                "http://127.0.0.1:8333/b/k",
-                &[("host".into(), "127.0.0.1:8333".into())],
-                &Sha256Digest::of(b"").to_hex(),
-            )
-            .unwrap();
+        let headers = sign_empty_request(&s, "GET", Some("FQoGZXIvYXdzEXAMPLETOKEN"));
         let token = headers.iter().find(|(n, _)| n == "x-amz-security-token");
         assert_eq!(
             token.map(|(_, v)| v.as_str()),
             Some("FQoGZXIvYXdzEXAMPLETOKEN")
         );
-        let auth = &headers
-            .iter()
-            .find(|(n, _)| n == "authorization")
-            .unwrap()
-            .1;
+        let auth = authorization(&headers);
         assert!(
             auth.contains("x-amz-security-token"),
             "the token is covered by the signature: {auth}"
