@@ -26,7 +26,7 @@ use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
 use crate::filter_config::FilterConfig;
-use crate::wire::{redact_signed_url, ErrorBody, SignedConfig};
+use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
 use std::fmt;
 use std::sync::Arc;
@@ -1224,19 +1224,6 @@ fn quote(text: &str) -> String {
         .collect();
     if text.chars().nth(QUOTE_MAX).is_some() {
         out.push('…');
-    }
-    out
-}
-
-/// Query-component percent-encoding: everything but RFC 3986 unreserved characters.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
     }
     out
 }

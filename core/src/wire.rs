@@ -44,6 +44,21 @@ pub fn redact_signed_url(url: &str) -> &str {
     url.split_once('?').map_or(url, |(base, _)| base)
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters. One encoding serves every
+/// URL Fallback builds or signs (path segments, query names and values): signatures over a URL
+/// (SigV4, GCS V4, the companion's object URLs) only match when both sides encode alike.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::{ExportMetadata, StoredObject};
-use fallback_core::wire::OBJECTS_PATH;
+use fallback_core::wire::{percent_encode, OBJECTS_PATH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::BTreeMap;
@@ -388,7 +388,7 @@ impl UrlSigner {
         let mut url = format!("{}{}", self.base, OBJECTS_PATH.trim_end_matches('/'));
         for segment in key.split('/') {
             url.push('/');
-            url.push_str(&encode_segment(segment));
+            url.push_str(&percent_encode(segment));
         }
         format!(
             "{url}?expires={expires}&signature={}",
@@ -436,19 +436,6 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
         .collect()
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-pub(crate) fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

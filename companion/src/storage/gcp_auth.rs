@@ -12,6 +12,7 @@ use crate::secret::Secret;
 use crate::transport::{self, HttpClient};
 use base64::Engine;
 use bytes::Bytes;
+use fallback_core::wire::percent_encode;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
@@ -495,19 +496,6 @@ pub fn google_error(body: &[u8]) -> String {
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! - `STORAGE_EMULATOR_HOST` sends everything to an emulator, unauthenticated, as Google's
 //!   client libraries do; URLs are then signed only when a key is configured.
 
-use super::gcp_auth::{self, percent_encode, AuthError, GcpCredentials, ServiceAccountKey};
+use super::gcp_auth::{self, AuthError, GcpCredentials, ServiceAccountKey};
 use super::{ConfigStore, FetchedObject, Precondition, StoreError};
 use crate::secret::Secret;
 use crate::transport::{self, HttpClient, SendError};
@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::{ExportMetadata, StoredObject};
+use fallback_core::wire::percent_encode;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use std::collections::BTreeMap;

@@ -20,6 +20,7 @@ use base64::Engine;
 use bytes::Bytes;
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::{ExportMetadata, StoredObject};
+use fallback_core::wire::percent_encode;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use std::fmt;
@@ -116,7 +117,7 @@ impl S3Store {
         let mut url = base.clone();
         for segment in key.split('/') {
             url.push('/');
-            url.push_str(&encode_segment(segment));
+            url.push_str(&percent_encode(segment));
         }
         url
     }
@@ -321,9 +322,9 @@ impl S3Store {
         let mut signed = url;
         for (i, (name, value)) in query.iter().enumerate() {
             signed.push(if i == 0 { '?' } else { '&' });
-            signed.push_str(&encode_segment(name));
+            signed.push_str(&percent_encode(name));
             signed.push('=');
-            signed.push_str(&encode_segment(value));
+            signed.push_str(&percent_encode(value));
         }
         Ok(signed)
     }
@@ -575,19 +576,6 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
     let start = body.find(&open)? + open.len();
     let end = body[start..].find(&format!("</{name}>"))? + start;
     Some(body[start..end].trim().to_owned())
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[async_trait]

@@ -9,6 +9,7 @@
 
 use super::conf::Conf;
 use super::{Exchange, Step};
+use crate::wire::percent_encode;
 
 /// The query string of the upstream request: pairs kept verbatim unless a plugin touches them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,18 +41,6 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Query {
