@@ -12,21 +12,19 @@
 use super::gcp_auth::{self, AuthError, GcpCredentials, ServiceAccountKey};
 use super::{ConfigStore, FetchedObject, Precondition, StoreError};
 use crate::secret::Secret;
-use crate::transport::{self, HttpClient, SendError};
+use crate::transport::{self, HttpClient};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::{ExportMetadata, StoredObject};
 use fallback_core::wire::percent_encode;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 const GOOGLE_ENDPOINT: &str = "https://storage.googleapis.com";
 /// The longest lifetime GCS accepts for a V4 signed URL.
 pub const MAX_SIGNED_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -188,23 +186,7 @@ impl GcsStore {
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| StoreError::Rejected {
-                key: key.to_owned(),
-                detail: format!("cannot build the request: {e}"),
-            })?;
-        transport::send(&self.client, request, REQUEST_DEADLINE)
-            .await
-            .map_err(|e| StoreError::Transient {
-                key: key.to_owned(),
-                detail: match e {
-                    SendError::Network(_) | SendError::Timeout(_) => {
-                        format!("{} unreachable: {e}", self.endpoint)
-                    }
-                    SendError::TooLarge => e.to_string(),
-                },
-            })
+        super::send_to_store(&self.client, builder, body, key, || self.endpoint.clone()).await
     }
 
     fn stored_object(

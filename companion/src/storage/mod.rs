@@ -14,9 +14,11 @@ pub use gcs::{GcsSettings, GcsStore};
 pub use s3::{S3Store, ServerSideEncryption};
 
 use crate::secret::Secret;
+use crate::transport::{self, HttpClient, SendError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fallback_core::export::{ExportMetadata, StoredObject};
+use http_body_util::Full;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -140,6 +142,39 @@ pub trait ConfigStore: Send + Sync + fmt::Debug {
     async fn store_time(&self) -> Result<Option<SystemTime>, StoreError> {
         Ok(None)
     }
+}
+
+/// How long one request to an HTTP object store may take, answer included.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Sends one request to an HTTP object store (S3, GCS), reporting its failures alike for every
+/// such backend: a request that cannot be built is refused, and a store that does not answer is
+/// a transient failure naming `endpoint` (for messages: never with credentials), because that
+/// is what the operator checks first.
+pub(crate) async fn send_to_store(
+    client: &HttpClient,
+    builder: http::request::Builder,
+    body: Bytes,
+    key: &str,
+    endpoint: impl FnOnce() -> String,
+) -> Result<http::Response<Bytes>, StoreError> {
+    let request = builder
+        .body(Full::new(body))
+        .map_err(|e| StoreError::Rejected {
+            key: key.to_owned(),
+            detail: format!("cannot build the request: {e}"),
+        })?;
+    transport::send(client, request, REQUEST_DEADLINE)
+        .await
+        .map_err(|e| StoreError::Transient {
+            key: key.to_owned(),
+            detail: match e {
+                SendError::Network(_) | SendError::Timeout(_) => {
+                    format!("{} unreachable: {e}", endpoint())
+                }
+                SendError::TooLarge => e.to_string(),
+            },
+        })
 }
 
 /// Parses an HTTP `Date` (IMF-fixdate, `Thu, 26 Nov 2026 10:24:17 GMT`).

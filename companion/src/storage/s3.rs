@@ -7,7 +7,7 @@
 use super::aws_credentials::AwsCredentials;
 use super::{ConfigStore, FetchedObject, Precondition, S3Settings, StoreError};
 use crate::secret::Secret;
-use crate::transport::{self, HttpClient, SendError};
+use crate::transport::{self, HttpClient};
 use async_trait::async_trait;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
@@ -22,11 +22,9 @@ use fallback_core::digest::Sha256Digest;
 use fallback_core::export::{ExportMetadata, StoredObject};
 use fallback_core::wire::percent_encode;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 const META_PREFIX: &str = "x-amz-meta-";
 /// The longest lifetime S3 accepts for a presigned URL.
 pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -181,23 +179,10 @@ impl S3Store {
         for (name, value) in headers.iter().chain(signing_headers.iter()) {
             builder = builder.header(name.as_str(), value.as_str());
         }
-        let request = builder
-            .body(Full::new(payload))
-            .map_err(|e| StoreError::Rejected {
-                key: key.to_owned(),
-                detail: format!("cannot build the request: {e}"),
-            })?;
-        let response = transport::send(&self.client, request, REQUEST_DEADLINE)
-            .await
-            .map_err(|e| StoreError::Transient {
-                key: key.to_owned(),
-                detail: match e {
-                    SendError::Network(_) | SendError::Timeout(_) => {
-                        format!("{} unreachable: {e}", self.endpoint_for_messages())
-                    }
-                    SendError::TooLarge => e.to_string(),
-                },
-            })?;
+        let response = super::send_to_store(&self.client, builder, payload, key, || {
+            self.endpoint_for_messages()
+        })
+        .await?;
         let signed_with = SignedWith {
             access_key_id: credentials.access_key_id().to_owned(),
             session_token: credentials.session_token().is_some(),
