@@ -63,9 +63,10 @@ pub fn request_header(name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
-/// Every request header, decoded lossily (a header may repeat).
-pub fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+/// Every header of `map`, values decoded lossily so that a value that is not UTF-8 is kept
+/// rather than dropped; empty when the host refuses.
+fn header_map(map: MapType) -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(map)
         .map(|pairs| {
             pairs
                 .into_iter()
@@ -75,9 +76,14 @@ pub fn request_headers() -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Every request header, decoded lossily (a header may repeat).
+pub fn request_headers() -> Vec<(String, String)> {
+    header_map(MapType::HttpRequestHeaders)
+}
+
 /// Answers the request from the filter with no body (e.g. a redirect).
 pub fn send_empty(status: u32, headers: &[(&str, &str)]) {
-    let _ = hostcalls::send_http_response(status, headers.to_vec(), None);
+    send_response(status, headers, None);
 }
 
 /// A host property (e.g. `["connection", "requested_server_name"]`), `None` when unset.
@@ -141,14 +147,7 @@ pub fn send_response(status: u32, headers: &[(&str, &str)], body: Option<&[u8]>)
 
 /// Every response header, decoded lossily.
 pub fn response_headers() -> Vec<(String, String)> {
-    hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
-        .map(|pairs| {
-            pairs
-                .into_iter()
-                .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+    header_map(MapType::HttpResponseHeaders)
 }
 
 /// Replaces every response header.
