@@ -59,6 +59,20 @@ pub async fn request(
     request_with_timeout(method, url, headers, body, DEFAULT_TIMEOUT).await
 }
 
+/// Every header of `headers` as (lower-case name, lossily decoded value), in order (a name
+/// may repeat): the form tests compare and record headers in, on either side of a request.
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// `GET url` with no extra headers; see [`request`].
 pub async fn get(url: &str) -> Result<HttpResponse, String> {
     request("GET", url, &[], Bytes::new()).await
@@ -90,16 +104,7 @@ pub async fn request_with_timeout(
             .await
             .map_err(|e| format!("{method} {url}: {e:?}"))?;
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_ascii_lowercase(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = header_pairs(resp.headers());
         let body = resp
             .into_body()
             .collect()
