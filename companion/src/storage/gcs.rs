@@ -286,11 +286,8 @@ impl GcsStore {
         };
         let email = creds.email().await.map_err(|e| self.auth_error(key, e))?;
         let endpoint = url::Url::parse(&self.endpoint).map_err(|e| fail(e.to_string()))?;
-        let host = match (endpoint.host_str(), endpoint.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => return Err(fail("the endpoint has no host".into())),
-        };
+        let host = super::host_header(endpoint.host_str(), endpoint.port())
+            .ok_or_else(|| fail("the endpoint has no host".into()))?;
         let unsigned = V4Request {
             scheme: endpoint.scheme(),
             host: &host,

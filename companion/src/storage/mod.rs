@@ -177,6 +177,17 @@ pub(crate) async fn send_to_store(
         })
 }
 
+/// The `Host` header for a URL's host and port (`None`: the URL has no host). The port is
+/// named only when the URL names it, as HTTP clients send it: signatures cover this header,
+/// so the signed value must be the one that goes on the wire.
+pub(crate) fn host_header(host: Option<&str>, port: Option<u16>) -> Option<String> {
+    let host = host?;
+    Some(match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
 /// Parses an HTTP `Date` (IMF-fixdate, `Thu, 26 Nov 2026 10:24:17 GMT`).
 pub fn parse_http_date(text: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = text.split_whitespace().collect();

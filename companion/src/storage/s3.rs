@@ -161,10 +161,9 @@ impl S3Store {
             key: key.to_owned(),
             detail: format!("cannot form a request URL: {e}"),
         })?;
-        let host = match (uri.host(), uri.port_u16()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => unreachable_host(key)?,
+        let host = match super::host_header(uri.host(), uri.port_u16()) {
+            Some(host) => host,
+            None => unreachable_host(key)?,
         };
         headers.push(("host".into(), host));
         let payload_hash = Sha256Digest::of(&payload).to_hex();
@@ -279,11 +278,8 @@ impl S3Store {
         }
         let url = self.object_url(key);
         let uri: http::Uri = url.parse().map_err(|e| fail(format!("{e}")))?;
-        let host = match (uri.host(), uri.port_u16()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => return Err(fail("the storage URL has no host".into())),
-        };
+        let host = super::host_header(uri.host(), uri.port_u16())
+            .ok_or_else(|| fail("the storage URL has no host".into()))?;
         let identity: Identity = credentials.clone().into();
         let params = self
             .signing_params(&identity, now, |settings| {
