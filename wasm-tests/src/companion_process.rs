@@ -1,10 +1,11 @@
 //! The real `fallback-companion` binary as a test process: `run` with the environment a test
 //! gives it, listening on a free loopback port, with stop and restart on the same port.
+//! Also `match`, the prediction the routing and plugin tests check Envoy against.
 
 use crate::ports::free_port;
 use crate::tools::companion_binary;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -116,4 +117,40 @@ impl Drop for CompanionProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// What `fallback-companion match` answers for `method url` with `headers` under the document
+/// `config`: the tests compare it with what the filter in Envoy does, so that the two stay one
+/// decision.
+pub fn companion_match(
+    config: &Path,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut command = Command::new(companion_binary());
+    command.args([
+        "match",
+        "--config",
+        &config.display().to_string(),
+        "--method",
+        method,
+        "--url",
+        url,
+    ]);
+    for (name, value) in headers {
+        command.args(["-H", &format!("{name}: {value}")]);
+    }
+    let output = command.output().expect("fallback-companion runs");
+    assert!(
+        output.status.success(),
+        "match {method} {url}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "match printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }

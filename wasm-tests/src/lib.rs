@@ -30,7 +30,7 @@ pub mod sha256;
 pub mod stack;
 pub mod tools;
 
-pub use companion_process::CompanionProcess;
+pub use companion_process::{companion_match, CompanionProcess};
 pub use echo::EchoServer;
 pub use envoy::Envoy;
 pub use http::HttpResponse;

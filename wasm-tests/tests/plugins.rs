@@ -4,12 +4,11 @@
 //! same decisions.
 
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
 use wasm_tests::fixtures::wait_until;
 use wasm_tests::http::{request, HttpResponse};
 use wasm_tests::stack::ImportStack;
-use wasm_tests::{companion_binary, Envoy};
+use wasm_tests::{companion_match, Envoy};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -89,26 +88,14 @@ fn message(r: &HttpResponse) -> String {
     r.json()["message"].as_str().unwrap_or_default().to_owned()
 }
 
-/// What `fallback-companion match` answers.
+/// What `fallback-companion match` answers for `GET path` on the document's host.
 fn predict(config: &std::path::Path, path: &str, headers: &[(&str, &str)]) -> Value {
-    let mut command = Command::new(companion_binary());
-    command.args([
-        "match",
-        "--config",
-        &config.display().to_string(),
-        "--url",
+    companion_match(
+        config,
+        "GET",
         &format!("http://api.example.com{path}"),
-    ]);
-    for (name, value) in headers {
-        command.args(["-H", &format!("{name}: {value}")]);
-    }
-    let output = command.output().expect("fallback-companion runs");
-    assert!(
-        output.status.success(),
-        "match {path}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("match prints JSON")
+        headers,
+    )
 }
 
 async fn start() -> (ImportStack, Envoy, tempfile::TempDir) {

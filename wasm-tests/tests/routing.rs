@@ -3,12 +3,11 @@
 //! there (the echo upstreams report what they received), or answer the predicted status.
 
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
 use wasm_tests::fixtures::wait_until;
 use wasm_tests::http::{request, HttpResponse};
 use wasm_tests::stack::ImportStack;
-use wasm_tests::{companion_binary, Envoy};
+use wasm_tests::{companion_match, Envoy};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -67,35 +66,6 @@ type Case = (
     &'static [(&'static str, &'static str)],
     Value,
 );
-
-/// What `fallback-companion match` answers.
-fn predict(config: &std::path::Path, method: &str, url: &str, headers: &[(&str, &str)]) -> Value {
-    let mut command = Command::new(companion_binary());
-    command.args([
-        "match",
-        "--config",
-        &config.display().to_string(),
-        "--method",
-        method,
-        "--url",
-        url,
-    ]);
-    for (name, value) in headers {
-        command.args(["-H", &format!("{name}: {value}")]);
-    }
-    let output = command.output().expect("fallback-companion runs");
-    assert!(
-        output.status.success(),
-        "match {method} {url}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "match printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
 
 /// Sends `method url` through Envoy: the URL's authority becomes the Host header.
 async fn send(envoy: &Envoy, method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
@@ -188,7 +158,7 @@ async fn envoy_delivers_where_match_predicts() {
         ("GET", "http://nowhere.test/else", &[], Value::Null),
     ];
     for (method, url, headers, route) in cases {
-        let predicted = predict(&config, method, url, headers);
+        let predicted = companion_match(&config, method, url, headers);
         assert_eq!(predicted["route"], *route, "{method} {url}: {predicted}");
         let response = send(&envoy, method, url, headers).await;
         let Some(upstream_url) = predicted["upstream_url"].as_str() else {
