@@ -7,7 +7,6 @@
 //! memory segment in `/dev/shm`, no hot-restart domain sockets), so tests can start many
 //! Envoys in parallel.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,6 +17,7 @@ use tokio::process::{Child, Command};
 
 use crate::http::request_with_timeout;
 use crate::ports::free_port;
+use crate::process_log::{append_output, last_lines};
 use crate::tools::{binary, target_dir, workspace_root};
 
 /// How long [`Envoy::start`] waits for admin `/ready` and the listener (V8 compiling the wasm
@@ -84,8 +84,7 @@ pub struct StartFailure {
 
 impl std::fmt::Display for StartFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tail: Vec<&str> = self.log.lines().collect();
-        let tail = tail[tail.len().saturating_sub(40)..].join("\n");
+        let tail = last_lines(&self.log, 40);
         write!(
             f,
             "{} (exit status: {:?})\n--- stderr ---\n{}\n--- envoy.log (tail) ---\n{}",
@@ -246,12 +245,7 @@ impl Envoy {
             base_id: unique_base_id(),
             child: None,
         };
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(envoy.stderr_path())
-            .expect("open Envoy's stderr log");
-        let err = out.try_clone().expect("clone Envoy's stderr log handle");
+        let (out, err) = append_output(&envoy.stderr_path(), "Envoy's stderr log");
         let bin = binary("envoy");
         let mut cmd = Command::new(&bin);
         cmd.arg("-c")
@@ -267,8 +261,8 @@ impl Envoy {
             .args(&options.extra_args)
             .current_dir(envoy.dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
+            .stdout(out)
+            .stderr(err)
             .kill_on_drop(true);
         let child = cmd
             .spawn()
@@ -401,9 +395,7 @@ impl Envoy {
 
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = self.log();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(&self.log(), lines)
     }
 
     /// Whether the log contains `needle`.

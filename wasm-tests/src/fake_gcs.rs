@@ -5,7 +5,6 @@
 //! it on multipart uploads (which the companion uses): signing is proved by Google's published
 //! vectors, the request flow and the preconditions by this server.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use tokio::process::{Child, Command};
 
 use crate::http::request_with_timeout;
 use crate::ports::free_port;
+use crate::process_log::{append_output, last_lines};
 use crate::tools::binary;
 
 /// How long [`FakeGcs::start`] waits for the server and the bucket.
@@ -67,19 +67,14 @@ impl FakeGcs {
     }
 
     fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open fake-gcs-server log file");
-        let log_err = log.try_clone().expect("clone log file handle");
+        let (log, log_err) = append_output(&self.log_path(), "fake-gcs-server log file");
         let bin = binary("fake-gcs-server");
         let child = Command::new(&bin)
             .args(self.args())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
+            .stdout(log)
+            .stderr(log_err)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
@@ -195,8 +190,9 @@ impl FakeGcs {
 
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(
+            &std::fs::read_to_string(self.log_path()).unwrap_or_default(),
+            lines,
+        )
     }
 }

@@ -10,6 +10,7 @@
 //! - [`S3Client`]: a minimal SigV4 S3 client; [`http`]: a minimal HTTP client.
 //! - [`tools`]: paths of the pinned binaries (`make tools`) and of the companion.
 //! - [`ports`]: free loopback ports, never handed out twice in one process.
+//! - [`process_log`]: the external processes' log files, opened and shown alike.
 //! - [`demo_cli`]: the command-line conventions of the demo binaries in `src/bin`.
 //!
 //! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
@@ -24,6 +25,7 @@ pub mod fixtures;
 pub mod http;
 pub mod mock_cp;
 pub mod ports;
+pub mod process_log;
 pub mod s3;
 pub mod seaweed;
 pub mod sha256;

@@ -2,7 +2,6 @@
 //! test, its own temp dir and its own ports.
 
 use std::collections::hash_map::RandomState;
-use std::fs::OpenOptions;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,6 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::http::{request, request_with_timeout, HttpResponse};
 use crate::ports::free_port;
+use crate::process_log::{append_output, last_lines};
 use crate::s3::{Credentials, S3Client};
 use crate::tools::binary;
 
@@ -212,12 +212,7 @@ impl SeaweedFs {
     }
 
     fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open SeaweedFS log file");
-        let log_err = log.try_clone().expect("clone SeaweedFS log file handle");
+        let (log, log_err) = append_output(&self.log_path(), "SeaweedFS log file");
         let weed = binary("weed");
         let child = Command::new(&weed)
             .args(self.args())
@@ -226,8 +221,8 @@ impl SeaweedFs {
             .env_remove("S3_TABLE_BUCKET")
             .env_remove("S3_EXTERNAL_URL")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
+            .stdout(log)
+            .stderr(log_err)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} mini: {e}", weed.display()));
@@ -381,9 +376,10 @@ impl SeaweedFs {
 
     /// The last `lines` lines of weed's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(
+            &std::fs::read_to_string(self.log_path()).unwrap_or_default(),
+            lines,
+        )
     }
 
     fn filer_object_url(&self, key: &str) -> String {
