@@ -1,5 +1,6 @@
 //! Request-path normalisation and upstream-path building, as Kong 3.x does them.
 
+use crate::digest::hex_value;
 use std::borrow::Cow;
 
 /// Kong's `kong.tools.uri.normalize(path, true)` (RFC 3986 §6.2.2): percent-encoded unreserved
@@ -27,7 +28,7 @@ fn decode_unreserved(path: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+            if let (Some(h), Some(l)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
                 let c = h * 16 + l;
                 if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                     out.push(c);
@@ -45,15 +46,6 @@ fn decode_unreserved(path: &str) -> String {
     }
     // Only ASCII bytes were decoded, so valid UTF-8 stays valid.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 fn merge_slashes(path: &str) -> String {
