@@ -3,8 +3,10 @@
 //!
 //! One machine runs in the leader worker's root context. It polls the control plane (CP) and,
 //! when the CP is unusable, imports the fallback config: a signed URL from the companion, then the
-//! object from storage, verified (sha256) and validated before it is published. It never
-//! unpublishes: a failure anywhere keeps the last good config in place.
+//! object from storage, verified (sha256, and its Ed25519 signature when `public_key` is
+//! configured) and validated before it is published. It never unpublishes: a failure anywhere
+//! keeps the last good config in place. Control plane documents come straight from the CP and
+//! carry no signature: `public_key` does not apply to them.
 //!
 //! Modes ([`Mode`]):
 //! - `Starting` → `ControlPlane`: the CP serves a valid document.
@@ -26,6 +28,7 @@ use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
 use crate::filter_config::FilterConfig;
+use crate::signature::{self, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
 use std::fmt;
@@ -209,7 +212,7 @@ pub enum Stage {
     Companion,
     /// The object from storage.
     Storage,
-    /// The object's sha256 against the signer's.
+    /// The object's sha256 against the signer's, and its signature when a public key is set.
     Verify,
     /// A document's validation, from either source.
     Validate,
@@ -325,6 +328,8 @@ struct ObjectRef {
     key: String,
     revision: u64,
     sha256: Sha256Digest,
+    /// The export's Ed25519 signature (base64), as the companion handed it on.
+    signature: Option<String>,
     /// The URL without its query, for logs.
     redacted_url: String,
 }
@@ -959,6 +964,13 @@ impl FetchMachine {
             self.import_failed(now_ms, why, out);
             return;
         }
+        if let Some(key) = &self.config.public_key {
+            if let Err(why) = check_signature(key, object, &body) {
+                out.push(count(Stage::Verify, false));
+                self.import_failed(now_ms, why, out);
+                return;
+            }
+        }
         out.push(count(Stage::Verify, true));
         let loaded = match ConfigDocument::from_slice(&body) {
             Ok(loaded) => loaded,
@@ -1202,8 +1214,28 @@ fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
             key: signed.key,
             revision: signed.revision,
             sha256,
+            signature: signed.signature,
             redacted_url,
         },
+    })
+}
+
+/// Why `body` may not be imported under `key`, if it may not.
+fn check_signature(key: &PublicKey, object: &ObjectRef, body: &[u8]) -> Result<(), String> {
+    let what = format!("object {} (revision {})", object.key, object.revision);
+    let Some(text) = &object.signature else {
+        return Err(format!(
+            "{what} carries no signature but public_key is configured: not using it (set \
+             FALLBACK_SIGNING_KEY_FILE on the exporter, or remove public_key)"
+        ));
+    };
+    let signature = Signature::parse(text)
+        .map_err(|why| format!("{what} has an unusable signature ({why}): not using it"))?;
+    signature::verify(key, body, &signature).map_err(|_| {
+        format!(
+            "{what}'s signature does not verify with the configured public_key: not using it \
+             (signed by another key, or altered after signing)"
+        )
     })
 }
 

@@ -6,6 +6,7 @@
 //! one, and the companion token's value never appears in an error or in `Debug` output.
 
 use crate::document::Problem;
+use crate::signature::PublicKey;
 use crate::wire::SIGNER_PATH;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -68,6 +69,9 @@ pub struct FilterConfig {
     /// Kong plugins the filter does not implement that may be ignored instead of refusing the
     /// requests they apply to with 500 (e.g. `["prometheus", "zipkin"]`). Default: none.
     pub ignore_unsupported_plugins: Vec<String>,
+    /// When set, an export is imported only with a valid Ed25519 signature by this key (see
+    /// [`crate::signature`]); control plane documents are not signed and not checked.
+    pub public_key: Option<PublicKey>,
 }
 
 /// The control plane's config endpoint.
@@ -159,6 +163,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream_header",
     "allow_debug_header",
     "ignore_unsupported_plugins",
+    "public_key",
 ];
 const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms"];
 const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "timeout_ms"];
@@ -340,6 +345,29 @@ impl Reader {
             }
         };
         let ignore_unsupported_plugins = self.plugin_names(root, "ignore_unsupported_plugins");
+        let public_key = match root.get("public_key") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => match PublicKey::parse(text) {
+                Ok(key) => Some(key),
+                Err(why) => {
+                    self.problem(
+                        "public_key",
+                        format!(
+                            "{why}: give the exporter's Ed25519 public key as base64 of its 32 \
+                             bytes or as the PEM block `openssl pkey -pubout` prints"
+                        ),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                self.problem(
+                    "public_key",
+                    format!("expected a string (base64 or PEM), got {}", kind_of(other)),
+                );
+                None
+            }
+        };
 
         Some(FilterConfig {
             version: version?,
@@ -356,6 +384,7 @@ impl Reader {
             upstream_header,
             allow_debug_header,
             ignore_unsupported_plugins,
+            public_key,
         })
     }
 
@@ -749,6 +778,7 @@ mod tests {
         assert_eq!(c.upstream_header, "x-fallback-upstream");
         assert!(!c.allow_debug_header);
         assert!(c.ignore_unsupported_plugins.is_empty());
+        assert_eq!(c.public_key, None);
     }
 
     #[test]
@@ -914,6 +944,33 @@ mod tests {
         assert_problem(
             &with(minimal(), "ignore_unsupported_plugins", json!("jwt")),
             "ignore_unsupported_plugins: expected an array of plugin names, got a string",
+        );
+    }
+
+    #[test]
+    fn public_key_is_read_from_base64_or_pem_and_a_bad_one_is_a_problem() {
+        // RFC 8032 TEST 1's public key, as `openssl pkey -pubout` prints it and as raw base64.
+        let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n-----END PUBLIC KEY-----\n";
+        let raw = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        let from_pem = parse(&with(minimal(), "public_key", json!(pem))).unwrap();
+        let from_raw = parse(&with(minimal(), "public_key", json!(raw))).unwrap();
+        assert_eq!(from_pem.public_key, from_raw.public_key);
+        assert_eq!(from_raw.public_key.unwrap().to_base64(), raw);
+        assert_eq!(
+            parse(&with(minimal(), "public_key", json!(null)))
+                .unwrap()
+                .public_key,
+            None
+        );
+        for bad in ["", "not-a-key", "AAAA", "-----BEGIN PUBLIC KEY-----\nMCow"] {
+            let found = problems(&with(minimal(), "public_key", json!(bad)));
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(found[0].starts_with("public_key: "), "{found:?}");
+            assert!(found[0].contains("openssl pkey -pubout"), "{found:?}");
+        }
+        assert_problem(
+            &with(minimal(), "public_key", json!(32)),
+            "public_key: expected a string (base64 or PEM), got a number",
         );
     }
 

@@ -5,6 +5,7 @@
 //! - [`digest`]: canonical JSON bytes and their sha256, the identity of an exported document.
 //! - [`export`]: the metadata stored beside every export and the decision of whether a write may
 //!   replace what the store holds.
+//! - [`signature`]: Ed25519 signatures over exports: key and signature parsing, verification.
 //! - [`backoff`]: exponential backoff with jitter, shared by every retry loop.
 //! - [`filter_config`]: the filter's plugin configuration, parsed and checked.
 //! - [`fetch`]: the filter's sans-IO fetch state machine (control plane, companion, storage).
@@ -24,4 +25,5 @@ pub mod filter_config;
 pub mod plugins;
 pub mod publication;
 pub mod router;
+pub mod signature;
 pub mod wire;

@@ -775,6 +775,170 @@ fn storage_errors_say_what_to_do() {
     }
 }
 
+// ---- export signatures ----
+
+/// The key pair of `seed`: its public key as the filter config spells it, and a signer.
+fn key_pair(seed: u8) -> (String, ed25519_compact::KeyPair) {
+    let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32]));
+    (signature::encode_base64(&pair.pk[..]), pair)
+}
+
+fn sign(pair: &ed25519_compact::KeyPair, body: &[u8]) -> String {
+    signature::encode_base64(&pair.sk.sign(body, None)[..])
+}
+
+/// A companion answer for `object`, carrying `signature` when given.
+fn signed_body_with_signature(object: &[u8], revision: u64, signature: Option<&str>) -> Vec<u8> {
+    let mut value: Value = serde_json::from_slice(&signed_body(object, revision)).unwrap();
+    if let Some(signature) = signature {
+        value["signature"] = json!(signature);
+    }
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// A machine that requires signatures by `seed`'s key.
+fn requiring_signatures(seed: u8, with_cp: bool) -> Driver {
+    let mut c = config_json(with_cp);
+    c["public_key"] = json!(key_pair(seed).0);
+    Driver::with_config(config(&c))
+}
+
+#[test]
+fn with_a_public_key_a_correctly_signed_export_is_imported() {
+    let (_, pair) = key_pair(1);
+    let mut d = requiring_signatures(1, false);
+    d.tick(0);
+    let signature = sign(&pair, &doc(1));
+    d.answer(
+        Party::Companion,
+        ok(&signed_body_with_signature(&doc(1), 4, Some(&signature))),
+    );
+    let a = d.answer(Party::Storage, ok(&doc(1)));
+    assert_eq!(published(&a).unwrap().revision, 4);
+    assert_eq!(
+        counts(&a),
+        [
+            (Stage::Storage, true),
+            (Stage::Verify, true),
+            (Stage::Validate, true)
+        ]
+    );
+}
+
+#[test]
+fn with_a_public_key_unsigned_foreign_garbled_and_altered_exports_are_refused_and_retried() {
+    let (_, mine) = key_pair(1);
+    let (_, theirs) = key_pair(2);
+    let cases: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
+        (
+            signed_body_with_signature(&doc(1), 1, None),
+            doc(1),
+            "carries no signature but public_key is configured",
+        ),
+        (
+            signed_body_with_signature(&doc(1), 1, Some(&sign(&theirs, &doc(1)))),
+            doc(1),
+            "signature does not verify with the configured public_key",
+        ),
+        (
+            signed_body_with_signature(&doc(1), 1, Some("not//base64!")),
+            doc(1),
+            "has an unusable signature (the signature is not standard base64)",
+        ),
+        (
+            signed_body_with_signature(&doc(1), 1, Some(&signature::encode_base64(&[7; 12]))),
+            doc(1),
+            "has an unusable signature (an Ed25519 signature is 64 bytes, got 12 bytes)",
+        ),
+        // Storage and the companion's sha256 agree on doc(2), but the signature is doc(1)'s.
+        (
+            signed_body_with_signature(&doc(2), 1, Some(&sign(&mine, &doc(1)))),
+            doc(2),
+            "signature does not verify",
+        ),
+    ];
+    for (companion, object, needle) in cases {
+        let mut d = requiring_signatures(1, false);
+        d.tick(0);
+        d.answer(Party::Companion, ok(&companion));
+        let a = d.answer(Party::Storage, ok(&object));
+        assert_eq!(published(&a), None, "{needle}");
+        assert_eq!(
+            counts(&a),
+            [(Stage::Storage, true), (Stage::Verify, false)],
+            "{needle}"
+        );
+        assert!(
+            has_log(&a, LogLevel::Error, needle),
+            "{needle}: {:#?}",
+            logs(&a)
+        );
+        assert!(has_log(
+            &a,
+            LogLevel::Error,
+            "no config yet: requests get 503"
+        ));
+        assert_no_secrets(&a);
+        assert_eq!(d.m.current(), None);
+        let due = d.import_due().expect("retried");
+        assert!((500..=1_000).contains(&due), "backoff: {due}");
+    }
+}
+
+#[test]
+fn a_refused_signature_keeps_the_last_good_fallback_config() {
+    let (_, mine) = key_pair(1);
+    let (_, theirs) = key_pair(2);
+    let mut d = requiring_signatures(1, false);
+    d.tick(0);
+    d.answer(
+        Party::Companion,
+        ok(&signed_body_with_signature(
+            &doc(1),
+            1,
+            Some(&sign(&mine, &doc(1))),
+        )),
+    );
+    assert!(published(&d.answer(Party::Storage, ok(&doc(1)))).is_some());
+    d.tick(30_000);
+    d.answer(
+        Party::Companion,
+        ok(&signed_body_with_signature(
+            &doc(2),
+            2,
+            Some(&sign(&theirs, &doc(2))),
+        )),
+    );
+    let a = d.answer(Party::Storage, ok(&doc(2)));
+    assert_eq!(published(&a), None);
+    assert!(has_log(
+        &a,
+        LogLevel::Warn,
+        "still serving the fallback config"
+    ));
+    assert_eq!(d.m.current().unwrap().revision, 1);
+}
+
+#[test]
+fn without_a_public_key_signatures_are_not_checked() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(
+        Party::Companion,
+        ok(&signed_body_with_signature(&doc(1), 1, Some("garbage"))),
+    );
+    let a = d.answer(Party::Storage, ok(&doc(1)));
+    assert!(published(&a).is_some());
+}
+
+#[test]
+fn control_plane_documents_need_no_signature() {
+    let mut d = requiring_signatures(1, true);
+    d.tick(0);
+    let a = d.answer(Party::ControlPlane, ok(&doc(1)));
+    assert_eq!(published(&a).unwrap().source, Source::ControlPlane);
+}
+
 // ---- no control plane ----
 
 #[test]
