@@ -4,6 +4,7 @@
 use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
 use crate::secret::Secret;
 use crate::signer::{self, Tokens};
+use crate::signing::SigningKey;
 use crate::source::{self, ControlPlane};
 use crate::storage::{
     self, BackendSettings, ConfigStore, GcsSettings, S3Settings, ServerSideEncryption, StorageUrl,
@@ -54,6 +55,9 @@ pub enum Command {
     /// Print, as one JSON object, where the filter would send a request under a config file:
     /// route, service, upstream URL and Host (or the 404/426/503 it would answer).
     Match(crate::match_cmd::MatchArgs),
+    /// Write a new Ed25519 signing key (PKCS#8 PEM) to --out and print its public key (base64)
+    /// for the filter's `public_key`.
+    Keygen(KeygenArgs),
 }
 
 /// Where exports live and with which credentials.
@@ -215,6 +219,12 @@ pub struct RunArgs {
     /// Longest delay between export retries.
     #[arg(long, env = "FALLBACK_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
     pub retry_max: Duration,
+
+    /// Export role: Ed25519 private key signing every export (PKCS#8 PEM as `openssl genpkey
+    /// -algorithm ed25519` writes, or the 32-byte seed in base64); filters with the matching
+    /// `public_key` require the signature.
+    #[arg(long, env = "FALLBACK_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
 }
 
 /// `export` options.
@@ -235,6 +245,19 @@ pub struct ExportArgs {
     /// Attempts for transient storage failures before giving up.
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
+
+    /// Ed25519 private key signing the export (PKCS#8 PEM or base64 32-byte seed).
+    #[arg(long, env = "FALLBACK_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+/// `keygen` options.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the new private key (PKCS#8 PEM, mode 0600); an existing file is not
+    /// replaced.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `on`/`off` as Kong writes booleans, plus the usual spellings.
@@ -381,6 +404,7 @@ pub fn main() -> ExitCode {
             Command::Presign(args) => crate::presign::presign(args).await,
             Command::Doctor(args) => crate::doctor::doctor(args).await,
             Command::Match(args) => Ok(crate::match_cmd::run(&args)),
+            Command::Keygen(args) => keygen(&args),
         }
     });
     match result {
@@ -405,6 +429,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let url = args.storage.url()?;
     let key = args.storage.key(&url)?;
+    let signing_key = match (&args.signing_key_file, args.export) {
+        (Some(path), true) => Some(SigningKey::load(path)?),
+        (Some(_), false) => {
+            warn!("FALLBACK_SIGNING_KEY_FILE is set but the export role is off: nothing is signed");
+            None
+        }
+        (None, _) => None,
+    };
     // Everything the signer needs is checked before anything starts.
     let signer = if args.import {
         Some(signer_setup(&args, &url)?)
@@ -429,7 +461,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 export_delay: args.export_delay,
                 retry_initial: args.retry_initial,
                 retry_max: args.retry_max,
+                signing_key,
             };
+            match &settings.signing_key {
+                Some(k) => info!(
+                    public_key = %k.public_key_base64(),
+                    "exports are signed (Ed25519)"
+                ),
+                None => info!("exports are not signed (no FALLBACK_SIGNING_KEY_FILE)"),
+            }
             let (exported_tx, _exported_rx) = watch::channel(None);
             Some(tokio::spawn(exporter::run(
                 settings,
@@ -564,6 +604,29 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// `keygen`: a new private key to `--out` (never replacing a file), its public key on stdout.
+fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let pem = SigningKey::generate_pem()?;
+    let public = SigningKey::parse(&pem)?.public_key_base64();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    file.write_all(pem.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "wrote the private key to {} (FALLBACK_SIGNING_KEY_FILE); the filter's public_key:",
+        args.out.display()
+    );
+    println!("{public}");
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let file = args.config_file.display().to_string();
     let bytes = match std::fs::read(&args.config_file) {
@@ -590,13 +653,23 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     for w in &prepared.warnings {
         eprintln!("warning: {file}: {w}");
     }
+    let signing_key = match &args.signing_key_file {
+        Some(path) => match SigningKey::load(path) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => None,
+    };
     let (_, key, store) = args.storage.open()?;
     let metadata = ExportMetadata {
         sha256: prepared.sha256,
         revision: args.revision.unwrap_or_else(exporter::unix_ms),
         node_id: args.storage.node_id(),
         exported_at: exporter::rfc3339_now(),
-        signature: None,
+        signature: signing_key.as_ref().map(|k| k.sign(&prepared.body)),
     };
     let object = format!("{}/{key}", store.describe());
     let outcome = exporter::export_once(
@@ -684,6 +757,111 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("is not on or off"), "{err}");
+    }
+
+    /// Runs the one-shot export of a small config to `file://<dir>/store`, with the extra flags.
+    async fn export_to_file_store(dir: &std::path::Path, extra: &[&str]) -> FetchedExport {
+        let config = dir.join("kong.json");
+        std::fs::write(
+            &config,
+            r#"{"_format_version":"3.0","services":[{"name":"s","host":"h"}]}"#,
+        )
+        .unwrap();
+        let storage = format!("file://{}/store", dir.display());
+        let mut argv = vec![
+            "fallback-companion",
+            "export",
+            "--storage",
+            &storage,
+            "--config-file",
+            config.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(extra);
+        let Command::Export(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("parsed another command")
+        };
+        let (_, key, store) = args.storage.open().unwrap();
+        let code = export(args).await.unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        let fetched = store.get(&key).await.unwrap().expect("stored");
+        FetchedExport {
+            body: fetched.body.to_vec(),
+            signature: fetched.stored.metadata.expect("our metadata").signature,
+        }
+    }
+
+    struct FetchedExport {
+        body: Vec<u8>,
+        signature: Option<String>,
+    }
+
+    #[tokio::test]
+    async fn one_shot_export_is_signed_only_with_a_signing_key() {
+        let unsigned_dir = tempfile::tempdir().unwrap();
+        let unsigned = export_to_file_store(unsigned_dir.path(), &[]).await;
+        assert_eq!(unsigned.signature, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("signing.pem");
+        std::fs::write(&key_file, SigningKey::generate_pem().unwrap()).unwrap();
+        let key = SigningKey::load(&key_file).unwrap();
+        let signed = export_to_file_store(
+            dir.path(),
+            &["--signing-key-file", key_file.to_str().unwrap()],
+        )
+        .await;
+        let signature = signed.signature.expect("a signature");
+        assert!(key.verifies(&signed.body, &signature));
+        let other = SigningKey::parse(&SigningKey::generate_pem().unwrap()).unwrap();
+        assert!(!other.verifies(&signed.body, &signature));
+    }
+
+    #[tokio::test]
+    async fn one_shot_export_with_a_bad_key_file_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("bad.pem");
+        std::fs::write(&key_file, "not a key").unwrap();
+        let config = dir.path().join("kong.json");
+        std::fs::write(&config, r#"{"_format_version":"3.0"}"#).unwrap();
+        let storage = format!("file://{}/store", dir.path().display());
+        let cli = Cli::try_parse_from([
+            "fallback-companion",
+            "export",
+            "--storage",
+            &storage,
+            "--config-file",
+            config.to_str().unwrap(),
+            "--signing-key-file",
+            key_file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Command::Export(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        let (_, key, store) = args.storage.open().unwrap();
+        assert_eq!(export(args).await.unwrap(), ExitCode::from(2));
+        assert!(store.get(&key).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn keygen_writes_a_loadable_key_and_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("k.pem");
+        let args = KeygenArgs { out: out.clone() };
+        assert_eq!(keygen(&args).unwrap(), ExitCode::SUCCESS);
+        let key = SigningKey::load(&out).unwrap();
+        assert!(key.verifies(b"x", &key.sign(b"x")));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{mode:o}");
+        }
+        assert!(keygen(&args).is_err(), "an existing key is not replaced");
+        assert_eq!(
+            SigningKey::load(&out).unwrap().public_key_base64(),
+            key.public_key_base64()
+        );
     }
 
     #[test]

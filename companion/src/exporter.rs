@@ -1,5 +1,6 @@
 //! The export role: every new valid document from the control plane ends up in storage.
 
+use crate::signing::SigningKey;
 use crate::source::{ControlPlane, Polled};
 use crate::storage::{ConfigStore, Precondition, StoreError};
 use bytes::Bytes;
@@ -142,6 +143,8 @@ pub struct ExportSettings {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Signs every export (the `signature` metadata) when set.
+    pub signing_key: Option<SigningKey>,
 }
 
 /// Unix time in milliseconds.
@@ -297,7 +300,11 @@ impl ExportLoop {
             revision: candidate.revision,
             node_id: self.settings.node_id.clone(),
             exported_at: rfc3339_now(),
-            signature: None,
+            signature: self
+                .settings
+                .signing_key
+                .as_ref()
+                .map(|k| k.sign(&candidate.body)),
         };
         let key = &self.settings.key;
         let stored = Some(ExportedRevision {

@@ -4,7 +4,9 @@
 //!   `fallback-core`, and writes it to object storage as `<prefix>/<version>/config.json`.
 //! - **signer role**: serves filters short-lived signed URLs of the exported object
 //!   ([`signer::serve`]), and for `file://` storage the object itself behind such URLs.
-//! - **offline tools**: `export --config-file` for CI pipelines, `presign` for a signed URL of
+//! - **signing**: with `FALLBACK_SIGNING_KEY_FILE`, every export carries an Ed25519 signature
+//!   ([`signing`]) that filters configured with the public key require.
+//! - **offline tools**: `export --config-file` for CI pipelines, `keygen` for a signing key, `presign` for a signed URL of
 //!   one object, `doctor` to check a deployment's storage settings, `match` to see where a
 //!   request would go under a config.
 
@@ -15,6 +17,7 @@ pub mod match_cmd;
 pub mod presign;
 pub mod secret;
 pub mod signer;
+pub mod signing;
 pub mod source;
 pub mod storage;
 pub mod transport;

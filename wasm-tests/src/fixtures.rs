@@ -65,6 +65,7 @@ pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
         export_delay: Duration::from_millis(300),
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_millis(500),
+        signing_key: None,
     }
 }
 

@@ -7,6 +7,7 @@ use crate::fixtures::s3_store;
 use crate::{CompanionProcess, EchoServer, MockCp, SeaweedFs};
 use bytes::Bytes;
 use fallback_companion::exporter::{write_document, WriteOutcome};
+use fallback_companion::signing::SigningKey;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::export::{object_key, ExportMetadata};
 use serde_json::{json, Value};
@@ -82,6 +83,12 @@ impl ImportStack {
 
     /// Exports `document` as the companion's export role would (writer identity, next revision).
     pub async fn export(&self, document: &Value) -> u64 {
+        self.export_signed(document, None).await
+    }
+
+    /// Like [`ImportStack::export`], with the `signature` metadata of `signing_key` when given
+    /// (as an exporter with `FALLBACK_SIGNING_KEY_FILE` writes it).
+    pub async fn export_signed(&self, document: &Value, signing_key: Option<&SigningKey>) -> u64 {
         let body = Bytes::from(canonical_json(document));
         let revision = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -91,7 +98,7 @@ impl ImportStack {
             revision,
             node_id: "e2e-exporter".into(),
             exported_at: "2026-11-26T10:00:00.000Z".into(),
-            signature: None,
+            signature: signing_key.map(|k| k.sign(&body)),
         };
         let store = s3_store(&self.seaweed, self.seaweed.writer());
         match write_document(store.as_ref(), &self.key(), &body, &metadata).await {

@@ -1,8 +1,10 @@
 //! The export role end to end: a mock control plane, the companion's export loop, and a real
 //! SeaweedFS with a writer and a read-only identity. The one-shot `export` runs as the real binary.
 
+use fallback_companion::signing::SigningKey;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::export::object_key;
+use fallback_core::signature::{verify, PublicKey, Signature};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -79,6 +81,35 @@ async fn exports_the_control_planes_document_with_its_metadata() {
         "exported-at is the export's time, {age:?} ago"
     );
     exporter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_signing_key_every_export_carries_a_signature_the_filter_accepts() {
+    let seaweed = SeaweedFs::start().await;
+    let cp = MockCp::start().await;
+    cp.set_document(&document("signed"));
+    let signing_key =
+        SigningKey::parse("nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=").expect("a seed");
+    let mut settings = fast_settings(&key(), "exporter-1");
+    settings.signing_key = Some(signing_key.clone());
+    let exporter = RunningExporter::start(
+        settings,
+        &format!("{}/config", cp.url()),
+        s3_store(&seaweed, seaweed.writer()),
+    );
+    wait_until("the document is stored", WAIT, || async {
+        stored_sha(&seaweed).await.is_some()
+    })
+    .await;
+    exporter.stop().await;
+
+    let body = seaweed.raw_object(&key()).await.unwrap();
+    let meta = seaweed.raw_metadata(&key()).await.unwrap();
+    let signature = Signature::parse(header(&meta, "x-amz-meta-signature")).unwrap();
+    // The filter's own check, with the public key as an operator would configure it.
+    let public_key = PublicKey::parse(&signing_key.public_key_base64()).unwrap();
+    assert_eq!(verify(&public_key, &body, &signature), Ok(()));
+    assert!(verify(&public_key, b"{}", &signature).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
