@@ -59,6 +59,44 @@ pub fn percent_encode(text: &str) -> String {
     out
 }
 
+/// Standard base64 (`+/`), padded or not; `None` for anything else (whitespace included),
+/// including non-zero bits after the last full byte.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let unpadded = match bytes {
+        [rest @ .., b'=', b'='] => rest,
+        [rest @ .., b'='] => rest,
+        _ => bytes,
+    };
+    if bytes.len() != unpadded.len() && !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    if unpadded.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(unpadded.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &c in unpadded {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    (acc == 0).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

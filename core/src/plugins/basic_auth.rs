@@ -13,6 +13,9 @@ use super::{authenticate, fail_or_anonymous, Exchange, Exit, PluginEngine, Step}
 use crate::document::{BasicAuthCredential, ConfigDocument};
 use sha1::{Digest, Sha1};
 
+// The same standard base64 as everywhere in core (padding optional, as `ngx.decode_base64`).
+pub(super) use crate::wire::decode_base64;
+
 #[derive(Debug)]
 pub(super) struct Credential {
     username: String,
@@ -157,34 +160,6 @@ impl BasicAuth {
         }
         Some((username.to_owned(), password.to_owned()))
     }
-}
-
-/// Standard base64 (padding optional), as nginx's `ngx.decode_base64`.
-pub(super) fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    if bits >= 6 {
-        return None;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
