@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 const GOOGLE_ENDPOINT: &str = "https://storage.googleapis.com";
 /// The longest lifetime GCS accepts for a V4 signed URL.
-pub const MAX_SIGNED_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_SIGNED_URL_TTL: Duration = super::MAX_SIGNED_URL_TTL;
 
 /// Where GCS credentials come from and where requests go.
 #[derive(Clone, Debug, Default)]
@@ -269,10 +269,8 @@ impl GcsStore {
             key: key.to_owned(),
             detail: format!("cannot sign a GET URL: {detail}"),
         };
-        if expires_in.is_zero() || expires_in > MAX_SIGNED_URL_TTL {
-            return Err(fail(format!(
-                "lifetime {expires_in:?} is outside GCS's 1 s to 7 days"
-            )));
+        if let Some(problem) = super::signed_url_lifetime_problem(expires_in, "GCS") {
+            return Err(fail(problem));
         }
         let Some(creds) = &self.credentials else {
             // Only reachable with STORAGE_EMULATOR_HOST: emulators check no signature, and

@@ -23,6 +23,15 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+/// The longest lifetime S3 and GCS accept for a signed URL (both: 7 days).
+pub const MAX_SIGNED_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Why a signed URL cannot have this lifetime on `store` ("S3", "GCS"), if it cannot.
+pub fn signed_url_lifetime_problem(expires_in: Duration, store: &str) -> Option<String> {
+    (expires_in.is_zero() || expires_in > MAX_SIGNED_URL_TTL)
+        .then(|| format!("lifetime {expires_in:?} is outside {store}'s 1 s to 7 days"))
+}
+
 /// A write's precondition, the store-side half of the compare-and-swap in
 /// [`fallback_core::export::plan_write`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 const META_PREFIX: &str = "x-amz-meta-";
 /// The longest lifetime S3 accepts for a presigned URL.
-pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_PRESIGN_TTL: Duration = super::MAX_SIGNED_URL_TTL;
 
 /// An S3 bucket.
 pub struct S3Store {
@@ -271,10 +271,8 @@ impl S3Store {
             key: key.to_owned(),
             detail: format!("cannot presign a GET URL: {detail}"),
         };
-        if expires_in.is_zero() || expires_in > MAX_PRESIGN_TTL {
-            return Err(fail(format!(
-                "lifetime {expires_in:?} is outside S3's 1 s to 7 days"
-            )));
+        if let Some(problem) = super::signed_url_lifetime_problem(expires_in, "S3") {
+            return Err(fail(problem));
         }
         let url = self.object_url(key);
         let uri: http::Uri = url.parse().map_err(|e| fail(format!("{e}")))?;
