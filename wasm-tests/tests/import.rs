@@ -32,6 +32,14 @@ async fn source_gauge(envoy: &Envoy) -> Option<u64> {
     envoy.stat("wasmcustom.fallback_source").await
 }
 
+/// Waits until the config in force comes from `source` (1 control plane, 2 fallback).
+async fn wait_for_source(envoy: &Envoy, source: u64, what: &str) {
+    wait_until(what, WAIT, || async {
+        source_gauge(envoy).await == Some(source)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_up_traffic_follows_it_and_changes_apply_within_a_poll() {
     let stack = ImportStack::start().await;
@@ -298,33 +306,23 @@ async fn a_control_plane_answering_500_or_too_slowly_counts_as_down() {
     stack.cp.set_document(&doc);
     stack.cp.set_mode(wasm_tests::Mode::Fail500);
     let envoy = Envoy::start(stack.envoy_options(2)).await;
-    wait_until(
-        "a CP answering 500 sends the filter to storage",
-        WAIT,
-        || async { source_gauge(&envoy).await == Some(2) },
-    )
-    .await;
+    wait_for_source(&envoy, 2, "a CP answering 500 sends the filter to storage").await;
     assert_eq!(
         upstream_of(&envoy, "/shop/x").await.as_deref(),
         Some("alpha")
     );
 
     stack.cp.set_mode(wasm_tests::Mode::Normal);
-    wait_until(
-        "the CP answering again brings the filter back",
-        WAIT,
-        || async { source_gauge(&envoy).await == Some(1) },
-    )
-    .await;
+    wait_for_source(&envoy, 1, "the CP answering again brings the filter back").await;
 
     // Slower than the filter's 1 s timeout: as good as down.
     stack
         .cp
         .set_mode(wasm_tests::Mode::Slow(Duration::from_secs(3)));
-    wait_until(
+    wait_for_source(
+        &envoy,
+        2,
         "a CP slower than the timeout sends the filter to storage",
-        WAIT,
-        || async { source_gauge(&envoy).await == Some(2) },
     )
     .await;
     assert_eq!(
