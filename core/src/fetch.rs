@@ -28,6 +28,7 @@ use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
 use crate::filter_config::FilterConfig;
+use crate::json;
 use crate::signature::{self, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
@@ -1122,19 +1123,18 @@ fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, Stri
     if content_type.is_some_and(|t| t.to_ascii_lowercase().contains("yaml")) {
         return Err(format!("the answer is YAML ({YAML})"));
     }
-    let value = match serde_json::from_slice::<Value>(body) {
+    if let Some(problem) = crate::document::size_problem(body.len()) {
+        return Err(format!("the answer is too large: {}", problem.message));
+    }
+    let value = match json::from_slice(body) {
         Ok(value) => value,
-        Err(_) if looks_like_yaml(body) => {
+        Err(json::StrictError::Syntax(_)) if looks_like_yaml(body) => {
             return Err(format!("the answer looks like YAML; {YAML}"))
         }
-        Err(err) => {
-            return Err(format!(
-                "the answer is not JSON (line {}, column {}; {} bytes)",
-                err.line(),
-                err.column(),
-                body.len()
-            ))
+        Err(json::StrictError::Syntax(err)) => {
+            return Err(format!("the answer is {err} ({} bytes)", body.len()))
         }
+        Err(err) => return Err(format!("the answer is unusable: {err}")),
     };
     let wrapped = value
         .as_object()
@@ -1143,16 +1143,16 @@ fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, Stri
     match wrapped {
         None => Ok(value),
         Some(Value::Object(_)) => Ok(wrapped.cloned().unwrap_or(Value::Null)),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+        Some(Value::String(text)) => match json::from_str(text) {
             Ok(inner) => Ok(inner),
-            Err(_) if looks_like_yaml(text.as_bytes()) => Err(format!(
+            Err(json::StrictError::Syntax(_)) if looks_like_yaml(text.as_bytes()) => Err(format!(
                 "its Kong Admin API answer {{\"config\": ...}} holds YAML; {YAML}"
             )),
+            Err(json::StrictError::Syntax(err)) => Err(format!(
+                "its Kong Admin API answer {{\"config\": ...}} does not hold JSON: {err}"
+            )),
             Err(err) => Err(format!(
-                "its Kong Admin API answer {{\"config\": ...}} does not hold JSON (line {}, \
-                 column {})",
-                err.line(),
-                err.column()
+                "its Kong Admin API answer {{\"config\": ...}} is unusable: {err}"
             )),
         },
         Some(_) => {

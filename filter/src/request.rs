@@ -17,6 +17,7 @@ use std::rc::Rc;
 const NO_CONFIG: &str = r#"{"message":"no configuration loaded yet: the gateway has not received a config from the control plane or from storage; retry shortly"}"#;
 const NO_ROUTE: &str = r#"{"message":"no Route matched with those values"}"#;
 const HTTPS_REQUIRED: &str = r#"{"message":"Please use HTTPS protocol"}"#;
+const URI_TOO_LONG: &str = r#"{"message":"URI too long"}"#;
 
 /// One request's filter: a snapshot of the configuration in force when it arrived.
 pub struct RequestFilter {
@@ -122,6 +123,10 @@ impl HttpContext for RequestFilter {
             }
             RouteOutcome::NoRoute => {
                 host::send_json(404, NO_ROUTE, &[]);
+                Action::Pause
+            }
+            RouteOutcome::UriTooLong => {
+                host::send_json(414, URI_TOO_LONG, &[]);
                 Action::Pause
             }
             RouteOutcome::HttpsRequired(required) => {

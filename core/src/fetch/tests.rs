@@ -580,6 +580,23 @@ fn kong_admin_api_shape_is_unwrapped() {
 }
 
 #[test]
+fn duplicate_keys_in_a_cp_answer_are_refused_with_their_path() {
+    let inner = r#"{"_format_version":"3.0","routes":[{"paths":["/"]}],"routes":[]}"#;
+    let admin = serde_json::to_vec(&json!({ "config": inner })).unwrap();
+    for body in [inner.as_bytes().to_vec(), admin] {
+        let mut d = Driver::new(true);
+        d.tick(0);
+        let a = d.answer(Party::ControlPlane, ok(&body));
+        assert_eq!(published(&a), None);
+        assert!(
+            has_log(&a, LogLevel::Warn, "$: key \"routes\" appears twice"),
+            "{:#?}",
+            logs(&a)
+        );
+    }
+}
+
+#[test]
 fn yaml_gets_a_clear_error() {
     let yaml_admin = serde_json::to_vec(&json!({
         "config": "_format_version: \"3.0\"\nservices:\n- name: s\n  host: h\n"

@@ -1,0 +1,47 @@
+//! The limits every party enforces alike, so that what one side accepts the other can use.
+//!
+//! Each limit bounds the work one input can cause: a document the exporter stores must be one
+//! every filter can import, a request path one a route regex can run over quickly, a nesting
+//! depth one every parser handles in linear time. `docs/filter.md` and `docs/storage.md` explain
+//! the numbers; the measurements behind them are in `make bench` and the end-to-end tests.
+
+/// Largest declarative document, in bytes of the stored (canonical JSON) body or of the body
+/// a control plane serves, that Fallback accepts.
+///
+/// The exporter refuses to store a larger document (storage keeps the last one), the filter
+/// refuses to import one, and the Envoy bootstrap's clusters that the filter calls accept
+/// bodies up to this size. 16 MiB is Kong's own `cluster_max_payload` default (the largest
+/// config a Kong control plane sends its data planes), about 30,000 routes with their services
+/// and plugins; measured in Envoy 1.40, the filter imports, verifies and compiles such a
+/// document in a few seconds per worker and holds about ten times its size in memory while
+/// doing so.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Deepest nesting of arrays and objects accepted in a document (JSON or YAML), counting the
+/// top-level object as 1.
+///
+/// A Kong document is about 10 levels deep at most (`services[].routes[].plugins[].config`
+/// and a plugin's own structure). Bounding depth keeps every parser linear: a YAML parser
+/// spends time proportional to the depth on every token of a deeply nested flow collection
+/// (`[[[[...`), so 100,000 levels in 200 KB cost tens of seconds.
+pub const MAX_NESTING_DEPTH: usize = 64;
+
+/// Longest request `:path` (query string included), in bytes, that the router matches;
+/// longer requests are answered `414` with `{"message":"URI too long"}` before any route or
+/// regex runs.
+///
+/// 8 KiB is what Kong answers the same way: nginx's default `large_client_header_buffers 4 8k`
+/// refuses a longer request line with 414, and Kong's error handler words it as here. With
+/// [`MAX_REGEX_NFA_BYTES`] it bounds the cost of one route regex on one request.
+pub const MAX_REQUEST_PATH_BYTES: usize = 8 * 1024;
+
+/// Largest compiled size (`regex-lite`'s measure of its NFA, in bytes) of a route's regex
+/// (paths and `~*` header values).
+///
+/// The engine's search time is proportional to the compiled size times the length of the
+/// text searched, with no catastrophic backtracking; bounding both bounds the time a regex
+/// can take per request. 10 KiB admits the regexes real configs use (a UUID segment is about
+/// 2 KiB, `[a-zA-Z0-9._~-]{1,64}` about 9 KiB) and refuses those whose worst case on an
+/// 8 KiB path would take more than about 25 ms (`(.*a){100}`); `make bench` measures the
+/// worst case at this size.
+pub const MAX_REGEX_NFA_BYTES: usize = 10 * 1024;
