@@ -29,6 +29,7 @@ use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
 use crate::filter_config::FilterConfig;
 use crate::json;
+use crate::limits::{MAX_DOCUMENT_BYTES, PROXY_RESPONSE_BUFFER_BYTES};
 use crate::signature::{self, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
@@ -929,15 +930,34 @@ impl FetchMachine {
         let detail = peer_message(&response.body);
         let url = &object.redacted_url;
         let why = match response.status {
+            Some(200) if response.body.len() > MAX_DOCUMENT_BYTES => {
+                // Not "unreachable": the store answered, with more than any exporter writes.
+                out.push(count(Stage::Storage, true));
+                out.push(count(Stage::Validate, false));
+                let why = format!(
+                    "object {} ({url}, revision {}) is too large: {} bytes, more than the {} \
+                     bytes (MAX_DOCUMENT_BYTES) the filter imports; not using it (Fallback's \
+                     exporter refuses such documents: another tool wrote it)",
+                    object.key,
+                    object.revision,
+                    response.body.len(),
+                    MAX_DOCUMENT_BYTES
+                );
+                self.import_failed(now_ms, why, out);
+                return;
+            }
             Some(200) => {
                 out.push(count(Stage::Storage, true));
                 self.on_object(now_ms, &object, response.body, out);
                 return;
             }
             None => format!(
-                "storage {} unreachable fetching {url} (connection failed or no answer within {} \
-                 ms)",
-                storage.upstream, storage.timeout_ms
+                "storage {} unreachable fetching {url} (connection failed, no answer within {} \
+                 ms, or a body larger than the proxy hands the filter: Envoy's runtime \
+                 http.async_response_buffer_limit, set to {} bytes in examples/envoy/bootstrap.yaml)",
+                storage.upstream,
+                storage.timeout_ms,
+                PROXY_RESPONSE_BUFFER_BYTES
             ),
             Some(403) => format!(
                 "storage refused the signed URL for {url} (HTTP 403{detail}): it may have expired \

@@ -33,3 +33,6 @@ pub mod publication;
 pub mod router;
 pub mod signature;
 pub mod wire;
+
+#[cfg(test)]
+mod properties;

@@ -45,3 +45,13 @@ pub const MAX_REQUEST_PATH_BYTES: usize = 8 * 1024;
 /// 8 KiB path would take more than about 25 ms (`(.*a){100}`); `make bench` measures the
 /// worst case at this size.
 pub const MAX_REGEX_NFA_BYTES: usize = 10 * 1024;
+
+/// The largest response body the proxy hands the filter from its calls (control plane,
+/// companion, storage): twice [`MAX_DOCUMENT_BYTES`], so that a document that is too large
+/// still arrives and is refused as too large, by size, rather than vanishing as a failed call.
+///
+/// Envoy drops a larger body and reports the call as failed, exactly like a connection
+/// failure (its runtime key `http.async_response_buffer_limit`, 32 MiB by default);
+/// `examples/envoy/bootstrap.yaml` sets that key to this value, and the end-to-end tests
+/// check that they agree.
+pub const PROXY_RESPONSE_BUFFER_BYTES: usize = 2 * MAX_DOCUMENT_BYTES;

@@ -1,0 +1,111 @@
+//! The document size limit end to end in the real Envoy: a document just under
+//! `MAX_DOCUMENT_BYTES` imports through the bootstrap's clusters, one over it is logged as too
+//! large (not as an unreachable store) and the config in force stays; the bootstrap's Envoy
+//! buffer limit is the one the filter's messages name.
+
+use fallback_core::digest::canonical_json;
+use fallback_core::limits::{MAX_DOCUMENT_BYTES, PROXY_RESPONSE_BUFFER_BYTES};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use wasm_tests::envoy::bootstrap_template;
+use wasm_tests::fixtures::wait_until;
+use wasm_tests::http::request;
+use wasm_tests::stack::{routing_document, ImportStack};
+use wasm_tests::Envoy;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// `routing_document` for `/shop` → `port`, padded with service tags to exactly `size` bytes
+/// of canonical JSON.
+fn document_of_size(port: u16, size: usize) -> Value {
+    let with_tags = |tags: Vec<String>| {
+        let mut doc = routing_document(&[("shop", port)]);
+        doc["services"][0]["tags"] = json!(tags);
+        doc
+    };
+    let chunk = 1 << 20;
+    let base = canonical_json(&with_tags(Vec::new())).len();
+    // Each tag costs its text, two quotes and a comma (but the first no comma).
+    let mut remaining = size - base;
+    let mut tags = Vec::new();
+    while remaining > 0 {
+        let overhead = if tags.is_empty() { 2 } else { 3 };
+        let text = (remaining - overhead).min(chunk);
+        tags.push("x".repeat(text));
+        remaining -= text + overhead;
+    }
+    let doc = with_tags(tags);
+    assert_eq!(canonical_json(&doc).len(), size);
+    doc
+}
+
+async fn upstream_of(envoy: &Envoy, path: &str) -> Option<String> {
+    let r = request(
+        "GET",
+        &format!("{}{path}", envoy.listener_url()),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .ok()?;
+    (r.status == 200).then(|| r.json()["upstream"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn the_bootstrap_lets_bodies_up_to_the_filters_buffer_limit_through() {
+    let template = std::fs::read_to_string(bootstrap_template()).unwrap();
+    let line = format!("http.async_response_buffer_limit: {PROXY_RESPONSE_BUFFER_BYTES}");
+    assert!(
+        template.contains(&line),
+        "examples/envoy/bootstrap.yaml must set `{line}`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_just_under_the_limit_imports_and_one_over_is_logged_as_too_large() {
+    let mut stack = ImportStack::start().await;
+    stack.cp.stop().await;
+    let under = document_of_size(stack.alpha.port(), MAX_DOCUMENT_BYTES - 64);
+    stack.export(&under).await;
+
+    let mut options = stack.envoy_options(2);
+    // 16 MiB from storage on a loaded test machine: more than the 2 s the other tests give.
+    options.filter_config["storage"]["timeout_ms"] = json!(30_000);
+    let started = Instant::now();
+    let envoy = Envoy::start(options).await;
+    wait_until(
+        "the document just under the limit is imported and served",
+        WAIT,
+        || async { upstream_of(&envoy, "/shop/x").await.as_deref() == Some("alpha") },
+    )
+    .await;
+    eprintln!(
+        "a {} byte document imported and served {:?} after Envoy started",
+        MAX_DOCUMENT_BYTES - 64,
+        started.elapsed()
+    );
+
+    // Written past the exporter (which refuses it), as another tool could.
+    let over = document_of_size(stack.beta.port(), MAX_DOCUMENT_BYTES + 64);
+    stack.export(&over).await;
+    let expected = format!(
+        "is too large: {} bytes, more than the {MAX_DOCUMENT_BYTES} bytes (MAX_DOCUMENT_BYTES)",
+        MAX_DOCUMENT_BYTES + 64
+    );
+    wait_until(
+        "the filter logs the document as too large",
+        WAIT,
+        || async { envoy.log_contains(&expected) },
+    )
+    .await;
+    assert!(
+        !envoy.log_contains("unreachable fetching"),
+        "a document that arrived is not an unreachable store:\n{}",
+        envoy.log_tail(40)
+    );
+    assert_eq!(
+        upstream_of(&envoy, "/shop/x").await.as_deref(),
+        Some("alpha"),
+        "the config in force stays"
+    );
+}
