@@ -15,26 +15,47 @@ use wasm_tests::Envoy;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// `routing_document` for `/shop` → `port`, padded with service tags to exactly `size` bytes
-/// of canonical JSON.
+/// `routing_document` for `/shop` → `port`, plus as many realistic services (a route with
+/// hosts, methods and a regex path, one plugin in ten) as fit, padded with a service tag to
+/// exactly `size` bytes of canonical JSON.
 fn document_of_size(port: u16, size: usize) -> Value {
-    let with_tags = |tags: Vec<String>| {
+    let filler = |i: usize| {
+        let mut service = json!({
+            "name": format!("service-{i:06}"),
+            "url": format!("http://backend-{}.internal:8080/v1", i % 97),
+            "routes": [{
+                "name": format!("route-{i:06}"),
+                "hosts": [format!("tenant{i}.example.com")],
+                "methods": ["GET", "POST"],
+                "paths": [format!("/api/{i}"), format!("~/api/{i}/items/\\d+$")],
+                "strip_path": false,
+            }],
+        });
+        if i % 10 == 0 {
+            service["plugins"] = json!([{"name": "rate-limiting", "config": {"minute": 100}}]);
+        }
+        service
+    };
+    let build = |count: usize, tags: Vec<String>| {
         let mut doc = routing_document(&[("shop", port)]);
-        doc["services"][0]["tags"] = json!(tags);
+        let services = doc["services"].as_array_mut().unwrap();
+        services[0]["tags"] = json!(tags);
+        services.extend((0..count).map(filler));
         doc
     };
-    let chunk = 1 << 20;
-    let base = canonical_json(&with_tags(Vec::new())).len();
-    // Each tag costs its text, two quotes and a comma (but the first no comma).
-    let mut remaining = size - base;
+    let base = canonical_json(&build(0, Vec::new())).len();
+    let each = canonical_json(&build(100, Vec::new())).len() - base;
+    let count = (size - base) * 100 / each - 10;
+    let mut remaining = size - canonical_json(&build(count, Vec::new())).len();
+    // Each tag costs its text, two quotes and a comma (the first no comma).
     let mut tags = Vec::new();
     while remaining > 0 {
         let overhead = if tags.is_empty() { 2 } else { 3 };
-        let text = (remaining - overhead).min(chunk);
+        let text = (remaining - overhead).min(1 << 20);
         tags.push("x".repeat(text));
         remaining -= text + overhead;
     }
-    let doc = with_tags(tags);
+    let doc = build(count, tags);
     assert_eq!(canonical_json(&doc).len(), size);
     doc
 }
@@ -80,8 +101,9 @@ async fn a_document_just_under_the_limit_imports_and_one_over_is_logged_as_too_l
     )
     .await;
     eprintln!(
-        "a {} byte document imported and served {:?} after Envoy started",
+        "a {} byte document ({} routes) imported and served {:?} after Envoy started",
         MAX_DOCUMENT_BYTES - 64,
+        under["services"].as_array().map_or(0, Vec::len),
         started.elapsed()
     );
 
