@@ -31,7 +31,7 @@ fn document_of_size(port: u16, size: usize) -> Value {
                 "strip_path": false,
             }],
         });
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             service["plugins"] = json!([{"name": "rate-limiting", "config": {"minute": 100}}]);
         }
         service
