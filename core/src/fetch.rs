@@ -124,8 +124,9 @@ impl fmt::Debug for HttpRequest {
 /// What came back for a call.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HttpResponse {
-    /// The HTTP status; `None` for a transport failure or timeout (Envoy: zero headers; Kong:
-    /// a `:dispatch_status` other than success).
+    /// The HTTP status; `None` for a transport failure or timeout (Envoy: zero headers, or a
+    /// reply of its own, which [`FetchMachine::on_response`] recognises; Kong: a
+    /// `:dispatch_status` other than success).
     pub status: Option<u16>,
     /// Response headers as received (names in any case).
     pub headers: Vec<(String, String)>,
@@ -419,7 +420,9 @@ impl FetchMachine {
         out
     }
 
-    /// The answer to a call. Answers to unknown or abandoned calls are ignored.
+    /// The answer to a call. Answers to unknown or abandoned calls are ignored. A reply Envoy
+    /// made up because the peer did not answer ([`PROXY_NO_ANSWER_REPLIES`]) counts as the
+    /// transport failure it is.
     pub fn on_response(
         &mut self,
         now_ms: u64,
@@ -427,6 +430,7 @@ impl FetchMachine {
         response: HttpResponse,
     ) -> Vec<Action> {
         let mut out = Vec::new();
+        let response = peer_answer(response);
         self.observe_clock(now_ms);
         let poll = self
             .poller
@@ -1103,6 +1107,33 @@ fn count(stage: Stage, success: bool) -> Action {
 
 fn lost_call_response() -> HttpResponse {
     HttpResponse::transport_failure()
+}
+
+/// The answers Envoy makes up itself when a call got no answer from its peer (its router's
+/// local replies), as status and the start of the body: the connection failed or was reset,
+/// the call's timeout passed, the cluster has no endpoint. Envoy hands them to the filter as
+/// ordinary responses, so without this a dead companion would read as "the companion cannot
+/// reach storage (HTTP 503)" and a slow one as "answered HTTP 504". An Envoy between the filter
+/// and its peer answers the same for the same reasons.
+pub const PROXY_NO_ANSWER_REPLIES: [(u16, &str); 3] = [
+    (
+        503,
+        "upstream connect error or disconnect/reset before headers",
+    ),
+    (503, "no healthy upstream"),
+    (504, "upstream request timeout"),
+];
+
+/// `response`, or a transport failure when it is one of [`PROXY_NO_ANSWER_REPLIES`].
+fn peer_answer(response: HttpResponse) -> HttpResponse {
+    let made_up = PROXY_NO_ANSWER_REPLIES.iter().any(|(status, start)| {
+        response.status == Some(*status) && response.body.starts_with(start.as_bytes())
+    });
+    if made_up {
+        HttpResponse::transport_failure()
+    } else {
+        response
+    }
 }
 
 fn invalid_document(errors: &ValidationErrors) -> String {

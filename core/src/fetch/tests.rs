@@ -775,6 +775,96 @@ fn storage_errors_say_what_to_do() {
     }
 }
 
+/// What Envoy hands the filter when the peer did not answer: its own local reply.
+fn envoy_reply(code: u16, body: &str) -> HttpResponse {
+    let mut r = HttpResponse::new(code, body.as_bytes().to_vec());
+    r.headers = vec![
+        (":status".into(), code.to_string()),
+        ("content-type".into(), "text/plain".into()),
+    ];
+    r
+}
+
+fn envoy_connect_failure() -> HttpResponse {
+    envoy_reply(
+        503,
+        "upstream connect error or disconnect/reset before headers. reset reason: remote \
+         connection failure, transport failure reason: delayed connect error: Connection refused",
+    )
+}
+
+fn envoy_timeout() -> HttpResponse {
+    envoy_reply(504, "upstream request timeout")
+}
+
+#[test]
+fn envoy_replies_for_a_peer_that_did_not_answer_read_as_unreachable_not_as_its_answer() {
+    // The companion is down: not "the companion cannot reach storage".
+    for response in [
+        envoy_connect_failure(),
+        envoy_timeout(),
+        envoy_reply(503, "no healthy upstream"),
+    ] {
+        let mut d = Driver::new(false);
+        d.tick(0);
+        let a = d.answer(Party::Companion, response);
+        assert_eq!(counts(&a), [(Stage::Companion, false)]);
+        assert!(
+            has_log(
+                &a,
+                LogLevel::Error,
+                "companion fallback_companion unreachable"
+            ),
+            "{:#?}",
+            logs(&a)
+        );
+        assert!(
+            !has_log(&a, LogLevel::Error, "cannot reach storage"),
+            "{:#?}",
+            logs(&a)
+        );
+    }
+
+    // The store does not answer in time: not "storage answered HTTP 504".
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body(&doc(1), 1)));
+    let a = d.answer(Party::Storage, envoy_timeout());
+    assert_eq!(counts(&a), [(Stage::Storage, false)]);
+    assert!(
+        has_log(&a, LogLevel::Error, "storage fallback_storage unreachable"),
+        "{:#?}",
+        logs(&a)
+    );
+
+    // The CP is down: its failures say so.
+    let mut d = Driver::serving_cp();
+    d.tick(5_000);
+    let a = d.answer(Party::ControlPlane, envoy_connect_failure());
+    assert!(
+        has_log(&a, LogLevel::Warn, "control plane fallback_cp: no answer"),
+        "{:#?}",
+        logs(&a)
+    );
+
+    // The peer's own 503 and 504 are still the peer's.
+    let mut d = Driver::new(false);
+    d.tick(0);
+    let a = d.answer(Party::Companion, status(503));
+    assert!(has_log(
+        &a,
+        LogLevel::Error,
+        "cannot reach storage (HTTP 503: from the peer)"
+    ));
+    let mut d = Driver::serving_cp();
+    d.tick(5_000);
+    let a = d.answer(
+        Party::ControlPlane,
+        envoy_reply(504, "the gateway timed out"),
+    );
+    assert!(has_log(&a, LogLevel::Warn, "HTTP 504"), "{:#?}", logs(&a));
+}
+
 // ---- export signatures ----
 
 /// The key pair of `seed`: its public key as the filter config spells it, and a signer.
