@@ -31,7 +31,7 @@ pub enum HostKind {
     Envoy,
     /// Stock nginx with ngx_wasm_module: `proxy_pass` through an nginx variable.
     Nginx,
-    /// Kong Gateway 3.5+ filter chains (ngx_wasm_module inside Kong): Kong's own properties.
+    /// Kong Gateway 3.6+ filter chains (ngx_wasm_module inside Kong): Kong's own properties.
     Kong,
 }
 
@@ -110,7 +110,10 @@ pub enum HandOver {
     NginxVariable,
     /// Kong: `kong.service.target` (`host:port`), `ngx.upstream_host` (the `Host` Kong sends) and
     /// `ngx.upstream_uri` (the path Kong's `proxy_pass` uses), as `kong/runloop/wasm.lua` and
-    /// Kong's nginx template define them.
+    /// Kong's nginx template define them. Read in Kong's source, not run: Kong resolves the
+    /// catch-all route's service address before the filter runs (ngx_wasm_module's access
+    /// handler comes after Kong's), and its first connection goes to that address with the
+    /// port of `kong.service.target` (see `docs/hosts.md`).
     KongProperties,
 }
 
@@ -240,7 +243,7 @@ pub static ENVOY: HostProfile = HostProfile {
 /// nginx 1.27 with ngx_wasm_module 0.6.
 pub static NGINX: HostProfile = NGINX_BASE;
 
-/// Kong Gateway 3.5–3.9 (ngx_wasm_module inside Kong's nginx).
+/// Kong Gateway 3.6–3.9 (ngx_wasm_module inside Kong's nginx; its property setters came in 3.6).
 pub static KONG: HostProfile = HostProfile {
     kind: HostKind::Kong,
     hand_over: HandOver::KongProperties,

@@ -261,6 +261,18 @@ impl Worker {
                     m.revision.set(published.revision);
                     m.generation.set(header.generation);
                 }
+                // One line per worker and generation: in nginx the line's pid tells which
+                // worker applied it.
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "fallback: this worker now serves config generation {} ({} config, revision {}, sha256 {})",
+                        header.generation,
+                        published.source.as_str(),
+                        published.revision,
+                        published.sha256
+                    ),
+                );
             }
             Err(errors) => log(
                 LogLevel::Error,

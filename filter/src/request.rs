@@ -224,7 +224,7 @@ fn log_refusal(profile: &HostProfile, write: &HostWrite<'_>, status: u32) {
                 "fallback: the proxy refused {target} (proxy-wasm status {status}), so requests \
                  answer 500: check that \"host\" ({}) names this proxy and that its \
                  configuration matches the example for it (nginx: declare the variable with \
-                 `set $<upstream_variable> '';` and use it in proxy_pass; Kong: 3.5 or later). \
+                 `set $<upstream_variable> '';` and use it in proxy_pass; Kong: 3.6 or later). \
                  Logged once per worker.",
                 profile.kind
             ),
