@@ -87,8 +87,8 @@ fn assert_no_crash(nginx: &Nginx) {
     );
 }
 
-/// Routes by host and by path to two upstreams, an HTTPS-only route, and a route whose
-/// response loses its Content-Type.
+/// Routes by host and by path to two upstreams, an HTTPS-only route, a route whose response
+/// loses its Content-Type and a rate-limited one.
 fn routing(alpha: u16, beta: u16, swapped: bool) -> Value {
     let (a, b) = if swapped {
         (beta, alpha)
@@ -101,7 +101,8 @@ fn routing(alpha: u16, beta: u16, swapped: bool) -> Value {
             {"name": "alpha-svc", "url": format!("http://127.0.0.1:{a}"), "routes": [
                 {"name": "alpha-host", "hosts": ["alpha.example"], "paths": ["/api"]},
                 {"name": "secure", "paths": ["/secure"], "protocols": ["https"]},
-                {"name": "no-ctype", "paths": ["/no-ctype"]}
+                {"name": "no-ctype", "paths": ["/no-ctype"]},
+                {"name": "limited", "paths": ["/limited"]}
             ]},
             {"name": "beta-svc", "url": format!("http://127.0.0.1:{b}"), "routes": [
                 {"name": "beta-host", "hosts": ["beta.example"], "paths": ["/api"]},
@@ -110,7 +111,9 @@ fn routing(alpha: u16, beta: u16, swapped: bool) -> Value {
         ],
         "plugins": [
             {"name": "response-transformer", "route": "no-ctype",
-             "config": {"remove": {"headers": ["content-type"]}}}
+             "config": {"remove": {"headers": ["content-type"]}}},
+            {"name": "rate-limiting", "route": "limited",
+             "config": {"hour": 5, "policy": "local"}}
         ]
     })
 }
@@ -175,6 +178,14 @@ async fn nginx_serves_the_cp_config_by_host_and_path_and_every_worker_applies_th
     let r = get(&nginx, "/no-ctype", None).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), None, "{:?}", r.headers);
+
+    // Rate limits count across both workers (fresh connections land on either): counters
+    // are written read-then-compare-and-swap, created once.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(get(&nginx, "/limited", None).await.unwrap().status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
 
     // A second generation reaches both workers.
     wait_for_every_worker(&nginx, 1).await;
