@@ -217,6 +217,11 @@ impl Nginx {
         format!("http://127.0.0.1:{}", self.listener_port)
     }
 
+    /// The listener's port.
+    pub fn listener_port(&self) -> u16 {
+        self.listener_port
+    }
+
     /// The instance's directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

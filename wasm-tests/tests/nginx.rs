@@ -88,14 +88,15 @@ fn assert_no_crash(nginx: &Nginx) {
 }
 
 /// Routes by host and by path to two upstreams, an HTTPS-only route, a route whose response
-/// loses its Content-Type and a rate-limited one.
-fn routing(alpha: u16, beta: u16, swapped: bool) -> Value {
+/// loses its Content-Type and a rate-limited one; with `listener`, a route whose host names
+/// that port (matched by a `Host` without a port, through the listener's port).
+fn routing(alpha: u16, beta: u16, swapped: bool, listener: Option<u16>) -> Value {
     let (a, b) = if swapped {
         (beta, alpha)
     } else {
         (alpha, beta)
     };
-    json!({
+    let mut doc = json!({
         "_format_version": "3.0",
         "services": [
             {"name": "alpha-svc", "url": format!("http://127.0.0.1:{a}"), "routes": [
@@ -115,7 +116,14 @@ fn routing(alpha: u16, beta: u16, swapped: bool) -> Value {
             {"name": "rate-limiting", "route": "limited",
              "config": {"hour": 5, "policy": "local"}}
         ]
-    })
+    });
+    if let Some(port) = listener {
+        doc["services"][1]["routes"]
+            .as_array_mut()
+            .expect("routes")
+            .push(json!({"name": "by-port", "hosts": [format!("port.example:{port}")], "paths": ["/port"]}));
+    }
+    doc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +133,7 @@ async fn nginx_serves_the_cp_config_by_host_and_path_and_every_worker_applies_th
     };
     let stack = ImportStack::start().await;
     let (alpha, beta) = (stack.alpha.port(), stack.beta.port());
-    stack.cp.set_document(&routing(alpha, beta, false));
+    stack.cp.set_document(&routing(alpha, beta, false, None));
     let nginx = Nginx::start(&bin, &nginx_config(&stack)).await;
 
     wait_for(&nginx, "the CP's routes are served", || async {
@@ -189,7 +197,9 @@ async fn nginx_serves_the_cp_config_by_host_and_path_and_every_worker_applies_th
 
     // A second generation reaches both workers.
     wait_for_every_worker(&nginx, 1).await;
-    stack.cp.set_document(&routing(alpha, beta, true));
+    stack
+        .cp
+        .set_document(&routing(alpha, beta, true, Some(nginx.listener_port())));
     wait_for(&nginx, "the second generation is served", || async {
         upstream_of(&nginx, "/api/items", Some("alpha.example"))
             .await
@@ -198,6 +208,18 @@ async fn nginx_serves_the_cp_config_by_host_and_path_and_every_worker_applies_th
     })
     .await;
     wait_for_every_worker(&nginx, 2).await;
+    // A route host with a port matches a Host without one on that listener's port
+    // (ngx.server_port: ngx_wasm_module's destination.port is the PROXY protocol's).
+    assert_eq!(
+        upstream_of(&nginx, "/port/x", Some("port.example"))
+            .await
+            .as_deref(),
+        Some("alpha")
+    );
+    let r = get(&nginx, "/port/x", Some("port.example:1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "another port");
     // Fresh connections land on either worker: every one of them routes by generation 2.
     for _ in 0..20 {
         assert_eq!(
