@@ -691,6 +691,13 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Ok(WriteOutcome::Resigned { revision, .. }) => {
+            println!(
+                "{object} held this document without this signature; signed it (revision {revision}, sha256 {})",
+                metadata.sha256
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(WriteOutcome::AlreadyStored) => {
             println!(
                 "{object} already holds this document (sha256 {}); nothing written",
@@ -795,6 +802,14 @@ mod tests {
         signature: Option<String>,
     }
 
+    /// A new signing key written to `dir/name`: the file's path and the key.
+    fn new_key_file(dir: &std::path::Path, name: &str) -> (String, SigningKey) {
+        let path = dir.join(name);
+        std::fs::write(&path, SigningKey::generate_pem().unwrap()).unwrap();
+        let key = SigningKey::load(&path).unwrap();
+        (path.to_str().unwrap().to_owned(), key)
+    }
+
     #[tokio::test]
     async fn one_shot_export_is_signed_only_with_a_signing_key() {
         let unsigned_dir = tempfile::tempdir().unwrap();
@@ -802,18 +817,33 @@ mod tests {
         assert_eq!(unsigned.signature, None);
 
         let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("signing.pem");
-        std::fs::write(&key_file, SigningKey::generate_pem().unwrap()).unwrap();
-        let key = SigningKey::load(&key_file).unwrap();
-        let signed = export_to_file_store(
-            dir.path(),
-            &["--signing-key-file", key_file.to_str().unwrap()],
-        )
-        .await;
+        let (key_file, key) = new_key_file(dir.path(), "signing.pem");
+        let signed = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
         let signature = signed.signature.expect("a signature");
         assert!(key.verifies(&signed.body, &signature));
         let other = SigningKey::parse(&SigningKey::generate_pem().unwrap()).unwrap();
         assert!(!other.verifies(&signed.body, &signature));
+    }
+
+    #[tokio::test]
+    async fn exporting_the_stored_document_again_with_a_key_signs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let unsigned = export_to_file_store(dir.path(), &[]).await;
+        assert_eq!(unsigned.signature, None);
+        let (key_file, key) = new_key_file(dir.path(), "signing.pem");
+        let signed = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
+        assert_eq!(signed.body, unsigned.body, "the same document");
+        let signature = signed
+            .signature
+            .expect("the stored copy is signed now, not left unsigned as already stored");
+        assert!(key.verifies(&signed.body, &signature));
+
+        // Key rotation: the next key's exporter signs it again.
+        let (rotated_file, rotated) = new_key_file(dir.path(), "rotated.pem");
+        let again = export_to_file_store(dir.path(), &["--signing-key-file", &rotated_file]).await;
+        let signature = again.signature.expect("signed");
+        assert!(rotated.verifies(&again.body, &signature));
+        assert!(!key.verifies(&again.body, &signature));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! replace what the store holds ([`plan_write`]), and when the next upload is due ([`ExportPacer`]).
 
 use crate::digest::Sha256Digest;
+use crate::signature::Signature;
 use std::fmt;
 
 /// Name of the object inside `<prefix>/<version>/`, the same as Kong Enterprise uses.
@@ -160,6 +161,16 @@ pub enum WritePlan {
         /// The tag of the object that was read.
         if_match: String,
     },
+    /// The store holds these exact bytes, but not under the candidate's signature (unsigned,
+    /// or signed by another key): write the same bytes again with the candidate's metadata,
+    /// at `revision`, replacing exactly the object that was read (`If-Match: <etag>`).
+    Resign {
+        /// The tag of the object that was read.
+        if_match: String,
+        /// The revision to write: the candidate's, or the stored one when that is higher, so
+        /// that re-signing never moves the stored revision back.
+        revision: u64,
+    },
 }
 
 /// Decides whether `candidate` may be written over `stored`.
@@ -167,18 +178,41 @@ pub enum WritePlan {
 /// Paired with a conditional write this is a compare-and-swap: if another exporter writes
 /// between our read and our write, the precondition fails and the caller reads and plans again,
 /// so an older revision can never land on top of a newer one.
+///
+/// The same bytes are not written again, unless the candidate is signed and the stored copy
+/// does not carry that signature ([`WritePlan::Resign`]): turning signing on, or rotating the
+/// key, must sign the document already stored, or filters requiring the signature refuse it
+/// until the control plane's config changes. Ed25519 signing (RFC 8032) is deterministic, so a
+/// stored signature verifies under the exporter's key over these bytes when it equals the
+/// candidate's; a signature that is missing, unreadable or another key's differs. An unsigned
+/// candidate keeps a stored signature: removing it would only make filters refuse the export.
 pub fn plan_write(stored: Option<&StoredObject>, candidate: &ExportMetadata) -> WritePlan {
     let Some(stored) = stored else {
         return WritePlan::Create;
     };
     match &stored.metadata {
-        Some(m) if m.sha256 == candidate.sha256 => WritePlan::AlreadyStored,
+        Some(m) if m.sha256 == candidate.sha256 => match &candidate.signature {
+            Some(ours) if !same_signature(m.signature.as_deref(), ours) => WritePlan::Resign {
+                if_match: stored.etag.clone(),
+                revision: m.revision.max(candidate.revision),
+            },
+            _ => WritePlan::AlreadyStored,
+        },
         Some(m) if m.revision >= candidate.revision => WritePlan::Superseded {
             stored_revision: m.revision,
         },
         _ => WritePlan::Replace {
             if_match: stored.etag.clone(),
         },
+    }
+}
+
+/// Whether a stored `signature` metadata is the same signature as `ours` (both base64, compared
+/// as the 64 bytes they decode to, so that padding or whitespace differences do not count).
+fn same_signature(stored: Option<&str>, ours: &str) -> bool {
+    match (stored.map(Signature::parse), Signature::parse(ours)) {
+        (Some(Ok(stored)), Ok(ours)) => stored == ours,
+        _ => false,
     }
 }
 
@@ -324,6 +358,9 @@ impl fmt::Display for WritePlan {
             }
             WritePlan::Create => f.write_str("create"),
             WritePlan::Replace { .. } => f.write_str("replace"),
+            WritePlan::Resign { revision, .. } => {
+                write!(f, "re-sign the stored bytes at revision {revision}")
+            }
         }
     }
 }
@@ -430,6 +467,75 @@ mod tests {
             plan_write(Some(&stored), &metadata(b"newest", 21)),
             WritePlan::Replace {
                 if_match: "\"e\"".into()
+            }
+        );
+    }
+
+    /// Two distinct, well-formed signatures (64 bytes each, base64).
+    const SIG_A: &str =
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
+    const SIG_B: &str =
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ==";
+
+    fn signed(body: &[u8], revision: u64, signature: Option<&str>) -> ExportMetadata {
+        ExportMetadata {
+            signature: signature.map(str::to_owned),
+            ..metadata(body, revision)
+        }
+    }
+
+    #[test]
+    fn plan_signs_the_stored_bytes_when_the_signature_is_missing_or_another_keys() {
+        let stored = |signature: Option<&str>, revision: u64| StoredObject {
+            etag: "\"e\"".into(),
+            metadata: Some(signed(b"doc", revision, signature)),
+        };
+        // Signing turned on: the stored copy is unsigned.
+        assert_eq!(
+            plan_write(Some(&stored(None, 5)), &signed(b"doc", 9, Some(SIG_A))),
+            WritePlan::Resign {
+                if_match: "\"e\"".into(),
+                revision: 9
+            }
+        );
+        // Key rotated: the stored signature is another key's; the stored revision is higher
+        // (another exporter saw the same bytes later) and is kept.
+        assert_eq!(
+            plan_write(
+                Some(&stored(Some(SIG_B), 20)),
+                &signed(b"doc", 9, Some(SIG_A))
+            ),
+            WritePlan::Resign {
+                if_match: "\"e\"".into(),
+                revision: 20
+            }
+        );
+        // A stored signature that is not even base64 is rewritten too.
+        assert!(matches!(
+            plan_write(
+                Some(&stored(Some("not base64!"), 5)),
+                &signed(b"doc", 9, Some(SIG_A))
+            ),
+            WritePlan::Resign { .. }
+        ));
+        // Already signed this way (however the base64 is spaced): nothing to write.
+        assert_eq!(
+            plan_write(
+                Some(&stored(Some(&format!(" {SIG_A}\n")), 5)),
+                &signed(b"doc", 9, Some(SIG_A))
+            ),
+            WritePlan::AlreadyStored
+        );
+        // An exporter without a key leaves a stored signature alone.
+        assert_eq!(
+            plan_write(Some(&stored(Some(SIG_B), 5)), &signed(b"doc", 9, None)),
+            WritePlan::AlreadyStored
+        );
+        // Other bytes follow the revision rules whatever the signatures.
+        assert_eq!(
+            plan_write(Some(&stored(None, 50)), &signed(b"other", 9, Some(SIG_A))),
+            WritePlan::Superseded {
+                stored_revision: 50
             }
         );
     }
