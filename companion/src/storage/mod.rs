@@ -106,6 +106,26 @@ pub struct FetchedObject {
     pub stored: StoredObject,
 }
 
+/// An object opened to be served: what is known of it, and exactly those bytes.
+#[derive(Debug)]
+pub struct OpenedObject {
+    /// Tag and metadata.
+    pub stored: StoredObject,
+    /// The body's length in bytes.
+    pub size: u64,
+    /// The body.
+    pub body: ObjectBody,
+}
+
+/// The bytes of an [`OpenedObject`].
+#[derive(Debug)]
+pub enum ObjectBody {
+    /// Already in memory.
+    Bytes(Bytes),
+    /// An open file, read while it is sent (`file://`).
+    File(std::fs::File),
+}
+
 /// The operations Fallback needs from an object store.
 #[async_trait]
 pub trait ConfigStore: Send + Sync + fmt::Debug {
@@ -117,6 +137,16 @@ pub trait ConfigStore: Send + Sync + fmt::Debug {
 
     /// The object under `key`, or `None`.
     async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError>;
+
+    /// The object under `key`, opened to be served, or `None`. The default reads it whole
+    /// with [`ConfigStore::get`]; `file://` hands out the open file, read while it is sent.
+    async fn open(&self, key: &str) -> Result<Option<OpenedObject>, StoreError> {
+        Ok(self.get(key).await?.map(|object| OpenedObject {
+            size: object.body.len() as u64,
+            stored: object.stored,
+            body: ObjectBody::Bytes(object.body),
+        }))
+    }
 
     /// Writes `body` under `key` with `metadata`, only if `precondition` holds. Returns the new tag.
     async fn put(
