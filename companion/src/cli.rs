@@ -220,6 +220,12 @@ pub struct RunArgs {
     #[arg(long, env = "FALLBACK_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
     pub retry_max: Duration,
 
+    /// On SIGTERM/SIGINT: how long requests in flight (and the export role's last attempt)
+    /// may take before the companion exits anyway; new connections are refused at once. Keep
+    /// it below the orchestrator's own grace period (Kubernetes: 30 s).
+    #[arg(long, env = "FALLBACK_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Export role: Ed25519 private key signing every export (PKCS#8 PEM as `openssl genpkey
     /// -algorithm ed25519` writes, or the 32-byte seed in base64); filters with the matching
     /// `public_key` require the signature.
@@ -407,6 +413,8 @@ pub fn main() -> ExitCode {
             Command::Keygen(args) => keygen(&args),
         }
     });
+    // Blocking storage work still running (a read of a slow disk) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -516,11 +524,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = shutdown_tx.send(true);
-    if let Some(task) = signer_task {
-        let _ = task.await;
-    }
-    if let Some(exporter) = exporter {
-        exporter.await.context("export task failed")?;
+    // The signer drains within the grace period itself; the export role's last attempt gets
+    // the same bound, and a margin covers the signer closing what is left.
+    let stopping = async {
+        if let Some(task) = signer_task {
+            let _ = task.await;
+        }
+        match exporter {
+            Some(exporter) => exporter.await.context("export task failed"),
+            None => Ok(()),
+        }
+    };
+    match tokio::time::timeout(args.shutdown_grace + Duration::from_secs(1), stopping).await {
+        Ok(stopped) => stopped?,
+        Err(_) => warn!(
+            grace = ?args.shutdown_grace,
+            "still stopping after FALLBACK_SHUTDOWN_GRACE: exiting anyway"
+        ),
     }
     match failure {
         Some(e) => Err(e),
@@ -580,6 +600,7 @@ fn signer_setup(
         signer::SignerSettings::new(url.prefix(), &args.storage.config_version, Arc::new(tokens));
     settings.ttl = args.signed_url_ttl;
     settings.object_urls = object_urls;
+    settings.shutdown_grace = args.shutdown_grace;
     Ok((settings, listener))
 }
 

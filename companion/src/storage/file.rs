@@ -91,7 +91,7 @@ impl FileStore {
     }
 
     #[cfg(test)]
-    fn seams(&self) -> &seams::Seams {
+    pub(crate) fn seams(&self) -> &seams::Seams {
         &self.seams
     }
 
@@ -807,7 +807,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 /// Test seams: fail or interrupt a chosen filesystem step of a write, count body opens.
 #[cfg(test)]
-mod seams {
+pub(crate) mod seams {
     use std::io;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
