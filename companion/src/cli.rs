@@ -13,7 +13,7 @@ use crate::storage::{
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use fallback_core::backoff::Backoff;
-use fallback_core::export::{object_key, ExportMetadata};
+use fallback_core::export::ExportMetadata;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -63,7 +63,8 @@ pub enum Command {
 /// Where exports live and with which credentials.
 #[derive(Debug, Args)]
 pub struct StorageArgs {
-    /// Storage URL: s3://bucket/prefix, gcs://bucket/prefix, or file:///dir for the embedded
+    /// Storage URL: s3://bucket/prefix, gcs://bucket/prefix (the prefix kept byte for byte, as
+    /// GCS object names are: gcs://b//kong stores /kong/...), or file:///dir for the embedded
     /// local store.
     #[arg(
         long = "storage",
@@ -293,7 +294,7 @@ impl StorageArgs {
 
     /// The object key for the configured version.
     pub fn key(&self, url: &StorageUrl) -> anyhow::Result<String> {
-        Ok(object_key(url.prefix(), &self.config_version)?)
+        Ok(url.config_key(&self.config_version)?)
     }
 
     /// S3 settings, checked at start-up so that a missing region or key fails now, not at the
@@ -601,6 +602,7 @@ fn signer_setup(
     settings.ttl = args.signed_url_ttl;
     settings.object_urls = object_urls;
     settings.shutdown_grace = args.shutdown_grace;
+    settings.prefix_style = url.prefix_style();
     Ok((settings, listener))
 }
 

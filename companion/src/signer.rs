@@ -21,7 +21,7 @@ use crate::secret::Secret;
 use crate::storage::{ConfigStore, ObjectBody, ObjectUrlError, StoreError, UrlSigner};
 use auth_limit::{AuthLimit, AuthLimiter, AuthVerdict};
 use bytes::Bytes;
-use fallback_core::export::object_key;
+use fallback_core::export::{object_key_in, PrefixStyle};
 use fallback_core::wire::{redact_signed_url, ErrorBody, SignedConfig, OBJECTS_PATH, SIGNER_PATH};
 use http::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
@@ -70,6 +70,8 @@ const CHUNK: usize = 64 * 1024;
 pub struct SignerSettings {
     /// The storage prefix objects are stored under (`StorageUrl::prefix`).
     pub prefix: String,
+    /// How the prefix starts object names (`StorageUrl::prefix_style`: byte for byte on GCS).
+    pub prefix_style: PrefixStyle,
     /// The version asked for when a request names none (`FALLBACK_CONFIG_VERSION`).
     pub default_version: String,
     /// The accepted bearer tokens.
@@ -98,6 +100,7 @@ impl SignerSettings {
     pub fn new(prefix: &str, default_version: &str, tokens: Arc<Tokens>) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            prefix_style: PrefixStyle::default(),
             default_version: default_version.to_owned(),
             tokens,
             ttl: DEFAULT_TTL,
@@ -379,8 +382,12 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let default_key =
-        object_key(&settings.prefix, &settings.default_version).map_err(|e| e.to_string());
+    let default_key = object_key_in(
+        settings.prefix_style,
+        &settings.prefix,
+        &settings.default_version,
+    )
+    .map_err(|e| e.to_string());
     let shared = Arc::new(Shared {
         metrics: Metrics::default(),
         readiness: Readiness {
@@ -713,7 +720,12 @@ async fn sign(
     let key = if version == shared.settings.default_version {
         shared.default_key.clone()
     } else {
-        object_key(&shared.settings.prefix, &version).map_err(|e| e.to_string())
+        object_key_in(
+            shared.settings.prefix_style,
+            &shared.settings.prefix,
+            &version,
+        )
+        .map_err(|e| e.to_string())
     };
     let key = match key {
         Ok(k) => k,

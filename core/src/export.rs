@@ -37,10 +37,58 @@ pub enum KeyError {
     /// A prefix segment is `.` or `..`.
     #[error("storage prefix {0:?} must not contain \".\" or \"..\" segments")]
     BadPrefix(String),
+    /// A prefix kept byte for byte holds a control character.
+    #[error("storage prefix {0:?} must not contain control characters: GCS object names cannot hold them")]
+    PrefixControl(String),
+}
+
+/// How a storage URL's prefix starts the names of the objects below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefixStyle {
+    /// By segments, empty ones dropped: `/a//b/` puts objects under `a/b/` (S3 and `file://`,
+    /// as Fallback always did).
+    #[default]
+    Segments,
+    /// Byte for byte (GCS, where `a//b/x` and `/a/x` are object names of their own): the
+    /// prefix as written, then one `/` unless it already ends with one. `a//b` puts objects
+    /// under `a//b/`, `/kong` under `/kong/`, `kong/` under `kong/`.
+    Verbatim,
+}
+
+/// `name` below `prefix`, the prefix read in `style`.
+pub fn prefixed_key(style: PrefixStyle, prefix: &str, name: &str) -> Result<String, KeyError> {
+    if prefix.split('/').any(|s| s == "." || s == "..") {
+        return Err(KeyError::BadPrefix(prefix.to_owned()));
+    }
+    let mut key = String::with_capacity(prefix.len() + name.len() + 1);
+    match style {
+        PrefixStyle::Segments => {
+            for segment in prefix.split('/').filter(|s| !s.is_empty()) {
+                key.push_str(segment);
+                key.push('/');
+            }
+        }
+        PrefixStyle::Verbatim => {
+            if prefix.chars().any(char::is_control) {
+                return Err(KeyError::PrefixControl(prefix.to_owned()));
+            }
+            key.push_str(prefix);
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                key.push('/');
+            }
+        }
+    }
+    key.push_str(name);
+    Ok(key)
 }
 
 /// `<prefix>/<version>/config.json`, with empty prefix segments dropped.
 pub fn object_key(prefix: &str, version: &str) -> Result<String, KeyError> {
+    object_key_in(PrefixStyle::Segments, prefix, version)
+}
+
+/// `<prefix>/<version>/config.json`, the prefix read in `style`.
+pub fn object_key_in(style: PrefixStyle, prefix: &str, version: &str) -> Result<String, KeyError> {
     if version.is_empty() {
         return Err(KeyError::EmptyVersion);
     }
@@ -52,18 +100,7 @@ pub fn object_key(prefix: &str, version: &str) -> Result<String, KeyError> {
     {
         return Err(KeyError::BadVersion(version.to_owned()));
     }
-    let mut key = String::new();
-    for segment in prefix.split('/').filter(|s| !s.is_empty()) {
-        if segment == "." || segment == ".." {
-            return Err(KeyError::BadPrefix(prefix.to_owned()));
-        }
-        key.push_str(segment);
-        key.push('/');
-    }
-    key.push_str(version);
-    key.push('/');
-    key.push_str(OBJECT_NAME);
-    Ok(key)
+    prefixed_key(style, prefix, &format!("{version}/{OBJECT_NAME}"))
 }
 
 /// What the exporter stores beside every object.
@@ -387,6 +424,38 @@ mod tests {
         );
         assert_eq!(object_key("/a//b/", "1").unwrap(), "a/b/1/config.json");
         assert_eq!(object_key("", "1").unwrap(), "1/config.json");
+    }
+
+    #[test]
+    fn verbatim_prefixes_keep_every_byte_but_add_one_separator() {
+        let key = |prefix| object_key_in(PrefixStyle::Verbatim, prefix, "3.4").unwrap();
+        assert_eq!(key(""), "3.4/config.json");
+        assert_eq!(key("kong"), "kong/3.4/config.json");
+        assert_eq!(key("kong/"), "kong/3.4/config.json");
+        assert_eq!(key("/kong"), "/kong/3.4/config.json");
+        assert_eq!(key("/"), "/3.4/config.json");
+        assert_eq!(key("a//b"), "a//b/3.4/config.json");
+        assert_eq!(key("a//b//"), "a//b//3.4/config.json");
+        assert_eq!(
+            object_key_in(PrefixStyle::Verbatim, "a/../b", "1"),
+            Err(KeyError::BadPrefix("a/../b".into()))
+        );
+        assert!(matches!(
+            object_key_in(PrefixStyle::Verbatim, "a\nb", "1"),
+            Err(KeyError::PrefixControl(_))
+        ));
+        assert!(matches!(
+            object_key_in(PrefixStyle::Verbatim, "p", "a/b"),
+            Err(KeyError::BadVersion(_))
+        ));
+        assert_eq!(
+            prefixed_key(PrefixStyle::Verbatim, "//x", ".probe/n.json").unwrap(),
+            "//x/.probe/n.json"
+        );
+        assert_eq!(
+            prefixed_key(PrefixStyle::Segments, "//x", ".probe/n.json").unwrap(),
+            "x/.probe/n.json"
+        );
     }
 
     #[test]
