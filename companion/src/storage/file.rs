@@ -329,13 +329,16 @@ impl Paths {
         match self.current()? {
             None => Ok(None),
             Some(Current::Generation { name, body, meta }) => {
-                let bytes = fs::read(&meta).map_err(|e| match e.kind() {
-                    io::ErrorKind::NotFound => self.rejected(format!(
-                        "generation {name} has no metadata file {}: the store was changed by hand; export again to replace it",
-                        meta.display()
-                    )),
-                    _ => self.io_error("read", &meta, e),
-                })?;
+                let bytes = match fs::read(&meta) {
+                    Ok(bytes) => bytes,
+                    // Writes never commit a generation without its metadata: someone removed
+                    // it by hand. Nothing usable is stored; the next export replaces the link.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        warn!(object = %self.object.display(), generation = %name, "the object's current generation has no metadata file (removed by hand?): treated as nothing stored until the next export");
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(self.io_error("read", &meta, e)),
+                };
                 let metadata = self.parse_metadata(&bytes, &meta)?;
                 Ok(Some((
                     StoredObject {
@@ -1193,6 +1196,21 @@ mod tests {
             .unwrap();
         fs::remove_file(dir.join("config.json.tmp-notapid")).expect("kept");
         fs::remove_file(dir.join("other.json")).expect("kept");
+        assert_tidy(&store);
+    }
+
+    #[tokio::test]
+    async fn a_generation_removed_by_hand_reads_as_nothing_and_the_next_write_heals_it() {
+        let (_dir, store, _) = holding_v1(Before::Generation).await;
+        let dir = store.path_of(KEY).parent().unwrap().to_owned();
+        fs::remove_dir_all(dir.join(".config.json.generations")).unwrap();
+        assert_eq!(seen(&store).await, None);
+        let (body, metadata) = pair(b"v2", 2);
+        store
+            .put(KEY, body, &metadata.unwrap(), Precondition::Absent)
+            .await
+            .unwrap();
+        assert_eq!(seen(&store).await, Some(pair(b"v2", 2)));
         assert_tidy(&store);
     }
 
