@@ -617,7 +617,12 @@ struct Outcome {
 }
 
 fn bearer_token(req: &Request<Incoming>) -> Option<&str> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?.trim();
+    bearer_from(req.headers().get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (`pub(crate)` for the property tests).
+pub(crate) fn bearer_from(value: &str) -> Option<&str> {
+    let value = value.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -633,7 +638,12 @@ fn unauthorized(message: &str, challenge: &'static str) -> Response<Body> {
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+    query_value(req.uri().query().unwrap_or_default(), name)
+}
+
+/// The first value of `name` in a query string (`pub(crate)` for the property tests).
+pub(crate) fn query_value(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
@@ -807,8 +817,9 @@ async fn sign(
     (response, outcome)
 }
 
-/// Decodes `%XX` escapes of a path; `None` for bad escapes or non-UTF-8 results.
-fn percent_decode(text: &str) -> Option<String> {
+/// Decodes `%XX` escapes of a path; `None` for bad escapes or non-UTF-8 results
+/// (`pub(crate)` for the property tests).
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
