@@ -4,11 +4,14 @@
 //! exporter and the signer never need to know which one they talk to.
 
 pub mod aws_credentials;
+pub mod azure;
+pub mod azure_auth;
 pub mod file;
 pub mod gcp_auth;
 pub mod gcs;
 pub mod s3;
 
+pub use azure::{AzureSettings, AzureStore};
 pub use file::{FileStore, ObjectUrlError, UrlSigner};
 pub use gcs::{GcsSettings, GcsStore};
 pub use s3::{S3Store, ServerSideEncryption};
@@ -247,6 +250,13 @@ pub enum StorageUrl {
         /// Key prefix.
         prefix: String,
     },
+    /// `azure://container/prefix`: Azure Blob Storage.
+    Azure {
+        /// Container name.
+        container: String,
+        /// Blob name prefix.
+        prefix: String,
+    },
     /// `file:///dir/prefix`: the embedded default; objects are files below `dir`.
     File {
         /// Root directory; the prefix is part of it.
@@ -256,7 +266,7 @@ pub enum StorageUrl {
 
 /// A storage URL that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("storage URL {url:?} {problem}; expected s3://bucket/prefix, gcs://bucket/prefix or file:///absolute/dir")]
+#[error("storage URL {url:?} {problem}; expected s3://bucket/prefix, gcs://bucket/prefix, azure://container/prefix or file:///absolute/dir")]
 pub struct StorageUrlError {
     url: String,
     problem: String,
@@ -293,6 +303,18 @@ impl StorageUrl {
                     StorageUrl::Gcs { bucket, prefix }
                 })
             }
+            "azure" => {
+                let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if !azure_container_name(container) {
+                    return Err(fail(
+                        "names no valid container (3 to 63 lowercase letters, digits and single hyphens)",
+                    ));
+                }
+                Ok(StorageUrl::Azure {
+                    container: container.to_owned(),
+                    prefix: prefix.trim_matches('/').to_owned(),
+                })
+            }
             "file" => {
                 if !rest.starts_with('/') {
                     return Err(fail(
@@ -313,7 +335,9 @@ impl StorageUrl {
     /// The key prefix objects are stored under (empty for `file://`, whose root holds it).
     pub fn prefix(&self) -> &str {
         match self {
-            StorageUrl::S3 { prefix, .. } | StorageUrl::Gcs { prefix, .. } => prefix,
+            StorageUrl::S3 { prefix, .. }
+            | StorageUrl::Gcs { prefix, .. }
+            | StorageUrl::Azure { prefix, .. } => prefix,
             StorageUrl::File { .. } => "",
         }
     }
@@ -324,6 +348,7 @@ impl fmt::Display for StorageUrl {
         match self {
             StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
             StorageUrl::Gcs { bucket, prefix } => write!(f, "gcs://{bucket}/{prefix}"),
+            StorageUrl::Azure { container, prefix } => write!(f, "azure://{container}/{prefix}"),
             StorageUrl::File { root } => write!(f, "file://{}", root.display()),
         }
     }
@@ -362,6 +387,8 @@ pub struct BackendSettings {
     pub s3: Option<S3Settings>,
     /// For `gcs://`.
     pub gcs: Option<GcsSettings>,
+    /// For `azure://`.
+    pub azure: Option<AzureSettings>,
 }
 
 /// Opens the store a URL names.
@@ -394,7 +421,23 @@ pub fn open_with_url_signer(
             let gcs = settings.gcs.unwrap_or_default();
             Box::new(gcs::GcsStore::new(bucket.clone(), gcs)?)
         }
+        StorageUrl::Azure { container, .. } => Box::new(azure::AzureStore::new(
+            container.clone(),
+            settings.azure.unwrap_or_default(),
+        )?),
     })
+}
+
+/// Azure's container name rule: 3 to 63 characters, lowercase letters, digits and hyphens,
+/// starting and ending with a letter or digit, no two hyphens in a row.
+fn azure_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 #[cfg(test)]
@@ -424,6 +467,16 @@ mod tests {
                 prefix: "p".into()
             }
         );
+        let azure = StorageUrl::parse("azure://kong-backup/dp/fallback/").unwrap();
+        assert_eq!(
+            azure,
+            StorageUrl::Azure {
+                container: "kong-backup".into(),
+                prefix: "dp/fallback".into()
+            }
+        );
+        assert_eq!(azure.prefix(), "dp/fallback");
+        assert_eq!(azure.to_string(), "azure://kong-backup/dp/fallback");
         assert_eq!(
             StorageUrl::parse("file:///var/lib/fallback").unwrap(),
             StorageUrl::File {
@@ -454,6 +507,10 @@ mod tests {
             "file://relative",
             "ftp://x/y",
             "file:///a/../b",
+            "azure://",
+            "azure://ab/p",
+            "azure://Upper/p",
+            "azure://a--b/p",
         ] {
             let err = StorageUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");

@@ -1,0 +1,995 @@
+//! `azure://container/prefix`: Azure Blob Storage through its REST API.
+//!
+//! - Tag = the blob's `ETag`; writes are one `Put Blob` (block blob) with `If-None-Match: *`
+//!   (only if absent) or `If-Match: <etag>`, body and metadata together, and a `Content-MD5` the
+//!   service checks against the bytes it received.
+//! - Metadata is `x-ms-meta-*`. Azure requires metadata names to be C# identifiers, so the
+//!   hyphens of the names S3 and GCS carry become underscores: `sha256`, `revision`, `node_id`,
+//!   `exported_at`, `signature` (reads accept the hyphenated spelling too).
+//! - Requests are signed with Shared Key (the account key, from `AZURE_STORAGE_KEY` or a
+//!   connection string), or carry an Entra ID bearer token ([`super::azure_auth`]).
+//! - Signed GET URLs are SAS tokens limited to reading exactly one blob (`sp=r`, `sr=b`): a
+//!   service SAS signed with the account key, or a user delegation SAS signed with a key the
+//!   service issues to the Entra identity (`Get User Delegation Key`).
+//! - `AZURE_STORAGE_BLOB_ENDPOINT` (or a connection string's `BlobEndpoint`) sends everything
+//!   to another endpoint: Azurite, sovereign clouds, private endpoints.
+
+use super::azure_auth::{AuthError, EntraCredentials, EntraIdentity, DEFAULT_IMDS_HOST};
+use super::{ConfigStore, FetchedObject, Precondition, StoreError};
+use crate::secret::Secret;
+use crate::transport::{self, HttpClient};
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use fallback_core::export::{ExportMetadata, StoredObject};
+use fallback_core::wire::percent_encode;
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Mutex;
+
+/// The REST API version of every request and SAS (`x-ms-version`, `sv`).
+pub const API_VERSION: &str = "2021-12-02";
+/// Azurite's well-known development account (public, documented by Microsoft).
+pub const DEV_ACCOUNT: &str = "devstoreaccount1";
+/// The development account's well-known key (public, documented by Microsoft).
+pub const DEV_ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const META_PREFIX: &str = "x-ms-meta-";
+const READ: &str = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read";
+const WRITE: &str = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write";
+const DELETE: &str = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete";
+const DELEGATION_KEY: &str =
+    "Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action";
+
+/// Where Azure credentials come from and where requests go, as Azure's SDKs and CLI read them.
+#[derive(Clone, Debug, Default)]
+pub struct AzureSettings {
+    /// `AZURE_STORAGE_CONNECTION_STRING`.
+    pub connection_string: Option<Secret>,
+    /// `AZURE_STORAGE_ACCOUNT`.
+    pub account: Option<String>,
+    /// `AZURE_STORAGE_KEY`: the account key (Shared Key), base64.
+    pub account_key: Option<Secret>,
+    /// `AZURE_STORAGE_BLOB_ENDPOINT`: the blob service URL (Azurite:
+    /// `http://127.0.0.1:10000/devstoreaccount1`).
+    pub blob_endpoint: Option<String>,
+    /// `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// `AZURE_CLIENT_SECRET`.
+    pub client_secret: Option<Secret>,
+    /// `AZURE_FEDERATED_TOKEN_FILE`.
+    pub federated_token_file: Option<PathBuf>,
+    /// `AZURE_AUTHORITY_HOST`.
+    pub authority_host: Option<String>,
+    /// `AZURE_POD_IDENTITY_AUTHORITY_HOST`: the IMDS host, when not 169.254.169.254.
+    pub imds_host: Option<String>,
+}
+
+/// How requests are authorized.
+enum Auth {
+    /// The account key, decoded; `origin` names where it came from.
+    SharedKey { key: Secret, origin: &'static str },
+    /// An Entra ID identity.
+    Entra(Arc<EntraCredentials>),
+}
+
+/// An account, its blob endpoint and the credentials, resolved from [`AzureSettings`].
+struct Resolved {
+    account: String,
+    endpoint: String,
+    auth: Auth,
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// `Name=value;Name=value` of a connection string; names case-insensitive, values may hold `=`.
+fn connection_string_fields(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.split_once('=')
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .ok_or_else(|| {
+                    // Only the field's name could be safe to show; show none of it.
+                    anyhow::anyhow!("AZURE_STORAGE_CONNECTION_STRING has a field without '=': expected Name=value pairs separated by ';'")
+                })
+        })
+        .collect()
+}
+
+impl AzureSettings {
+    fn resolve(&self) -> anyhow::Result<Resolved> {
+        let explicit_endpoint = non_empty(&self.blob_endpoint).map(str::to_owned);
+        if let Some(cs) = self
+            .connection_string
+            .as_ref()
+            .filter(|c| !c.expose().trim().is_empty())
+        {
+            let fields = connection_string_fields(cs.expose())?;
+            let get = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+                    .filter(|v| !v.is_empty())
+            };
+            if get("usedevelopmentstorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+                let proxy = get("developmentstorageproxyuri").unwrap_or("http://127.0.0.1:10000");
+                return Ok(Resolved {
+                    account: DEV_ACCOUNT.into(),
+                    endpoint: explicit_endpoint.unwrap_or_else(|| {
+                        format!("{}/{DEV_ACCOUNT}", proxy.trim_end_matches('/'))
+                    }),
+                    auth: Auth::SharedKey {
+                        key: Secret::new(DEV_ACCOUNT_KEY),
+                        origin: "AZURE_STORAGE_CONNECTION_STRING (development storage)",
+                    },
+                });
+            }
+            let account = get("accountname").map(str::to_owned);
+            let endpoint = explicit_endpoint
+                .or_else(|| get("blobendpoint").map(str::to_owned))
+                .or_else(|| {
+                    account.as_ref().map(|a| {
+                        format!(
+                            "{}://{a}.blob.{}",
+                            get("defaultendpointsprotocol").unwrap_or("https"),
+                            get("endpointsuffix").unwrap_or("core.windows.net")
+                        )
+                    })
+                })
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "AZURE_STORAGE_CONNECTION_STRING has neither AccountName nor BlobEndpoint"
+                    )
+                })?;
+            let account = match account {
+                Some(a) => a,
+                None => account_from_endpoint(&endpoint)?,
+            };
+            if get("sharedaccesssignature").is_some() && get("accountkey").is_none() {
+                anyhow::bail!("AZURE_STORAGE_CONNECTION_STRING carries a SharedAccessSignature: the companion signs URLs for filters and needs the account key (AccountKey) or an Entra ID identity instead");
+            }
+            let key = get("accountkey").ok_or_else(|| {
+                anyhow::anyhow!("AZURE_STORAGE_CONNECTION_STRING has no AccountKey; add it, or use AZURE_STORAGE_ACCOUNT with an Entra ID identity")
+            })?;
+            check_key(key, "the AccountKey of AZURE_STORAGE_CONNECTION_STRING")?;
+            return Ok(Resolved {
+                account,
+                endpoint,
+                auth: Auth::SharedKey {
+                    key: Secret::new(key),
+                    origin: "AZURE_STORAGE_CONNECTION_STRING",
+                },
+            });
+        }
+        let account = match (non_empty(&self.account), &explicit_endpoint) {
+            (Some(a), _) => a.to_owned(),
+            (None, Some(e)) => account_from_endpoint(e)?,
+            (None, None) => anyhow::bail!(
+                "Azure storage needs an account: set AZURE_STORAGE_ACCOUNT (with AZURE_STORAGE_KEY or an Entra ID identity) or AZURE_STORAGE_CONNECTION_STRING"
+            ),
+        };
+        let endpoint =
+            explicit_endpoint.unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+        if let Some(key) = self
+            .account_key
+            .as_ref()
+            .filter(|k| !k.expose().trim().is_empty())
+        {
+            check_key(key.expose().trim(), "AZURE_STORAGE_KEY")?;
+            return Ok(Resolved {
+                account,
+                endpoint,
+                auth: Auth::SharedKey {
+                    key: Secret::new(key.expose().trim()),
+                    origin: "AZURE_STORAGE_KEY",
+                },
+            });
+        }
+        let tenant = non_empty(&self.tenant_id);
+        let client = non_empty(&self.client_id);
+        let secret = self
+            .client_secret
+            .as_ref()
+            .filter(|s| !s.expose().is_empty());
+        let token_file = self
+            .federated_token_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty());
+        let identity = match (tenant, client, secret, token_file) {
+            (Some(t), Some(c), Some(s), _) => EntraIdentity::ClientSecret {
+                tenant_id: t.into(),
+                client_id: c.into(),
+                secret: s.clone(),
+            },
+            (Some(t), Some(c), None, Some(f)) => EntraIdentity::WorkloadIdentity {
+                tenant_id: t.into(),
+                client_id: c.into(),
+                token_file: f.clone(),
+            },
+            (None, _, Some(_), _) | (_, None, Some(_), _) => anyhow::bail!(
+                "AZURE_CLIENT_SECRET is set but AZURE_TENANT_ID or AZURE_CLIENT_ID is not; a service principal needs all three"
+            ),
+            (None, _, None, Some(_)) | (_, None, None, Some(_)) => anyhow::bail!(
+                "AZURE_FEDERATED_TOKEN_FILE is set but AZURE_TENANT_ID or AZURE_CLIENT_ID is not; workload identity needs all three"
+            ),
+            _ => EntraIdentity::ManagedIdentity {
+                client_id: client.map(str::to_owned),
+                host: non_empty(&self.imds_host)
+                    .map(|h| {
+                        h.trim_start_matches("http://")
+                            .trim_end_matches('/')
+                            .to_owned()
+                    })
+                    .unwrap_or_else(|| DEFAULT_IMDS_HOST.into()),
+            },
+        };
+        Ok(Resolved {
+            account,
+            endpoint,
+            auth: Auth::Entra(Arc::new(EntraCredentials::new(
+                identity,
+                non_empty(&self.authority_host),
+            ))),
+        })
+    }
+}
+
+/// `acct` of `https://acct.blob.core.windows.net`.
+fn account_from_endpoint(endpoint: &str) -> anyhow::Result<String> {
+    url::Url::parse(endpoint)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            let (first, rest) = host.split_once('.')?;
+            rest.starts_with("blob.").then(|| first.to_owned())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!("cannot tell the storage account from the blob endpoint {endpoint:?}; set AZURE_STORAGE_ACCOUNT")
+        })
+}
+
+/// Checks an account key is base64 of something, naming `what` and never quoting it.
+fn check_key(key: &str, what: &str) -> anyhow::Result<()> {
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(bytes) if !bytes.is_empty() => Ok(()),
+        _ => anyhow::bail!(
+            "{what} is not base64; copy key1 or key2 from the storage account's Access keys"
+        ),
+    }
+}
+
+/// A user delegation key as `Get User Delegation Key` returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DelegationKey {
+    /// `skoid`.
+    pub object_id: String,
+    /// `sktid`.
+    pub tenant_id: String,
+    /// `skt`.
+    pub start: String,
+    /// `ske`.
+    pub expiry: String,
+    /// `sks`.
+    pub service: String,
+    /// `skv`.
+    pub version: String,
+    /// The key itself, base64.
+    pub value: Secret,
+}
+
+/// An Azure Blob container.
+pub struct AzureStore {
+    container: String,
+    account: String,
+    endpoint: String,
+    /// Scheme, host and port of the endpoint.
+    origin: String,
+    /// The endpoint's own path (Azurite: `/devstoreaccount1`), without trailing `/`.
+    base_path: String,
+    auth: Auth,
+    delegation_key: Mutex<Option<(DelegationKey, SystemTime)>>,
+    client: HttpClient,
+}
+
+impl fmt::Debug for AzureStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureStore")
+            .field("container", &self.container)
+            .field("account", &self.account)
+            .field("endpoint", &self.endpoint)
+            .field("auth", &self.auth_description())
+            .finish()
+    }
+}
+
+impl AzureStore {
+    /// A store for `container`.
+    pub fn new(container: String, settings: AzureSettings) -> anyhow::Result<Self> {
+        let resolved = settings.resolve()?;
+        let endpoint = resolved.endpoint.trim_end_matches('/').to_owned();
+        let parsed = url::Url::parse(&endpoint).map_err(|e| {
+            anyhow::anyhow!("Azure blob endpoint {endpoint:?} is not a URL ({e}); set AZURE_STORAGE_BLOB_ENDPOINT to e.g. https://account.blob.core.windows.net")
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            anyhow::bail!("Azure blob endpoint {endpoint:?} must be an http(s) URL");
+        }
+        let host = super::host_header(parsed.host_str(), parsed.port())
+            .ok_or_else(|| anyhow::anyhow!("Azure blob endpoint {endpoint:?} has no host"))?;
+        Ok(Self {
+            container,
+            account: resolved.account,
+            origin: format!("{}://{host}", parsed.scheme()),
+            base_path: parsed.path().trim_end_matches('/').to_owned(),
+            endpoint,
+            auth: resolved.auth,
+            delegation_key: Mutex::new(None),
+            client: transport::client(),
+        })
+    }
+
+    fn auth_description(&self) -> String {
+        match &self.auth {
+            Auth::SharedKey { origin, .. } => {
+                format!("Shared Key of account {} from {origin}", self.account)
+            }
+            Auth::Entra(c) => c.describe(),
+        }
+    }
+
+    /// The request path of `key` (percent-encoded by segment), or of the container (`None`).
+    fn path(&self, key: Option<&str>) -> String {
+        let mut path = format!("{}/{}", self.base_path, self.container);
+        if let Some(key) = key {
+            path.push('/');
+            path.push_str(&encode_path(key));
+        }
+        path
+    }
+
+    fn auth_error(&self, key: &str, e: AuthError) -> StoreError {
+        if e.transient {
+            StoreError::Transient {
+                key: key.to_owned(),
+                detail: e.to_string(),
+            }
+        } else {
+            StoreError::BadCredentials {
+                key: key.to_owned(),
+                detail: e.to_string(),
+            }
+        }
+    }
+
+    /// Signs and sends one request to `path` with `query` (names and values unencoded).
+    async fn exchange(
+        &self,
+        method: Method,
+        key: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: Vec<(&str, String)>,
+        body: Bytes,
+    ) -> Result<Response<Bytes>, StoreError> {
+        let mut headers: Vec<(String, String)> = headers
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect();
+        headers.push((
+            "x-ms-date".into(),
+            httpdate::fmt_http_date(SystemTime::now()),
+        ));
+        headers.push(("x-ms-version".into(), API_VERSION.to_owned()));
+        if !body.is_empty() {
+            headers.push(("content-length".into(), body.len().to_string()));
+        }
+        let authorization = match &self.auth {
+            Auth::SharedKey {
+                key: account_key, ..
+            } => {
+                let string_to_sign = shared_key_string_to_sign(
+                    method.as_str(),
+                    &headers,
+                    &self.account,
+                    path,
+                    query,
+                );
+                format!(
+                    "SharedKey {}:{}",
+                    self.account,
+                    hmac_base64(account_key, &string_to_sign)
+                )
+            }
+            Auth::Entra(creds) => {
+                let token = creds
+                    .access_token()
+                    .await
+                    .map_err(|e| self.auth_error(key, e))?;
+                format!("Bearer {}", token.expose())
+            }
+        };
+        let mut url = format!("{}{path}", self.origin);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&encode_query(query));
+        }
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(url)
+            .header("authorization", authorization);
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        super::send_to_store(&self.client, builder, body, key, || self.endpoint.clone()).await
+    }
+
+    fn stored_object(&self, key: &str, headers: &HeaderMap) -> Result<StoredObject, StoreError> {
+        let etag = headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let metadata = ExportMetadata::from_lookup(|name| {
+            let underscored = format!("{META_PREFIX}{}", name.replace('-', "_"));
+            headers
+                .get(underscored.as_str())
+                .or_else(|| headers.get(format!("{META_PREFIX}{name}").as_str()))
+                .and_then(|v| v.to_str().ok())
+        })
+        .map_err(|e| StoreError::Rejected {
+            key: key.to_owned(),
+            detail: format!("{}: {e}", self.describe_key(key)),
+        })?;
+        Ok(StoredObject { etag, metadata })
+    }
+
+    fn describe_key(&self, key: &str) -> String {
+        format!("azure://{}/{key}", self.container)
+    }
+
+    /// Turns a non-success answer into the error an operator can act on.
+    fn failure(
+        &self,
+        key: &str,
+        permission: &'static str,
+        response: &Response<Bytes>,
+    ) -> StoreError {
+        let status = response.status();
+        let (code, message) = azure_error(response);
+        let said = match (code.is_empty(), message.is_empty()) {
+            (true, _) => format!("HTTP {}", status.as_u16()),
+            (false, true) => format!("HTTP {} {code}", status.as_u16()),
+            (false, false) => format!("HTTP {} {code}: {message}", status.as_u16()),
+        };
+        let key_owned = key.to_owned();
+        match (status, code.as_str()) {
+            (StatusCode::PRECONDITION_FAILED, _)
+            | (StatusCode::CONFLICT, "BlobAlreadyExists") => {
+                StoreError::PreconditionFailed { key: key_owned }
+            }
+            (StatusCode::FORBIDDEN, "AuthenticationFailed") | (StatusCode::UNAUTHORIZED, _) => {
+                StoreError::BadCredentials {
+                    key: key_owned,
+                    detail: format!(
+                        "{said}; {}",
+                        match &self.auth {
+                            Auth::SharedKey { origin, .. } => format!(
+                                "check the account key in {origin} (key1 or key2 of account {}, not rotated) and this host's clock",
+                                self.account
+                            ),
+                            Auth::Entra(_) =>
+                                "check the Entra ID identity (tenant, client id, secret or federated credential)"
+                                    .to_owned(),
+                        }
+                    ),
+                }
+            }
+            (StatusCode::FORBIDDEN, _) => StoreError::PermissionDenied {
+                key: key_owned,
+                permission,
+                resource: self.describe_key(key),
+                detail: said,
+            },
+            (StatusCode::NOT_FOUND, "ContainerNotFound") => StoreError::Rejected {
+                key: key_owned,
+                detail: format!(
+                    "{said}; container {:?} does not exist in account {}: create it or fix KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+                    self.container, self.account
+                ),
+            },
+            (s, _)
+                if s.is_server_error()
+                    || s == StatusCode::TOO_MANY_REQUESTS
+                    || s == StatusCode::REQUEST_TIMEOUT =>
+            {
+                StoreError::Transient {
+                    key: key_owned,
+                    detail: said,
+                }
+            }
+            _ => StoreError::Rejected {
+                key: key_owned,
+                detail: said,
+            },
+        }
+    }
+
+    /// A SAS URL granting `GET` of `key` alone until `now + expires_in`.
+    pub async fn signed_url(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        now: SystemTime,
+    ) -> Result<String, StoreError> {
+        let fail = |detail: String| StoreError::Rejected {
+            key: key.to_owned(),
+            detail: format!("cannot sign a GET URL: {detail}"),
+        };
+        if let Some(problem) = super::signed_url_lifetime_problem(expires_in, "Azure") {
+            return Err(fail(problem));
+        }
+        let sas = BlobSas {
+            account: &self.account,
+            container: &self.container,
+            blob: key,
+            expiry: rfc3339(now + expires_in),
+        };
+        let query = match &self.auth {
+            Auth::SharedKey {
+                key: account_key, ..
+            } => sas.service_sas(account_key),
+            Auth::Entra(_) => {
+                let delegation = self.delegation_key(key, now + expires_in).await?;
+                sas.user_delegation_sas(&delegation)
+            }
+        };
+        Ok(format!(
+            "{}{}?{}",
+            self.origin,
+            self.path(Some(key)),
+            encode_query(
+                &query
+                    .iter()
+                    .map(|(n, v)| (*n, v.as_str()))
+                    .collect::<Vec<_>>()
+            )
+        ))
+    }
+
+    /// A user delegation key valid at least until `until`, cached while it is.
+    async fn delegation_key(
+        &self,
+        key: &str,
+        until: SystemTime,
+    ) -> Result<DelegationKey, StoreError> {
+        let mut cached = self.delegation_key.lock().await;
+        if let Some((k, expires)) = cached.as_ref() {
+            if *expires >= until {
+                return Ok(k.clone());
+            }
+        }
+        let now = SystemTime::now();
+        // The longest a delegation key may live: 7 days from now; a minute less for skew.
+        let expires = now + super::MAX_SIGNED_URL_TTL - Duration::from_secs(60);
+        if until > expires {
+            return Err(StoreError::Rejected {
+                key: key.to_owned(),
+                detail:
+                    "cannot sign a GET URL: a user delegation SAS cannot outlive 7 days from now"
+                        .into(),
+            });
+        }
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><KeyInfo><Start>{}</Start><Expiry>{}</Expiry></KeyInfo>",
+            rfc3339(now - Duration::from_secs(60)),
+            rfc3339(expires)
+        );
+        let response = self
+            .exchange(
+                Method::POST,
+                key,
+                &format!("{}/", self.base_path),
+                &[("comp", "userdelegationkey"), ("restype", "service")],
+                vec![("content-type", "application/xml".to_owned())],
+                Bytes::from(body),
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.failure(key, DELEGATION_KEY, &response));
+        }
+        let text = String::from_utf8_lossy(response.body());
+        let field = |name: &str| xml_field(&text, name).unwrap_or_default();
+        let delegation = DelegationKey {
+            object_id: field("SignedOid"),
+            tenant_id: field("SignedTid"),
+            start: field("SignedStart"),
+            expiry: field("SignedExpiry"),
+            service: field("SignedService"),
+            version: field("SignedVersion"),
+            value: Secret::new(field("Value")),
+        };
+        if delegation.value.expose().is_empty() || delegation.object_id.is_empty() {
+            return Err(StoreError::Transient {
+                key: key.to_owned(),
+                detail: "Get User Delegation Key answered without a key".into(),
+            });
+        }
+        *cached = Some((delegation.clone(), expires));
+        Ok(delegation)
+    }
+}
+
+/// A read-only SAS on one blob.
+struct BlobSas<'a> {
+    account: &'a str,
+    container: &'a str,
+    blob: &'a str,
+    /// `se`, `YYYY-MM-DDTHH:MM:SSZ`.
+    expiry: String,
+}
+
+impl BlobSas<'_> {
+    fn canonical_resource(&self) -> String {
+        format!("/blob/{}/{}/{}", self.account, self.container, self.blob)
+    }
+
+    /// The string to sign of a service SAS (version 2020-12-06 and later), as "Create a
+    /// service SAS" lays it out: permissions, start, expiry, resource, identifier, IP,
+    /// protocol, version, resource type, snapshot time, encryption scope, and the five
+    /// response-header overrides. Only `sp=r`, `se`, `sv`, `sr=b` are set.
+    fn service_string_to_sign(&self) -> String {
+        [
+            "r",
+            "",
+            &self.expiry,
+            &self.canonical_resource(),
+            "",
+            "",
+            "",
+            API_VERSION,
+            "b",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+        .join("\n")
+    }
+
+    /// The string to sign of a user delegation SAS (version 2020-12-06 and later), as "Create
+    /// a user delegation SAS" lays it out.
+    fn user_delegation_string_to_sign(&self, key: &DelegationKey) -> String {
+        [
+            "r",
+            "",
+            &self.expiry,
+            &self.canonical_resource(),
+            &key.object_id,
+            &key.tenant_id,
+            &key.start,
+            &key.expiry,
+            &key.service,
+            &key.version,
+            "",
+            "",
+            "",
+            "",
+            "",
+            API_VERSION,
+            "b",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+        .join("\n")
+    }
+
+    fn service_sas(&self, account_key: &Secret) -> Vec<(&'static str, String)> {
+        vec![
+            ("sv", API_VERSION.to_owned()),
+            ("sr", "b".into()),
+            ("sp", "r".into()),
+            ("se", self.expiry.clone()),
+            (
+                "sig",
+                hmac_base64(account_key, &self.service_string_to_sign()),
+            ),
+        ]
+    }
+
+    fn user_delegation_sas(&self, key: &DelegationKey) -> Vec<(&'static str, String)> {
+        vec![
+            ("sv", API_VERSION.to_owned()),
+            ("sr", "b".into()),
+            ("sp", "r".into()),
+            ("se", self.expiry.clone()),
+            ("skoid", key.object_id.clone()),
+            ("sktid", key.tenant_id.clone()),
+            ("skt", key.start.clone()),
+            ("ske", key.expiry.clone()),
+            ("sks", key.service.clone()),
+            ("skv", key.version.clone()),
+            (
+                "sig",
+                hmac_base64(&key.value, &self.user_delegation_string_to_sign(key)),
+            ),
+        ]
+    }
+}
+
+/// The Shared Key string to sign of a Blob service request (version 2015-02-21 and later), as
+/// "Authorize with Shared Key" lays it out: the verb, eleven standard headers (Content-Length
+/// empty when zero), the `x-ms-*` headers sorted, and the canonicalized resource
+/// (`/account/path`, then each query parameter as `\nname:value`, sorted).
+pub fn shared_key_string_to_sign(
+    method: &str,
+    headers: &[(String, String)],
+    account: &str,
+    path: &str,
+    query: &[(&str, &str)],
+) -> String {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .unwrap_or_default()
+    };
+    let content_length = match header("content-length") {
+        "0" => "",
+        other => other,
+    };
+    let mut out = format!(
+        "{method}\n{}\n{}\n{content_length}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n",
+        header("content-encoding"),
+        header("content-language"),
+        header("content-md5"),
+        header("content-type"),
+        header("date"),
+        header("if-modified-since"),
+        header("if-match"),
+        header("if-none-match"),
+        header("if-unmodified-since"),
+        header("range"),
+    );
+    let mut ms: Vec<(String, &str)> = headers
+        .iter()
+        .filter(|(n, _)| n.to_ascii_lowercase().starts_with("x-ms-"))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.trim()))
+        .collect();
+    ms.sort();
+    for (name, value) in ms {
+        out.push_str(&format!("{name}:{value}\n"));
+    }
+    out.push_str(&format!("/{account}{path}"));
+    let mut params: Vec<(String, &str)> = query
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), *v))
+        .collect();
+    params.sort();
+    for (name, value) in params {
+        out.push_str(&format!("\n{name}:{value}"));
+    }
+    out
+}
+
+/// Base64 of HMAC-SHA256 keyed with the base64-decoded `key`.
+fn hmac_base64(key: &Secret, message: &str) -> String {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key.expose())
+        .unwrap_or_default();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(message.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Each `/`-separated segment percent-encoded, the slashes kept.
+fn encode_path(key: &str) -> String {
+    key.split('/')
+        .map(percent_encode)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn encode_query(query: &[(&str, &str)]) -> String {
+    query
+        .iter()
+        .map(|(n, v)| format!("{}={}", percent_encode(n), percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The text of `<name>…</name>` in a small XML document.
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(xml[start..end].trim().to_owned())
+}
+
+/// The error code (`x-ms-error-code`, else `<Code>`) and the first line of `<Message>`.
+fn azure_error(response: &Response<Bytes>) -> (String, String) {
+    let body = String::from_utf8_lossy(response.body());
+    let code = response
+        .headers()
+        .get("x-ms-error-code")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| xml_field(&body, "Code"))
+        .unwrap_or_default();
+    let message = xml_field(&body, "Message")
+        .map(|m| m.lines().next().unwrap_or_default().trim().to_owned())
+        .unwrap_or_default();
+    (code, message)
+}
+
+fn is_blob_missing(response: &Response<Bytes>) -> bool {
+    response.status() == StatusCode::NOT_FOUND && azure_error(response).0 != "ContainerNotFound"
+}
+
+#[async_trait]
+impl ConfigStore for AzureStore {
+    fn describe(&self) -> String {
+        format!("{}/{}", self.endpoint, self.container)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        let response = self
+            .exchange(
+                Method::HEAD,
+                key,
+                &self.path(Some(key)),
+                &[],
+                Vec::new(),
+                Bytes::new(),
+            )
+            .await?;
+        match response.status() {
+            s if s.is_success() => Ok(Some(self.stored_object(key, response.headers())?)),
+            _ if is_blob_missing(&response) => Ok(None),
+            _ => Err(self.failure(key, READ, &response)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError> {
+        // One Get Blob answers body, ETag and metadata of the same version together.
+        let response = self
+            .exchange(
+                Method::GET,
+                key,
+                &self.path(Some(key)),
+                &[],
+                Vec::new(),
+                Bytes::new(),
+            )
+            .await?;
+        match response.status() {
+            s if s.is_success() => {
+                let stored = self.stored_object(key, response.headers())?;
+                Ok(Some(FetchedObject {
+                    body: response.into_body(),
+                    stored,
+                }))
+            }
+            _ if is_blob_missing(&response) => Ok(None),
+            _ => Err(self.failure(key, READ, &response)),
+        }
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &ExportMetadata,
+        precondition: Precondition,
+    ) -> Result<String, StoreError> {
+        use md5::Digest;
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+        let mut headers = vec![
+            ("x-ms-blob-type", "BlockBlob".to_owned()),
+            ("content-type", "application/json".to_owned()),
+            ("content-md5", md5),
+        ];
+        headers.push(match &precondition {
+            Precondition::Absent => ("if-none-match", "*".to_owned()),
+            Precondition::Matches(tag) => ("if-match", tag.clone()),
+        });
+        let names: Vec<(String, String)> = metadata
+            .to_pairs()
+            .into_iter()
+            .map(|(name, value)| (format!("{META_PREFIX}{}", name.replace('-', "_")), value))
+            .collect();
+        headers.extend(names.iter().map(|(n, v)| (n.as_str(), v.clone())));
+        let response = self
+            .exchange(Method::PUT, key, &self.path(Some(key)), &[], headers, body)
+            .await?;
+        if response.status().is_success() {
+            Ok(response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned())
+        } else {
+            Err(self.failure(key, WRITE, &response))
+        }
+    }
+
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        now: SystemTime,
+    ) -> Result<String, StoreError> {
+        self.signed_url(key, expires_in, now).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let response = self
+            .exchange(
+                Method::DELETE,
+                key,
+                &self.path(Some(key)),
+                &[],
+                Vec::new(),
+                Bytes::new(),
+            )
+            .await?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            _ if is_blob_missing(&response) => Ok(()),
+            _ => Err(self.failure(key, DELETE, &response)),
+        }
+    }
+
+    async fn credential_source(&self) -> Result<String, StoreError> {
+        Ok(match &self.auth {
+            Auth::SharedKey { .. } => self.auth_description(),
+            Auth::Entra(creds) => {
+                creds
+                    .access_token()
+                    .await
+                    .map_err(|e| self.auth_error("", e))?;
+                format!("{}, access token obtained", creds.describe())
+            }
+        })
+    }
+
+    async fn store_time(&self) -> Result<Option<SystemTime>, StoreError> {
+        let response = self
+            .exchange(
+                Method::GET,
+                "",
+                &self.path(None),
+                &[("restype", "container")],
+                Vec::new(),
+                Bytes::new(),
+            )
+            .await?;
+        Ok(response
+            .headers()
+            .get("date")
+            .and_then(|d| d.to_str().ok())
+            .and_then(super::parse_http_date))
+    }
+}
