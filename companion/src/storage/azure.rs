@@ -472,12 +472,18 @@ impl AzureStore {
             (false, false) => format!("HTTP {} {code}: {message}", status.as_u16()),
         };
         let key_owned = key.to_owned();
+        // Azure says AuthenticationFailed for a bad signature; Azurite says AuthorizationFailure
+        // with the same message. Both mean the key, not a missing permission.
+        let authentication = code == "AuthenticationFailed"
+            || message.starts_with("Server failed to authenticate the request");
         match (status, code.as_str()) {
             (StatusCode::PRECONDITION_FAILED, _)
             | (StatusCode::CONFLICT, "BlobAlreadyExists") => {
                 StoreError::PreconditionFailed { key: key_owned }
             }
-            (StatusCode::FORBIDDEN, "AuthenticationFailed") | (StatusCode::UNAUTHORIZED, _) => {
+            (StatusCode::FORBIDDEN, _) | (StatusCode::UNAUTHORIZED, _)
+                if authentication || status == StatusCode::UNAUTHORIZED =>
+            {
                 StoreError::BadCredentials {
                     key: key_owned,
                     detail: format!(
@@ -790,6 +796,11 @@ pub fn shared_key_string_to_sign(
     out
 }
 
+/// `at` as an HTTP date (`Sun, 11 Oct 2009 21:49:13 GMT`), the form of `x-ms-date`.
+pub fn http_date(at: SystemTime) -> String {
+    httpdate::fmt_http_date(at)
+}
+
 /// Base64 of HMAC-SHA256 keyed with the base64-decoded `key`.
 fn hmac_base64(key: &Secret, message: &str) -> String {
     let key = base64::engine::general_purpose::STANDARD
@@ -867,6 +878,16 @@ impl ConfigStore for AzureStore {
         match response.status() {
             s if s.is_success() => Ok(Some(self.stored_object(key, response.headers())?)),
             _ if is_blob_missing(&response) => Ok(None),
+            // A HEAD answer has no body to say why; a GET's error body does.
+            _ if response.headers().get("x-ms-error-code").is_none()
+                || response.status() == StatusCode::FORBIDDEN =>
+            {
+                let failure = self.failure(key, READ, &response);
+                match self.get(key).await {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(failure),
+                }
+            }
             _ => Err(self.failure(key, READ, &response)),
         }
     }
