@@ -1388,4 +1388,184 @@ mod tests {
             )
         );
     }
+
+    /// A loopback stand-in for Entra ID's token endpoint and the blob service's
+    /// `Get User Delegation Key`: records every request line and authorization header.
+    struct MockEntra {
+        endpoint: String,
+        seen: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl MockEntra {
+        async fn start(token_lifetime: u64) -> Self {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let endpoint = format!("http://{}", listener.local_addr().unwrap());
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = seen.clone();
+            tokio::spawn(async move {
+                let mut issued = 0;
+                loop {
+                    let Ok((mut socket, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Headers, then as much body as content-length says.
+                    let head = loop {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            break String::new();
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            while buf.len() < end + 4 + len {
+                                let n = socket.read(&mut chunk).await.unwrap_or(0);
+                                if n == 0 {
+                                    break;
+                                }
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                            break head;
+                        }
+                    };
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    let auth = head
+                        .lines()
+                        .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                        .unwrap_or("authorization: -")
+                        .to_owned();
+                    log.lock().unwrap().push(format!("{line} | {auth}"));
+                    let body = if line.contains("/oauth2/v2.0/token") {
+                        issued += 1;
+                        format!(
+                            "{{\"token_type\":\"Bearer\",\"access_token\":\"tok-{issued}\",\"expires_in\":{token_lifetime}}}"
+                        )
+                    } else {
+                        format!(
+                            "<?xml version=\"1.0\" encoding=\"utf-8\"?><UserDelegationKey><SignedOid>oid-1</SignedOid><SignedTid>tid-1</SignedTid><SignedStart>2026-11-30T00:00:00Z</SignedStart><SignedExpiry>2026-12-07T00:00:00Z</SignedExpiry><SignedService>b</SignedService><SignedVersion>{API_VERSION}</SignedVersion><Value>{DEV_ACCOUNT_KEY}</Value></UserDelegationKey>"
+                        )
+                    };
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                }
+            });
+            Self { endpoint, seen }
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    fn entra_settings(mock: &MockEntra) -> AzureSettings {
+        AzureSettings {
+            account: Some("acct".into()),
+            blob_endpoint: Some(format!("{}/acct", mock.endpoint)),
+            tenant_id: Some("tenant-1".into()),
+            client_id: Some("app-1".into()),
+            client_secret: Some(Secret::new("app-secret")),
+            authority_host: Some(mock.endpoint.clone()),
+            ..AzureSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entra_signer_hands_out_user_delegation_sas_with_a_cached_key() {
+        let mock = MockEntra::start(3600).await;
+        let store = AzureStore::new("pictures".into(), entra_settings(&mock)).unwrap();
+        let now = SystemTime::now();
+        let first = store
+            .signed_url("kong/1/config.json", Duration::from_secs(300), now)
+            .await
+            .unwrap();
+        let second = store
+            .signed_url("kong/1/config.json", Duration::from_secs(300), now)
+            .await
+            .unwrap();
+        assert_eq!(first, second);
+        let seen = mock.seen();
+        assert_eq!(seen.len(), 2, "one token, one delegation key: {seen:?}");
+        assert!(
+            seen[0].starts_with("POST /tenant-1/oauth2/v2.0/token "),
+            "{seen:?}"
+        );
+        assert!(
+            seen[1].starts_with("POST /acct/?comp=userdelegationkey&restype=service ")
+                && seen[1].ends_with("Bearer tok-1"),
+            "{seen:?}"
+        );
+        let sas = BlobSas {
+            account: "acct",
+            container: "pictures",
+            blob: "kong/1/config.json",
+            expiry: rfc3339(now + Duration::from_secs(300)),
+        };
+        let key = DelegationKey {
+            object_id: "oid-1".into(),
+            tenant_id: "tid-1".into(),
+            start: "2026-11-30T00:00:00Z".into(),
+            expiry: "2026-12-07T00:00:00Z".into(),
+            service: "b".into(),
+            version: API_VERSION.into(),
+            value: Secret::new(DEV_ACCOUNT_KEY),
+        };
+        let expected: Vec<String> = sas
+            .user_delegation_sas(&key)
+            .iter()
+            .map(|(n, v)| format!("{n}={}", percent_encode(v)))
+            .collect();
+        assert_eq!(
+            first,
+            format!(
+                "{}/acct/pictures/kong/1/config.json?{}",
+                mock.endpoint,
+                expected.join("&")
+            )
+        );
+        assert!(first.contains("skoid=oid-1&sktid=tid-1&"), "{first}");
+        let shown = format!("{store:?}");
+        assert!(
+            shown.contains("service principal app-1") && !shown.contains("app-secret"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_are_renewed_before_they_expire_and_reused_until_then() {
+        let long = MockEntra::start(3600).await;
+        let store = AzureStore::new("c".into(), entra_settings(&long)).unwrap();
+        let Auth::Entra(creds) = &store.auth else {
+            panic!("an Entra identity")
+        };
+        assert_eq!(creds.access_token().await.unwrap().expose(), "tok-1");
+        assert_eq!(creds.access_token().await.unwrap().expose(), "tok-1");
+        assert_eq!(long.seen().len(), 1);
+
+        // A token expiring within the refresh margin is renewed at its next use.
+        let short = MockEntra::start(120).await;
+        let store = AzureStore::new("c".into(), entra_settings(&short)).unwrap();
+        let Auth::Entra(creds) = &store.auth else {
+            panic!("an Entra identity")
+        };
+        assert_eq!(creds.access_token().await.unwrap().expose(), "tok-1");
+        assert_eq!(creds.access_token().await.unwrap().expose(), "tok-2");
+        assert_eq!(short.seen().len(), 2);
+        assert_eq!(
+            store.credential_source().await.unwrap(),
+            "service principal app-1 of tenant tenant-1 (AZURE_CLIENT_SECRET), access token obtained"
+        );
+    }
 }
