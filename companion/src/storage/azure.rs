@@ -477,6 +477,15 @@ impl AzureStore {
         let authentication = code == "AuthenticationFailed"
             || message.starts_with("Server failed to authenticate the request");
         match (status, code.as_str()) {
+            // A lease is held by someone else: retrying the compare-and-swap cannot help.
+            (StatusCode::PRECONDITION_FAILED, c) if c.starts_with("Lease") => {
+                StoreError::Rejected {
+                    key: key_owned,
+                    detail: format!(
+                        "{said}; the blob is leased: break the lease (az storage blob lease break) or stop the tool holding it"
+                    ),
+                }
+            }
             (StatusCode::PRECONDITION_FAILED, _)
             | (StatusCode::CONFLICT, "BlobAlreadyExists") => {
                 StoreError::PreconditionFailed { key: key_owned }
@@ -1371,6 +1380,50 @@ mod tests {
             shown.contains("Shared Key of account devstoreaccount1"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_leased_blob_is_not_a_lost_race() {
+        let store = AzureStore::new(
+            "c".into(),
+            AzureSettings {
+                connection_string: Some(Secret::new("UseDevelopmentStorage=true")),
+                ..AzureSettings::default()
+            },
+        )
+        .unwrap();
+        let answer = |code: &str| {
+            Response::builder()
+                .status(412)
+                .header("x-ms-error-code", code)
+                .body(Bytes::new())
+                .unwrap()
+        };
+        assert!(matches!(
+            store.failure("k", WRITE, &answer("ConditionNotMet")),
+            StoreError::PreconditionFailed { .. }
+        ));
+        let err = store.failure("k", WRITE, &answer("LeaseIdMissing"));
+        assert!(
+            matches!(err, StoreError::Rejected { .. }) && err.to_string().contains("leased"),
+            "{err}"
+        );
+        let denied = Response::builder()
+            .status(403)
+            .header("x-ms-error-code", "AuthorizationPermissionMismatch")
+            .body(Bytes::new())
+            .unwrap();
+        match store.failure("k", WRITE, &denied) {
+            StoreError::PermissionDenied {
+                permission,
+                resource,
+                ..
+            } => {
+                assert_eq!(permission, WRITE);
+                assert_eq!(resource, "azure://c/k");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
