@@ -258,11 +258,15 @@ impl EntraCredentials {
                 ))
             })?;
         if !response.status().is_success() {
-            let message = format!(
-                "{endpoint} refused a token for {who}: HTTP {} {}; check the identity's tenant, client id and secret (or federated credential), and that it exists",
-                response.status().as_u16(),
-                oauth_error(response.body())
-            );
+            let said = match oauth_error(response.body()) {
+                e if e.is_empty() => format!("HTTP {}", response.status().as_u16()),
+                e => format!("HTTP {} {e}", response.status().as_u16()),
+            };
+            let hint = match self.identity {
+                EntraIdentity::ManagedIdentity { .. } => "no managed identity is assigned to this host (or this is not an Azure host): assign one, or set AZURE_STORAGE_KEY, AZURE_STORAGE_CONNECTION_STRING or a service principal (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)",
+                _ => "check the identity's tenant, client id and secret (or federated credential), and that it exists",
+            };
+            let message = format!("{endpoint} refused a token for {who}: {said}; {hint}");
             return Err(if response.status().is_server_error() {
                 AuthError::transient(message)
             } else {
