@@ -73,7 +73,7 @@ pub struct AzureSettings {
 
 /// How requests are authorized.
 enum Auth {
-    /// The account key, decoded; `origin` names where it came from.
+    /// The account key (base64, checked at start-up); `origin` names where it came from.
     SharedKey { key: Secret, origin: &'static str },
     /// An Entra ID identity.
     Entra(Arc<EntraCredentials>),
@@ -385,10 +385,7 @@ impl AzureStore {
             .into_iter()
             .map(|(n, v)| (n.to_owned(), v))
             .collect();
-        headers.push((
-            "x-ms-date".into(),
-            httpdate::fmt_http_date(SystemTime::now()),
-        ));
+        headers.push(("x-ms-date".into(), http_date(SystemTime::now())));
         headers.push(("x-ms-version".into(), API_VERSION.to_owned()));
         if !body.is_empty() {
             headers.push(("content-length".into(), body.len().to_string()));
@@ -633,10 +630,13 @@ impl AzureStore {
             version: field("SignedVersion"),
             value: Secret::new(field("Value")),
         };
-        if delegation.value.expose().is_empty() || delegation.object_id.is_empty() {
+        let usable = base64::engine::general_purpose::STANDARD
+            .decode(delegation.value.expose())
+            .is_ok_and(|k| !k.is_empty());
+        if !usable || delegation.object_id.is_empty() {
             return Err(StoreError::Transient {
                 key: key.to_owned(),
-                detail: "Get User Delegation Key answered without a key".into(),
+                detail: "Get User Delegation Key answered without a usable key".into(),
             });
         }
         *cached = Some((delegation.clone(), expires));
