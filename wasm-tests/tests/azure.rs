@@ -240,3 +240,74 @@ async fn doctor_and_presign_cover_azure() {
     assert_eq!(got.status, 200, "{url}: {}", got.text());
     assert_eq!(got.body, br#"{"_format_version":"3.0"}"#.to_vec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_companion_exports_what_the_cp_serves_to_azure_and_envoy_imports_it() {
+    let azurite = Azurite::start().await;
+    let beta = EchoServer::start("beta").await;
+    let mut cp = MockCp::start().await;
+    let document = routing_document(&[("api", beta.port())]);
+    cp.set_document(&document);
+
+    // Both roles in one process, as a backup node that also signs for its data planes.
+    let companion = CompanionProcess::start(&[
+        ("KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", "on".into()),
+        ("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", "on".into()),
+        (
+            "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+            format!("azure://{}/kong", azurite.container()),
+        ),
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            connection_string(&azurite),
+        ),
+        ("FALLBACK_CONTROL_PLANE_URL", format!("{}/config", cp.url())),
+        ("FALLBACK_POLL_INTERVAL", "200ms".into()),
+        ("KONG_CLUSTER_FALLBACK_EXPORT_DELAY", "200ms".into()),
+        ("FALLBACK_CONFIG_VERSION", VERSION.into()),
+        ("FALLBACK_SIGNER_TOKENS", TOKEN.into()),
+        ("FALLBACK_NODE_ID", "backup-node".into()),
+        ("FALLBACK_LOG", "debug".into()),
+    ])
+    .await;
+    let key = format!("kong/{VERSION}/config.json");
+    wait_until("the CP's document is in Azure", WAIT, || async {
+        azurite
+            .raw_blob(&key)
+            .await
+            .is_some_and(|raw| raw.header("x-ms-meta-node_id") == Some("backup-node"))
+    })
+    .await;
+
+    cp.stop().await;
+    let envoy = Envoy::start(EnvoyOptions {
+        concurrency: 1,
+        filter_config: filter_config(&cp, &companion),
+        cp: Some(("127.0.0.1".into(), cp.port())),
+        companion: Some(("127.0.0.1".into(), companion.port())),
+        storage: Some(("127.0.0.1".into(), azurite.port())),
+        ..EnvoyOptions::default()
+    })
+    .await;
+    wait_until("the exported route is served from Azure", WAIT, || async {
+        match request(
+            "GET",
+            &format!("{}/api/x", envoy.listener_url()),
+            &[("kong-debug", "1")],
+            Vec::new(),
+        )
+        .await
+        {
+            Ok(r) => {
+                r.status == 200
+                    && r.json()["upstream"] == "beta"
+                    && r.header("x-fallback-source") == Some("fallback")
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    let log = companion.log();
+    assert!(log.contains("exported"), "the log says what it did:\n{log}");
+    assert_no_secret(&log);
+}
