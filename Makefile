@@ -11,7 +11,7 @@ WASM := target/$(WASM_TARGET)/release/fallback_filter.wasm
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server and the wasm target into .tools/
+tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server, Azurite and the wasm target into .tools/
 	@bash scripts/tools.sh
 
 build: tools ## Build the companion and the filter (.wasm)

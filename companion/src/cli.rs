@@ -7,8 +7,8 @@ use crate::signer::{self, Tokens};
 use crate::signing::SigningKey;
 use crate::source::{self, ControlPlane};
 use crate::storage::{
-    self, BackendSettings, ConfigStore, GcsSettings, S3Settings, ServerSideEncryption, StorageUrl,
-    UrlSigner,
+    self, AzureSettings, BackendSettings, ConfigStore, GcsSettings, S3Settings,
+    ServerSideEncryption, StorageUrl, UrlSigner,
 };
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -64,8 +64,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct StorageArgs {
     /// Storage URL: s3://bucket/prefix, gcs://bucket/prefix (the prefix kept byte for byte, as
-    /// GCS object names are: gcs://b//kong stores /kong/...), or file:///dir for the embedded
-    /// local store.
+    /// GCS object names are: gcs://b//kong stores /kong/...), azure://container/prefix, or
+    /// file:///dir for the embedded local store.
     #[arg(
         long = "storage",
         env = "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
@@ -134,6 +134,69 @@ pub struct StorageArgs {
     /// GCS: the metadata server's host, when not metadata.google.internal.
     #[arg(long, env = "GCE_METADATA_HOST", value_name = "HOST[:PORT]")]
     pub gce_metadata_host: Option<String>,
+
+    /// Azure: a storage connection string (AccountName, AccountKey, optional BlobEndpoint, or
+    /// UseDevelopmentStorage=true); wins over the other Azure settings.
+    #[arg(
+        long,
+        env = "AZURE_STORAGE_CONNECTION_STRING",
+        hide_env_values = true,
+        value_name = "TEXT"
+    )]
+    pub azure_storage_connection_string: Option<Secret>,
+
+    /// Azure: the storage account name.
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT", value_name = "NAME")]
+    pub azure_storage_account: Option<String>,
+
+    /// Azure: the account key (Shared Key) [without it: an Entra ID identity: service
+    /// principal, workload identity or managed identity].
+    #[arg(
+        long,
+        env = "AZURE_STORAGE_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub azure_storage_key: Option<Secret>,
+
+    /// Azure: the blob service endpoint, for Azurite, sovereign clouds or private endpoints
+    /// [default: https://<account>.blob.core.windows.net].
+    #[arg(long, env = "AZURE_STORAGE_BLOB_ENDPOINT", value_name = "URL")]
+    pub azure_storage_blob_endpoint: Option<String>,
+
+    /// Azure: the Entra ID tenant of a service principal or workload identity.
+    #[arg(long, env = "AZURE_TENANT_ID", value_name = "ID")]
+    pub azure_tenant_id: Option<String>,
+
+    /// Azure: the client id of a service principal, workload identity or user-assigned
+    /// managed identity.
+    #[arg(long, env = "AZURE_CLIENT_ID", value_name = "ID")]
+    pub azure_client_id: Option<String>,
+
+    /// Azure: a service principal's client secret.
+    #[arg(
+        long,
+        env = "AZURE_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub azure_client_secret: Option<Secret>,
+
+    /// Azure: the federated token file of workload identity (AKS sets it).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "FILE")]
+    pub azure_federated_token_file: Option<PathBuf>,
+
+    /// Azure: the Entra ID authority [default: https://login.microsoftonline.com].
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL")]
+    pub azure_authority_host: Option<String>,
+
+    /// Azure: the instance metadata service's host, when not 169.254.169.254.
+    #[arg(
+        long,
+        env = "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        value_name = "HOST[:PORT]"
+    )]
+    pub azure_imds_host: Option<String>,
 }
 
 fn parse_s3_config(text: &str) -> Result<ServerSideEncryption, String> {
@@ -349,6 +412,18 @@ impl StorageArgs {
                 credentials_file: self.google_application_credentials.clone(),
                 emulator_host: self.storage_emulator_host.clone(),
                 metadata_host: self.gce_metadata_host.clone(),
+            }),
+            azure: matches!(url, StorageUrl::Azure { .. }).then(|| AzureSettings {
+                connection_string: self.azure_storage_connection_string.clone(),
+                account: self.azure_storage_account.clone(),
+                account_key: self.azure_storage_key.clone(),
+                blob_endpoint: self.azure_storage_blob_endpoint.clone(),
+                tenant_id: self.azure_tenant_id.clone(),
+                client_id: self.azure_client_id.clone(),
+                client_secret: self.azure_client_secret.clone(),
+                federated_token_file: self.azure_federated_token_file.clone(),
+                authority_host: self.azure_authority_host.clone(),
+                imds_host: self.azure_imds_host.clone(),
             }),
         })
     }

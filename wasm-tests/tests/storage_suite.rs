@@ -1,5 +1,6 @@
 //! One behaviour suite, run against every storage backend: `file://`, S3 (real SeaweedFS with
-//! real SigV4 checks) and GCS (fake-gcs-server). Then what only S3 can show: permissions, bad
+//! real SigV4 checks), GCS (fake-gcs-server) and Azure Blob (Azurite, which checks Shared Key
+//! signatures and SAS tokens). Then what only S3 can show: permissions, bad
 //! credentials, a store that is down, and the upload's checksum and metadata as the store itself
 //! holds them; and for GCS the metadata and generations as the emulator holds them.
 //!
@@ -12,11 +13,12 @@
 use bytes::Bytes;
 use fallback_companion::exporter::{write_document, WriteOutcome};
 use fallback_companion::storage::{
-    ConfigStore, FileStore, GcsSettings, GcsStore, Precondition, StoreError,
+    AzureStore, ConfigStore, FileStore, GcsSettings, GcsStore, Precondition, StoreError,
 };
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::ExportMetadata;
 use std::sync::Arc;
+use wasm_tests::azurite::Azurite;
 use wasm_tests::fake_gcs::FakeGcs;
 use wasm_tests::fixtures::s3_store;
 use wasm_tests::{Credentials, SeaweedFs};
@@ -517,4 +519,162 @@ async fn s3_store_down_is_transient_and_missing_bucket_is_not() {
     let err = missing.get("k").await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
+}
+
+fn azure_store(azurite: &Azurite) -> Arc<dyn ConfigStore> {
+    Arc::new(
+        AzureStore::new(azurite.container().to_owned(), azurite.settings())
+            .expect("Azurite settings are valid"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_backend_passes_the_suite_against_azurite() {
+    let azurite = Azurite::start().await;
+    behaviour_suite(azure_store(&azurite)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_upload_carries_checksum_and_metadata_and_its_sas_reads_but_never_writes() {
+    let azurite = Azurite::start().await;
+    let store = azure_store(&azurite);
+    let key = "kong/3.4.1.0/config.json";
+    let body = Bytes::from_static(br#"{"_format_version":"3.0"}"#);
+    let mut meta = metadata(&body, 42, "node-x");
+    meta.signature = Some("c2lnbmF0dXJl".into());
+    let tag = store
+        .put(key, body.clone(), &meta, Precondition::Absent)
+        .await
+        .unwrap();
+
+    // As Azurite holds it, behind the companion's back.
+    let raw = azurite
+        .raw_blob(key)
+        .await
+        .expect("blob visible in Azurite");
+    assert_eq!(raw.body, body);
+    assert_eq!(raw.header("etag"), Some(tag.as_str()));
+    assert_eq!(raw.header("content-type"), Some("application/json"));
+    use base64::Engine;
+    use md5::Digest;
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+    assert_eq!(
+        raw.header("content-md5"),
+        Some(md5.as_str()),
+        "the checksum Azure verified is stored with the blob"
+    );
+    assert_eq!(
+        raw.header("x-ms-meta-sha256"),
+        Some(Sha256Digest::of(&body).to_hex().as_str())
+    );
+    assert_eq!(raw.header("x-ms-meta-revision"), Some("42"));
+    assert_eq!(raw.header("x-ms-meta-node_id"), Some("node-x"));
+    assert_eq!(
+        raw.header("x-ms-meta-exported_at"),
+        Some("2026-11-26T10:00:00.000Z")
+    );
+    assert_eq!(raw.header("x-ms-meta-signature"), Some("c2lnbmF0dXJl"));
+
+    // The SAS handed to filters reads exactly that blob, Azurite checking its signature.
+    let url = store
+        .presign_get(
+            key,
+            std::time::Duration::from_secs(60),
+            std::time::SystemTime::now(),
+        )
+        .await
+        .unwrap();
+    assert!(url.contains("sp=r&") && url.contains("sr=b&"), "{url}");
+    let got = wasm_tests::http::get(&url).await.unwrap();
+    assert_eq!(got.status, 200, "{url}: {}", got.text());
+    assert_eq!(got.body, body);
+
+    // …and nothing else: no write, no delete, no other blob, no tampered signature.
+    let put = wasm_tests::http::request(
+        "PUT",
+        &url,
+        &[("x-ms-blob-type", "BlockBlob")],
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        put.status,
+        403,
+        "a read-only SAS must not write: {}",
+        put.text()
+    );
+    let delete = wasm_tests::http::request("DELETE", &url, &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(delete.status, 403, "{}", delete.text());
+    let other = wasm_tests::http::get(&url.replace("config.json?", "other.json?"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status,
+        403,
+        "the SAS names one blob: {}",
+        other.text()
+    );
+    assert_eq!(
+        azurite.raw_blob(key).await.unwrap().body,
+        body,
+        "refused writes changed nothing"
+    );
+
+    // An expired SAS is refused.
+    let old = store
+        .presign_get(
+            key,
+            std::time::Duration::from_secs(60),
+            std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wasm_tests::http::get(&old).await.unwrap().status, 403);
+
+    store.delete(key).await.unwrap();
+    assert!(store.head(key).await.unwrap().is_none());
+    store.delete(key).await.expect("deleting nothing is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_wrong_key_is_named_without_leaking_it_and_a_missing_container_is_not_transient() {
+    let azurite = Azurite::start().await;
+    // A well-formed key that is not the account's.
+    let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
+    let store: Arc<dyn ConfigStore> = Arc::new(
+        AzureStore::new(
+            azurite.container().to_owned(),
+            azurite.settings_with_key(wrong),
+        )
+        .unwrap(),
+    );
+    let err = failed_put(store.clone()).await;
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::BadCredentials { .. }), "{text}");
+    assert!(text.contains("AZURE_STORAGE_KEY"), "{text}");
+    assert!(!text.contains(wrong), "{text}");
+    assert!(!err.is_transient(), "{text}");
+    let err = store.head("k").await.unwrap_err();
+    assert!(matches!(err, StoreError::BadCredentials { .. }), "{err}");
+
+    let missing: Arc<dyn ConfigStore> =
+        Arc::new(AzureStore::new("no-such-container".into(), azurite.settings()).unwrap());
+    let err = missing.get("k").await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("no-such-container"), "{err}");
+    let err = failed_put(missing).await;
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_emulator_down_is_transient() {
+    let mut azurite = Azurite::start().await;
+    let store = azure_store(&azurite);
+    azurite.stop().await;
+    let err = store.head("k").await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("unreachable"), "{err}");
 }

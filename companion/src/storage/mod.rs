@@ -4,11 +4,14 @@
 //! exporter and the signer never need to know which one they talk to.
 
 pub mod aws_credentials;
+pub mod azure;
+pub mod azure_auth;
 pub mod file;
 pub mod gcp_auth;
 pub mod gcs;
 pub mod s3;
 
+pub use azure::{AzureSettings, AzureStore};
 pub use file::{FileStore, ObjectUrlError, UrlSigner};
 pub use gcs::{GcsSettings, GcsStore};
 pub use s3::{S3Store, ServerSideEncryption};
@@ -159,6 +162,7 @@ pub trait ConfigStore: Send + Sync + fmt::Debug {
 
     /// A URL granting a plain `GET` of exactly `key` until `now + expires_in`, to hand to a
     /// filter that holds no credentials. S3: a SigV4 presigned URL; GCS: a V4 signed URL;
+    /// Azure: a read-only SAS of the one blob;
     /// `file://`: a URL of the companion's own object route, HMAC-signed (see
     /// [`file::UrlSigner`]).
     async fn presign_get(
@@ -278,6 +282,13 @@ pub enum StorageUrl {
         /// may begin with `/` or hold `//`).
         prefix: String,
     },
+    /// `azure://container/prefix`: Azure Blob Storage.
+    Azure {
+        /// Container name.
+        container: String,
+        /// Blob name prefix.
+        prefix: String,
+    },
     /// `file:///dir/prefix`: the embedded default; objects are files below `dir`.
     File {
         /// Root directory; the prefix is part of it.
@@ -287,14 +298,15 @@ pub enum StorageUrl {
 
 /// A storage URL that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("storage URL {url:?} {problem}; expected s3://bucket/prefix, gcs://bucket/prefix or file:///absolute/dir")]
+#[error("storage URL {url:?} {problem}; expected s3://bucket/prefix, gcs://bucket/prefix, azure://container/prefix or file:///absolute/dir")]
 pub struct StorageUrlError {
     url: String,
     problem: String,
 }
 
 impl StorageUrl {
-    /// Parses `s3://bucket/prefix`, `gcs://bucket/prefix` (also `gs://`) or `file:///dir`.
+    /// Parses `s3://bucket/prefix`, `gcs://bucket/prefix` (also `gs://`),
+    /// `azure://container/prefix` or `file:///dir`.
     pub fn parse(text: &str) -> Result<Self, StorageUrlError> {
         let fail = |problem: &str| StorageUrlError {
             url: text.to_owned(),
@@ -329,6 +341,18 @@ impl StorageUrl {
                     }
                 })
             }
+            "azure" => {
+                let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if !azure_container_name(container) {
+                    return Err(fail(
+                        "names no valid container (3 to 63 lowercase letters, digits and single hyphens)",
+                    ));
+                }
+                Ok(StorageUrl::Azure {
+                    container: container.to_owned(),
+                    prefix: prefix.trim_matches('/').to_owned(),
+                })
+            }
             "file" => {
                 if !rest.starts_with('/') {
                     return Err(fail(
@@ -349,7 +373,9 @@ impl StorageUrl {
     /// The key prefix objects are stored under (empty for `file://`, whose root holds it).
     pub fn prefix(&self) -> &str {
         match self {
-            StorageUrl::S3 { prefix, .. } | StorageUrl::Gcs { prefix, .. } => prefix,
+            StorageUrl::S3 { prefix, .. }
+            | StorageUrl::Gcs { prefix, .. }
+            | StorageUrl::Azure { prefix, .. } => prefix,
             StorageUrl::File { .. } => "",
         }
     }
@@ -359,7 +385,9 @@ impl StorageUrl {
     pub fn prefix_style(&self) -> PrefixStyle {
         match self {
             StorageUrl::Gcs { .. } => PrefixStyle::Verbatim,
-            StorageUrl::S3 { .. } | StorageUrl::File { .. } => PrefixStyle::Segments,
+            StorageUrl::S3 { .. } | StorageUrl::Azure { .. } | StorageUrl::File { .. } => {
+                PrefixStyle::Segments
+            }
         }
     }
 
@@ -379,6 +407,7 @@ impl fmt::Display for StorageUrl {
         match self {
             StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
             StorageUrl::Gcs { bucket, prefix } => write!(f, "gcs://{bucket}/{prefix}"),
+            StorageUrl::Azure { container, prefix } => write!(f, "azure://{container}/{prefix}"),
             StorageUrl::File { root } => write!(f, "file://{}", root.display()),
         }
     }
@@ -417,6 +446,8 @@ pub struct BackendSettings {
     pub s3: Option<S3Settings>,
     /// For `gcs://`.
     pub gcs: Option<GcsSettings>,
+    /// For `azure://`.
+    pub azure: Option<AzureSettings>,
 }
 
 /// Opens the store a URL names.
@@ -449,7 +480,23 @@ pub fn open_with_url_signer(
             let gcs = settings.gcs.unwrap_or_default();
             Box::new(gcs::GcsStore::new(bucket.clone(), gcs)?)
         }
+        StorageUrl::Azure { container, .. } => Box::new(azure::AzureStore::new(
+            container.clone(),
+            settings.azure.unwrap_or_default(),
+        )?),
     })
+}
+
+/// Azure's container name rule: 3 to 63 characters, lowercase letters, digits and hyphens,
+/// starting and ending with a letter or digit, no two hyphens in a row.
+fn azure_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 #[cfg(test)]
@@ -479,6 +526,16 @@ mod tests {
                 prefix: "p".into()
             }
         );
+        let azure = StorageUrl::parse("azure://kong-backup/dp/fallback/").unwrap();
+        assert_eq!(
+            azure,
+            StorageUrl::Azure {
+                container: "kong-backup".into(),
+                prefix: "dp/fallback".into()
+            }
+        );
+        assert_eq!(azure.prefix(), "dp/fallback");
+        assert_eq!(azure.to_string(), "azure://kong-backup/dp/fallback");
         assert_eq!(
             StorageUrl::parse("gs://b//p//q/").unwrap(),
             StorageUrl::Gcs {
@@ -534,6 +591,10 @@ mod tests {
             "file://relative",
             "ftp://x/y",
             "file:///a/../b",
+            "azure://",
+            "azure://ab/p",
+            "azure://Upper/p",
+            "azure://a--b/p",
         ] {
             let err = StorageUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
