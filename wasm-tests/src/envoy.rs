@@ -47,6 +47,9 @@ pub struct EnvoyOptions {
     /// Extra Envoy command-line arguments, appended last
     /// (e.g. `["--component-log-level", "wasm:debug"]`).
     pub extra_args: Vec<String>,
+    /// The bootstrap template to render instead of [`bootstrap_template`]'s file (same
+    /// placeholders; e.g. the benchmark's variants). `None`: the project's example.
+    pub bootstrap: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -64,6 +67,7 @@ impl Default for EnvoyOptions {
             storage: None,
             wasm: None,
             extra_args: Vec::new(),
+            bootstrap: None,
         }
     }
 }
@@ -231,8 +235,10 @@ impl Envoy {
             ("STORAGE_HOST", storage_host),
             ("STORAGE_PORT", storage_port.to_string()),
         ];
-        let template = std::fs::read_to_string(bootstrap_template()).unwrap_or_else(|e| {
-            panic!("read {}: {e}", bootstrap_template().display());
+        let template = options.bootstrap.clone().unwrap_or_else(|| {
+            std::fs::read_to_string(bootstrap_template()).unwrap_or_else(|e| {
+                panic!("read {}: {e}", bootstrap_template().display());
+            })
         });
         let bootstrap = dir.path().join("bootstrap.yaml");
         std::fs::write(&bootstrap, render_bootstrap(&template, &vars))
@@ -356,6 +362,11 @@ impl Envoy {
     /// The admin port.
     pub fn admin_port(&self) -> u16 {
         self.admin_port
+    }
+
+    /// The process id, while it runs (e.g. to read its CPU time from `/proc/<pid>/stat`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// The `--base-id` this instance runs with.

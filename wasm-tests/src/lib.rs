@@ -16,6 +16,7 @@
 //! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
 //! cargo test for failing tests), and each external process logs to a file in its own dir.
 
+pub mod bench;
 pub mod companion_process;
 pub mod demo_cli;
 pub mod echo;

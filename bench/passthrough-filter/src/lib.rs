@@ -1,28 +1,29 @@
 //! The baseline of `make bench-proxy`: the least a routing wasm filter does per request.
 //!
-//! It reads `:path` and `:authority` (as any router must) and sets one request header: the
-//! `host:port` the bootstrap hands to Envoy's upstream (`x-fallback-upstream`, as the Fallback
-//! filter does). Its plugin configuration is that value, verbatim (e.g. `127.0.0.1:8080`);
-//! surrounding quotes and whitespace are ignored. Comparing the Fallback filter with this one,
-//! under the same bootstrap, isolates what the Fallback filter itself costs per request.
+//! It reads `:path` and `:authority` (as any router must) and sets the request headers its
+//! plugin configuration names, a JSON object of names and values, e.g.
+//! `{"x-fallback-upstream": "127.0.0.1:8080"}`: the `host:port` the bootstrap hands to Envoy's
+//! upstream, as the Fallback filter does. Comparing the Fallback filter with this one, under the
+//! same bootstrap, isolates what the Fallback filter itself costs per request.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use std::collections::BTreeMap;
 use std::rc::Rc;
-
-/// The header the value goes into (the Fallback filter's default `upstream_header`).
-const HEADER: &str = "x-fallback-upstream";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { upstream: Rc::from("") })
+        Box::new(Root { headers: Rc::new(Vec::new()) })
     });
 }}
 
+/// The headers to set, in order.
+type Headers = Rc<Vec<(String, String)>>;
+
 struct Root {
-    upstream: Rc<str>,
+    headers: Headers,
 }
 
 impl Context for Root {}
@@ -33,14 +34,24 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let text = String::from_utf8_lossy(&raw);
-        self.upstream = Rc::from(text.trim().trim_matches('"'));
-        true
+        match serde_json::from_slice::<BTreeMap<String, String>>(&raw) {
+            Ok(headers) => {
+                self.headers = Rc::new(headers.into_iter().collect());
+                true
+            }
+            Err(e) => {
+                let _ = hostcalls::log(
+                    LogLevel::Error,
+                    &format!("passthrough: the configuration must be a JSON object of header names and values: {e}"),
+                );
+                false
+            }
+        }
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
-            upstream: self.upstream.clone(),
+            headers: self.headers.clone(),
         }))
     }
 
@@ -50,7 +61,7 @@ impl RootContext for Root {
 }
 
 struct Request {
-    upstream: Rc<str>,
+    headers: Headers,
 }
 
 impl Context for Request {}
@@ -66,8 +77,9 @@ impl HttpContext for Request {
         let path = read(":path");
         let authority = read(":authority");
         if path.is_some() && authority.is_some() {
-            let _ =
-                hostcalls::set_map_value(MapType::HttpRequestHeaders, HEADER, Some(&self.upstream));
+            for (name, value) in self.headers.iter() {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+            }
         }
         Action::Continue
     }
