@@ -35,6 +35,10 @@ pub enum HandOff {
     /// `set_filter_state` copies `x-fallback-upstream` into `envoy.upstream.dynamic_host`,
     /// which the dynamic forward proxy resolves (the project bootstrap's hand-off for DNS names).
     FilterStateDfp,
+    /// Per request: a request carrying `x-fallback-cluster: original_dst` (IP literals) takes
+    /// a route to [`HandOff::OriginalDst`]'s cluster, any other the
+    /// [`HandOff::FilterStateDfp`] path.
+    Hybrid,
 }
 
 /// The `direct_response` listener that plays the upstream on `127.0.0.1:port`.
@@ -98,6 +102,17 @@ pub fn bench_bootstrap(wasm: bool, hand_off: HandOff, upstream_port: u16) -> Str
             },
         }));
     }
+    let mut clusters = Vec::new();
+    let mut routes = Vec::new();
+    if hand_off == HandOff::Hybrid {
+        clusters.push(original_dst_from_header("target_ip"));
+        routes.push(json!({
+            "match": {"prefix": "/", "headers": [
+                {"name": "x-fallback-cluster", "string_match": {"exact": "original_dst"}},
+            ]},
+            "route": {"cluster": "target_ip", "timeout": "60s"},
+        }));
+    }
     let cluster = match hand_off {
         HandOff::Static => json!({
             "name": "target",
@@ -110,35 +125,7 @@ pub fn bench_bootstrap(wasm: bool, hand_off: HandOff, upstream_port: u16) -> Str
         }),
         HandOff::OriginalDst => {
             remove_on_route = false;
-            json!({
-                "name": "target",
-                "type": "ORIGINAL_DST",
-                "lb_policy": "CLUSTER_PROVIDED",
-                "connect_timeout": "5s",
-                "original_dst_lb_config": {
-                    "use_http_header": true,
-                    "http_header_name": "x-fallback-upstream",
-                },
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http_protocol_options": {}},
-                        "http_filters": [
-                            {
-                                "name": "envoy.filters.http.header_mutation",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                                    "mutations": {"request_mutations": [{"remove": "x-fallback-upstream"}]},
-                                },
-                            },
-                            {
-                                "name": "envoy.filters.http.upstream_codec",
-                                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
-                            },
-                        ],
-                    },
-                },
-            })
+            original_dst_from_header("target")
         }
         HandOff::FilterStateOriginalDst => {
             filters.push(set_filter_state(
@@ -151,7 +138,7 @@ pub fn bench_bootstrap(wasm: bool, hand_off: HandOff, upstream_port: u16) -> Str
                 "connect_timeout": "5s",
             })
         }
-        HandOff::FilterStateDfp => {
+        HandOff::FilterStateDfp | HandOff::Hybrid => {
             filters.push(set_filter_state("envoy.upstream.dynamic_host"));
             filters.push(json!({
                 "name": "envoy.filters.http.dynamic_forward_proxy",
@@ -175,18 +162,23 @@ pub fn bench_bootstrap(wasm: bool, hand_off: HandOff, upstream_port: u16) -> Str
             })
         }
     };
+    clusters.push(cluster);
+    routes.push(json!({
+        "match": {"prefix": "/"},
+        "route": {"cluster": "target", "timeout": "60s"},
+        "request_headers_to_remove": if remove_on_route {
+            json!(["x-fallback-upstream", "x-fallback-cluster"])
+        } else {
+            json!([])
+        },
+    }));
     filters.push(router());
     let proxy = json!({
         "name": "proxy",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": "${LISTENER_PORT}"}},
         "filter_chains": [{"filters": [hcm(PROXY_STATS, json!({
             "name": "proxy",
-            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-                "match": {"prefix": "/"},
-                "route": {"cluster": "target", "timeout": "60s"},
-                "request_headers_to_remove":
-                    if remove_on_route { json!(["x-fallback-upstream"]) } else { json!([]) },
-            }]}],
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         }), filters)]}],
     });
     let bootstrap = json!({
@@ -194,7 +186,7 @@ pub fn bench_bootstrap(wasm: bool, hand_off: HandOff, upstream_port: u16) -> Str
             {"address": "127.0.0.1", "port_value": "${ADMIN_PORT}"}}},
         "static_resources": {
             "listeners": [upstream_listener(upstream_port), proxy],
-            "clusters": [cluster],
+            "clusters": clusters,
         },
     });
     // Placeholders that stand for numbers or for a JSON string literal go in bare.
@@ -214,6 +206,44 @@ fn hcm(stat_prefix: &str, route_config: Value, http_filters: Vec<Value>) -> Valu
             "codec_type": "AUTO",
             "route_config": route_config,
             "http_filters": http_filters,
+        },
+    })
+}
+
+/// An `ORIGINAL_DST` cluster named `name` connecting to the `x-fallback-upstream` header's
+/// `ip:port`; an upstream `header_mutation` filter removes the hand-off headers (the route
+/// cannot: the cluster reads the header after the route's header changes).
+fn original_dst_from_header(name: &str) -> Value {
+    json!({
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "5s",
+        "original_dst_lb_config": {
+            "use_http_header": true,
+            "http_header_name": "x-fallback-upstream",
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.header_mutation",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                            "mutations": {"request_mutations": [
+                                {"remove": "x-fallback-upstream"},
+                                {"remove": "x-fallback-cluster"},
+                            ]},
+                        },
+                    },
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+                    },
+                ],
+            },
         },
     })
 }

@@ -44,6 +44,7 @@ variants:
   PS     minimal filter, set_filter_state + dynamic forward proxy
   PO     minimal filter, ORIGINAL_DST cluster from the x-fallback-upstream header
   PT     minimal filter, set_filter_state + ORIGINAL_DST cluster (original_dst_address)
+  PH     minimal filter, x-fallback-cluster: original_dst routes to PO's cluster, else as PS
   F10    the Fallback filter, 10 routes, no plugins (project bootstrap)
   F1k    the Fallback filter, 1,000 routes, key-auth + rate-limiting (local) on every route
   F10k   the Fallback filter, 10,000 routes, key-auth + rate-limiting (local) on every route
@@ -117,6 +118,14 @@ const VARIANTS: &[Variant] = &[
         setup: Setup::Bench {
             wasm: true,
             hand_off: HandOff::FilterStateOriginalDst,
+        },
+    },
+    Variant {
+        name: "PH",
+        description: "minimal filter, ORIGINAL_DST for IPs, else DFP",
+        setup: Setup::Bench {
+            wasm: true,
+            hand_off: HandOff::Hybrid,
         },
     },
     Variant {
@@ -273,7 +282,7 @@ async fn start(variant: &'static Variant) -> Result<Running, String> {
             std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
         with_upstream_listener(&text, upstream_port).map_err(|e| format!("{}: {e}", path.display()))
     };
-    let minimal_config = json!({ "x-fallback-upstream": upstream });
+    let mut minimal_config = json!({ "x-fallback-upstream": upstream });
     let mut options = EnvoyOptions {
         concurrency: 1,
         ..EnvoyOptions::default()
@@ -283,6 +292,9 @@ async fn start(variant: &'static Variant) -> Result<Running, String> {
     let mut headers = Vec::new();
     match variant.setup {
         Setup::Bench { wasm, hand_off } => {
+            if hand_off == HandOff::Hybrid {
+                minimal_config["x-fallback-cluster"] = json!("original_dst");
+            }
             options.bootstrap = Some(bench_bootstrap(wasm, hand_off, upstream_port));
             options.filter_config = minimal_config;
             options.wasm = Some(minimal_wasm()?);
