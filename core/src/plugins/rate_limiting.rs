@@ -157,10 +157,16 @@ impl RateLimiting {
             })
             .collect();
         // Kong reads every period's usage, refuses when one is spent, else counts the request.
-        let mut usage: Vec<u64> = windows
-            .iter()
-            .map(|(_, _, start, key)| counters.usage(key, *start))
-            .collect();
+        // With one period the increment alone decides (it refuses at the limit and counts
+        // nothing then): one counter round trip per request instead of two.
+        let mut usage: Vec<u64> = if windows.len() == 1 {
+            vec![0]
+        } else {
+            windows
+                .iter()
+                .map(|(_, _, start, key)| counters.usage(key, *start))
+                .collect()
+        };
         let mut stop = windows
             .iter()
             .zip(&usage)
