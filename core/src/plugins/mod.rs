@@ -676,7 +676,6 @@ struct Exchange {
     method: String,
     /// Upstream request headers as they stand, names lowercase.
     headers: Vec<(String, String)>,
-    original_headers: Vec<(String, String)>,
     query: request_transformer::Query,
     upstream_path: String,
     path_changed: bool,
@@ -704,7 +703,6 @@ impl Exchange {
         };
         Exchange {
             method: req.method.to_owned(),
-            original_headers: headers.clone(),
             headers,
             query: request_transformer::Query::parse(query),
             upstream_path: path.to_owned(),
@@ -766,7 +764,7 @@ impl Exchange {
             None
         };
         UpstreamChanges {
-            request_headers: diff_headers(&self.original_headers, &self.headers),
+            request_headers: diff_headers(req.headers, &self.headers),
             path,
             method: Some(self.method).filter(|_| self.method_changed),
             response: self.response,
@@ -774,32 +772,38 @@ impl Exchange {
     }
 }
 
-/// The changes that turn `before` into `after`: for each header whose values differ, remove
-/// it, then add its new values.
-fn diff_headers(before: &[(String, String)], after: &[(String, String)]) -> Vec<HeaderOp> {
-    let mut names: Vec<&str> = Vec::new();
-    for (name, _) in before.iter().chain(after) {
-        if !names.contains(&name.as_str()) {
-            names.push(name);
-        }
-    }
-    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
-        list.iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
+/// The changes that turn the client's headers `before` (pseudo-headers ignored, names in any
+/// case) into `after` (names lowercase): for each header whose values differ, remove it, then
+/// add its new values. Allocates only for the changes: it runs on every request.
+fn diff_headers(before: &[(&str, &str)], after: &[(String, String)]) -> Vec<HeaderOp> {
+    let before = || before.iter().filter(|(n, _)| !n.starts_with(':'));
+    let names = before()
+        .map(|(n, _)| *n)
+        .chain(after.iter().map(|(n, _)| n.as_str()));
     let mut ops = Vec::new();
-    for name in names {
-        let old = values(before, name);
-        let new = values(after, name);
-        if old == new {
+    for (i, name) in names.clone().enumerate() {
+        // Each name once, at its first appearance (a few headers: quadratic is cheapest).
+        if names.clone().take(i).any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        if !old.is_empty() {
-            ops.push(HeaderOp::Remove(name.to_owned()));
+        let old = before()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v);
+        let mut new = after
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        if old.clone().eq(new.clone()) {
+            continue;
         }
-        ops.extend(new.into_iter().map(|v| HeaderOp::Add(name.to_owned(), v)));
+        let name = name.to_ascii_lowercase();
+        if old.clone().next().is_some() {
+            ops.push(HeaderOp::Remove(name.clone()));
+        }
+        ops.extend(
+            new.by_ref()
+                .map(|v| HeaderOp::Add(name.clone(), v.to_owned())),
+        );
     }
     ops
 }

@@ -1144,3 +1144,35 @@ fn configs_as_kong_exports_them_with_every_default_spelt_out() {
         503
     );
 }
+
+#[test]
+fn header_diff_names_only_what_changed() {
+    let before = [
+        (":path", "/x"),
+        ("X-Keep", "1"),
+        ("ApiKey", "secret"),
+        ("x-multi", "a"),
+        ("X-Multi", "b"),
+    ];
+    let after: Vec<(String, String)> = [
+        ("x-keep", "1"),
+        ("x-multi", "a"),
+        ("x-multi", "c"),
+        ("x-consumer-id", "c-1"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        diff_headers(&before, &after),
+        vec![
+            HeaderOp::Remove("apikey".into()),
+            HeaderOp::Remove("x-multi".into()),
+            HeaderOp::Add("x-multi".into(), "a".into()),
+            HeaderOp::Add("x-multi".into(), "c".into()),
+            HeaderOp::Add("x-consumer-id".into(), "c-1".into()),
+        ]
+    );
+    let same: Vec<(String, String)> = vec![("x-keep".into(), "1".into())];
+    assert!(diff_headers(&[("X-Keep", "1"), (":authority", "a")], &same).is_empty());
+}
