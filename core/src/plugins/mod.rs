@@ -295,6 +295,16 @@ struct Chain {
     priority: u32,
     consumer_scoped: bool,
     instances: HashMap<Scope, Instance>,
+    /// Bit [`shape`] of every scope in `instances`: a lookup whose shape no instance has is
+    /// skipped (most configs use one or two shapes, and each lookup hashes).
+    shapes: u8,
+}
+
+/// Which of route, service, consumer a scope sets, as a bit of [`Chain::shapes`].
+fn shape(scope: &Scope) -> u8 {
+    1 << (u8::from(scope.0.is_some())
+        | u8::from(scope.1.is_some()) << 1
+        | u8::from(scope.2.is_some()) << 2)
 }
 
 impl Chain {
@@ -326,7 +336,7 @@ impl Chain {
         ];
         combos
             .iter()
-            .filter(|(possible, _)| *possible)
+            .filter(|(possible, scope)| *possible && self.shapes & shape(scope) != 0)
             .find_map(|(_, scope)| self.instances.get(scope))
     }
 }
@@ -501,10 +511,12 @@ impl PluginEngine {
                     priority: priority.unwrap_or(u32::MAX),
                     consumer_scoped: consumer_scoped(name),
                     instances: HashMap::new(),
+                    shapes: 0,
                 });
                 self.chains.len() - 1
             }
         };
+        self.chains[index].shapes |= shape(&scope);
         self.chains[index].instances.insert(
             scope,
             Instance {
