@@ -50,7 +50,8 @@ mod path;
 
 use crate::document::{ConfigDocument, Protocol};
 use regex_lite::Regex;
-use std::cell::Cell;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -205,6 +206,9 @@ pub struct Router {
     balancers: Vec<Balancer>,
     unsupported: Vec<Unsupported>,
     needs_headers: bool,
+    /// The candidate ranks of the request being routed, kept between requests so that
+    /// routing does not allocate for them.
+    scratch: RefCell<Vec<u32>>,
 }
 
 #[derive(Debug)]
@@ -397,6 +401,7 @@ impl Router {
             balancers,
             unsupported: Vec::new(),
             needs_headers: false,
+            scratch: RefCell::new(Vec::new()),
         };
 
         // (priority, document order, path order, candidate)
@@ -603,12 +608,11 @@ impl Router {
     pub fn route(&self, request: &RequestView<'_>) -> RouteOutcome {
         let https = request.scheme.eq_ignore_ascii_case("https");
         let (req_host, req_port) = split_authority(request.authority);
-        let req_host: std::borrow::Cow<'_, str> =
-            if req_host.bytes().any(|b| b.is_ascii_uppercase()) {
-                req_host.to_ascii_lowercase().into()
-            } else {
-                req_host.into()
-            };
+        let req_host: Cow<'_, str> = if req_host.bytes().any(|b| b.is_ascii_uppercase()) {
+            req_host.to_ascii_lowercase().into()
+        } else {
+            req_host.into()
+        };
         let req_port = req_port
             .or(request.port)
             .unwrap_or(if https { 443 } else { 80 });
@@ -618,7 +622,9 @@ impl Router {
         };
         let path = path::normalize(raw_path);
 
-        let mut ranks: Vec<u32> = Vec::new();
+        // Taken, not borrowed, so that a panic in between cannot poison later requests.
+        let mut ranks = std::mem::take(&mut *self.scratch.borrow_mut());
+        ranks.clear();
         self.gather(&req_host, &path, &mut ranks);
         ranks.sort_unstable();
         ranks.dedup();
@@ -644,6 +650,7 @@ impl Router {
             winner = Some((route, matched_len));
             break;
         }
+        *self.scratch.borrow_mut() = ranks;
         let Some((route, matched_len)) = winner else {
             return RouteOutcome::NoRoute;
         };
@@ -698,7 +705,10 @@ impl Router {
             ""
         };
         let joined = path::join_v0(&service.base_path, route.strip_path, postfix, &path);
-        let mut upstream_path = path::escape(&joined).into_owned();
+        let mut upstream_path = match path::escape(&joined) {
+            Cow::Owned(escaped) => escaped,
+            Cow::Borrowed(_) => joined,
+        };
         upstream_path.push_str(query);
 
         let host_header = if route.preserve_host {
@@ -864,7 +874,7 @@ fn parse_port(text: &str) -> Option<u16> {
 }
 
 /// IPv6 hosts in brackets, for `host:port` and `Host`.
-fn bracket(host: &str) -> std::borrow::Cow<'_, str> {
+fn bracket(host: &str) -> Cow<'_, str> {
     if host.contains(':') {
         format!("[{host}]").into()
     } else {
