@@ -206,6 +206,8 @@ pub struct Router {
     balancers: Vec<Balancer>,
     unsupported: Vec<Unsupported>,
     needs_headers: bool,
+    needs_sni: bool,
+    needs_port: bool,
     /// The candidate ranks of the request being routed, kept between requests so that
     /// routing does not allocate for them.
     scratch: RefCell<Vec<u32>>,
@@ -401,6 +403,8 @@ impl Router {
             balancers,
             unsupported: Vec::new(),
             needs_headers: false,
+            needs_sni: false,
+            needs_port: false,
             scratch: RefCell::new(Vec::new()),
         };
 
@@ -468,6 +472,8 @@ impl Router {
             router.needs_headers |= !headers.is_empty();
 
             let hosts: Vec<HostMatcher> = route.hosts.iter().map(|h| host_matcher(h)).collect();
+            router.needs_sni |= !route.snis.is_empty();
+            router.needs_port |= hosts.iter().any(|h| h.port.is_some());
             let match_weight = [
                 !route.methods.is_empty(),
                 !route.hosts.is_empty(),
@@ -597,6 +603,18 @@ impl Router {
     /// to carry the request's headers.
     pub fn needs_headers(&self) -> bool {
         self.needs_headers
+    }
+
+    /// True when some route has `snis`: only then does [`RequestView::sni`] need to carry the
+    /// TLS SNI (the filter reads it from the host, one call per request).
+    pub fn needs_sni(&self) -> bool {
+        self.needs_sni
+    }
+
+    /// True when some route host names a port: only then does [`RequestView::port`] (the
+    /// listener's port, for a `Host` without one) take part in matching.
+    pub fn needs_port(&self) -> bool {
+        self.needs_port
     }
 
     /// Routes, or parts of routes, this build cannot enforce; worth a warning in the log.

@@ -63,11 +63,20 @@ impl HttpContext for RequestFilter {
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         // Envoy's attributes: the TLS SNI (empty on plain HTTP) and the listener's port, which
-        // Kong compares a route host's port with when the Host header names none.
-        let sni = host::property(&["connection", "requested_server_name"])
+        // Kong compares a route host's port with when the Host header names none. Each is a
+        // host call: read only when some route uses it.
+        let sni = active
+            .router
+            .needs_sni()
+            .then(|| host::property(&["connection", "requested_server_name"]))
+            .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .filter(|s| !s.is_empty());
-        let port = host::property(&["destination", "port"])
+        let port = active
+            .router
+            .needs_port()
+            .then(|| host::property(&["destination", "port"]))
+            .flatten()
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .and_then(|b| u16::try_from(i64::from_le_bytes(b)).ok());
         let view = RequestView {
