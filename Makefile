@@ -41,7 +41,6 @@ bench: wasm ## Router compile time and match p50/p99 for 100/1,000/10,000 routes
 	$(CARGO) bench -p fallback-core --bench router
 
 bench-proxy: wasm ## Envoy CPU per request: no wasm, a minimal filter, the filter with 10/1k/10k routes (BENCH_ARGS=--help)
-	$(CARGO) build -q -p wasm-tests --bin bench-proxy
 	$(CARGO) run -q -p wasm-tests --bin bench-proxy -- $(BENCH_ARGS)
 
 demo: build ## The story end to end on the embedded file:// storage, narrated

@@ -179,7 +179,12 @@ fn run_plugins(
     scheme: &str,
     headers: &[(&str, &str)],
 ) -> PluginOutcome {
-    let random = (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64());
+    // Two host calls (the clock) each: only for the plugins that use them.
+    let random = if active.plugins.needs_random() {
+        (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64())
+    } else {
+        0
+    };
     let request = PluginRequest {
         method,
         scheme,

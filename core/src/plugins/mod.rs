@@ -107,7 +107,8 @@ pub struct PluginRequest<'a> {
     pub service: Option<usize>,
     /// Unix time in milliseconds.
     pub now_ms: u64,
-    /// Fresh random bits from the host (correlation ids).
+    /// Fresh random bits from the host (correlation ids); any value when
+    /// [`PluginEngine::needs_random`] is false.
     pub random: u128,
 }
 
@@ -564,6 +565,12 @@ impl PluginEngine {
     /// True when no plugin applies anywhere: the filter can skip reading headers for it.
     pub fn is_empty(&self) -> bool {
         self.chains.is_empty()
+    }
+
+    /// True when some plugin uses [`PluginRequest::random`] (`correlation-id`): otherwise the
+    /// caller need not draw random bits for each request.
+    pub fn needs_random(&self) -> bool {
+        self.chains.iter().any(|c| c.name == "correlation-id")
     }
 
     /// The enabled plugins this engine refuses (or ignores), to log once per revision.

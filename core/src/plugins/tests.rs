@@ -1176,3 +1176,12 @@ fn header_diff_names_only_what_changed() {
     let same: Vec<(String, String)> = vec![("x-keep".into(), "1".into())];
     assert!(diff_headers(&[("X-Keep", "1"), (":authority", "a")], &same).is_empty());
 }
+
+#[test]
+fn random_bits_are_needed_only_by_correlation_id() {
+    assert!(!engine(json!({"consumers": consumers(), "plugins": [
+        {"name": "key-auth"}, {"name": "rate-limiting", "config": {"minute": 5}}
+    ]}))
+    .needs_random());
+    assert!(engine(json!({"plugins": [{"name": "correlation-id", "route": "r1"}]})).needs_random());
+}
