@@ -39,6 +39,10 @@ pub enum HandOff {
     /// a route to [`HandOff::OriginalDst`]'s cluster, any other the
     /// [`HandOff::FilterStateDfp`] path.
     Hybrid,
+    /// As [`HandOff::Hybrid`], but the `ORIGINAL_DST` cluster reads the address from the filter
+    /// state `set_filter_state` also writes ([`HandOff::FilterStateOriginalDst`]): the headers
+    /// go away on the route, no upstream filter.
+    HybridFilterState,
 }
 
 /// The `direct_response` listener that plays the upstream on `127.0.0.1:port`.
@@ -104,13 +108,25 @@ pub fn bench_bootstrap(wasm: bool, hand_off: HandOff, upstream_port: u16) -> Str
     }
     let mut clusters = Vec::new();
     let mut routes = Vec::new();
-    if hand_off == HandOff::Hybrid {
-        clusters.push(original_dst_from_header("target_ip"));
+    if matches!(hand_off, HandOff::Hybrid | HandOff::HybridFilterState) {
+        clusters.push(if hand_off == HandOff::Hybrid {
+            original_dst_from_header("target_ip")
+        } else {
+            filters.push(set_filter_state(
+                "envoy.network.transport_socket.original_dst_address",
+            ));
+            original_dst_from_filter_state("target_ip")
+        });
         routes.push(json!({
             "match": {"prefix": "/", "headers": [
                 {"name": "x-fallback-cluster", "string_match": {"exact": "original_dst"}},
             ]},
             "route": {"cluster": "target_ip", "timeout": "60s"},
+            "request_headers_to_remove": if hand_off == HandOff::Hybrid {
+                json!([])
+            } else {
+                json!(["x-fallback-upstream", "x-fallback-cluster"])
+            },
         }));
     }
     let cluster = match hand_off {
@@ -131,14 +147,9 @@ pub fn bench_bootstrap(wasm: bool, hand_off: HandOff, upstream_port: u16) -> Str
             filters.push(set_filter_state(
                 "envoy.network.transport_socket.original_dst_address",
             ));
-            json!({
-                "name": "target",
-                "type": "ORIGINAL_DST",
-                "lb_policy": "CLUSTER_PROVIDED",
-                "connect_timeout": "5s",
-            })
+            original_dst_from_filter_state("target")
         }
-        HandOff::FilterStateDfp | HandOff::Hybrid => {
+        HandOff::FilterStateDfp | HandOff::Hybrid | HandOff::HybridFilterState => {
             filters.push(set_filter_state("envoy.upstream.dynamic_host"));
             filters.push(json!({
                 "name": "envoy.filters.http.dynamic_forward_proxy",
@@ -245,6 +256,17 @@ fn original_dst_from_header(name: &str) -> Value {
                 ],
             },
         },
+    })
+}
+
+/// An `ORIGINAL_DST` cluster named `name` connecting to the filter state
+/// `envoy.network.transport_socket.original_dst_address`.
+fn original_dst_from_filter_state(name: &str) -> Value {
+    json!({
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "5s",
     })
 }
 

@@ -45,6 +45,7 @@ variants:
   PO     minimal filter, ORIGINAL_DST cluster from the x-fallback-upstream header
   PT     minimal filter, set_filter_state + ORIGINAL_DST cluster (original_dst_address)
   PH     minimal filter, x-fallback-cluster: original_dst routes to PO's cluster, else as PS
+  PX     as PH, the ORIGINAL_DST cluster reading PT's filter state instead of the header
   F10    the Fallback filter, 10 routes, no plugins (project bootstrap)
   F1k    the Fallback filter, 1,000 routes, key-auth + rate-limiting (local) on every route
   F10k   the Fallback filter, 10,000 routes, key-auth + rate-limiting (local) on every route
@@ -126,6 +127,14 @@ const VARIANTS: &[Variant] = &[
         setup: Setup::Bench {
             wasm: true,
             hand_off: HandOff::Hybrid,
+        },
+    },
+    Variant {
+        name: "PX",
+        description: "minimal filter, as PH with ORIGINAL_DST from filter state",
+        setup: Setup::Bench {
+            wasm: true,
+            hand_off: HandOff::HybridFilterState,
         },
     },
     Variant {
@@ -292,7 +301,7 @@ async fn start(variant: &'static Variant) -> Result<Running, String> {
     let mut headers = Vec::new();
     match variant.setup {
         Setup::Bench { wasm, hand_off } => {
-            if hand_off == HandOff::Hybrid {
+            if matches!(hand_off, HandOff::Hybrid | HandOff::HybridFilterState) {
                 minimal_config["x-fallback-cluster"] = json!("original_dst");
             }
             options.bootstrap = Some(bench_bootstrap(wasm, hand_off, upstream_port));
