@@ -47,6 +47,13 @@ fn document(alpha: u16, beta: u16) -> Value {
                 "routes": [{"name": "admin-https-only", "paths": ["/admin"],
                             "protocols": ["https"]}],
             },
+            {
+                // A DNS name: Envoy resolves it (the dynamic forward proxy), where IP literals
+                // go straight to an ORIGINAL_DST cluster.
+                "name": "named",
+                "url": format!("http://localhost:{beta}/named"),
+                "routes": [{"name": "named-route", "paths": ["/by-name"]}],
+            },
         ],
         "routes": [
             // More fields (a header) than users-api: wins when the header is there.
@@ -155,6 +162,12 @@ async fn envoy_delivers_where_match_predicts() {
             &[],
             json!("admin-https-only"),
         ),
+        (
+            "GET",
+            "http://api.example.com/by-name/x?y=1",
+            &[],
+            json!("named-route"),
+        ),
         ("GET", "http://nowhere.test/else", &[], Value::Null),
     ];
     for (method, url, headers, route) in cases {
@@ -195,6 +208,11 @@ async fn envoy_delivers_where_match_predicts() {
                 predicted["upstream_host"].as_str()
             ),
             "{method} {url}: match predicted {predicted}, the upstream got {echoed}"
+        );
+        assert_eq!(
+            echoed["headers"].get(wasm_tests::envoy::UPSTREAM_HEADER),
+            None,
+            "{method} {url}: the hand-off header must not reach the upstream: {echoed}"
         );
         eprintln!(
             "{method} {url} -> {upstream_url} Host {}",
