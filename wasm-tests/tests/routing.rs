@@ -219,6 +219,20 @@ async fn envoy_delivers_where_match_predicts() {
             predicted["upstream_host"]
         );
     }
+    // IP literals go straight to the ORIGINAL_DST cluster; only the name is resolved.
+    let stat = |cluster: &str| format!("cluster.{cluster}.upstream_rq_total");
+    let direct = envoy
+        .stat(&stat("fallback_original_dst"))
+        .await
+        .unwrap_or(0);
+    let resolved = envoy
+        .stat(&stat("dynamic_forward_proxy_cluster"))
+        .await
+        .unwrap_or(0);
+    assert!(
+        direct >= 8 && resolved == 1,
+        "requests through ORIGINAL_DST: {direct}, through the dynamic forward proxy: {resolved}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
