@@ -480,6 +480,65 @@ mod tests {
         assert!(out.contains(UPSTREAM_HEADER));
     }
 
+    /// The bootstrap's choice of cluster, decided by the regex of its first route on the
+    /// hand-off header, for each shape of upstream the router hands over.
+    #[test]
+    fn ip_literal_upstreams_take_the_original_dst_route_and_names_the_dfp() {
+        let template = std::fs::read_to_string(bootstrap_template()).expect("read template");
+        let line = template
+            .lines()
+            .find(|l| l.trim_start().starts_with("regex: '"))
+            .expect("the bootstrap's route regex");
+        let pattern = line
+            .trim()
+            .trim_start_matches("regex: '")
+            .trim_end_matches('\'');
+        // Envoy's string_match regex must match the whole value.
+        let re = regex_lite::Regex::new(&format!("^(?:{pattern})$")).expect("regex compiles");
+        let doc = serde_json::json!({"_format_version": "3.0", "services": [
+            {"name": "v4", "url": "http://10.0.0.7:8080", "routes": [{"paths": ["/v4"]}]},
+            {"name": "v6", "url": "http://[fd00::7]:8080", "routes": [{"paths": ["/v6"]}]},
+            {"name": "name", "url": "http://users.internal:8080", "routes": [{"paths": ["/name"]}]},
+            {"name": "ip-like", "url": "http://1.2.3.4.nip.io", "routes": [{"paths": ["/nip"]}]},
+            {"name": "local", "url": "http://localhost:9000", "routes": [{"paths": ["/local"]}]},
+        ]});
+        let loaded = fallback_core::document::ConfigDocument::from_json(&doc).expect("valid");
+        let router = fallback_core::router::Router::compile(&loaded.document);
+        for (path, ip_literal) in [
+            ("/v4", true),
+            ("/v6", true),
+            ("/name", false),
+            ("/nip", false),
+            ("/local", false),
+        ] {
+            let view = fallback_core::router::RequestView {
+                method: "GET",
+                authority: "gateway",
+                path,
+                scheme: "http",
+                headers: &[],
+                sni: None,
+                port: None,
+            };
+            let fallback_core::router::RouteOutcome::Forward(forward) = router.route(&view) else {
+                panic!("{path} must be forwarded");
+            };
+            assert_eq!(
+                re.is_match(&forward.upstream),
+                ip_literal,
+                "{}",
+                forward.upstream
+            );
+            // What the ORIGINAL_DST cluster parses: an IP address and a port.
+            assert_eq!(
+                forward.upstream.parse::<std::net::SocketAddr>().is_ok(),
+                ip_literal,
+                "{}",
+                forward.upstream
+            );
+        }
+    }
+
     #[test]
     #[should_panic(expected = "unknown placeholder ${NOPE}")]
     fn unknown_placeholder_panics() {
