@@ -24,8 +24,9 @@ use crate::tools::{binary, target_dir, workspace_root};
 /// takes well under a second on a warm machine, but much longer under a loaded CI runner).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The request header through which the filter hands `host:port` to the dynamic forward proxy
-/// (the route's `host_rewrite_header` in the bootstrap; stripped before the request leaves).
+/// The request header through which the filter hands `host:port` to Envoy (an `ORIGINAL_DST`
+/// cluster for IP literals, `set_filter_state` + the dynamic forward proxy for names; removed
+/// before the request leaves).
 pub const UPSTREAM_HEADER: &str = "x-fallback-upstream";
 
 /// What to run Envoy with. Unset upstreams point at a closed loopback port, so the clusters
