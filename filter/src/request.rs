@@ -85,16 +85,18 @@ impl HttpContext for RequestFilter {
             .collect();
         // The TLS SNI (routes' `snis` only apply to HTTPS requests, so plain HTTP skips the
         // read) and the listener's port, which Kong compares a route host's port with when the
-        // Host header names none.
-        let sni = if scheme.eq_ignore_ascii_case("https") {
-            host::property(&["connection", "requested_server_name"])
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .filter(|s| !s.is_empty())
-        } else {
-            None
-        };
-        let port =
-            host::property(profile.listener_port).and_then(|raw| profile.listener_port(&raw));
+        // Host header names none. Each is a host call: read only when some route uses it.
+        let sni = (active.router.needs_sni() && scheme.eq_ignore_ascii_case("https"))
+            .then(|| host::property(&["connection", "requested_server_name"]))
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .filter(|s| !s.is_empty());
+        let port = active
+            .router
+            .needs_port()
+            .then(|| host::property(profile.listener_port))
+            .flatten()
+            .and_then(|raw| profile.listener_port(&raw));
         let view = RequestView {
             method: &method,
             authority: &authority,
@@ -247,7 +249,12 @@ fn run_plugins(
     scheme: &str,
     headers: &[(&str, &str)],
 ) -> PluginOutcome {
-    let random = (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64());
+    // Two host calls (the clock) each: only for the plugins that use them.
+    let random = if active.plugins.needs_random() {
+        (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64())
+    } else {
+        0
+    };
     let request = PluginRequest {
         method,
         scheme,

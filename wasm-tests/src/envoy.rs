@@ -24,8 +24,9 @@ use crate::tools::{binary, target_dir, workspace_root};
 /// takes well under a second on a warm machine, but much longer under a loaded CI runner).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The request header through which the filter hands `host:port` to the dynamic forward proxy
-/// (the route's `host_rewrite_header` in the bootstrap; stripped before the request leaves).
+/// The request header through which the filter hands `host:port` to Envoy (an `ORIGINAL_DST`
+/// cluster for IP literals, `set_filter_state` + the dynamic forward proxy for names; removed
+/// before the request leaves).
 pub const UPSTREAM_HEADER: &str = "x-fallback-upstream";
 
 /// What to run Envoy with. Unset upstreams point at a closed loopback port, so the clusters
@@ -47,6 +48,9 @@ pub struct EnvoyOptions {
     /// Extra Envoy command-line arguments, appended last
     /// (e.g. `["--component-log-level", "wasm:debug"]`).
     pub extra_args: Vec<String>,
+    /// The bootstrap template to render instead of [`bootstrap_template`]'s file (same
+    /// placeholders; e.g. the benchmark's variants). `None`: the project's example.
+    pub bootstrap: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -64,6 +68,7 @@ impl Default for EnvoyOptions {
             storage: None,
             wasm: None,
             extra_args: Vec::new(),
+            bootstrap: None,
         }
     }
 }
@@ -237,8 +242,10 @@ impl Envoy {
             ("STORAGE_HOST", storage_host),
             ("STORAGE_PORT", storage_port.to_string()),
         ];
-        let template = std::fs::read_to_string(bootstrap_template()).unwrap_or_else(|e| {
-            panic!("read {}: {e}", bootstrap_template().display());
+        let template = options.bootstrap.clone().unwrap_or_else(|| {
+            std::fs::read_to_string(bootstrap_template()).unwrap_or_else(|e| {
+                panic!("read {}: {e}", bootstrap_template().display());
+            })
         });
         let bootstrap = dir.path().join("bootstrap.yaml");
         std::fs::write(&bootstrap, render_bootstrap(&template, &vars))
@@ -364,6 +371,11 @@ impl Envoy {
         self.admin_port
     }
 
+    /// The process id, while it runs (e.g. to read its CPU time from `/proc/<pid>/stat`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The `--base-id` this instance runs with.
     pub fn base_id(&self) -> u32 {
         self.base_id
@@ -473,6 +485,65 @@ mod tests {
         let out = render_bootstrap(&template, &vars);
         assert!(out.contains("filename: /x.wasm"));
         assert!(out.contains(UPSTREAM_HEADER));
+    }
+
+    /// The bootstrap's choice of cluster, decided by the regex of its first route on the
+    /// hand-off header, for each shape of upstream the router hands over.
+    #[test]
+    fn ip_literal_upstreams_take_the_original_dst_route_and_names_the_dfp() {
+        let template = std::fs::read_to_string(bootstrap_template()).expect("read template");
+        let line = template
+            .lines()
+            .find(|l| l.trim_start().starts_with("regex: '"))
+            .expect("the bootstrap's route regex");
+        let pattern = line
+            .trim()
+            .trim_start_matches("regex: '")
+            .trim_end_matches('\'');
+        // Envoy's string_match regex must match the whole value.
+        let re = regex_lite::Regex::new(&format!("^(?:{pattern})$")).expect("regex compiles");
+        let doc = serde_json::json!({"_format_version": "3.0", "services": [
+            {"name": "v4", "url": "http://10.0.0.7:8080", "routes": [{"paths": ["/v4"]}]},
+            {"name": "v6", "url": "http://[fd00::7]:8080", "routes": [{"paths": ["/v6"]}]},
+            {"name": "name", "url": "http://users.internal:8080", "routes": [{"paths": ["/name"]}]},
+            {"name": "ip-like", "url": "http://1.2.3.4.nip.io", "routes": [{"paths": ["/nip"]}]},
+            {"name": "local", "url": "http://localhost:9000", "routes": [{"paths": ["/local"]}]},
+        ]});
+        let loaded = fallback_core::document::ConfigDocument::from_json(&doc).expect("valid");
+        let router = fallback_core::router::Router::compile(&loaded.document);
+        for (path, ip_literal) in [
+            ("/v4", true),
+            ("/v6", true),
+            ("/name", false),
+            ("/nip", false),
+            ("/local", false),
+        ] {
+            let view = fallback_core::router::RequestView {
+                method: "GET",
+                authority: "gateway",
+                path,
+                scheme: "http",
+                headers: &[],
+                sni: None,
+                port: None,
+            };
+            let fallback_core::router::RouteOutcome::Forward(forward) = router.route(&view) else {
+                panic!("{path} must be forwarded");
+            };
+            assert_eq!(
+                re.is_match(&forward.upstream),
+                ip_literal,
+                "{}",
+                forward.upstream
+            );
+            // What the ORIGINAL_DST cluster parses: an IP address and a port.
+            assert_eq!(
+                forward.upstream.parse::<std::net::SocketAddr>().is_ok(),
+                ip_literal,
+                "{}",
+                forward.upstream
+            );
+        }
     }
 
     #[test]

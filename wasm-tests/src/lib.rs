@@ -23,6 +23,7 @@
 //! cargo test for failing tests), and each external process logs to a file in its own dir.
 
 pub mod azurite;
+pub mod bench;
 pub mod companion_process;
 pub mod demo_cli;
 pub mod echo;

@@ -107,7 +107,8 @@ pub struct PluginRequest<'a> {
     pub service: Option<usize>,
     /// Unix time in milliseconds.
     pub now_ms: u64,
-    /// Fresh random bits from the host (correlation ids).
+    /// Fresh random bits from the host (correlation ids); any value when
+    /// [`PluginEngine::needs_random`] is false.
     pub random: u128,
 }
 
@@ -312,6 +313,16 @@ struct Chain {
     priority: u32,
     consumer_scoped: bool,
     instances: HashMap<Scope, Instance>,
+    /// Bit [`shape`] of every scope in `instances`: a lookup whose shape no instance has is
+    /// skipped (most configs use one or two shapes, and each lookup hashes).
+    shapes: u8,
+}
+
+/// Which of route, service, consumer a scope sets, as a bit of [`Chain::shapes`].
+fn shape(scope: &Scope) -> u8 {
+    1 << (u8::from(scope.0.is_some())
+        | u8::from(scope.1.is_some()) << 1
+        | u8::from(scope.2.is_some()) << 2)
 }
 
 impl Chain {
@@ -343,7 +354,7 @@ impl Chain {
         ];
         combos
             .iter()
-            .filter(|(possible, _)| *possible)
+            .filter(|(possible, scope)| *possible && self.shapes & shape(scope) != 0)
             .find_map(|(_, scope)| self.instances.get(scope))
     }
 }
@@ -518,10 +529,12 @@ impl PluginEngine {
                     priority: priority.unwrap_or(u32::MAX),
                     consumer_scoped: consumer_scoped(name),
                     instances: HashMap::new(),
+                    shapes: 0,
                 });
                 self.chains.len() - 1
             }
         };
+        self.chains[index].shapes |= shape(&scope);
         self.chains[index].instances.insert(
             scope,
             Instance {
@@ -569,6 +582,12 @@ impl PluginEngine {
     /// True when no plugin applies anywhere: the filter can skip reading headers for it.
     pub fn is_empty(&self) -> bool {
         self.chains.is_empty()
+    }
+
+    /// True when some plugin uses [`PluginRequest::random`] (`correlation-id`): otherwise the
+    /// caller need not draw random bits for each request.
+    pub fn needs_random(&self) -> bool {
+        self.chains.iter().any(|c| c.name == "correlation-id")
     }
 
     /// The enabled plugins this engine refuses (or ignores), to log once per revision.
@@ -693,7 +712,6 @@ struct Exchange {
     method: String,
     /// Upstream request headers as they stand, names lowercase.
     headers: Vec<(String, String)>,
-    original_headers: Vec<(String, String)>,
     query: request_transformer::Query,
     upstream_path: String,
     path_changed: bool,
@@ -721,7 +739,6 @@ impl Exchange {
         };
         Exchange {
             method: req.method.to_owned(),
-            original_headers: headers.clone(),
             headers,
             query: request_transformer::Query::parse(query),
             upstream_path: path.to_owned(),
@@ -783,7 +800,7 @@ impl Exchange {
             None
         };
         UpstreamChanges {
-            request_headers: diff_headers(&self.original_headers, &self.headers),
+            request_headers: diff_headers(req.headers, &self.headers),
             path,
             method: Some(self.method).filter(|_| self.method_changed),
             response: self.response,
@@ -791,32 +808,38 @@ impl Exchange {
     }
 }
 
-/// The changes that turn `before` into `after`: for each header whose values differ, remove
-/// it, then add its new values.
-fn diff_headers(before: &[(String, String)], after: &[(String, String)]) -> Vec<HeaderOp> {
-    let mut names: Vec<&str> = Vec::new();
-    for (name, _) in before.iter().chain(after) {
-        if !names.contains(&name.as_str()) {
-            names.push(name);
-        }
-    }
-    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
-        list.iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
+/// The changes that turn the client's headers `before` (pseudo-headers ignored, names in any
+/// case) into `after` (names lowercase): for each header whose values differ, remove it, then
+/// add its new values. Allocates only for the changes: it runs on every request.
+fn diff_headers(before: &[(&str, &str)], after: &[(String, String)]) -> Vec<HeaderOp> {
+    let before = || before.iter().filter(|(n, _)| !n.starts_with(':'));
+    let names = before()
+        .map(|(n, _)| *n)
+        .chain(after.iter().map(|(n, _)| n.as_str()));
     let mut ops = Vec::new();
-    for name in names {
-        let old = values(before, name);
-        let new = values(after, name);
-        if old == new {
+    for (i, name) in names.clone().enumerate() {
+        // Each name once, at its first appearance (a few headers: quadratic is cheapest).
+        if names.clone().take(i).any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        if !old.is_empty() {
-            ops.push(HeaderOp::Remove(name.to_owned()));
+        let old = before()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v);
+        let mut new = after
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        if old.clone().eq(new.clone()) {
+            continue;
         }
-        ops.extend(new.into_iter().map(|v| HeaderOp::Add(name.to_owned(), v)));
+        let name = name.to_ascii_lowercase();
+        if old.clone().next().is_some() {
+            ops.push(HeaderOp::Remove(name.clone()));
+        }
+        ops.extend(
+            new.by_ref()
+                .map(|v| HeaderOp::Add(name.clone(), v.to_owned())),
+        );
     }
     ops
 }

@@ -631,6 +631,52 @@ fn rate_limiting_a_lost_race_is_a_refusal() {
     );
 }
 
+/// Memory counters that count the calls made to them (each one a shared-data round trip in
+/// the filter).
+#[derive(Default)]
+struct CountedCounters {
+    inner: MemoryCounters,
+    usage_calls: usize,
+    increment_calls: usize,
+}
+
+impl Counters for CountedCounters {
+    fn usage(&mut self, key: &str, window_start_ms: u64) -> u64 {
+        self.usage_calls += 1;
+        self.inner.usage(key, window_start_ms)
+    }
+    fn increment(&mut self, key: &str, window_start_ms: u64, limit: u64) -> Option<u64> {
+        self.increment_calls += 1;
+        self.inner.increment(key, window_start_ms, limit)
+    }
+}
+
+#[test]
+fn rate_limiting_one_period_costs_one_counter_operation_per_request() {
+    let e = engine(json!({"plugins": [{"name": "rate-limiting", "config": {"minute": 2}}]}));
+    let mut counters = CountedCounters::default();
+    for remaining in ["1", "0"] {
+        let f = forward(req("/one").run_with(&e, &mut counters));
+        let h = response_headers(&f.response, &[]);
+        assert_eq!(header(&h, "X-RateLimit-Remaining-Minute"), Some(remaining));
+        assert_eq!(header(&h, "RateLimit-Remaining"), Some(remaining));
+    }
+    let r = respond(req("/one").run_with(&e, &mut counters));
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        header(&r.headers, "X-RateLimit-Remaining-Minute"),
+        Some("0")
+    );
+    assert_eq!((counters.usage_calls, counters.increment_calls), (0, 3));
+
+    // Two periods: Kong reads both before counting in either.
+    let e =
+        engine(json!({"plugins": [{"name": "rate-limiting", "config": {"minute": 2, "hour": 5}}]}));
+    let mut counters = CountedCounters::default();
+    forward(req("/one").run_with(&e, &mut counters));
+    assert_eq!((counters.usage_calls, counters.increment_calls), (2, 2));
+}
+
 // ---- request-termination ----
 
 #[test]
@@ -1128,4 +1174,45 @@ fn configs_as_kong_exports_them_with_every_default_spelt_out() {
         .status,
         503
     );
+}
+
+#[test]
+fn header_diff_names_only_what_changed() {
+    let before = [
+        (":path", "/x"),
+        ("X-Keep", "1"),
+        ("ApiKey", "secret"),
+        ("x-multi", "a"),
+        ("X-Multi", "b"),
+    ];
+    let after: Vec<(String, String)> = [
+        ("x-keep", "1"),
+        ("x-multi", "a"),
+        ("x-multi", "c"),
+        ("x-consumer-id", "c-1"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        diff_headers(&before, &after),
+        vec![
+            HeaderOp::Remove("apikey".into()),
+            HeaderOp::Remove("x-multi".into()),
+            HeaderOp::Add("x-multi".into(), "a".into()),
+            HeaderOp::Add("x-multi".into(), "c".into()),
+            HeaderOp::Add("x-consumer-id".into(), "c-1".into()),
+        ]
+    );
+    let same: Vec<(String, String)> = vec![("x-keep".into(), "1".into())];
+    assert!(diff_headers(&[("X-Keep", "1"), (":authority", "a")], &same).is_empty());
+}
+
+#[test]
+fn random_bits_are_needed_only_by_correlation_id() {
+    assert!(!engine(json!({"consumers": consumers(), "plugins": [
+        {"name": "key-auth"}, {"name": "rate-limiting", "config": {"minute": 5}}
+    ]}))
+    .needs_random());
+    assert!(engine(json!({"plugins": [{"name": "correlation-id", "route": "r1"}]})).needs_random());
 }

@@ -1022,3 +1022,42 @@ fn regex_literal_prefixes_index_regex_paths() {
     assert_eq!(matched(&r, "GET", "x", "/n/\u{663}"), "-");
     assert_eq!(matched(&r, "GET", "x", "/n/42"), "digits");
 }
+
+#[test]
+fn sni_and_listener_port_are_needed_only_by_routes_that_use_them() {
+    let plain = routes(json!([
+        {"name": "a", "hosts": ["a.example", "*.b.example"], "paths": ["/a"]},
+        {"name": "b", "paths": ["/b"], "protocols": ["https"]}
+    ]));
+    assert!(!plain.needs_sni() && !plain.needs_port());
+    // Without them, the request's SNI and listener port change nothing: the filter may skip
+    // reading them.
+    for (scheme, authority, path) in [
+        ("http", "a.example", "/a/x"),
+        ("https", "x.b.example", "/a"),
+        ("https", "other", "/b"),
+        ("http", "a.example:8443", "/a"),
+    ] {
+        let mut bare = request("GET", authority, path);
+        bare.scheme = scheme;
+        let full = RequestView {
+            sni: Some("a.example"),
+            port: Some(8443),
+            ..bare
+        };
+        assert_eq!(
+            plain.route(&bare),
+            plain.route(&full),
+            "{scheme} {authority}{path}"
+        );
+    }
+
+    let sni = routes(json!([{"name": "s", "snis": ["a.example"], "protocols": ["https"]}]));
+    assert!(sni.needs_sni() && !sni.needs_port());
+    let port = routes(json!([{"name": "p", "hosts": ["a.example:8443"]}]));
+    assert!(port.needs_port() && !port.needs_sni());
+    let mut on_8443 = request("GET", "a.example", "/");
+    assert_eq!(matched(&port, "GET", "a.example", "/"), "-");
+    on_8443.port = Some(8443);
+    assert_eq!(forward(&port, on_8443).route_name, "p");
+}
