@@ -216,6 +216,10 @@ impl ResponsePlan {
         for (name, _) in &mut after {
             name.make_ascii_lowercase();
         }
+        let before: Vec<(&str, &str)> = before
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         diff_headers(&before, &after)
     }
 
