@@ -5,7 +5,7 @@ use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
 use crate::secret::Secret;
 use crate::signer::{self, Tokens};
 use crate::signing::SigningKey;
-use crate::source::{self, ControlPlane};
+use crate::source::{self, ControlPlane, Polling};
 use crate::storage::{
     self, BackendSettings, ConfigStore, GcsSettings, S3Settings, ServerSideEncryption, StorageUrl,
     UrlSigner,
@@ -453,11 +453,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let exporter = match cp_url {
         Some(cp_url) => {
-            let source = ControlPlane::new(cp_url, args.control_plane_timeout)?;
+            let source = Box::new(Polling::new(
+                ControlPlane::new(cp_url, args.control_plane_timeout)?,
+                args.poll_interval,
+            ));
             let settings = ExportSettings {
                 key,
                 node_id: args.storage.node_id(),
-                poll_interval: args.poll_interval,
                 export_delay: args.export_delay,
                 retry_initial: args.retry_initial,
                 retry_max: args.retry_max,

@@ -1,7 +1,7 @@
 //! The export role: every new valid document from the control plane ends up in storage.
 
 use crate::signing::SigningKey;
-use crate::source::{ControlPlane, Polled};
+use crate::source::{self, ConfigSource, Polled};
 use crate::storage::{ConfigStore, Precondition, StoreError};
 use bytes::Bytes;
 use fallback_core::backoff::Backoff;
@@ -135,8 +135,6 @@ pub struct ExportSettings {
     pub key: String,
     /// This exporter's name in the object's metadata.
     pub node_id: String,
-    /// How often the control plane is polled.
-    pub poll_interval: Duration,
     /// At most one upload per this interval (Kong's `cluster_fallback_export_delay`).
     pub export_delay: Duration,
     /// First retry delay after a failed upload.
@@ -181,14 +179,15 @@ struct ExportLoop {
 /// Runs the export loop until `shutdown` turns true: poll, validate, pace, write, retry.
 pub async fn run(
     settings: ExportSettings,
-    mut source: ControlPlane,
+    source: Box<dyn ConfigSource>,
     store: Arc<dyn ConfigStore>,
     stats: Arc<ExportStats>,
     exported: watch::Sender<Option<ExportedRevision>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut source = source::spawn(source);
     info!(
-        control_plane = source.shown_url(),
+        control_plane = source.describe(),
         storage = %store.describe(),
         key = %settings.key,
         "export role started"
@@ -206,7 +205,7 @@ pub async fn run(
         exported,
     };
     let mut poll_failures_in_a_row = 0u32;
-    let mut next_poll = tokio::time::Instant::now();
+    let mut source_ended = false;
 
     loop {
         let export_sleep = state
@@ -214,9 +213,14 @@ pub async fn run(
             .due_at()
             .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())));
         tokio::select! {
-            _ = tokio::time::sleep_until(next_poll) => {
-                next_poll = tokio::time::Instant::now() + state.settings.poll_interval;
-                match source.poll().await {
+            event = source.recv(), if !source_ended => {
+                let Some(event) = event else {
+                    // Only a panic in the source ends it; what is waiting still gets exported.
+                    error!("the config source stopped; no new config will be exported");
+                    source_ended = true;
+                    continue;
+                };
+                match event {
                     Ok(Polled::NotModified) => {
                         state.stats.not_modified.fetch_add(1, Ordering::Relaxed);
                         poll_failures_in_a_row = 0;

@@ -11,6 +11,7 @@
 //!   request would go under a config.
 
 pub mod cli;
+pub mod cluster;
 pub mod doctor;
 pub mod exporter;
 pub mod match_cmd;

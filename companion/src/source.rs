@@ -1,4 +1,6 @@
-//! The control plane as a source of documents: conditional polling and normalisation to JSON.
+//! Sources of config documents behind one small trait, [`ConfigSource`]: the polled URL
+//! ([`Polling`] over [`ControlPlane`]) and Kong's cluster protocol ([`crate::cluster`]); plus
+//! the normalisation of what a control plane (or a file) holds to JSON.
 
 use crate::transport::{self, HttpClient, SendError};
 use bytes::Bytes;
@@ -6,6 +8,102 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Where documents come from. The export role drives one source through [`spawn`]; each
+/// implementation keeps its own state (an `ETag`, a connection) between calls.
+#[async_trait::async_trait]
+pub trait ConfigSource: Send {
+    /// What the source reads from, without credentials, for logs.
+    fn describe(&self) -> String;
+
+    /// Waits for the next event and returns it: a document (to be validated), "unchanged", or
+    /// why no document came. It may wait as long as it needs (a poll interval, the next push);
+    /// it runs in a task of its own, so it is never cancelled half-way except at shutdown.
+    async fn next(&mut self) -> Result<Polled, SourceError>;
+}
+
+/// A [`ConfigSource`] running in its own task, its events queued for the consumer.
+///
+/// The queue is unbounded on purpose: a push source must keep answering its control plane
+/// (Kong's pings) while the consumer is busy writing to storage, and documents arrive at the
+/// control plane's pace, not faster.
+pub struct SourceFeed {
+    events: mpsc::UnboundedReceiver<Result<Polled, SourceError>>,
+    task: JoinHandle<()>,
+    describe: String,
+}
+
+/// Runs `source` in a task of its own until the returned feed is dropped.
+pub fn spawn(mut source: Box<dyn ConfigSource>) -> SourceFeed {
+    let (tx, events) = mpsc::unbounded_channel();
+    let describe = source.describe();
+    let task = tokio::spawn(async move {
+        loop {
+            let event = source.next().await;
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    SourceFeed {
+        events,
+        task,
+        describe,
+    }
+}
+
+impl SourceFeed {
+    /// The next event; cancel-safe, so it can sit in a `select!`.
+    pub async fn recv(&mut self) -> Option<Result<Polled, SourceError>> {
+        self.events.recv().await
+    }
+
+    /// What the source reads from.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+}
+
+impl Drop for SourceFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The polled source: [`ControlPlane::poll`] at once, then every `interval`.
+pub struct Polling {
+    control_plane: ControlPlane,
+    interval: Duration,
+    next_at: Option<tokio::time::Instant>,
+}
+
+impl Polling {
+    /// Polls `control_plane` every `interval`, the first time at once.
+    pub fn new(control_plane: ControlPlane, interval: Duration) -> Self {
+        Self {
+            control_plane,
+            interval,
+            next_at: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConfigSource for Polling {
+    fn describe(&self) -> String {
+        self.control_plane.shown_url().to_owned()
+    }
+
+    async fn next(&mut self) -> Result<Polled, SourceError> {
+        if let Some(at) = self.next_at {
+            tokio::time::sleep_until(at).await;
+        }
+        self.next_at = Some(tokio::time::Instant::now() + self.interval);
+        self.control_plane.poll().await
+    }
+}
 
 /// What one poll of the control plane returned.
 #[derive(Debug)]
@@ -36,6 +134,14 @@ pub enum SourceError {
         status: u16,
         /// The start of the body, for context.
         body: String,
+    },
+    /// The control plane accepted the connection but refuses to give this node its config.
+    #[error("control plane {url} refused this node: {detail}")]
+    Refused {
+        /// The control plane, without credentials.
+        url: String,
+        /// Why, and what to change.
+        detail: String,
     },
     /// The body is neither declarative JSON/YAML nor Kong's `{"config": "..."}` shape.
     #[error("control plane {url} sent a body that is not a declarative config: {detail}")]
