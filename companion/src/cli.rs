@@ -1,11 +1,12 @@
 //! Command line: every setting has a flag and an environment variable (Kong's names where Kong
 //! has one, so existing compose files carry over).
 
+use crate::cluster::ClusterSource;
 use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
 use crate::secret::Secret;
 use crate::signer::{self, Tokens};
 use crate::signing::SigningKey;
-use crate::source::{self, ControlPlane, Polling};
+use crate::source::{self, ConfigSource, ControlPlane, Polling};
 use crate::storage::{
     self, BackendSettings, ConfigStore, GcsSettings, S3Settings, ServerSideEncryption, StorageUrl,
     UrlSigner,
@@ -198,6 +199,9 @@ pub struct RunArgs {
     /// Admin API `GET /config`.
     #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
     pub control_plane_url: Option<String>,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 
     /// How often the control plane is polled (with If-None-Match).
     #[arg(long, env = "FALLBACK_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -420,10 +424,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.export && !args.import {
         bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on) and/or KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on (or --import on)");
     }
-    let cp_url = if args.export {
-        Some(args.control_plane_url.as_deref().filter(|u| !u.is_empty()).context(
-            "the export role needs the control plane's config URL: set FALLBACK_CONTROL_PLANE_URL (e.g. http://kong-cp:8001/config)",
-        )?)
+    let source = if args.export {
+        Some(config_source(&args)?)
     } else {
         None
     };
@@ -451,12 +453,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats = Arc::new(ExportStats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let exporter = match cp_url {
-        Some(cp_url) => {
-            let source = Box::new(Polling::new(
-                ControlPlane::new(cp_url, args.control_plane_timeout)?,
-                args.poll_interval,
-            ));
+    let exporter = match source {
+        Some(source) => {
             let settings = ExportSettings {
                 key,
                 node_id: args.storage.node_id(),
@@ -527,6 +525,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The export role's source: the polled URL or the Kong cluster, exactly one of them.
+fn config_source(args: &RunArgs) -> anyhow::Result<Box<dyn ConfigSource>> {
+    let cp_url = args.control_plane_url.as_deref().filter(|u| !u.is_empty());
+    let cluster = args
+        .cluster
+        .settings(&args.storage.node_id(), &args.storage.config_version)?;
+    match (cp_url, cluster) {
+        (Some(_), Some(_)) => bail!("both FALLBACK_CONTROL_PLANE_URL and KONG_CLUSTER_CONTROL_PLANE are set: the export role reads one source; unset one of them"),
+        (Some(url), None) => Ok(Box::new(Polling::new(
+            ControlPlane::new(url, args.control_plane_timeout)?,
+            args.poll_interval,
+        ))),
+        (None, Some(cluster)) => Ok(Box::new(ClusterSource::new(cluster))),
+        (None, None) => bail!("the export role needs a source of config: set FALLBACK_CONTROL_PLANE_URL (a config URL, e.g. http://kong-cp:8001/config on a DB-less node) or KONG_CLUSTER_CONTROL_PLANE (a Kong control plane's cluster address, e.g. kong-cp:8005, with KONG_CLUSTER_CERT and KONG_CLUSTER_CERT_KEY)"),
     }
 }
 

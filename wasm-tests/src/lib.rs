@@ -21,6 +21,7 @@ pub mod demo_cli;
 pub mod echo;
 pub mod envoy;
 pub mod fake_gcs;
+pub mod fake_kong_cp;
 pub mod fixtures;
 pub mod http;
 pub mod mock_cp;

@@ -1,0 +1,506 @@
+//! Sources of config: one behaviour suite run against every [`ConfigSource`] (the polled URL
+//! against the mock CP; the Kong cluster source against the fake Kong control plane in both
+//! mTLS modes), then what only the cluster protocol has: the handshake, pings, Kong's
+//! version and plugin compatibility tables (`spec/02-integration/09-hybrid_mode/01-sync_spec.lua`),
+//! certificate refusals, the ping timeout, the payload limit, and the export to SeaweedFS.
+
+use fallback_companion::cluster::tls::MtlsMode;
+use fallback_companion::cluster::{ClusterArgs, ClusterSettings, ClusterSource};
+use fallback_companion::secret::Secret;
+use fallback_companion::source::{ConfigSource, ControlPlane, Polled, Polling, SourceError};
+use serde_json::{json, Value};
+use std::time::Duration;
+use wasm_tests::fake_kong_cp::{ClusterPki, FakeCpSettings, FakeKongCp, SyncStatus};
+use wasm_tests::fixtures::document;
+use wasm_tests::MockCp;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn cluster_args(cp: &FakeKongCp, pair: &wasm_tests::fake_kong_cp::CertPair) -> ClusterArgs {
+    ClusterArgs {
+        cluster_control_plane: Some(cp.address()),
+        cluster_mtls: match cp.pki().mode() {
+            "shared" => MtlsMode::Shared,
+            _ => MtlsMode::Pki,
+        },
+        cluster_cert: Some(pair.cert_pem.clone()),
+        cluster_cert_key: Some(Secret::new(pair.key_pem.clone())),
+        cluster_ca_cert: cp.pki().ca_pem().map(str::to_owned),
+        cluster_server_name: Some("cp.cluster.test".into()),
+        cluster_max_payload: 16 * 1024 * 1024,
+        cluster_admin_url: None,
+        cluster_admin_token: None,
+        cluster_node_version: Some("3.10.0".into()),
+        cluster_plugins: None,
+    }
+}
+
+/// Settings tuned for tests: fast pings and reconnects.
+fn fast(args: &ClusterArgs) -> ClusterSettings {
+    let mut settings = args
+        .settings("backup-node-1", "3.10.0.0")
+        .expect("valid settings")
+        .expect("a cluster is configured");
+    settings.ping_interval = Duration::from_millis(200);
+    settings.reconnect_initial = Duration::from_millis(100);
+    settings.reconnect_max = Duration::from_millis(300);
+    settings.connect_timeout = Duration::from_secs(3);
+    settings
+}
+
+async fn cluster_cp(pki: ClusterPki) -> FakeKongCp {
+    FakeKongCp::start(pki, FakeCpSettings::default()).await
+}
+
+fn cluster_source(cp: &FakeKongCp) -> ClusterSource {
+    ClusterSource::new(fast(&cluster_args(cp, cp.pki().data_plane())))
+}
+
+/// The upstream a source reads from, driven the same way for every kind.
+enum Upstream {
+    Polled(MockCp),
+    Cluster(FakeKongCp),
+}
+
+impl Upstream {
+    fn publish(&self, doc: &Value) {
+        match self {
+            Self::Polled(cp) => cp.set_document(doc),
+            Self::Cluster(cp) => {
+                cp.publish(doc.clone());
+            }
+        }
+    }
+
+    fn source(&self) -> Box<dyn ConfigSource> {
+        match self {
+            Self::Polled(cp) => Box::new(Polling::new(
+                ControlPlane::new(&cp.url(), Duration::from_secs(2)).unwrap(),
+                Duration::from_millis(100),
+            )),
+            Self::Cluster(cp) => Box::new(cluster_source(cp)),
+        }
+    }
+
+    async fn stop(&mut self) {
+        match self {
+            Self::Polled(cp) => cp.stop().await,
+            Self::Cluster(cp) => cp.stop(),
+        }
+    }
+
+    async fn restart(&mut self) {
+        match self {
+            Self::Polled(cp) => cp.restart().await,
+            Self::Cluster(cp) => cp.restart().await,
+        }
+    }
+}
+
+/// The next document, skipping "unchanged"; panics on an error or a timeout.
+async fn next_document(source: &mut dyn ConfigSource) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match source.next().await {
+                Ok(Polled::Document(doc)) => return doc,
+                Ok(Polled::NotModified) => {}
+                Err(e) => panic!("{}: {e}", source.describe()),
+            }
+        }
+    })
+    .await
+    .expect("a document in time")
+}
+
+/// What every source must do.
+async fn behaviour_suite(mut upstream: Upstream) {
+    let v1 = document("v1");
+    upstream.publish(&v1);
+    let mut source = upstream.source();
+    assert_eq!(next_document(source.as_mut()).await, v1);
+
+    // Unchanged: no document for a while (the polled source says NotModified).
+    let quiet = tokio::time::timeout(Duration::from_millis(800), async {
+        loop {
+            match source.next().await {
+                Ok(Polled::NotModified) => {}
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "nothing new was published: {quiet:?}");
+
+    let v2 = document("v2");
+    upstream.publish(&v2);
+    assert_eq!(next_document(source.as_mut()).await, v2);
+
+    // The upstream goes away: the source says so, as an error naming it.
+    upstream.stop().await;
+    let err = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = source.next().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("an error once the upstream is gone");
+    assert!(
+        matches!(
+            err,
+            SourceError::Unreachable { .. } | SourceError::Refused { .. }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&source.describe()), "{err}");
+
+    // It comes back with a new document: the source recovers by itself.
+    let v3 = document("v3");
+    upstream.publish(&v3);
+    upstream.restart().await;
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Polled::Document(doc)) = source.next().await {
+                return doc;
+            }
+        }
+    })
+    .await
+    .expect("the source recovers");
+    assert_eq!(got, v3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_polled_url() {
+    behaviour_suite(Upstream::Polled(MockCp::start().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_kong_cluster_shared_mtls() {
+    behaviour_suite(Upstream::Cluster(cluster_cp(ClusterPki::shared()).await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_kong_cluster_pki_mtls() {
+    behaviour_suite(Upstream::Cluster(
+        cluster_cp(ClusterPki::pki("cp.cluster.test")).await,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_pings_are_what_kong_expects() {
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    let mut source = cluster_source(&cp);
+    // No config yet: the source connects and pings with 32 zeros.
+    let _ = tokio::time::timeout(Duration::from_millis(700), source.next()).await;
+    let record = cp.records().pop().expect("a connection");
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(record.query.as_bytes())
+        .into_owned()
+        .collect();
+    let names: Vec<&str> = query.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["node_id", "node_hostname", "node_version"]);
+    assert_eq!(query[0].1.len(), 36, "a UUID: {query:?}");
+    assert_eq!(query[1].1, "backup-node-1");
+    assert_eq!(query[2].1, "3.10.0");
+    let info = record.basic_info.expect("basic_info");
+    assert_eq!(info["type"], "basic_info");
+    assert!(info["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == &json!({"name": "key-auth"})));
+    assert!(
+        !record.pings.is_empty(),
+        "pinged at once, as Kong's data planes do"
+    );
+    assert!(record
+        .pings
+        .iter()
+        .all(|p| p == b"00000000000000000000000000000000"));
+
+    // A config: the next pings carry its hash, as Kong computes it.
+    let hash = cp.publish(document("v1"));
+    assert_eq!(next_document(&mut source).await, document("v1"));
+    assert_eq!(source.current_hash(), Some(hash.as_str()));
+    let _ = tokio::time::timeout(Duration::from_millis(500), source.next()).await;
+    let record = cp.records().pop().unwrap();
+    assert_eq!(record.pings.last().unwrap(), hash.as_bytes());
+    assert_eq!(record.sync_status, SyncStatus::Normal);
+    assert_eq!(record.closed_because, None);
+}
+
+/// Kong's `CP/DP #version check` cases, for the node version this node announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kongs_version_table() {
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    cp.publish(document("v1"));
+    // CP 3.10.0. Allowed: older minor, older patch, newer patch, a suffix.
+    for allowed in [
+        "3.0.0",
+        "3.10.0",
+        "3.10.1000",
+        "3.10.0-enterprise-version",
+        "3.4.1.0",
+    ] {
+        let mut args = cluster_args(&cp, cp.pki().data_plane());
+        args.cluster_node_version = Some(allowed.into());
+        let mut source = ClusterSource::new(fast(&args));
+        assert_eq!(
+            next_document(&mut source).await,
+            document("v1"),
+            "{allowed}"
+        );
+    }
+    // Blocked: another major, a newer minor. The refusal says what to change.
+    for blocked in ["1.0.0", "3.1000.0"] {
+        let mut args = cluster_args(&cp, cp.pki().data_plane());
+        args.cluster_node_version = Some(blocked.into());
+        let mut source = ClusterSource::new(fast(&args));
+        let err = tokio::time::timeout(WAIT, source.next())
+            .await
+            .expect("an answer")
+            .expect_err(blocked);
+        let text = err.to_string();
+        assert!(
+            matches!(err, SourceError::Refused { .. }),
+            "{blocked}: {text}"
+        );
+        assert!(
+            text.contains(blocked) && text.contains("FALLBACK_CLUSTER_NODE_VERSION"),
+            "{text}"
+        );
+        let record = cp.records().pop().unwrap();
+        assert_eq!(
+            record.sync_status,
+            SyncStatus::KongVersionIncompatible,
+            "{blocked}"
+        );
+    }
+}
+
+/// Kong's plugin cases: the config is withheld (nothing arrives) unless the plugins it uses
+/// are announced with compatible versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kongs_plugin_table() {
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    let mut config = document("v1");
+    config["plugins"] = json!([{"name": "key-auth", "config": {}}]);
+    cp.publish(config.clone());
+    let cases: [(&str, Option<SyncStatus>); 7] = [
+        // Allowed: same, older major.0.0 on the DP, newer patch, no version, superset.
+        ("key-auth:3.10.0", None),
+        ("key-auth:3.0.0", None),
+        ("key-auth:3.10.1000", None),
+        ("key-auth", None),
+        ("banana:1.1.1,key-auth:3.10.0,pineapple:1.1.2", None),
+        // Blocked: missing, another major.
+        (
+            "banana-plugin:1.0.0",
+            Some(SyncStatus::PluginSetIncompatible),
+        ),
+        (
+            "key-auth:1.0.0",
+            Some(SyncStatus::PluginVersionIncompatible),
+        ),
+    ];
+    for (plugins, blocked) in cases {
+        let mut args = cluster_args(&cp, cp.pki().data_plane());
+        args.cluster_plugins = Some(plugins.into());
+        let mut source = ClusterSource::new(fast(&args));
+        match blocked {
+            None => assert_eq!(next_document(&mut source).await, config, "{plugins}"),
+            Some(status) => {
+                let got = tokio::time::timeout(Duration::from_secs(1), source.next()).await;
+                assert!(
+                    got.is_err(),
+                    "{plugins}: the config is withheld, got {got:?}"
+                );
+                assert!(source.is_connected(), "{plugins}: withheld, not refused");
+                assert_eq!(cp.records().pop().unwrap().sync_status, status, "{plugins}");
+            }
+        }
+    }
+    // A newer minor on the DP is blocked too.
+    let mut args = cluster_args(&cp, cp.pki().data_plane());
+    args.cluster_plugins = Some("key-auth:3.1000.0".into());
+    let mut source = ClusterSource::new(fast(&args));
+    assert!(tokio::time::timeout(Duration::from_secs(1), source.next())
+        .await
+        .is_err());
+    assert_eq!(
+        cp.records().pop().unwrap().sync_status,
+        SyncStatus::PluginVersionIncompatible
+    );
+}
+
+async fn refusal(source: &mut ClusterSource) -> String {
+    let err = tokio::time::timeout(WAIT, source.next())
+        .await
+        .expect("an answer")
+        .expect_err("refused");
+    assert!(matches!(err, SourceError::Refused { .. }), "{err}");
+    err.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_refusals_say_what_to_change() {
+    // shared: another certificate than the cluster's. The CP closes the connection (444).
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    cp.publish(document("v1"));
+    let ClusterPki::Shared(stranger) = ClusterPki::shared() else {
+        unreachable!()
+    };
+    let mut source = ClusterSource::new(fast(&cluster_args(&cp, &stranger)));
+    let text = refusal(&mut source).await;
+    // Our side notices first: the CP's certificate is not the one configured.
+    assert!(text.contains("KONG_CLUSTER_CERT"), "{text}");
+    assert!(cp.records().is_empty());
+
+    // pki: a data-plane certificate from another CA; the CP's TLS refuses it.
+    let cp = cluster_cp(ClusterPki::pki("cp.cluster.test")).await;
+    cp.publish(document("v1"));
+    let other = ClusterPki::pki("cp.cluster.test");
+    let mut source = ClusterSource::new(fast(&cluster_args(&cp, other.data_plane())));
+    let text = refusal(&mut source).await;
+    assert!(text.contains("cluster_ca_cert"), "{text}");
+
+    // pki: the CP's certificate does not carry the server name expected.
+    let mut args = cluster_args(&cp, cp.pki().data_plane());
+    args.cluster_server_name = Some("other.cluster.test".into());
+    let mut source = ClusterSource::new(fast(&args));
+    let text = refusal(&mut source).await;
+    assert!(text.contains("KONG_CLUSTER_SERVER_NAME"), "{text}");
+    assert!(cp.records().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_data_plane_is_dropped_and_reconnects() {
+    let settings = FakeCpSettings {
+        ping_wait: Duration::from_millis(600),
+        ..FakeCpSettings::default()
+    };
+    let cp = FakeKongCp::start(ClusterPki::shared(), settings).await;
+    cp.publish(document("v1"));
+    // Pinging every 200 ms keeps the connection for longer than the CP's wait.
+    let mut source = cluster_source(&cp);
+    next_document(&mut source).await;
+    let _ = tokio::time::timeout(Duration::from_millis(1500), source.next()).await;
+    assert_eq!(cp.records().len(), 1);
+    assert_eq!(cp.records()[0].closed_because, None);
+
+    // Pinging every 10 s does not: the CP drops it, and the source reconnects.
+    let mut args = fast(&cluster_args(&cp, cp.pki().data_plane()));
+    args.ping_interval = Duration::from_secs(10);
+    let mut source = ClusterSource::new(args);
+    next_document(&mut source).await;
+    let err = tokio::time::timeout(WAIT, source.next())
+        .await
+        .expect("dropped");
+    assert!(err.is_err(), "{err:?}");
+    let dropped = cp.records()[1].closed_because.clone();
+    assert!(dropped.unwrap().contains("did not receive ping frame"));
+    // After the reconnection the same config is "unchanged".
+    let again = tokio::time::timeout(WAIT, source.next())
+        .await
+        .expect("reconnected");
+    assert!(matches!(again, Ok(Polled::NotModified)), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_the_payload_limit_are_refused_with_the_setting_to_raise() {
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    let mut big = document("v1");
+    big["services"][0]["tags"] = json!((0..2000)
+        .map(|i| format!("tag-{i}-{}", "x".repeat(20)))
+        .collect::<Vec<_>>());
+    cp.publish(big);
+    let mut args = cluster_args(&cp, cp.pki().data_plane());
+    args.cluster_max_payload = 2048;
+    let mut source = ClusterSource::new(fast(&args));
+    let err = tokio::time::timeout(WAIT, source.next())
+        .await
+        .expect("answer")
+        .expect_err("too big");
+    assert!(
+        err.to_string().contains("KONG_CLUSTER_MAX_PAYLOAD"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_and_plugins_come_from_the_admin_api_when_it_answers() {
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    let mut config = document("v1");
+    config["plugins"] = json!([{"name": "my-custom", "config": {}}]);
+    let mut settings = FakeCpSettings::default();
+    settings.plugins.push(("my-custom".into(), "0.3.0".into()));
+    let cp = {
+        drop(cp);
+        FakeKongCp::start(ClusterPki::shared(), settings).await
+    };
+    cp.publish(config.clone());
+    let admin = MockCp::start().await;
+    admin.set_document(
+        &json!({"version": "3.10.0", "plugins": {"available_on_server": {
+        "key-auth": {"version": "3.10.0", "priority": 1250},
+        "my-custom": {"version": "0.3.0", "priority": 10}}}}),
+    );
+    let mut args = cluster_args(&cp, cp.pki().data_plane());
+    // The configured version would be refused; the Admin API's is used instead.
+    args.cluster_node_version = Some("3.1000.0".into());
+    args.cluster_admin_url = Some(admin.url());
+    let mut source = ClusterSource::new(fast(&args));
+    assert_eq!(next_document(&mut source).await, config);
+    let record = cp.records().pop().unwrap();
+    assert_eq!(record.node_version, "3.10.0");
+    assert!(record.basic_info.unwrap()["plugins"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "my-custom", "version": "0.3.0"})));
+    assert_eq!(admin.requests()[0].path, "/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_errors_name_the_setting() {
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    let pair = cp.pki().data_plane().clone();
+    let check = |f: &dyn Fn(&mut ClusterArgs), needle: &str| {
+        let mut args = cluster_args(&cp, &pair);
+        f(&mut args);
+        let err = args.settings("n", "0.1.0").unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    };
+    check(&|a| a.cluster_cert = None, "KONG_CLUSTER_CERT");
+    check(&|a| a.cluster_cert_key = None, "KONG_CLUSTER_CERT_KEY");
+    check(
+        &|a| a.cluster_control_plane = Some("kong-cp".into()),
+        "host:port",
+    );
+    check(
+        &|a| a.cluster_node_version = None,
+        "FALLBACK_CLUSTER_NODE_VERSION",
+    );
+    check(
+        &|a| a.cluster_cert = Some("/nonexistent.pem".into()),
+        "/nonexistent.pem",
+    );
+    check(
+        &|a| {
+            a.cluster_mtls = MtlsMode::Pki;
+            a.cluster_ca_cert = None;
+        },
+        "KONG_CLUSTER_CA_CERT",
+    );
+    // The key is never shown.
+    let mut args = cluster_args(&cp, &pair);
+    args.cluster_cert_key = Some(Secret::new(
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
+    ));
+    let err = args.settings("n", "3.4.1").unwrap_err().to_string();
+    assert!(
+        err.contains("KONG_CLUSTER_CERT_KEY") && !err.contains("c2VjcmV0"),
+        "{err}"
+    );
+}
