@@ -452,6 +452,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?);
     let stats = Arc::new(ExportStats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // With both roles in one process, filters can poll the live config: GET /v1/config.
+    let (live_tx, live_rx) = watch::channel(None);
 
     let exporter = match source {
         Some(source) => {
@@ -462,6 +464,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 retry_initial: args.retry_initial,
                 retry_max: args.retry_max,
                 signing_key,
+                live: args.import.then(|| live_tx.clone()),
             };
             match &settings.signing_key {
                 Some(k) => info!(
@@ -486,6 +489,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some((mut settings, listener)) => {
             if args.export {
                 settings.export_stats = Some(stats.clone());
+                settings.live_config = Some(live_rx.clone());
             }
             let listener = tokio::net::TcpListener::from_std(listener)?;
             Some(tokio::spawn(signer::serve(

@@ -143,6 +143,9 @@ pub struct ExportSettings {
     pub retry_max: Duration,
     /// Signs every export (the `signature` metadata) when set.
     pub signing_key: Option<SigningKey>,
+    /// Where every valid document is published at once (before the export delay), for
+    /// `GET /v1/config`.
+    pub live: Option<crate::live::LiveConfigSender>,
 }
 
 /// Unix time in milliseconds.
@@ -280,6 +283,12 @@ impl ExportLoop {
         };
         for w in &prepared.warnings {
             warn!("config {w}");
+        }
+        if let Some(live) = &self.settings.live {
+            live.send_replace(Some(crate::live::LiveConfig {
+                body: prepared.body.clone(),
+                sha256: prepared.sha256,
+            }));
         }
         let candidate = Candidate {
             revision: self.revisions.next(unix_ms()),

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster;
 pub mod doctor;
 pub mod exporter;
+pub mod live;
 pub mod match_cmd;
 pub mod presign;
 pub mod secret;

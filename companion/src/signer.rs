@@ -61,6 +61,9 @@ pub struct SignerSettings {
     pub export_stats: Option<Arc<ExportStats>>,
     /// How long a storage probe result is trusted by `/readyz`.
     pub readiness_interval: Duration,
+    /// The export role's latest valid config, when it runs in the same process: enables
+    /// `GET /v1/config` ([`crate::live`]).
+    pub live_config: Option<crate::live::LiveConfigReceiver>,
 }
 
 impl SignerSettings {
@@ -74,6 +77,7 @@ impl SignerSettings {
             object_urls: None,
             export_stats: None,
             readiness_interval: DEFAULT_READINESS_INTERVAL,
+            live_config: None,
         }
     }
 }
@@ -374,6 +378,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> 
     let path = req.uri().path().to_owned();
     let known = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics")
         || path == SIGNER_PATH
+        || (path == crate::live::LIVE_CONFIG_PATH && shared.settings.live_config.is_some())
         || (path.starts_with(OBJECTS_PATH) && shared.settings.object_urls.is_some());
     if !known {
         return error(
@@ -404,6 +409,11 @@ async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> 
             "text/plain; version=0.0.4",
             metrics_text(shared).await,
         ),
+        p if p == crate::live::LIVE_CONFIG_PATH => {
+            let response = serve_live_config(shared, &req);
+            info!(status = response.status().as_u16(), remote = %remote, "live config request");
+            response
+        }
         p if p == SIGNER_PATH => {
             let started = Instant::now();
             let (response, outcome) = sign(shared, &req).await;
@@ -439,6 +449,27 @@ async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> 
             response
         }
     }
+}
+
+/// `GET /v1/config`, behind the same bearer tokens as the signer API.
+fn serve_live_config(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let (Some(live), Some(token)) = (&shared.settings.live_config, bearer_token(req)) else {
+        return unauthorized(
+            "missing bearer token: send Authorization: Bearer <token> (one of FALLBACK_SIGNER_TOKENS / FALLBACK_SIGNER_TOKENS_FILE)",
+            "Bearer realm=\"fallback-companion\"",
+        );
+    };
+    if !shared.settings.tokens.accepts(token) {
+        return unauthorized(
+            "the bearer token is not accepted; use one of the companion's FALLBACK_SIGNER_TOKENS / FALLBACK_SIGNER_TOKENS_FILE",
+            "Bearer realm=\"fallback-companion\", error=\"invalid_token\"",
+        );
+    }
+    let if_none_match = req
+        .headers()
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    crate::live::respond(live, if_none_match)
 }
 
 /// What the log line of a signer request shows.

@@ -68,6 +68,7 @@ pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_millis(500),
         signing_key: None,
+        live: None,
     }
 }
 

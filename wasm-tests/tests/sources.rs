@@ -504,3 +504,111 @@ async fn start_up_errors_name_the_setting() {
         "{err}"
     );
 }
+
+/// End to end with the real binary: the fake Kong CP pushes, the companion (export and signer
+/// roles) exports to SeaweedFS and serves the live config on `GET /v1/config`; with the CP
+/// gone the stored object stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_kong_cp_pushes_companion_exports_to_seaweedfs_and_serves_v1_config() {
+    use fallback_core::digest::{canonical_json, Sha256Digest};
+    use wasm_tests::http::request;
+    use wasm_tests::{CompanionProcess, SeaweedFs};
+
+    let seaweed = SeaweedFs::start().await;
+    let mut cp = cluster_cp(ClusterPki::pki("localhost")).await;
+    let v1 = document("v1");
+    cp.publish(v1.clone());
+    let ClusterPki::Pki { ca, data_plane, .. } = cp.pki().clone() else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let env = vec![
+        (
+            "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+            format!("s3://{}/kong", seaweed.bucket()),
+        ),
+        ("KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", "on".into()),
+        ("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", "on".into()),
+        ("KONG_CLUSTER_FALLBACK_EXPORT_DELAY", "0".into()),
+        ("AWS_CONFIG_STORAGE_ENDPOINT", seaweed.endpoint()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", seaweed.writer().access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", seaweed.writer().secret_key.clone()),
+        ("FALLBACK_CONFIG_VERSION", "3.10.0.0".into()),
+        ("FALLBACK_NODE_ID", "backup-e2e".into()),
+        ("FALLBACK_SIGNER_TOKENS", "filter-token".into()),
+        (
+            "KONG_CLUSTER_CONTROL_PLANE",
+            format!("localhost:{}", cp.address().rsplit(':').next().unwrap()),
+        ),
+        ("KONG_CLUSTER_MTLS", "pki".into()),
+        ("KONG_CLUSTER_CERT", write("dp.crt", &data_plane.cert_pem)),
+        (
+            "KONG_CLUSTER_CERT_KEY",
+            write("dp.key", &data_plane.key_pem),
+        ),
+        ("KONG_CLUSTER_CA_CERT", write("ca.crt", &ca.cert_pem)),
+    ];
+    let mut companion = CompanionProcess::start(&env).await;
+    let key = "kong/3.10.0.0/config.json";
+    let stored = |expected: Value| {
+        let seaweed = &seaweed;
+        async move {
+            let want = canonical_json(&expected);
+            for _ in 0..200 {
+                if seaweed.raw_object(key).await.as_deref() == Some(&want[..]) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{key} never held {expected}");
+        }
+    };
+    stored(v1.clone()).await;
+
+    // The live config, with the signer's tokens, ETag and 304.
+    let live = format!("{}/v1/config", companion.url());
+    let auth = [("authorization", "Bearer filter-token")];
+    let r = request("GET", &live, &[], "").await.unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = request("GET", &live, &auth, "").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), v1);
+    let etag = r.header("etag").unwrap().to_owned();
+    assert_eq!(
+        etag,
+        format!("\"{}\"", Sha256Digest::of(&canonical_json(&v1)).to_hex())
+    );
+    let r = request("GET", &live, &[auth[0], ("if-none-match", &etag)], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 304);
+
+    // A push: exported and served.
+    let v2 = document("v2");
+    cp.publish(v2.clone());
+    stored(v2.clone()).await;
+    let r = request("GET", &live, &[auth[0], ("if-none-match", &etag)], "")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.json()), (200, v2.clone()));
+
+    // The CP goes away: the companion keeps the last config, storage keeps the export.
+    cp.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = request("GET", &live, &auth, "").await.unwrap();
+    assert_eq!((r.status, r.json()), (200, v2.clone()));
+    companion.stop().await;
+    assert_eq!(seaweed.raw_object(key).await.unwrap(), canonical_json(&v2));
+    let log = companion.log();
+    assert!(log.contains("connected to the Kong control plane"), "{log}");
+    assert!(
+        !log.contains(&data_plane.key_pem[40..80]),
+        "the key never shows in logs"
+    );
+}
