@@ -31,6 +31,59 @@ pub struct DoctorArgs {
     /// Check what the signer role needs (read permission, a config to hand out, signed URLs).
     #[arg(long = "import", env = "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub import: bool,
+
+    /// The export role's polled source, as `run` reads it.
+    #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
+    pub control_plane_url: Option<String>,
+
+    /// The export role's Kong cluster source, as `run` reads it.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+
+    /// How long the cluster check waits for the control plane's config.
+    #[arg(long, default_value = "20s", value_parser = crate::cli::parse_duration)]
+    pub cluster_wait: Duration,
+}
+
+/// The export role's source: does it connect, and would it hand this companion a config?
+async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) {
+    let url = args.control_plane_url.as_deref().filter(|u| !u.is_empty());
+    let cluster = match args
+        .cluster
+        .settings(&args.storage.node_id(), &args.storage.config_version)
+    {
+        Ok(c) => c,
+        Err(e) => return report.fail("source", format!("{e:#}")),
+    };
+    match (url, cluster) {
+        (Some(_), Some(_)) => report.fail("source", "both FALLBACK_CONTROL_PLANE_URL and KONG_CLUSTER_CONTROL_PLANE are set; the export role reads one"),
+        (None, None) if export_on => report.fail("source", "no source for the export role: set FALLBACK_CONTROL_PLANE_URL or KONG_CLUSTER_CONTROL_PLANE"),
+        (None, None) => report.skip("source", "no FALLBACK_CONTROL_PLANE_URL nor KONG_CLUSTER_CONTROL_PLANE"),
+        (Some(url), None) => {
+            let mut cp = match crate::source::ControlPlane::new(url, Duration::from_secs(10)) {
+                Ok(cp) => cp,
+                Err(e) => return report.fail("source", format!("{e:#}")),
+            };
+            match cp.poll().await {
+                Ok(_) => report.pass("source", format!("{} answered with a config", cp.shown_url())),
+                Err(e) => report.fail("source", e.to_string()),
+            }
+        }
+        (None, Some(settings)) => {
+            let mut source = crate::cluster::ClusterSource::new(settings);
+            match source.connect_once().await {
+                Ok(text) => report.pass("cluster connection", text),
+                Err(e) => {
+                    report.fail("cluster connection", e.to_string());
+                    return report.skip("cluster config", "not connected");
+                }
+            }
+            match source.first_config(args.cluster_wait).await {
+                Ok(text) => report.pass("cluster config", text),
+                Err(text) => report.fail("cluster config", text),
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -158,6 +211,7 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 
     if export {
         write_probe(&mut report, store.as_ref(), &url, &args.storage.node_id()).await;
+        source_checks(&mut report, &args, args.export).await;
     } else {
         report.skip("write permission", "export role off");
     }

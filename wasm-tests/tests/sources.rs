@@ -612,3 +612,95 @@ async fn fake_kong_cp_pushes_companion_exports_to_seaweedfs_and_serves_v1_config
         "the key never shows in logs"
     );
 }
+
+/// `doctor`, the real binary: for the cluster source, whether it connects and whether the
+/// control plane would send this companion its config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_whether_the_cluster_connects_and_sends_the_config() {
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    let mut config = document("v1");
+    config["plugins"] = json!([{"name": "key-auth", "config": {}}]);
+    cp.publish(config);
+    let dir = tempfile::tempdir().unwrap();
+    let pair = cp.pki().data_plane().clone();
+    let ClusterPki::Shared(stranger) = ClusterPki::shared() else {
+        unreachable!()
+    };
+    let doctor = |extra: Vec<(&'static str, String)>| {
+        let mut command = std::process::Command::new(wasm_tests::companion_binary());
+        command
+            .args(["doctor", "--cluster-wait", "2s"])
+            .env_clear()
+            .env(
+                "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+                format!("file://{}/store", dir.path().display()),
+            )
+            .env("KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", "on")
+            .env("FALLBACK_NODE_ID", "doctor-node")
+            .env("FALLBACK_CLUSTER_NODE_VERSION", "3.10.0")
+            .env("KONG_CLUSTER_CONTROL_PLANE", cp.address())
+            .env("KONG_CLUSTER_CERT", &pair.cert_pem)
+            .env("KONG_CLUSTER_CERT_KEY", &pair.key_pem);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), stdout)
+    };
+    let line = |report: &str, check: &str| -> String {
+        report
+            .lines()
+            .find(|l| l[7..].starts_with(&format!("{check}:")))
+            .unwrap_or_else(|| panic!("no {check} line in\n{report}"))
+            .to_owned()
+    };
+
+    let (code, report) = doctor(vec![]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        line(&report, "cluster connection").starts_with("[ ok ]"),
+        "{report}"
+    );
+    let config_line = line(&report, "cluster config");
+    assert!(
+        config_line.starts_with("[ ok ]") && config_line.contains("1 plugins"),
+        "{report}"
+    );
+
+    // Withheld: the config uses key-auth, which this node does not announce.
+    let (code, report) = doctor(vec![("FALLBACK_CLUSTER_PLUGINS", "banana:1.0.0".into())]);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        line(&report, "cluster connection").starts_with("[ ok ]"),
+        "{report}"
+    );
+    let config_line = line(&report, "cluster config");
+    assert!(
+        config_line.starts_with("[FAIL]") && config_line.contains("FALLBACK_CLUSTER_PLUGINS"),
+        "{report}"
+    );
+
+    // Refused: a newer minor version than the control plane's.
+    let (code, report) = doctor(vec![("FALLBACK_CLUSTER_NODE_VERSION", "3.11.0".into())]);
+    assert_eq!(code, Some(1), "{report}");
+    let config_line = line(&report, "cluster config");
+    assert!(
+        config_line.starts_with("[FAIL]") && config_line.contains("3.11.0"),
+        "{report}"
+    );
+
+    // Not connected: another certificate than the cluster's.
+    let (code, report) = doctor(vec![
+        ("KONG_CLUSTER_CERT", stranger.cert_pem.clone()),
+        ("KONG_CLUSTER_CERT_KEY", stranger.key_pem.clone()),
+    ]);
+    assert_eq!(code, Some(1), "{report}");
+    let connection = line(&report, "cluster connection");
+    assert!(
+        connection.starts_with("[FAIL]") && connection.contains("KONG_CLUSTER_CERT"),
+        "{report}"
+    );
+    assert!(!report.contains(&stranger.key_pem[40..80]), "{report}");
+}

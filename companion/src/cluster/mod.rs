@@ -44,6 +44,9 @@ struct Connection {
     last_seen: Instant,
     next_ping: Instant,
     got_config: bool,
+    /// Whether the control plane answered anything yet (a pong, a config): Kong refuses a
+    /// version before reading any ping.
+    answered: bool,
     warned_withheld: bool,
 }
 
@@ -84,6 +87,52 @@ impl ClusterSource {
     /// Whether a connection is up.
     pub fn is_connected(&self) -> bool {
         self.connection.is_some()
+    }
+
+    /// For `doctor`: connects now (TLS, WebSocket upgrade, `basic_info`) and says how.
+    pub async fn connect_once(&mut self) -> Result<String, SourceError> {
+        let conn = self.connect().await?;
+        let text = format!(
+            "{} accepted this node ({:?} mTLS, node_version {}{}, {} plugins announced)",
+            self.shown,
+            self.settings.mode,
+            conn.node.version,
+            if conn.control_plane_version.is_some() {
+                " from the Admin API"
+            } else {
+                ""
+            },
+            conn.node.plugins.len()
+        );
+        self.connection = Some(conn);
+        Ok(text)
+    }
+
+    /// For `doctor`: whether the control plane sends this node its config within `wait`.
+    pub async fn first_config(&mut self, wait: Duration) -> Result<String, String> {
+        match tokio::time::timeout(wait, self.next()).await {
+            Ok(Ok(Polled::Document(config))) => {
+                let count = |kind: &str| {
+                    config
+                        .get(kind)
+                        .and_then(|v| v.as_array())
+                        .map_or(0, Vec::len)
+                };
+                Ok(format!(
+                    "the control plane sent its config (config_hash {}, {} services, {} routes, {} plugins)",
+                    self.current_hash.as_deref().unwrap_or_default(),
+                    count("services"),
+                    count("routes"),
+                    count("plugins")
+                ))
+            }
+            Ok(Ok(Polled::NotModified)) => Ok("the control plane sent the config held".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(protocol::explain_withheld(
+                wait,
+                self.settings.plugins_configured,
+            )),
+        }
     }
 
     fn unreachable(&self, detail: impl Into<String>) -> SourceError {
@@ -198,6 +247,7 @@ impl ClusterSource {
             last_seen: now,
             next_ping: now,
             got_config: false,
+            answered: false,
             warned_withheld: false,
         })
     }
@@ -274,7 +324,7 @@ impl ClusterSource {
                     warn!(control_plane = %self.shown, "{}", protocol::explain_withheld(settings.withheld_after, settings.plugins_configured));
                 }
                 frame = conn.socket.next() => {
-                    let early = !conn.got_config && conn.connected_at.elapsed() < EARLY_CLOSE;
+                    let early = !conn.answered && conn.connected_at.elapsed() < EARLY_CLOSE;
                     let closed = |detail: String| {
                         if early {
                             SourceError::Refused { url: self.shown.clone(), detail: protocol::explain_early_close(&conn.node.version, conn.control_plane_version.as_deref()) }
@@ -291,6 +341,7 @@ impl ClusterSource {
                         Some(Ok(message)) => message,
                     };
                     conn.last_seen = Instant::now();
+                    conn.answered |= matches!(message, Message::Pong(_) | Message::Binary(_));
                     match message {
                         Message::Binary(data) => match protocol::decode_frame(&data) {
                             Ok(Some(reconfigure)) => {
