@@ -203,6 +203,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
 
+    #[command(flatten)]
+    pub admin_api: crate::admin_api::AdminApiArgs,
+
     /// How often the control plane is polled (with If-None-Match).
     #[arg(long, env = "FALLBACK_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -425,7 +428,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on) and/or KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on (or --import on)");
     }
     let source = if args.export {
-        Some(config_source(&args)?)
+        Some(config_source(
+            args.control_plane_url.as_deref(),
+            &args.cluster,
+            &args.admin_api,
+            &args.storage,
+            args.poll_interval,
+            args.control_plane_timeout,
+        )?
+        .context("the export role needs a source of config: set FALLBACK_CONTROL_PLANE_URL (a config URL, e.g. http://kong-cp:8001/config on a DB-less node), KONG_CLUSTER_CONTROL_PLANE (a Kong control plane's cluster address, e.g. kong-cp:8005, with KONG_CLUSTER_CERT and KONG_CLUSTER_CERT_KEY) or FALLBACK_ADMIN_API_URL (a Kong Admin API to dump, e.g. http://kong-cp:8001)")?)
     } else {
         None
     };
@@ -532,21 +543,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The export role's source: the polled URL or the Kong cluster, exactly one of them.
-fn config_source(args: &RunArgs) -> anyhow::Result<Box<dyn ConfigSource>> {
-    let cp_url = args.control_plane_url.as_deref().filter(|u| !u.is_empty());
-    let cluster = args
-        .cluster
-        .settings(&args.storage.node_id(), &args.storage.config_version)?;
-    match (cp_url, cluster) {
-        (Some(_), Some(_)) => bail!("both FALLBACK_CONTROL_PLANE_URL and KONG_CLUSTER_CONTROL_PLANE are set: the export role reads one source; unset one of them"),
-        (Some(url), None) => Ok(Box::new(Polling::new(
-            ControlPlane::new(url, args.control_plane_timeout)?,
-            args.poll_interval,
-        ))),
-        (None, Some(cluster)) => Ok(Box::new(ClusterSource::new(cluster))),
-        (None, None) => bail!("the export role needs a source of config: set FALLBACK_CONTROL_PLANE_URL (a config URL, e.g. http://kong-cp:8001/config on a DB-less node) or KONG_CLUSTER_CONTROL_PLANE (a Kong control plane's cluster address, e.g. kong-cp:8005, with KONG_CLUSTER_CERT and KONG_CLUSTER_CERT_KEY)"),
+/// The export role's source: the polled URL, the Kong cluster or the Admin API, exactly one.
+pub fn config_source(
+    control_plane_url: Option<&str>,
+    cluster: &crate::cluster::ClusterArgs,
+    admin_api: &crate::admin_api::AdminApiArgs,
+    storage: &StorageArgs,
+    poll_interval: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Option<Box<dyn ConfigSource>>> {
+    let url = control_plane_url.filter(|u| !u.is_empty());
+    let cluster = cluster.settings(&storage.node_id(), &storage.config_version)?;
+    let admin = admin_api.source(poll_interval, timeout)?;
+    let set = [url.is_some(), cluster.is_some(), admin.is_some()];
+    if set.iter().filter(|s| **s).count() > 1 {
+        bail!("more than one of FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE and FALLBACK_ADMIN_API_URL is set: the export role reads one source; unset the others");
     }
+    Ok(match (url, cluster, admin) {
+        (Some(url), _, _) => Some(Box::new(Polling::new(
+            ControlPlane::new(url, timeout)?,
+            poll_interval,
+        ))),
+        (_, Some(cluster), _) => Some(Box::new(ClusterSource::new(cluster))),
+        (_, _, Some(admin)) => Some(Box::new(admin)),
+        _ => None,
+    })
 }
 
 /// The signer's settings and bound listener, or a start-up error saying what to fix.

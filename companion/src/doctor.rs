@@ -40,6 +40,10 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
 
+    /// The export role's Admin API source, as `run` reads it.
+    #[command(flatten)]
+    pub admin_api: crate::admin_api::AdminApiArgs,
+
     /// How long the cluster check waits for the control plane's config.
     #[arg(long, default_value = "20s", value_parser = crate::cli::parse_duration)]
     pub cluster_wait: Duration,
@@ -47,7 +51,6 @@ pub struct DoctorArgs {
 
 /// The export role's source: does it connect, and would it hand this companion a config?
 async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) {
-    let url = args.control_plane_url.as_deref().filter(|u| !u.is_empty());
     let cluster = match args
         .cluster
         .settings(&args.storage.node_id(), &args.storage.config_version)
@@ -55,34 +58,45 @@ async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) 
         Ok(c) => c,
         Err(e) => return report.fail("source", format!("{e:#}")),
     };
-    match (url, cluster) {
-        (Some(_), Some(_)) => report.fail("source", "both FALLBACK_CONTROL_PLANE_URL and KONG_CLUSTER_CONTROL_PLANE are set; the export role reads one"),
-        (None, None) if export_on => report.fail("source", "no source for the export role: set FALLBACK_CONTROL_PLANE_URL or KONG_CLUSTER_CONTROL_PLANE"),
-        (None, None) => report.skip("source", "no FALLBACK_CONTROL_PLANE_URL nor KONG_CLUSTER_CONTROL_PLANE"),
-        (Some(url), None) => {
-            let mut cp = match crate::source::ControlPlane::new(url, Duration::from_secs(10)) {
-                Ok(cp) => cp,
-                Err(e) => return report.fail("source", format!("{e:#}")),
-            };
-            match cp.poll().await {
-                Ok(_) => report.pass("source", format!("{} answered with a config", cp.shown_url())),
-                Err(e) => report.fail("source", e.to_string()),
+    let others = args
+        .control_plane_url
+        .as_deref()
+        .is_some_and(|u| !u.is_empty())
+        || args
+            .admin_api
+            .admin_api_url
+            .as_deref()
+            .is_some_and(|u| !u.is_empty());
+    if let (Some(settings), false) = (cluster, others) {
+        let mut source = crate::cluster::ClusterSource::new(settings);
+        match source.connect_once().await {
+            Ok(text) => report.pass("cluster connection", text),
+            Err(e) => {
+                report.fail("cluster connection", e.to_string());
+                return report.skip("cluster config", "not connected");
             }
         }
-        (None, Some(settings)) => {
-            let mut source = crate::cluster::ClusterSource::new(settings);
-            match source.connect_once().await {
-                Ok(text) => report.pass("cluster connection", text),
-                Err(e) => {
-                    report.fail("cluster connection", e.to_string());
-                    return report.skip("cluster config", "not connected");
-                }
-            }
-            match source.first_config(args.cluster_wait).await {
-                Ok(text) => report.pass("cluster config", text),
-                Err(text) => report.fail("cluster config", text),
-            }
-        }
+        return match source.first_config(args.cluster_wait).await {
+            Ok(text) => report.pass("cluster config", text),
+            Err(text) => report.fail("cluster config", text),
+        };
+    }
+    let source = crate::cli::config_source(
+        args.control_plane_url.as_deref(),
+        &args.cluster,
+        &args.admin_api,
+        &args.storage,
+        Duration::ZERO,
+        Duration::from_secs(10),
+    );
+    match source {
+        Err(e) => report.fail("source", format!("{e:#}")),
+        Ok(None) if export_on => report.fail("source", "no source for the export role: set FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE or FALLBACK_ADMIN_API_URL"),
+        Ok(None) => report.skip("source", "no FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE nor FALLBACK_ADMIN_API_URL"),
+        Ok(Some(mut source)) => match source.next().await {
+            Ok(_) => report.pass("source", format!("{} answered with a config", source.describe())),
+            Err(e) => report.fail("source", e.to_string()),
+        },
     }
 }
 

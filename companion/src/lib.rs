@@ -11,6 +11,7 @@
 //!   one object, `doctor` to check a deployment's storage settings, `match` to see where a
 //!   request would go under a config.
 
+pub mod admin_api;
 pub mod cli;
 pub mod cluster;
 pub mod doctor;

@@ -34,12 +34,10 @@ use rustls::{
 };
 use serde_json::{json, Value};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -377,38 +375,20 @@ impl FakeKongCp {
     }
 
     async fn listen(&mut self) {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("address");
-        let mut attempt = 0;
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(e) if attempt < 50 => {
-                    attempt += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("FakeKongCp: cannot listen on {addr}: {e}"),
-            }
-        };
         let shared = self.shared.clone();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(shared.pki.server_config()));
-        self.server = Some(tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let shared = shared.clone();
-                        let acceptor = acceptor.clone();
-                        connections.spawn(async move {
-                            let Ok(tls) = acceptor.accept(stream).await else { return };
-                            serve(shared, tls).await;
-                        });
+        self.server = Some(
+            crate::serve::spawn_server("FakeKongCp", self.port, move |stream| {
+                let shared = shared.clone();
+                let acceptor = acceptor.clone();
+                async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        serve(shared, tls).await;
                     }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 }
-            }
-        }));
+            })
+            .await,
+        );
     }
 }
 

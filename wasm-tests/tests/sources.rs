@@ -1,15 +1,17 @@
 //! Sources of config: one behaviour suite run against every [`ConfigSource`] (the polled URL
 //! against the mock CP; the Kong cluster source against the fake Kong control plane in both
-//! mTLS modes), then what only the cluster protocol has: the handshake, pings, Kong's
+//! mTLS modes; the Admin API pager against the fake Admin API), then what only the cluster protocol has: the handshake, pings, Kong's
 //! version and plugin compatibility tables (`spec/02-integration/09-hybrid_mode/01-sync_spec.lua`),
 //! certificate refusals, the ping timeout, the payload limit, and the export to SeaweedFS.
 
+use fallback_companion::admin_api::{AdminApiArgs, AdminApiSource};
 use fallback_companion::cluster::tls::MtlsMode;
 use fallback_companion::cluster::{ClusterArgs, ClusterSettings, ClusterSource};
 use fallback_companion::secret::Secret;
 use fallback_companion::source::{ConfigSource, ControlPlane, Polled, Polling, SourceError};
 use serde_json::{json, Value};
 use std::time::Duration;
+use wasm_tests::fake_admin_api::FakeAdminApi;
 use wasm_tests::fake_kong_cp::{ClusterPki, FakeCpSettings, FakeKongCp, SyncStatus};
 use wasm_tests::fixtures::document;
 use wasm_tests::MockCp;
@@ -56,10 +58,27 @@ fn cluster_source(cp: &FakeKongCp) -> ClusterSource {
     ClusterSource::new(fast(&cluster_args(cp, cp.pki().data_plane())))
 }
 
+/// A flat document (top-level lists, foreign keys as `{"id"}`), as every source can deliver
+/// it: the Admin API lists entities this way. Three routes span two pages of the fake Admin API.
+fn flat_document(marker: &str) -> Value {
+    let service = "0a6c4f2e-3b1d-4c5e-8f70-9a8b7c6d5e4f";
+    json!({
+        "_format_version": "3.0",
+        "services": [{"id": service, "name": "billing", "host": "billing.internal", "port": 8080, "protocol": "http", "tags": [marker]}],
+        "routes": (1..=3).map(|i| json!({
+            "id": format!("1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5{i}"),
+            "name": format!("billing-{i}"),
+            "paths": [format!("/billing/{i}")],
+            "service": {"id": service},
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// The upstream a source reads from, driven the same way for every kind.
 enum Upstream {
     Polled(MockCp),
     Cluster(FakeKongCp),
+    AdminApi(FakeAdminApi),
 }
 
 impl Upstream {
@@ -69,6 +88,7 @@ impl Upstream {
             Self::Cluster(cp) => {
                 cp.publish(doc.clone());
             }
+            Self::AdminApi(api) => api.set_document(doc),
         }
     }
 
@@ -79,6 +99,7 @@ impl Upstream {
                 Duration::from_millis(100),
             )),
             Self::Cluster(cp) => Box::new(cluster_source(cp)),
+            Self::AdminApi(api) => Box::new(admin_source(&api.url(), None)),
         }
     }
 
@@ -86,6 +107,7 @@ impl Upstream {
         match self {
             Self::Polled(cp) => cp.stop().await,
             Self::Cluster(cp) => cp.stop(),
+            Self::AdminApi(api) => api.stop(),
         }
     }
 
@@ -93,6 +115,7 @@ impl Upstream {
         match self {
             Self::Polled(cp) => cp.restart().await,
             Self::Cluster(cp) => cp.restart().await,
+            Self::AdminApi(api) => api.restart().await,
         }
     }
 }
@@ -114,7 +137,7 @@ async fn next_document(source: &mut dyn ConfigSource) -> Value {
 
 /// What every source must do.
 async fn behaviour_suite(mut upstream: Upstream) {
-    let v1 = document("v1");
+    let v1 = flat_document("v1");
     upstream.publish(&v1);
     let mut source = upstream.source();
     assert_eq!(next_document(source.as_mut()).await, v1);
@@ -131,7 +154,7 @@ async fn behaviour_suite(mut upstream: Upstream) {
     .await;
     assert!(quiet.is_err(), "nothing new was published: {quiet:?}");
 
-    let v2 = document("v2");
+    let v2 = flat_document("v2");
     upstream.publish(&v2);
     assert_eq!(next_document(source.as_mut()).await, v2);
 
@@ -156,7 +179,7 @@ async fn behaviour_suite(mut upstream: Upstream) {
     assert!(err.to_string().contains(&source.describe()), "{err}");
 
     // It comes back with a new document: the source recovers by itself.
-    let v3 = document("v3");
+    let v3 = flat_document("v3");
     upstream.publish(&v3);
     upstream.restart().await;
     let got = tokio::time::timeout(WAIT, async {
@@ -187,6 +210,88 @@ async fn suite_kong_cluster_pki_mtls() {
         cluster_cp(ClusterPki::pki("cp.cluster.test")).await,
     ))
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_admin_api_pager() {
+    behaviour_suite(Upstream::AdminApi(FakeAdminApi::start(2).await)).await;
+}
+
+fn admin_source(url: &str, token: Option<&str>) -> AdminApiSource {
+    AdminApiArgs {
+        admin_api_url: Some(url.to_owned()),
+        admin_api_token: token.map(Secret::new),
+    }
+    .source(Duration::from_millis(100), Duration::from_secs(2))
+    .unwrap()
+    .expect("configured")
+}
+
+/// The dump pages with `size` and `next`, lists targets per upstream, skips endpoints the
+/// Admin API does not have, and the document it assembles validates and routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_dump_pages_and_validates() {
+    let api = FakeAdminApi::start(2).await;
+    let mut doc = flat_document("v1");
+    let upstream = "7c1e2d3f-4a5b-4c6d-8e7f-8091a2b3c4d5";
+    doc["upstreams"] = json!([{"id": upstream, "name": "billing.internal"}]);
+    doc["targets"] = json!((1..=3)
+        .map(
+            |i| json!({"id": format!("9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6{i}"),
+        "target": format!("10.0.0.{i}:8080"), "weight": 100, "upstream": {"id": upstream}})
+        )
+        .collect::<Vec<_>>());
+    doc["consumers"] =
+        json!([{"id": "5e4d3c2b-1a09-4f8e-9d7c-6b5a4f3e2d1c", "username": "mobile"}]);
+    doc["keyauth_credentials"] = json!([{"id": "6f5e4d3c-2b1a-4098-8f7e-6d5c4b3a2f1e", "key": "k-1",
+        "consumer": {"id": "5e4d3c2b-1a09-4f8e-9d7c-6b5a4f3e2d1c"}}]);
+    api.set_document(&doc);
+    api.require_token("rbac-token");
+
+    // Without the token: refused, saying which setting to use.
+    let err = admin_source(&api.url(), None).dump().await.unwrap_err();
+    assert!(
+        err.to_string().contains("FALLBACK_ADMIN_API_TOKEN"),
+        "{err}"
+    );
+
+    let dumped = admin_source(&api.url(), Some("rbac-token"))
+        .dump()
+        .await
+        .unwrap();
+    assert_eq!(dumped, doc);
+    let requests = api.requests();
+    assert!(
+        requests.contains(&"/routes?size=1000".to_owned()),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.starts_with("/routes?offset=2")),
+        "followed next: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with(&format!("/upstreams/{upstream}/targets?offset=2"))),
+        "{requests:?}"
+    );
+    let prepared = fallback_companion::exporter::prepare(&dumped).expect("the dump validates");
+    assert!(prepared.warnings.is_empty(), "{:?}", prepared.warnings);
+
+    // An endpoint the Admin API lacks (a plugin not installed) is skipped, not an error.
+    api.remove_endpoint("/key-auths");
+    let mut source = admin_source(&api.url(), Some("rbac-token"));
+    let Ok(Polled::Document(without)) = source.next().await else {
+        panic!("a dump without key-auths")
+    };
+    let mut expected = doc.clone();
+    expected
+        .as_object_mut()
+        .unwrap()
+        .remove("keyauth_credentials");
+    assert_eq!(without, expected);
+    // The same dump again is "unchanged".
+    assert!(matches!(source.next().await, Ok(Polled::NotModified)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
