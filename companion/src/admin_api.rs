@@ -2,6 +2,11 @@
 //! 400 and whose cluster key cannot be handed out. It pages through every entity kind as
 //! `deck gateway dump` does (`size` and `next`), assembles one declarative document, and polls
 //! again every interval; a dump equal to the last one is "unchanged".
+//!
+//! The same pager reads a Konnect control plane: its `core-entities` API lists entities as
+//! the Admin API does (`data`, `next`, `offset`), behind a personal or system access token, and
+//! `GET .../expected-config-hash` first tells whether anything changed, so an unchanged config
+//! costs one request per poll.
 
 use crate::secret::Secret;
 use crate::source::{ConfigSource, Polled, SourceError};
@@ -49,6 +54,24 @@ pub struct AdminApiArgs {
     /// Sent as Kong-Admin-Token (Kong Enterprise RBAC).
     #[arg(long, env = "FALLBACK_ADMIN_API_TOKEN", hide_env_values = true)]
     pub admin_api_token: Option<Secret>,
+
+    /// A Konnect control plane, e.g. https://us.api.konghq.com/v2/control-planes/<id>: its
+    /// core-entities are dumped when its expected-config-hash changes.
+    #[arg(long, env = "FALLBACK_KONNECT_CONTROL_PLANE_URL", value_name = "URL")]
+    pub konnect_control_plane_url: Option<String>,
+
+    /// Konnect personal or system access token, sent as a bearer token.
+    #[arg(long, env = "FALLBACK_KONNECT_TOKEN", hide_env_values = true)]
+    pub konnect_token: Option<Secret>,
+}
+
+/// How requests authenticate.
+enum Auth {
+    None,
+    /// `Kong-Admin-Token`.
+    AdminToken(Secret),
+    /// `Authorization: Bearer` (Konnect).
+    Bearer(Secret),
 }
 
 /// The Admin API pager.
@@ -56,7 +79,10 @@ pub struct AdminApiSource {
     base: String,
     origin: String,
     shown: String,
-    token: Option<Secret>,
+    auth: Auth,
+    /// Konnect's `expected-config-hash`, checked before each dump.
+    hash_url: Option<String>,
+    last_hash: Option<String>,
     client: HttpClient,
     timeout: Duration,
     interval: Duration,
@@ -65,32 +91,66 @@ pub struct AdminApiSource {
 }
 
 impl AdminApiArgs {
-    /// The source, or `None` when no Admin API is configured.
+    /// The source, or `None` when neither an Admin API nor a Konnect control plane is
+    /// configured.
     pub fn source(
         &self,
         interval: Duration,
         timeout: Duration,
     ) -> anyhow::Result<Option<AdminApiSource>> {
-        let Some(url) = self.admin_api_url.as_deref().filter(|u| !u.is_empty()) else {
-            return Ok(None);
+        let admin = self.admin_api_url.as_deref().filter(|u| !u.is_empty());
+        let konnect = self
+            .konnect_control_plane_url
+            .as_deref()
+            .filter(|u| !u.is_empty());
+        let (url, setting, konnect) = match (admin, konnect) {
+            (Some(_), Some(_)) => anyhow::bail!("both FALLBACK_ADMIN_API_URL and FALLBACK_KONNECT_CONTROL_PLANE_URL are set; the export role reads one source"),
+            (Some(url), None) => (url, "FALLBACK_ADMIN_API_URL", false),
+            (None, Some(url)) => (url, "FALLBACK_KONNECT_CONTROL_PLANE_URL", true),
+            (None, None) => return Ok(None),
         };
         let parsed = url::Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());
         let Some(parsed) = parsed else {
             anyhow::bail!(
-                "FALLBACK_ADMIN_API_URL {:?} is not an http(s) URL without a query; use e.g. http://kong-cp:8001",
-                transport::redact_url(url)
+                "{setting} {:?} is not an http(s) URL without a query; use e.g. {}",
+                transport::redact_url(url),
+                if konnect {
+                    "https://us.api.konghq.com/v2/control-planes/<id>"
+                } else {
+                    "http://kong-cp:8001"
+                }
             );
         };
-        Ok(Some(AdminApiSource {
-            base: url.trim_end_matches('/').to_owned(),
-            origin: parsed.origin().ascii_serialization(),
-            shown: transport::redact_url(url),
-            token: self
+        let url = url.trim_end_matches('/');
+        let (base, hash_url, auth) = if konnect {
+            let token = self.konnect_token.clone().filter(|t| !t.expose().is_empty()).ok_or_else(|| {
+                anyhow::anyhow!("FALLBACK_KONNECT_CONTROL_PLANE_URL needs FALLBACK_KONNECT_TOKEN, a Konnect personal or system access token that may read the control plane")
+            })?;
+            (
+                format!("{url}/core-entities"),
+                Some(format!("{url}/expected-config-hash")),
+                Auth::Bearer(token),
+            )
+        } else {
+            let auth = match self
                 .admin_api_token
                 .clone()
-                .filter(|t| !t.expose().is_empty()),
+                .filter(|t| !t.expose().is_empty())
+            {
+                Some(token) => Auth::AdminToken(token),
+                None => Auth::None,
+            };
+            (url.to_owned(), None, auth)
+        };
+        Ok(Some(AdminApiSource {
+            shown: transport::redact_url(&base),
+            base,
+            origin: parsed.origin().ascii_serialization(),
+            auth,
+            hash_url,
+            last_hash: None,
             client: transport::client(),
             timeout,
             interval,
@@ -110,8 +170,12 @@ impl AdminApiSource {
 
     async fn get(&self, url: &str, path: &str) -> Result<(u16, Bytes), SourceError> {
         let mut request = http::Request::get(url).header("accept", "application/json");
-        if let Some(token) = &self.token {
-            request = request.header("kong-admin-token", token.expose());
+        match &self.auth {
+            Auth::None => {}
+            Auth::AdminToken(token) => request = request.header("kong-admin-token", token.expose()),
+            Auth::Bearer(token) => {
+                request = request.header("authorization", format!("Bearer {}", token.expose()))
+            }
         }
         let request = request
             .body(Full::new(Bytes::new()))
@@ -135,7 +199,11 @@ impl AdminApiSource {
                     return Err(SourceError::Status {
                         url: format!("{}{path}", self.shown.trim_end_matches('/')),
                         status,
-                        body: ": the Admin API refused the request; set FALLBACK_ADMIN_API_TOKEN to an RBAC token that may read every entity".into(),
+                        body: match self.auth {
+                            Auth::Bearer(_) => ": Konnect refused the request; FALLBACK_KONNECT_TOKEN must be a valid access token that may read this control plane",
+                            _ => ": the Admin API refused the request; set FALLBACK_ADMIN_API_TOKEN to an RBAC token that may read every entity",
+                        }
+                        .into(),
                     })
                 }
                 _ => {
@@ -159,7 +227,7 @@ impl AdminApiSource {
             };
             items.extend(data.iter().cloned());
             match page.get("next").and_then(Value::as_str) {
-                // Kong's `next` is an absolute path with the offset.
+                // Kong's and Konnect's `next` is an absolute path with the offset.
                 Some(next) if next.starts_with('/') => url = format!("{}{next}", self.origin),
                 Some(next) if next.starts_with("http") => url = next.to_owned(),
                 _ => return Ok(Some(items)),
@@ -169,6 +237,30 @@ impl AdminApiSource {
             path,
             format!("more than {MAX_PAGES} pages; is `next` looping?"),
         ))
+    }
+
+    /// Konnect's `expected_hash`.
+    async fn expected_hash(&self, url: &str) -> Result<String, SourceError> {
+        let path = "/expected-config-hash";
+        let (status, body) = self.get(url, path).await?;
+        if status != 200 {
+            return Err(SourceError::Status {
+                url: transport::redact_url(url),
+                status,
+                body: if matches!(status, 401 | 403) {
+                    ": FALLBACK_KONNECT_TOKEN must be a valid access token that may read this control plane".into()
+                } else {
+                    String::new()
+                },
+            });
+        }
+        serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("expected_hash")?.as_str().map(str::to_owned))
+            .ok_or_else(|| SourceError::Malformed {
+                url: transport::redact_url(url),
+                detail: "no \"expected_hash\" in the answer".into(),
+            })
     }
 
     /// One dump: every kind, targets per upstream, as one declarative document.
@@ -212,7 +304,15 @@ impl ConfigSource for AdminApiSource {
             tokio::time::sleep_until(at).await;
         }
         self.next_at = Some(tokio::time::Instant::now() + self.interval);
+        let expected_hash = match &self.hash_url {
+            Some(url) => Some(self.expected_hash(url).await?),
+            None => None,
+        };
+        if expected_hash.is_some() && expected_hash == self.last_hash && self.last.is_some() {
+            return Ok(Polled::NotModified);
+        }
         let document = self.dump().await?;
+        self.last_hash = expected_hash;
         let digest: [u8; 32] = Sha256::digest(document.to_string().as_bytes()).into();
         if self.last == Some(digest) {
             return Ok(Polled::NotModified);

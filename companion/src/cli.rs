@@ -436,7 +436,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.poll_interval,
             args.control_plane_timeout,
         )?
-        .context("the export role needs a source of config: set FALLBACK_CONTROL_PLANE_URL (a config URL, e.g. http://kong-cp:8001/config on a DB-less node), KONG_CLUSTER_CONTROL_PLANE (a Kong control plane's cluster address, e.g. kong-cp:8005, with KONG_CLUSTER_CERT and KONG_CLUSTER_CERT_KEY) or FALLBACK_ADMIN_API_URL (a Kong Admin API to dump, e.g. http://kong-cp:8001)")?)
+        .context("the export role needs a source of config: set FALLBACK_CONTROL_PLANE_URL (a config URL, e.g. http://kong-cp:8001/config on a DB-less node), KONG_CLUSTER_CONTROL_PLANE (a Kong control plane's cluster address, e.g. kong-cp:8005, with KONG_CLUSTER_CERT and KONG_CLUSTER_CERT_KEY) FALLBACK_ADMIN_API_URL (a Kong Admin API to dump, e.g. http://kong-cp:8001) or FALLBACK_KONNECT_CONTROL_PLANE_URL (a Konnect control plane, with FALLBACK_KONNECT_TOKEN)")?)
     } else {
         None
     };
@@ -543,7 +543,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The export role's source: the polled URL, the Kong cluster or the Admin API, exactly one.
+/// The export role's source: the polled URL, the Kong cluster, or the Admin API (or Konnect),
+/// exactly one.
 pub fn config_source(
     control_plane_url: Option<&str>,
     cluster: &crate::cluster::ClusterArgs,
@@ -557,7 +558,7 @@ pub fn config_source(
     let admin = admin_api.source(poll_interval, timeout)?;
     let set = [url.is_some(), cluster.is_some(), admin.is_some()];
     if set.iter().filter(|s| **s).count() > 1 {
-        bail!("more than one of FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE and FALLBACK_ADMIN_API_URL is set: the export role reads one source; unset the others");
+        bail!("more than one of FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE and FALLBACK_ADMIN_API_URL (or FALLBACK_KONNECT_CONTROL_PLANE_URL) is set: the export role reads one source; unset the others");
     }
     Ok(match (url, cluster, admin) {
         (Some(url), _, _) => Some(Box::new(Polling::new(

@@ -91,7 +91,7 @@ async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) 
     );
     match source {
         Err(e) => report.fail("source", format!("{e:#}")),
-        Ok(None) if export_on => report.fail("source", "no source for the export role: set FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE or FALLBACK_ADMIN_API_URL"),
+        Ok(None) if export_on => report.fail("source", "no source for the export role: set FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE, FALLBACK_ADMIN_API_URL or FALLBACK_KONNECT_CONTROL_PLANE_URL"),
         Ok(None) => report.skip("source", "no FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE nor FALLBACK_ADMIN_API_URL"),
         Ok(Some(mut source)) => match source.next().await {
             Ok(_) => report.pass("source", format!("{} answered with a config", source.describe())),

@@ -3,6 +3,12 @@
 //! (`next` null on the last page), targets under `/upstreams/{id}/targets`, 404 for an entity
 //! it does not know (a plugin that is not installed), 401 without the RBAC token when one is
 //! set. Pages are capped (Kong's cap is 1,000) so a small document spans several pages.
+//!
+//! In Konnect mode ([`FakeAdminApi::start_konnect`]) the same lists sit under
+//! `/v2/control-planes/{id}/core-entities`, behind `Authorization: Bearer`, with
+//! `GET /v2/control-planes/{id}/expected-config-hash` answering `{"expected_hash": ...}` (the
+//! shapes of Konnect's published OpenAPI and Go SDK: `data`, `next`, `offset`; `expected_hash`,
+//! `created_at`, `updated_at`).
 
 use crate::ports::free_port;
 use bytes::Bytes;
@@ -18,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
 struct State {
+    /// Konnect mode: the control plane's path prefix.
+    konnect: Option<String>,
     document: Value,
     page_cap: usize,
     token: Option<String>,
@@ -35,9 +43,21 @@ pub struct FakeAdminApi {
 impl FakeAdminApi {
     /// Starts on a free port, with an empty document and pages of at most `page_cap`.
     pub async fn start(page_cap: usize) -> Self {
+        Self::start_mode(page_cap, None).await
+    }
+
+    /// Starts as Konnect's API for control plane `id`, requiring the bearer `token`.
+    pub async fn start_konnect(page_cap: usize, id: &str, token: &str) -> Self {
+        let api = Self::start_mode(page_cap, Some(format!("/v2/control-planes/{id}"))).await;
+        api.require_token(token);
+        api
+    }
+
+    async fn start_mode(page_cap: usize, konnect: Option<String>) -> Self {
         let mut api = Self {
             port: free_port(),
             state: Arc::new(Mutex::new(State {
+                konnect,
                 document: json!({}),
                 page_cap,
                 token: None,
@@ -131,17 +151,34 @@ fn answer(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>
     let query = req.uri().query().unwrap_or_default().to_owned();
     state.requests.push(format!("{path}?{query}"));
     if let Some(token) = &state.token {
-        let presented = req
-            .headers()
-            .get("kong-admin-token")
-            .and_then(|v| v.to_str().ok());
-        if presented != Some(token.as_str()) {
+        let (header, expected) = match state.konnect {
+            Some(_) => ("authorization", format!("Bearer {token}")),
+            None => ("kong-admin-token", token.clone()),
+        };
+        let presented = req.headers().get(header).and_then(|v| v.to_str().ok());
+        if presented != Some(expected.as_str()) {
             return respond(
                 401,
                 json!({"message": "Invalid credentials. Token or User credentials required"}),
             );
         }
     }
+    let path = match &state.konnect {
+        None => path,
+        Some(prefix) => {
+            if path == format!("{prefix}/expected-config-hash") {
+                let hash = fallback_companion::cluster::config_hash::config_hash(&state.document);
+                return respond(
+                    200,
+                    json!({"expected_hash": hash, "created_at": 1, "updated_at": 2}),
+                );
+            }
+            match path.strip_prefix(&format!("{prefix}/core-entities")) {
+                Some(rest) => rest.to_owned(),
+                None => return respond(404, json!({"message": "Not found"})),
+            }
+        }
+    };
     if state.missing.contains(&path) {
         return respond(404, json!({"message": "Not found"}));
     }
@@ -181,8 +218,12 @@ fn answer(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>
         .max(1);
     let offset: usize = param("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
     let page: Vec<Value> = all.iter().skip(offset).take(size).cloned().collect();
-    let next =
-        (offset + size < all.len()).then(|| format!("{path}?offset={}&size={size}", offset + size));
+    let listed = match &state.konnect {
+        Some(prefix) => format!("{prefix}/core-entities{path}"),
+        None => path.clone(),
+    };
+    let next = (offset + size < all.len())
+        .then(|| format!("{listed}?offset={}&size={size}", offset + size));
     respond(
         200,
         json!({"data": page, "next": next, "offset": next.as_ref().map(|_| (offset + size).to_string())}),

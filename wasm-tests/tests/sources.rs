@@ -221,6 +221,8 @@ fn admin_source(url: &str, token: Option<&str>) -> AdminApiSource {
     AdminApiArgs {
         admin_api_url: Some(url.to_owned()),
         admin_api_token: token.map(Secret::new),
+        konnect_control_plane_url: None,
+        konnect_token: None,
     }
     .source(Duration::from_millis(100), Duration::from_secs(2))
     .unwrap()
@@ -292,6 +294,76 @@ async fn admin_api_dump_pages_and_validates() {
     assert_eq!(without, expected);
     // The same dump again is "unchanged".
     assert!(matches!(source.next().await, Ok(Polled::NotModified)));
+}
+
+/// Konnect: core-entities paged like the Admin API, behind a bearer token; an unchanged
+/// expected-config-hash costs one request per poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn konnect_polls_the_expected_config_hash_and_dumps_only_on_change() {
+    let cp_id = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
+    let api = FakeAdminApi::start_konnect(2, cp_id, "kpat_test").await;
+    let v1 = flat_document("v1");
+    api.set_document(&v1);
+    let args = |token: &str| AdminApiArgs {
+        admin_api_url: None,
+        admin_api_token: None,
+        konnect_control_plane_url: Some(format!("{}/v2/control-planes/{cp_id}", api.url())),
+        konnect_token: Some(Secret::new(token)),
+    };
+    let source = |token: &str| {
+        args(token)
+            .source(Duration::from_millis(50), Duration::from_secs(2))
+            .unwrap()
+            .unwrap()
+    };
+    let err = source("wrong").next().await.unwrap_err();
+    assert!(err.to_string().contains("FALLBACK_KONNECT_TOKEN"), "{err}");
+    assert!(!err.to_string().contains("wrong"), "{err}");
+
+    let mut konnect = source("kpat_test");
+    let Ok(Polled::Document(got)) = konnect.next().await else {
+        panic!("a first dump")
+    };
+    assert_eq!(got, v1);
+    let prefix = format!("/v2/control-planes/{cp_id}/core-entities");
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.starts_with(&format!("{prefix}/routes?offset=2"))),
+        "{:?}",
+        api.requests()
+    );
+
+    let before = api.requests().len();
+    assert!(matches!(konnect.next().await, Ok(Polled::NotModified)));
+    let requests = api.requests();
+    assert_eq!(
+        requests.len(),
+        before + 1,
+        "one request: {:?}",
+        &requests[before..]
+    );
+    assert!(
+        requests[before].ends_with("/expected-config-hash?"),
+        "{:?}",
+        &requests[before..]
+    );
+
+    let v2 = flat_document("v2");
+    api.set_document(&v2);
+    let Ok(Polled::Document(got)) = konnect.next().await else {
+        panic!("a new dump")
+    };
+    assert_eq!(got, v2);
+
+    // Without a token, start-up says which setting is missing.
+    let mut no_token = args("x");
+    no_token.konnect_token = None;
+    let err = no_token
+        .source(Duration::from_secs(1), Duration::from_secs(1))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("FALLBACK_KONNECT_TOKEN"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
