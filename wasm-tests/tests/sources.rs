@@ -881,3 +881,53 @@ async fn doctor_says_whether_the_cluster_connects_and_sends_the_config() {
     );
     assert!(!report.contains(&stranger.key_pem[40..80]), "{report}");
 }
+
+/// The fake's own rules, with a hand-driven data plane: a ping whose payload is not the
+/// 32-character hash ends the connection, and an upgrade without node_version gets 400, as
+/// Kong's control plane does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_cp_enforces_the_32_byte_ping_and_the_upgrade_query() {
+    use fallback_companion::cluster::protocol::basic_info_frame;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cp = cluster_cp(ClusterPki::shared()).await;
+    cp.publish(document("v1"));
+    let settings = fast(&cluster_args(&cp, cp.pki().data_plane()));
+    let connect = |query: &'static str| {
+        let settings = settings.clone();
+        let address = cp.address();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("kong_clustering").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(settings.tls.clone())
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tokio_tungstenite::client_async(format!("wss://{address}/v1/outlet?{query}"), tls).await
+        }
+    };
+
+    let refused = connect("node_id=x&node_hostname=h").await.unwrap_err();
+    assert!(refused.to_string().contains("400"), "{refused}");
+
+    let (mut ws, _) = connect("node_id=x&node_hostname=h&node_version=3.10.0")
+        .await
+        .unwrap();
+    ws.send(Message::Binary(basic_info_frame(&settings.node).into()))
+        .await
+        .unwrap();
+    ws.send(Message::Ping(b"short".to_vec().into()))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let closed = cp.records().pop().and_then(|r| r.closed_because);
+        if let Some(why) = closed {
+            assert!(why.contains("invalid hash: 'short'"), "{why}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -377,6 +377,37 @@ mod tests {
     }
 
     #[test]
+    fn refusals_name_what_to_change() {
+        let wrong_port = explain_upgrade_failure("answered HTTP 404", Some(404));
+        assert!(
+            wrong_port.contains("cluster_listen") && wrong_port.contains("8005"),
+            "{wrong_port}"
+        );
+        let closed = explain_upgrade_failure("closed", None);
+        assert!(
+            closed.contains("KONG_CLUSTER_CERT") && closed.contains("cluster_ca_cert"),
+            "{closed}"
+        );
+        let version = explain_early_close("3.11.0", Some("3.10.0"));
+        assert!(
+            version.contains("3.11.0") && version.contains("runs 3.10.0"),
+            "{version}"
+        );
+        assert!(
+            version.contains("FALLBACK_CLUSTER_NODE_VERSION"),
+            "{version}"
+        );
+        let withheld = explain_withheld(std::time::Duration::from_secs(15), false);
+        assert!(
+            withheld.contains("15s") && withheld.contains("FALLBACK_CLUSTER_ADMIN_URL"),
+            "{withheld}"
+        );
+        assert!(
+            explain_withheld(std::time::Duration::ZERO, true).contains("FALLBACK_CLUSTER_PLUGINS")
+        );
+    }
+
+    #[test]
     fn versions_are_read_as_kong_reads_them() {
         assert_eq!(major_minor("3.4.1"), Some((3, 4)));
         assert_eq!(major_minor("3.10.0.2"), Some((3, 10)));
