@@ -1,12 +1,11 @@
 //! Command line: every setting has a flag and an environment variable (Kong's names where Kong
 //! has one, so existing compose files carry over).
 
-use crate::cluster::ClusterSource;
 use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
 use crate::secret::Secret;
 use crate::signer::{self, Tokens};
 use crate::signing::SigningKey;
-use crate::source::{self, ConfigSource, ControlPlane, Polling};
+use crate::source;
 use crate::storage::{
     self, BackendSettings, ConfigStore, GcsSettings, S3Settings, ServerSideEncryption, StorageUrl,
     UrlSigner,
@@ -428,11 +427,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on) and/or KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on (or --import on)");
     }
     let source = if args.export {
-        Some(config_source(
+        Some(source::configured(
             args.control_plane_url.as_deref(),
             &args.cluster,
             &args.admin_api,
-            &args.storage,
+            (&args.storage.node_id(), &args.storage.config_version),
             args.poll_interval,
             args.control_plane_timeout,
         )?
@@ -541,34 +540,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// The export role's source: the polled URL, the Kong cluster, or the Admin API (or Konnect),
-/// exactly one.
-pub fn config_source(
-    control_plane_url: Option<&str>,
-    cluster: &crate::cluster::ClusterArgs,
-    admin_api: &crate::admin_api::AdminApiArgs,
-    storage: &StorageArgs,
-    poll_interval: Duration,
-    timeout: Duration,
-) -> anyhow::Result<Option<Box<dyn ConfigSource>>> {
-    let url = control_plane_url.filter(|u| !u.is_empty());
-    let cluster = cluster.settings(&storage.node_id(), &storage.config_version)?;
-    let admin = admin_api.source(poll_interval, timeout)?;
-    let set = [url.is_some(), cluster.is_some(), admin.is_some()];
-    if set.iter().filter(|s| **s).count() > 1 {
-        bail!("more than one of FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE and FALLBACK_ADMIN_API_URL (or FALLBACK_KONNECT_CONTROL_PLANE_URL) is set: the export role reads one source; unset the others");
-    }
-    Ok(match (url, cluster, admin) {
-        (Some(url), _, _) => Some(Box::new(Polling::new(
-            ControlPlane::new(url, timeout)?,
-            poll_interval,
-        ))),
-        (_, Some(cluster), _) => Some(Box::new(ClusterSource::new(cluster))),
-        (_, _, Some(admin)) => Some(Box::new(admin)),
-        _ => None,
-    })
 }
 
 /// The signer's settings and bound listener, or a start-up error saying what to fix.

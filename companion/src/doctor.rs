@@ -81,11 +81,11 @@ async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) 
             Err(text) => report.fail("cluster config", text),
         };
     }
-    let source = crate::cli::config_source(
+    let source = crate::source::configured(
         args.control_plane_url.as_deref(),
         &args.cluster,
         &args.admin_api,
-        &args.storage,
+        (&args.storage.node_id(), &args.storage.config_version),
         Duration::ZERO,
         Duration::from_secs(10),
     );

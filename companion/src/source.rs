@@ -105,6 +105,35 @@ impl ConfigSource for Polling {
     }
 }
 
+/// The export role's source from its settings: the polled URL, the Kong cluster, or the Admin
+/// API (or Konnect), exactly one; `None` when none is set. `node` is this node's name and the
+/// storage's config version (the cluster source announces them).
+pub fn configured(
+    control_plane_url: Option<&str>,
+    cluster: &crate::cluster::ClusterArgs,
+    admin_api: &crate::admin_api::AdminApiArgs,
+    node: (&str, &str),
+    poll_interval: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Option<Box<dyn ConfigSource>>> {
+    let url = control_plane_url.filter(|u| !u.is_empty());
+    let cluster = cluster.settings(node.0, node.1)?;
+    let admin = admin_api.source(poll_interval, timeout)?;
+    let set = [url.is_some(), cluster.is_some(), admin.is_some()];
+    if set.iter().filter(|s| **s).count() > 1 {
+        anyhow::bail!("more than one of FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE and FALLBACK_ADMIN_API_URL (or FALLBACK_KONNECT_CONTROL_PLANE_URL) is set: the export role reads one source; unset the others");
+    }
+    Ok(match (url, cluster, admin) {
+        (Some(url), _, _) => Some(Box::new(Polling::new(
+            ControlPlane::new(url, timeout)?,
+            poll_interval,
+        ))),
+        (_, Some(cluster), _) => Some(Box::new(crate::cluster::ClusterSource::new(cluster))),
+        (_, _, Some(admin)) => Some(Box::new(admin)),
+        _ => None,
+    })
+}
+
 /// What one poll of the control plane returned.
 #[derive(Debug)]
 pub enum Polled {
@@ -291,6 +320,37 @@ fn parse_json_or_yaml(text: &str) -> Result<Value, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_export_role_reads_exactly_one_source() {
+        use crate::admin_api::AdminApiArgs;
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let Command::Run(run) = Cli::parse_from(["c", "run", "--storage", "file:///tmp/x"]).command
+        else {
+            panic!("parsed another command")
+        };
+        let (none, admin) = (
+            &run.admin_api,
+            AdminApiArgs {
+                admin_api_url: Some("http://kong-cp:8001".into()),
+                ..run.admin_api.clone()
+            },
+        );
+        let second = Duration::from_secs(1);
+        let pick = |url: Option<&str>, admin: &AdminApiArgs| {
+            configured(url, &run.cluster, admin, ("n", "3.4.1"), second, second)
+        };
+        assert!(pick(None, none).unwrap().is_none());
+        let polled = pick(Some("http://cp:8001/config"), none).unwrap().unwrap();
+        assert_eq!(polled.describe(), "http://cp:8001/config");
+        assert_eq!(
+            pick(None, &admin).unwrap().unwrap().describe(),
+            "http://kong-cp:8001/"
+        );
+        let both = pick(Some("http://cp:8001/config"), &admin).err().unwrap();
+        assert!(both.to_string().contains("more than one"), "{both}");
+    }
 
     #[test]
     fn plain_json_passes_through() {
