@@ -3,7 +3,7 @@
 //!
 //! Routes (see `docs/signer.md`):
 //! - `GET /v1/fallback-config?version=<v>` with `Authorization: Bearer <token>` →
-//!   [`SignedConfig`] JSON, or `{"message": ...}` with 400/401/404/409/502/503/500;
+//!   [`SignedConfig`] JSON, or `{"message": ...}` with 400/401/404/502/503/500;
 //! - `GET /v1/objects/<key>?expires=&signature=` (only for `file://` storage): the object itself,
 //!   behind an HMAC-signed expiring URL ([`UrlSigner`]);
 //! - `GET /healthz`, `/readyz`, `/metrics` (Prometheus text).
@@ -593,12 +593,17 @@ async fn sign(shared: &Shared, req: &Request<Incoming>) -> (Response<Body>, Outc
             return (error(status, message), outcome);
         }
     };
-    let Some(metadata) = stored.metadata else {
-        let message = format!(
-            "{object}: object has no sha256 metadata, so a filter could not verify it; re-export it with fallback-companion (`fallback-companion export` or the export role)"
-        );
-        outcome.detail = Some(message.clone());
-        return (error(StatusCode::CONFLICT, message), outcome);
+    let metadata = match stored.metadata {
+        Some(metadata) => metadata,
+        // Written by another exporter (Kong Enterprise's backup node stores the bare config):
+        // the sha256 the filter verifies is taken from the object itself, read now.
+        None => match foreign_export(shared, &key, &object).await {
+            Ok(metadata) => metadata,
+            Err((status, message)) => {
+                outcome.detail = Some(message.clone());
+                return (error(status, message), outcome);
+            }
+        },
     };
     outcome.revision = Some(metadata.revision);
     // Whole seconds: S3's X-Amz-Date has no finer resolution, and expires_at must not promise
@@ -631,6 +636,33 @@ async fn sign(shared: &Shared, req: &Request<Incoming>) -> (Response<Body>, Outc
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     (response, outcome)
+}
+
+/// What the signer vouches for in an object without Fallback's metadata: the sha256 of its
+/// bytes as storage holds them now, revision 0, no signature (so filters with a `public_key`
+/// refuse it).
+async fn foreign_export(
+    shared: &Shared,
+    key: &str,
+    object: &str,
+) -> Result<fallback_core::export::ExportMetadata, (StatusCode, String)> {
+    match shared.store.get(key).await {
+        Ok(Some(fetched)) => Ok(fallback_core::export::ExportMetadata {
+            sha256: fallback_core::digest::Sha256Digest::of(&fetched.body),
+            revision: 0,
+            node_id: String::new(),
+            exported_at: String::new(),
+            signature: None,
+        }),
+        Ok(None) => Err((
+            StatusCode::NOT_FOUND,
+            format!("{object} disappeared while it was being read; retry"),
+        )),
+        Err(e) => Err((
+            store_status(&e),
+            format!("storage refused to read {object}: {e}"),
+        )),
+    }
 }
 
 /// Decodes `%XX` escapes of a path; `None` for bad escapes or non-UTF-8 results.

@@ -161,3 +161,42 @@ async fn kong_cp_to_backup_node_to_envoy_and_storage_after_the_outage() {
         "from the fallback"
     );
 }
+
+/// Interop: an object as Kong Enterprise's backup node writes it (the bare config, its own
+/// JSON spelling, no Fallback metadata) is imported by a fresh Envoy whose control plane is
+/// unreachable, through a signer-only companion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_envoy_imports_an_export_written_by_kong_enterprise() {
+    let seaweed = SeaweedFs::start().await;
+    let alpha = EchoServer::start("alpha").await;
+    let config = routing_document(&[("shop", alpha.port())]);
+    let mut table = config.clone();
+    table["_transform"] = serde_json::json!(false);
+    let kong_body = serde_json::to_vec_pretty(&table).unwrap();
+    let key = format!("kong/{VERSION}/config.json");
+    let put = seaweed
+        .writer_client()
+        .put_object(
+            seaweed.bucket(),
+            &key,
+            kong_body,
+            &[("content-type", "application/json")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.status, 200, "{}", put.text());
+
+    let signer = CompanionProcess::start(&storage_env(&seaweed, false)).await;
+    // No control plane listens on the backup node's port.
+    let dead = wasm_tests::free_port();
+    let envoy = Envoy::start(envoy_options(&seaweed, dead, signer.port())).await;
+    wait_until("Kong's export is served", WAIT, || async {
+        upstream_of(&envoy, "/shop/items").await.as_deref() == Some("alpha")
+    })
+    .await;
+    assert_eq!(
+        envoy.stat("wasmcustom.fallback_source").await,
+        Some(2),
+        "from the fallback"
+    );
+}
