@@ -54,7 +54,15 @@ pub enum WriteOutcome {
         /// The store's tag for the new object.
         etag: String,
     },
-    /// The store already held these bytes.
+    /// The store already held these bytes, unsigned or signed by another key; they were
+    /// written again with this exporter's signature.
+    Resigned {
+        /// The store's tag for the rewritten object.
+        etag: String,
+        /// The revision written (never lower than the one it replaced).
+        revision: u64,
+    },
+    /// The store already held these bytes (with this exporter's signature, if it signs).
     AlreadyStored,
     /// The store holds a newer revision; nothing was written.
     Superseded {
@@ -67,7 +75,8 @@ pub enum WriteOutcome {
 const MAX_CAS_ROUNDS: usize = 8;
 
 /// Writes `body` under `key` unless that would replace a newer revision: read, plan, write
-/// with a precondition, and on a lost race read again.
+/// with a precondition, and on a lost race read again. The same bytes are written again only
+/// to sign them ([`WritePlan::Resign`]).
 pub async fn write_document(
     store: &dyn ConfigStore,
     key: &str,
@@ -76,16 +85,31 @@ pub async fn write_document(
 ) -> Result<WriteOutcome, StoreError> {
     for _ in 0..MAX_CAS_ROUNDS {
         let stored = store.head(key).await?;
-        let precondition = match plan_write(stored.as_ref(), metadata) {
+        let (precondition, resigned) = match plan_write(stored.as_ref(), metadata) {
             WritePlan::AlreadyStored => return Ok(WriteOutcome::AlreadyStored),
             WritePlan::Superseded { stored_revision } => {
                 return Ok(WriteOutcome::Superseded { stored_revision })
             }
-            WritePlan::Create => Precondition::Absent,
-            WritePlan::Replace { if_match } => Precondition::Matches(if_match),
+            WritePlan::Create => (Precondition::Absent, None),
+            WritePlan::Replace { if_match } => (Precondition::Matches(if_match), None),
+            WritePlan::Resign { if_match, revision } => {
+                (Precondition::Matches(if_match), Some(revision))
+            }
         };
-        match store.put(key, body.clone(), metadata, precondition).await {
-            Ok(etag) => return Ok(WriteOutcome::Stored { etag }),
+        let written = match resigned {
+            Some(revision) => std::borrow::Cow::Owned(ExportMetadata {
+                revision,
+                ..metadata.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(metadata),
+        };
+        match store.put(key, body.clone(), &written, precondition).await {
+            Ok(etag) => {
+                return Ok(match resigned {
+                    Some(revision) => WriteOutcome::Resigned { etag, revision },
+                    None => WriteOutcome::Stored { etag },
+                })
+            }
             Err(StoreError::PreconditionFailed { .. }) => {
                 debug!(key, "another exporter wrote first; reading again");
             }
@@ -331,6 +355,14 @@ impl ExportLoop {
                 self.pacer.stored(sha256, unix_ms());
                 info!(object = %format!("{}/{key}", self.store.describe()), revision = candidate.revision, %sha256, bytes = candidate.body.len(), "exported");
                 self.exported.send_replace(stored);
+            }
+            Ok(WriteOutcome::Resigned { revision, .. }) => {
+                self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+                self.backoff.reset();
+                self.pacer.stored(sha256, unix_ms());
+                info!(object = %format!("{}/{key}", self.store.describe()), revision, %sha256, "storage held this document without this exporter's signature; signed it");
+                self.exported
+                    .send_replace(Some(ExportedRevision { sha256, revision }));
             }
             Ok(WriteOutcome::AlreadyStored) => {
                 self.stats.unchanged.fetch_add(1, Ordering::Relaxed);

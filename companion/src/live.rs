@@ -7,7 +7,6 @@ use bytes::Bytes;
 use fallback_core::digest::Sha256Digest;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG};
 use http::{Response, StatusCode};
-use http_body_util::Full;
 use tokio::sync::watch;
 
 /// The route.
@@ -29,11 +28,11 @@ pub type LiveConfigReceiver = watch::Receiver<Option<LiveConfig>>;
 
 /// The answer to an authorised `GET /v1/config`: 200 with the document and its `ETag`, 304
 /// when `If-None-Match` names it, 503 while no valid config has arrived.
-pub fn respond(live: &LiveConfigReceiver, if_none_match: Option<&str>) -> Response<Full<Bytes>> {
+pub fn respond(live: &LiveConfigReceiver, if_none_match: Option<&str>) -> Response<Bytes> {
     let current = live.borrow().clone();
     let Some(config) = current else {
         let body = serde_json::json!({"message": "no valid config received from the control plane yet; filters keep importing from storage"});
-        let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+        let mut r = Response::new(Bytes::from(body.to_string()));
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -46,11 +45,11 @@ pub fn respond(live: &LiveConfigReceiver, if_none_match: Option<&str>) -> Respon
             .any(|t| t == "*" || t == etag)
     });
     let mut r = if matches {
-        let mut r = Response::new(Full::new(Bytes::new()));
+        let mut r = Response::new(Bytes::new());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        let mut r = Response::new(Full::new(config.body.clone()));
+        let mut r = Response::new(config.body.clone());
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         r

@@ -15,9 +15,7 @@ use bytes::Bytes;
 use fallback_companion::admin_api::ENTITY_ENDPOINTS;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -115,21 +113,15 @@ impl FakeAdminApi {
 
     async fn listen(&mut self) {
         let state = self.state.clone();
-        self.server = Some(
-            crate::serve::spawn_server("FakeAdminApi", self.port, move |stream| {
+        let listener = crate::serve::bind_loopback("FakeAdminApi", self.port).await;
+        self.server = Some(crate::serve::spawn_server(
+            "FakeAdminApi",
+            listener,
+            move |req| {
                 let state = state.clone();
-                async move {
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(&state, &req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                }
-            })
-            .await,
-        );
+                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+            },
+        ));
     }
 }
 

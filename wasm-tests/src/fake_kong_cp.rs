@@ -377,18 +377,16 @@ impl FakeKongCp {
     async fn listen(&mut self) {
         let shared = self.shared.clone();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(shared.pki.server_config()));
-        self.server = Some(
-            crate::serve::spawn_server("FakeKongCp", self.port, move |stream| {
-                let shared = shared.clone();
-                let acceptor = acceptor.clone();
-                async move {
-                    if let Ok(tls) = acceptor.accept(stream).await {
-                        serve(shared, tls).await;
-                    }
+        let listener = crate::serve::bind_loopback("FakeKongCp", self.port).await;
+        self.server = Some(crate::serve::spawn_stream_server(listener, move |stream| {
+            let shared = shared.clone();
+            let acceptor = acceptor.clone();
+            async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    serve(shared, tls).await;
                 }
-            })
-            .await,
-        );
+            }
+        }));
     }
 }
 

@@ -241,6 +241,128 @@ async fn gcs_upload_carries_metadata_and_generation_as_the_emulator_sees_them() 
     store.delete(key).await.expect("deleting nothing is fine");
 }
 
+/// GCS object names are kept byte for byte: names that begin with `/` or hold `//` are objects
+/// of their own, written, listed, read and handed out as themselves; every upload carries the
+/// CRC32C GCS checks, in the form the store itself computes. (The emulator's memory backend,
+/// which keeps names apart as GCS does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_object_names_are_kept_byte_for_byte_and_uploads_carry_their_crc32c() {
+    let gcs = FakeGcs::start_in_memory().await;
+    let store = gcs_store(&gcs);
+    let names = [
+        "kong/3.4.1.0/config.json",
+        "/kong/3.4.1.0/config.json",
+        "kong//3.4.1.0/config.json",
+        "//kong/3.4.1.0/config.json",
+    ];
+    let body_of = |i: usize| Bytes::from(format!(r#"{{"_format_version":"3.0","n":{i}}}"#));
+    for (i, name) in names.iter().enumerate() {
+        let body = body_of(i);
+        store
+            .put(
+                name,
+                body.clone(),
+                &metadata(&body, 1, "n"),
+                Precondition::Absent,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let listing = wasm_tests::http::get(&format!(
+        "{}/storage/v1/b/{}/o",
+        gcs.endpoint(),
+        gcs.bucket()
+    ))
+    .await
+    .unwrap()
+    .json();
+    let mut stored: Vec<&str> = listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    stored.sort_unstable();
+    let mut expected = names.to_vec();
+    expected.sort_unstable();
+    assert_eq!(stored, expected, "four objects, named as written");
+    for (i, name) in names.iter().enumerate() {
+        let body = body_of(i);
+        let head = store.head(name).await.unwrap().expect(name);
+        assert_eq!(
+            head.metadata.unwrap().sha256,
+            Sha256Digest::of(&body),
+            "{name}"
+        );
+        assert_eq!(store.get(name).await.unwrap().unwrap().body, body, "{name}");
+        let url = store
+            .presign_get(
+                name,
+                std::time::Duration::from_secs(60),
+                std::time::SystemTime::now(),
+            )
+            .await
+            .unwrap();
+        let got = wasm_tests::http::get(&url).await.unwrap();
+        assert_eq!(
+            (got.status, got.body),
+            (200, body.to_vec()),
+            "{name}: {url}"
+        );
+        let raw = gcs.raw_resource(name).await.expect(name);
+        assert_eq!(
+            raw["crc32c"].as_str(),
+            Some(fallback_companion::storage::gcs::crc32c_base64(&body).as_str()),
+            "{name}: the store's own CRC32C of the body is the one the upload carried"
+        );
+    }
+    store.delete(names[1]).await.unwrap();
+    assert!(store.head(names[1]).await.unwrap().is_none());
+    assert!(
+        store.head(names[0]).await.unwrap().is_some(),
+        "deleting /kong/... leaves kong/... alone"
+    );
+}
+
+/// The storage URL's prefix reaches GCS byte for byte: `gcs://bucket//kong` exports to the
+/// object `/kong/<version>/config.json` (as Kong's own exporter names it), not `kong/...`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gcs_prefix_beginning_with_a_slash_names_the_objects_as_written() {
+    let gcs = FakeGcs::start_in_memory().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kong.json");
+    std::fs::write(
+        &config,
+        r#"{"_format_version":"3.0","services":[{"name":"s","host":"h"}]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(wasm_tests::companion_binary())
+        .env_clear()
+        .env("STORAGE_EMULATOR_HOST", gcs.endpoint())
+        .args(["export", "--config-version", "3.4.1.0", "--storage"])
+        .arg(format!("gcs://{}//kong", gcs.bucket()))
+        .arg("--config-file")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = format!("gs://{}//kong/3.4.1.0/config.json", gcs.bucket());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&stored),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(gcs
+        .raw_resource("/kong/3.4.1.0/config.json")
+        .await
+        .is_some());
+    assert!(gcs.raw_resource("kong/3.4.1.0/config.json").await.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_emulator_down_is_transient() {
     let mut gcs = FakeGcs::start().await;

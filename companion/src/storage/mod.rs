@@ -17,7 +17,7 @@ use crate::secret::Secret;
 use crate::transport::{self, HttpClient, SendError};
 use async_trait::async_trait;
 use bytes::Bytes;
-use fallback_core::export::{ExportMetadata, StoredObject};
+use fallback_core::export::{ExportMetadata, KeyError, PrefixStyle, StoredObject};
 use http_body_util::Full;
 use std::fmt;
 use std::path::PathBuf;
@@ -106,6 +106,26 @@ pub struct FetchedObject {
     pub stored: StoredObject,
 }
 
+/// An object opened to be served: what is known of it, and exactly those bytes.
+#[derive(Debug)]
+pub struct OpenedObject {
+    /// Tag and metadata.
+    pub stored: StoredObject,
+    /// The body's length in bytes.
+    pub size: u64,
+    /// The body.
+    pub body: ObjectBody,
+}
+
+/// The bytes of an [`OpenedObject`].
+#[derive(Debug)]
+pub enum ObjectBody {
+    /// Already in memory.
+    Bytes(Bytes),
+    /// An open file, read while it is sent (`file://`).
+    File(std::fs::File),
+}
+
 /// The operations Fallback needs from an object store.
 #[async_trait]
 pub trait ConfigStore: Send + Sync + fmt::Debug {
@@ -117,6 +137,16 @@ pub trait ConfigStore: Send + Sync + fmt::Debug {
 
     /// The object under `key`, or `None`.
     async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError>;
+
+    /// The object under `key`, opened to be served, or `None`. The default reads it whole
+    /// with [`ConfigStore::get`]; `file://` hands out the open file, read while it is sent.
+    async fn open(&self, key: &str) -> Result<Option<OpenedObject>, StoreError> {
+        Ok(self.get(key).await?.map(|object| OpenedObject {
+            size: object.body.len() as u64,
+            stored: object.stored,
+            body: ObjectBody::Bytes(object.body),
+        }))
+    }
 
     /// Writes `body` under `key` with `metadata`, only if `precondition` holds. Returns the new tag.
     async fn put(
@@ -240,11 +270,12 @@ pub enum StorageUrl {
         /// Key prefix, without leading or trailing `/`.
         prefix: String,
     },
-    /// `gcs://bucket/prefix` (parsed so the error can be precise; not served by this build yet).
+    /// `gcs://bucket/prefix`.
     Gcs {
         /// Bucket name.
         bucket: String,
-        /// Key prefix.
+        /// The start of object names, byte for byte as written after `bucket/` (GCS names
+        /// may begin with `/` or hold `//`).
         prefix: String,
     },
     /// `file:///dir/prefix`: the embedded default; objects are files below `dir`.
@@ -286,11 +317,16 @@ impl StorageUrl {
                     ));
                 }
                 let bucket = bucket.to_owned();
-                let prefix = prefix.trim_matches('/').to_owned();
                 Ok(if scheme.eq_ignore_ascii_case("s3") {
-                    StorageUrl::S3 { bucket, prefix }
+                    StorageUrl::S3 {
+                        bucket,
+                        prefix: prefix.trim_matches('/').to_owned(),
+                    }
                 } else {
-                    StorageUrl::Gcs { bucket, prefix }
+                    StorageUrl::Gcs {
+                        bucket,
+                        prefix: prefix.to_owned(),
+                    }
                 })
             }
             "file" => {
@@ -316,6 +352,25 @@ impl StorageUrl {
             StorageUrl::S3 { prefix, .. } | StorageUrl::Gcs { prefix, .. } => prefix,
             StorageUrl::File { .. } => "",
         }
+    }
+
+    /// How [`StorageUrl::prefix`] starts object names: byte for byte on GCS, by segments on
+    /// S3 (empty segments dropped, as Fallback always did there).
+    pub fn prefix_style(&self) -> PrefixStyle {
+        match self {
+            StorageUrl::Gcs { .. } => PrefixStyle::Verbatim,
+            StorageUrl::S3 { .. } | StorageUrl::File { .. } => PrefixStyle::Segments,
+        }
+    }
+
+    /// The object `name` below this URL's prefix.
+    pub fn key_of(&self, name: &str) -> Result<String, KeyError> {
+        fallback_core::export::prefixed_key(self.prefix_style(), self.prefix(), name)
+    }
+
+    /// `<prefix>/<version>/config.json` for this URL.
+    pub fn config_key(&self, version: &str) -> Result<String, KeyError> {
+        fallback_core::export::object_key_in(self.prefix_style(), self.prefix(), version)
     }
 }
 
@@ -425,10 +480,35 @@ mod tests {
             }
         );
         assert_eq!(
+            StorageUrl::parse("gs://b//p//q/").unwrap(),
+            StorageUrl::Gcs {
+                bucket: "b".into(),
+                prefix: "/p//q/".into()
+            }
+        );
+        assert_eq!(
             StorageUrl::parse("file:///var/lib/fallback").unwrap(),
             StorageUrl::File {
                 root: "/var/lib/fallback".into()
             }
+        );
+    }
+
+    #[test]
+    fn gcs_keeps_object_names_byte_for_byte_and_s3_keeps_its_segments() {
+        let key = |url: &str| StorageUrl::parse(url).unwrap().config_key("3.4").unwrap();
+        assert_eq!(key("gcs://b/kong"), "kong/3.4/config.json");
+        assert_eq!(key("gcs://b/kong/"), "kong/3.4/config.json");
+        assert_eq!(key("gcs://b"), "3.4/config.json");
+        assert_eq!(key("gcs://b//kong"), "/kong/3.4/config.json");
+        assert_eq!(key("gcs://b/a//b"), "a//b/3.4/config.json");
+        assert_eq!(key("s3://b//a//b/"), "a/b/3.4/config.json");
+        assert_eq!(key("file:///var/lib/x"), "3.4/config.json");
+        let url = StorageUrl::parse("gcs://b//kong").unwrap();
+        assert_eq!(url.to_string(), "gcs://b//kong");
+        assert_eq!(
+            url.key_of(".fallback-doctor/n.json").unwrap(),
+            "/kong/.fallback-doctor/n.json"
         );
     }
 
