@@ -91,6 +91,13 @@ pub struct AdminApiSource {
 }
 
 impl AdminApiArgs {
+    /// Whether an Admin API or a Konnect control plane is configured.
+    pub fn is_set(&self) -> bool {
+        [&self.admin_api_url, &self.konnect_control_plane_url]
+            .iter()
+            .any(|u| u.as_deref().is_some_and(|u| !u.is_empty()))
+    }
+
     /// The source, or `None` when neither an Admin API nor a Konnect control plane is
     /// configured.
     pub fn source(

@@ -195,16 +195,8 @@ pub struct RunArgs {
     #[arg(long, env = "FALLBACK_URL_SIGNING_KEY", hide_env_values = true)]
     pub url_signing_key: Option<Secret>,
 
-    /// The control plane's config endpoint: plain declarative JSON/YAML, or Kong's DB-less
-    /// Admin API `GET /config`.
-    #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
-    pub control_plane_url: Option<String>,
-
     #[command(flatten)]
-    pub cluster: crate::cluster::ClusterArgs,
-
-    #[command(flatten)]
-    pub admin_api: crate::admin_api::AdminApiArgs,
+    pub source: source::SourceArgs,
 
     /// How often the control plane is polled (with If-None-Match).
     #[arg(long, env = "FALLBACK_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -436,10 +428,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on) and/or KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on (or --import on)");
     }
     let source = if args.export {
-        Some(source::configured(
-            args.control_plane_url.as_deref(),
-            &args.cluster,
-            &args.admin_api,
+        Some(args.source.configured(
             (&args.storage.node_id(), &args.storage.config_version),
             args.poll_interval,
             args.control_plane_timeout,

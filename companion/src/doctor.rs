@@ -32,17 +32,9 @@ pub struct DoctorArgs {
     #[arg(long = "import", env = "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub import: bool,
 
-    /// The export role's polled source, as `run` reads it.
-    #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
-    pub control_plane_url: Option<String>,
-
-    /// The export role's Kong cluster source, as `run` reads it.
+    /// The export role's source, as `run` reads it.
     #[command(flatten)]
-    pub cluster: crate::cluster::ClusterArgs,
-
-    /// The export role's Admin API source, as `run` reads it.
-    #[command(flatten)]
-    pub admin_api: crate::admin_api::AdminApiArgs,
+    pub source: crate::source::SourceArgs,
 
     /// How long the cluster check waits for the control plane's config.
     #[arg(long, default_value = "20s", value_parser = crate::cli::parse_duration)]
@@ -51,22 +43,19 @@ pub struct DoctorArgs {
 
 /// The export role's source: does it connect, and would it hand this companion a config?
 async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) {
-    let cluster = match args
+    let sources = &args.source;
+    let cluster = match sources
         .cluster
         .settings(&args.storage.node_id(), &args.storage.config_version)
     {
         Ok(c) => c,
         Err(e) => return report.fail("source", format!("{e:#}")),
     };
-    let others = args
+    let others = sources
         .control_plane_url
         .as_deref()
         .is_some_and(|u| !u.is_empty())
-        || args
-            .admin_api
-            .admin_api_url
-            .as_deref()
-            .is_some_and(|u| !u.is_empty());
+        || sources.admin_api.is_set();
     if let (Some(settings), false) = (cluster, others) {
         let mut source = crate::cluster::ClusterSource::new(settings);
         match source.connect_once().await {
@@ -81,10 +70,7 @@ async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) 
             Err(text) => report.fail("cluster config", text),
         };
     }
-    let source = crate::source::configured(
-        args.control_plane_url.as_deref(),
-        &args.cluster,
-        &args.admin_api,
+    let source = sources.configured(
         (&args.storage.node_id(), &args.storage.config_version),
         Duration::ZERO,
         Duration::from_secs(10),
@@ -92,7 +78,7 @@ async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) 
     match source {
         Err(e) => report.fail("source", format!("{e:#}")),
         Ok(None) if export_on => report.fail("source", "no source for the export role: set FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE, FALLBACK_ADMIN_API_URL or FALLBACK_KONNECT_CONTROL_PLANE_URL"),
-        Ok(None) => report.skip("source", "no FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE nor FALLBACK_ADMIN_API_URL"),
+        Ok(None) => report.skip("source", "no FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE, FALLBACK_ADMIN_API_URL nor FALLBACK_KONNECT_CONTROL_PLANE_URL"),
         Ok(Some(mut source)) => match source.next().await {
             Ok(_) => report.pass("source", format!("{} answered with a config", source.describe())),
             Err(e) => report.fail("source", e.to_string()),

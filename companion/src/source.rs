@@ -105,33 +105,48 @@ impl ConfigSource for Polling {
     }
 }
 
-/// The export role's source from its settings: the polled URL, the Kong cluster, or the Admin
-/// API (or Konnect), exactly one; `None` when none is set. `node` is this node's name and the
-/// storage's config version (the cluster source announces them).
-pub fn configured(
-    control_plane_url: Option<&str>,
-    cluster: &crate::cluster::ClusterArgs,
-    admin_api: &crate::admin_api::AdminApiArgs,
-    node: (&str, &str),
-    poll_interval: Duration,
-    timeout: Duration,
-) -> anyhow::Result<Option<Box<dyn ConfigSource>>> {
-    let url = control_plane_url.filter(|u| !u.is_empty());
-    let cluster = cluster.settings(node.0, node.1)?;
-    let admin = admin_api.source(poll_interval, timeout)?;
-    let set = [url.is_some(), cluster.is_some(), admin.is_some()];
-    if set.iter().filter(|s| **s).count() > 1 {
-        anyhow::bail!("more than one of FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE and FALLBACK_ADMIN_API_URL (or FALLBACK_KONNECT_CONTROL_PLANE_URL) is set: the export role reads one source; unset the others");
+/// The export role's source settings, shared by `run` and `doctor`: exactly one of the polled
+/// URL, the Kong cluster, or the Admin API (or Konnect).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// The control plane's config endpoint: plain declarative JSON/YAML, or Kong's DB-less
+    /// Admin API `GET /config`.
+    #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
+    pub control_plane_url: Option<String>,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+
+    #[command(flatten)]
+    pub admin_api: crate::admin_api::AdminApiArgs,
+}
+
+impl SourceArgs {
+    /// The source these settings name, `None` when none is set. `node` is this node's name and
+    /// the storage's config version (the cluster source announces them).
+    pub fn configured(
+        &self,
+        node: (&str, &str),
+        poll_interval: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<Box<dyn ConfigSource>>> {
+        let url = self.control_plane_url.as_deref().filter(|u| !u.is_empty());
+        let cluster = self.cluster.settings(node.0, node.1)?;
+        let admin = self.admin_api.source(poll_interval, timeout)?;
+        let set = [url.is_some(), cluster.is_some(), admin.is_some()];
+        if set.iter().filter(|s| **s).count() > 1 {
+            anyhow::bail!("more than one of FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE and FALLBACK_ADMIN_API_URL (or FALLBACK_KONNECT_CONTROL_PLANE_URL) is set: the export role reads one source; unset the others");
+        }
+        Ok(match (url, cluster, admin) {
+            (Some(url), _, _) => Some(Box::new(Polling::new(
+                ControlPlane::new(url, timeout)?,
+                poll_interval,
+            ))),
+            (_, Some(cluster), _) => Some(Box::new(crate::cluster::ClusterSource::new(cluster))),
+            (_, _, Some(admin)) => Some(Box::new(admin)),
+            _ => None,
+        })
     }
-    Ok(match (url, cluster, admin) {
-        (Some(url), _, _) => Some(Box::new(Polling::new(
-            ControlPlane::new(url, timeout)?,
-            poll_interval,
-        ))),
-        (_, Some(cluster), _) => Some(Box::new(crate::cluster::ClusterSource::new(cluster))),
-        (_, _, Some(admin)) => Some(Box::new(admin)),
-        _ => None,
-    })
 }
 
 /// What one poll of the control plane returned.
@@ -323,32 +338,36 @@ mod tests {
 
     #[test]
     fn the_export_role_reads_exactly_one_source() {
-        use crate::admin_api::AdminApiArgs;
         use crate::cli::{Cli, Command};
         use clap::Parser;
         let Command::Run(run) = Cli::parse_from(["c", "run", "--storage", "file:///tmp/x"]).command
         else {
             panic!("parsed another command")
         };
-        let (none, admin) = (
-            &run.admin_api,
-            AdminApiArgs {
-                admin_api_url: Some("http://kong-cp:8001".into()),
-                ..run.admin_api.clone()
-            },
-        );
         let second = Duration::from_secs(1);
-        let pick = |url: Option<&str>, admin: &AdminApiArgs| {
-            configured(url, &run.cluster, admin, ("n", "3.4.1"), second, second)
+        let pick = |f: &dyn Fn(&mut SourceArgs)| {
+            let mut args = run.source.clone();
+            f(&mut args);
+            args.configured(("n", "3.4.1"), second, second)
         };
-        assert!(pick(None, none).unwrap().is_none());
-        let polled = pick(Some("http://cp:8001/config"), none).unwrap().unwrap();
-        assert_eq!(polled.describe(), "http://cp:8001/config");
+        assert!(pick(&|_| {}).unwrap().is_none());
+        let url = |a: &mut SourceArgs| a.control_plane_url = Some("http://cp:8001/config".into());
+        let admin =
+            |a: &mut SourceArgs| a.admin_api.admin_api_url = Some("http://kong-cp:8001".into());
         assert_eq!(
-            pick(None, &admin).unwrap().unwrap().describe(),
+            pick(&url).unwrap().unwrap().describe(),
+            "http://cp:8001/config"
+        );
+        assert_eq!(
+            pick(&admin).unwrap().unwrap().describe(),
             "http://kong-cp:8001/"
         );
-        let both = pick(Some("http://cp:8001/config"), &admin).err().unwrap();
+        let both = pick(&|a| {
+            url(a);
+            admin(a);
+        })
+        .err()
+        .unwrap();
         assert!(both.to_string().contains("more than one"), "{both}");
     }
 
