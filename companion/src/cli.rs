@@ -5,7 +5,7 @@ use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
 use crate::secret::Secret;
 use crate::signer::{self, Tokens};
 use crate::signing::SigningKey;
-use crate::source::{self, ControlPlane};
+use crate::source;
 use crate::storage::{
     self, AzureSettings, BackendSettings, ConfigStore, GcsSettings, S3Settings,
     ServerSideEncryption, StorageUrl, UrlSigner,
@@ -258,10 +258,8 @@ pub struct RunArgs {
     #[arg(long, env = "FALLBACK_URL_SIGNING_KEY", hide_env_values = true)]
     pub url_signing_key: Option<Secret>,
 
-    /// The control plane's config endpoint: plain declarative JSON/YAML, or Kong's DB-less
-    /// Admin API `GET /config`.
-    #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
-    pub control_plane_url: Option<String>,
+    #[command(flatten)]
+    pub source: source::SourceArgs,
 
     /// How often the control plane is polled (with If-None-Match).
     #[arg(long, env = "FALLBACK_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -504,10 +502,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.export && !args.import {
         bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on) and/or KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on (or --import on)");
     }
-    let cp_url = if args.export {
-        Some(args.control_plane_url.as_deref().filter(|u| !u.is_empty()).context(
-            "the export role needs the control plane's config URL: set FALLBACK_CONTROL_PLANE_URL (e.g. http://kong-cp:8001/config)",
-        )?)
+    let source = if args.export {
+        Some(args.source.configured(
+            (&args.storage.node_id(), &args.storage.config_version),
+            args.poll_interval,
+            args.control_plane_timeout,
+        )?
+        .context("the export role needs a source of config: set FALLBACK_CONTROL_PLANE_URL (a config URL, e.g. http://kong-cp:8001/config on a DB-less node), KONG_CLUSTER_CONTROL_PLANE (a Kong control plane's cluster address, e.g. kong-cp:8005, with KONG_CLUSTER_CERT and KONG_CLUSTER_CERT_KEY) FALLBACK_ADMIN_API_URL (a Kong Admin API to dump, e.g. http://kong-cp:8001) or FALLBACK_KONNECT_CONTROL_PLANE_URL (a Konnect control plane, with FALLBACK_KONNECT_TOKEN)")?)
     } else {
         None
     };
@@ -534,18 +535,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?);
     let stats = Arc::new(ExportStats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // With both roles in one process, filters can poll the live config: GET /v1/config.
+    let (live_tx, live_rx) = watch::channel(None);
 
-    let exporter = match cp_url {
-        Some(cp_url) => {
-            let source = ControlPlane::new(cp_url, args.control_plane_timeout)?;
+    let exporter = match source {
+        Some(source) => {
             let settings = ExportSettings {
                 key,
                 node_id: args.storage.node_id(),
-                poll_interval: args.poll_interval,
                 export_delay: args.export_delay,
                 retry_initial: args.retry_initial,
                 retry_max: args.retry_max,
                 signing_key,
+                live: args.import.then(|| live_tx.clone()),
             };
             match &settings.signing_key {
                 Some(k) => info!(
@@ -570,6 +572,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some((mut settings, listener)) => {
             if args.export {
                 settings.export_stats = Some(stats.clone());
+                settings.live_config = Some(live_rx.clone());
             }
             let listener = tokio::net::TcpListener::from_std(listener)?;
             Some(tokio::spawn(signer::serve(

@@ -1,7 +1,7 @@
 //! The export role: every new valid document from the control plane ends up in storage.
 
 use crate::signing::SigningKey;
-use crate::source::{ControlPlane, Polled};
+use crate::source::{self, ConfigSource, Polled};
 use crate::storage::{ConfigStore, Precondition, StoreError};
 use bytes::Bytes;
 use fallback_core::backoff::Backoff;
@@ -168,8 +168,6 @@ pub struct ExportSettings {
     pub key: String,
     /// This exporter's name in the object's metadata.
     pub node_id: String,
-    /// How often the control plane is polled.
-    pub poll_interval: Duration,
     /// At most one upload per this interval (Kong's `cluster_fallback_export_delay`).
     pub export_delay: Duration,
     /// First retry delay after a failed upload.
@@ -178,6 +176,9 @@ pub struct ExportSettings {
     pub retry_max: Duration,
     /// Signs every export (the `signature` metadata) when set.
     pub signing_key: Option<SigningKey>,
+    /// Where every valid document is published at once (before the export delay), for
+    /// `GET /v1/config`.
+    pub live: Option<crate::live::LiveConfigSender>,
 }
 
 /// Unix time in milliseconds.
@@ -214,14 +215,15 @@ struct ExportLoop {
 /// Runs the export loop until `shutdown` turns true: poll, validate, pace, write, retry.
 pub async fn run(
     settings: ExportSettings,
-    mut source: ControlPlane,
+    source: Box<dyn ConfigSource>,
     store: Arc<dyn ConfigStore>,
     stats: Arc<ExportStats>,
     exported: watch::Sender<Option<ExportedRevision>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut source = source::spawn(source);
     info!(
-        control_plane = source.shown_url(),
+        control_plane = source.describe(),
         storage = %store.describe(),
         key = %settings.key,
         "export role started"
@@ -239,7 +241,7 @@ pub async fn run(
         exported,
     };
     let mut poll_failures_in_a_row = 0u32;
-    let mut next_poll = tokio::time::Instant::now();
+    let mut source_ended = false;
 
     loop {
         let export_sleep = state
@@ -247,15 +249,14 @@ pub async fn run(
             .due_at()
             .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())));
         tokio::select! {
-            _ = tokio::time::sleep_until(next_poll) => {
-                next_poll = tokio::time::Instant::now() + state.settings.poll_interval;
-                // Neither the poll nor the parsing and validation of what it brings may hold up
-                // a SIGTERM.
-                let polled = tokio::select! {
-                    polled = source.poll() => polled,
-                    _ = shutdown.changed() => return state.shut_down().await,
+            event = source.recv(), if !source_ended => {
+                let Some(event) = event else {
+                    // Only a panic in the source ends it; what is waiting still gets exported.
+                    error!("the config source stopped; no new config will be exported");
+                    source_ended = true;
+                    continue;
                 };
-                match polled {
+                match event {
                     Ok(Polled::NotModified) => {
                         state.stats.not_modified.fetch_add(1, Ordering::Relaxed);
                         poll_failures_in_a_row = 0;
@@ -323,6 +324,12 @@ impl ExportLoop {
         };
         for w in &prepared.warnings {
             warn!("config {w}");
+        }
+        if let Some(live) = &self.settings.live {
+            live.send_replace(Some(crate::live::LiveConfig {
+                body: prepared.body.clone(),
+                sha256: prepared.sha256,
+            }));
         }
         let candidate = Candidate {
             revision: self.revisions.next(unix_ms()),
@@ -491,13 +498,18 @@ mod shutdown_tests {
         let settings = ExportSettings {
             key: "3.4.1.0/config.json".into(),
             node_id: "test".into(),
-            poll_interval: Duration::from_millis(50),
             export_delay: Duration::from_millis(50),
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(100),
             signing_key: None,
+            live: None,
         };
-        let source = ControlPlane::new(&url, Duration::from_secs(120)).unwrap();
+        let control_plane =
+            crate::source::ControlPlane::new(&url, Duration::from_secs(120)).unwrap();
+        let source = Box::new(crate::source::Polling::new(
+            control_plane,
+            Duration::from_millis(50),
+        ));
         let (exported, _) = watch::channel(None);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(

@@ -3,7 +3,7 @@
 //!
 //! Routes (see `docs/signer.md`):
 //! - `GET /v1/fallback-config?version=<v>` with `Authorization: Bearer <token>` →
-//!   [`SignedConfig`] JSON, or `{"message": ...}` with 400/401/404/409/502/503/500;
+//!   [`SignedConfig`] JSON, or `{"message": ...}` with 400/401/404/502/503/500;
 //! - `GET /v1/objects/<key>?expires=&signature=` (only for `file://` storage): the object itself,
 //!   behind an HMAC-signed expiring URL ([`UrlSigner`]);
 //! - `GET /healthz`, `/readyz`, `/metrics` (Prometheus text).
@@ -85,6 +85,9 @@ pub struct SignerSettings {
     pub export_stats: Option<Arc<ExportStats>>,
     /// How long a storage probe result is trusted by `/readyz`.
     pub readiness_interval: Duration,
+    /// The export role's latest valid config, when it runs in the same process: enables
+    /// `GET /v1/config` ([`crate::live`]).
+    pub live_config: Option<crate::live::LiveConfigReceiver>,
     /// On shutdown, how long requests in flight may take to finish before their connections
     /// are closed (`FALLBACK_SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
@@ -107,6 +110,7 @@ impl SignerSettings {
             object_urls: None,
             export_stats: None,
             readiness_interval: DEFAULT_READINESS_INTERVAL,
+            live_config: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             object_concurrency: DEFAULT_OBJECT_CONCURRENCY,
             auth_limit: AuthLimit::default(),
@@ -314,6 +318,9 @@ struct Shared {
     object_slots: Arc<Semaphore>,
     /// The configured key, or why there is none (a bad `FALLBACK_CONFIG_VERSION`).
     default_key: Result<String, String>,
+    /// The sha256 of the last object read for lack of our metadata, by key and store tag, so
+    /// such an object is read once per version, not once per request.
+    foreign_digest: Mutex<Option<(String, String, fallback_core::digest::Sha256Digest)>>,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -399,6 +406,7 @@ pub async fn serve(
         settings,
         store,
         default_key,
+        foreign_digest: Mutex::new(None),
     });
     let local = listener.local_addr()?;
     info!(
@@ -533,6 +541,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let known = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics")
         || path == SIGNER_PATH
+        || (path == crate::live::LIVE_CONFIG_PATH && shared.settings.live_config.is_some())
         || (path.starts_with(OBJECTS_PATH) && shared.settings.object_urls.is_some());
     if !known {
         return error(
@@ -563,6 +572,11 @@ async fn handle(
             "text/plain; version=0.0.4",
             metrics_text(shared).await,
         ),
+        p if p == crate::live::LIVE_CONFIG_PATH => {
+            let response = serve_live_config(shared, &req, remote);
+            info!(status = response.status().as_u16(), remote = %remote, "live config request");
+            response
+        }
         p if p == SIGNER_PATH => {
             let started = Instant::now();
             let (response, outcome) = sign(shared, &req, remote).await;
@@ -603,6 +617,25 @@ async fn handle(
             response
         }
     }
+}
+
+/// `GET /v1/config`, behind the same bearer tokens (and failed-attempt limit) as the signer API.
+fn serve_live_config(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
+    let Some(live) = &shared.settings.live_config else {
+        return error(StatusCode::NOT_FOUND, "no such route");
+    };
+    if let Some(refused) = authorise(shared, req, remote, &mut Outcome::default()) {
+        return refused;
+    }
+    let if_none_match = req
+        .headers()
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    crate::live::respond(live, if_none_match).map(full)
 }
 
 /// What the log line of a signer request shows.
@@ -777,12 +810,17 @@ async fn sign(
             return (error(status, message), outcome);
         }
     };
-    let Some(metadata) = stored.metadata else {
-        let message = format!(
-            "{object}: object has no sha256 metadata, so a filter could not verify it; re-export it with fallback-companion (`fallback-companion export` or the export role)"
-        );
-        outcome.detail = Some(message.clone());
-        return (error(StatusCode::CONFLICT, message), outcome);
+    let metadata = match stored.metadata {
+        Some(metadata) => metadata,
+        // Written by another exporter (Kong Enterprise's backup node stores the bare config):
+        // the sha256 the filter verifies is taken from the object itself, read now.
+        None => match foreign_export(shared, &key, &stored.etag, &object).await {
+            Ok(metadata) => metadata,
+            Err((status, message)) => {
+                outcome.detail = Some(message.clone());
+                return (error(status, message), outcome);
+            }
+        },
     };
     outcome.revision = Some(metadata.revision);
     // Whole seconds: S3's X-Amz-Date has no finer resolution, and expires_at must not promise
@@ -815,6 +853,49 @@ async fn sign(
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     (response, outcome)
+}
+
+/// What the signer vouches for in an object without Fallback's metadata: the sha256 of its
+/// bytes as storage holds them now, revision 0, no signature (so filters with a `public_key`
+/// refuse it).
+async fn foreign_export(
+    shared: &Shared,
+    key: &str,
+    etag: &str,
+    object: &str,
+) -> Result<fallback_core::export::ExportMetadata, (StatusCode, String)> {
+    let metadata = |sha256| fallback_core::export::ExportMetadata {
+        sha256,
+        revision: 0,
+        node_id: String::new(),
+        exported_at: String::new(),
+        signature: None,
+    };
+    let cached = shared.foreign_digest.lock().ok().and_then(|c| {
+        c.as_ref()
+            .filter(|(k, e, _)| k == key && e == etag && !etag.is_empty())
+            .map(|(_, _, digest)| *digest)
+    });
+    if let Some(digest) = cached {
+        return Ok(metadata(digest));
+    }
+    match shared.store.get(key).await {
+        Ok(Some(fetched)) => {
+            let digest = fallback_core::digest::Sha256Digest::of(&fetched.body);
+            if let Ok(mut cache) = shared.foreign_digest.lock() {
+                *cache = Some((key.to_owned(), fetched.stored.etag.clone(), digest));
+            }
+            Ok(metadata(digest))
+        }
+        Ok(None) => Err((
+            StatusCode::NOT_FOUND,
+            format!("{object} disappeared while it was being read; retry"),
+        )),
+        Err(e) => Err((
+            store_status(&e),
+            format!("storage refused to read {object}: {e}"),
+        )),
+    }
 }
 
 /// Decodes `%XX` escapes of a path; `None` for bad escapes or non-UTF-8 results

@@ -1,4 +1,6 @@
-//! The control plane as a source of documents: conditional polling and normalisation to JSON.
+//! Sources of config documents behind one small trait, [`ConfigSource`]: the polled URL
+//! ([`Polling`] over [`ControlPlane`]) and Kong's cluster protocol ([`crate::cluster`]); plus
+//! the normalisation of what a control plane (or a file) holds to JSON.
 
 mod yaml_depth;
 
@@ -10,6 +12,146 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Where documents come from. The export role drives one source through [`spawn`]; each
+/// implementation keeps its own state (an `ETag`, a connection) between calls.
+#[async_trait::async_trait]
+pub trait ConfigSource: Send {
+    /// What the source reads from, without credentials, for logs.
+    fn describe(&self) -> String;
+
+    /// Waits for the next event and returns it: a document (to be validated), "unchanged", or
+    /// why no document came. It may wait as long as it needs (a poll interval, the next push);
+    /// it runs in a task of its own, so it is never cancelled half-way except at shutdown.
+    async fn next(&mut self) -> Result<Polled, SourceError>;
+}
+
+/// A [`ConfigSource`] running in its own task, its events queued for the consumer.
+///
+/// The queue is unbounded on purpose: a push source must keep answering its control plane
+/// (Kong's pings) while the consumer is busy writing to storage, and documents arrive at the
+/// control plane's pace, not faster.
+pub struct SourceFeed {
+    events: mpsc::UnboundedReceiver<Result<Polled, SourceError>>,
+    task: JoinHandle<()>,
+    describe: String,
+}
+
+/// Runs `source` in a task of its own until the returned feed is dropped.
+pub fn spawn(mut source: Box<dyn ConfigSource>) -> SourceFeed {
+    let (tx, events) = mpsc::unbounded_channel();
+    let describe = source.describe();
+    let task = tokio::spawn(async move {
+        loop {
+            let event = source.next().await;
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    SourceFeed {
+        events,
+        task,
+        describe,
+    }
+}
+
+impl SourceFeed {
+    /// The next event; cancel-safe, so it can sit in a `select!`.
+    pub async fn recv(&mut self) -> Option<Result<Polled, SourceError>> {
+        self.events.recv().await
+    }
+
+    /// What the source reads from.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+}
+
+impl Drop for SourceFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The polled source: [`ControlPlane::poll`] at once, then every `interval`.
+pub struct Polling {
+    control_plane: ControlPlane,
+    interval: Duration,
+    next_at: Option<tokio::time::Instant>,
+}
+
+impl Polling {
+    /// Polls `control_plane` every `interval`, the first time at once.
+    pub fn new(control_plane: ControlPlane, interval: Duration) -> Self {
+        Self {
+            control_plane,
+            interval,
+            next_at: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConfigSource for Polling {
+    fn describe(&self) -> String {
+        self.control_plane.shown_url().to_owned()
+    }
+
+    async fn next(&mut self) -> Result<Polled, SourceError> {
+        if let Some(at) = self.next_at {
+            tokio::time::sleep_until(at).await;
+        }
+        self.next_at = Some(tokio::time::Instant::now() + self.interval);
+        self.control_plane.poll().await
+    }
+}
+
+/// The export role's source settings, shared by `run` and `doctor`: exactly one of the polled
+/// URL, the Kong cluster, or the Admin API (or Konnect).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// The control plane's config endpoint: plain declarative JSON/YAML, or Kong's DB-less
+    /// Admin API `GET /config`.
+    #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
+    pub control_plane_url: Option<String>,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+
+    #[command(flatten)]
+    pub admin_api: crate::admin_api::AdminApiArgs,
+}
+
+impl SourceArgs {
+    /// The source these settings name, `None` when none is set. `node` is this node's name and
+    /// the storage's config version (the cluster source announces them).
+    pub fn configured(
+        &self,
+        node: (&str, &str),
+        poll_interval: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<Box<dyn ConfigSource>>> {
+        let url = self.control_plane_url.as_deref().filter(|u| !u.is_empty());
+        let cluster = self.cluster.settings(node.0, node.1)?;
+        let admin = self.admin_api.source(poll_interval, timeout)?;
+        let set = [url.is_some(), cluster.is_some(), admin.is_some()];
+        if set.iter().filter(|s| **s).count() > 1 {
+            anyhow::bail!("more than one of FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE and FALLBACK_ADMIN_API_URL (or FALLBACK_KONNECT_CONTROL_PLANE_URL) is set: the export role reads one source; unset the others");
+        }
+        Ok(match (url, cluster, admin) {
+            (Some(url), _, _) => Some(Box::new(Polling::new(
+                ControlPlane::new(url, timeout)?,
+                poll_interval,
+            ))),
+            (_, Some(cluster), _) => Some(Box::new(crate::cluster::ClusterSource::new(cluster))),
+            (_, _, Some(admin)) => Some(Box::new(admin)),
+            _ => None,
+        })
+    }
+}
 
 /// What one poll of the control plane returned.
 #[derive(Debug)]
@@ -40,6 +182,14 @@ pub enum SourceError {
         status: u16,
         /// The start of the body, for context.
         body: String,
+    },
+    /// The control plane accepted the connection but refuses to give this node its config.
+    #[error("control plane {url} refused this node: {detail}")]
+    Refused {
+        /// The control plane, without credentials.
+        url: String,
+        /// Why, and what to change.
+        detail: String,
     },
     /// The body is neither declarative JSON/YAML nor Kong's `{"config": "..."}` shape.
     #[error("control plane {url} sent a body that is not a declarative config: {detail}")]
@@ -227,6 +377,41 @@ fn parse_yaml(text: &str) -> Result<Value, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_export_role_reads_exactly_one_source() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let Command::Run(run) = Cli::parse_from(["c", "run", "--storage", "file:///tmp/x"]).command
+        else {
+            panic!("parsed another command")
+        };
+        let second = Duration::from_secs(1);
+        let pick = |f: &dyn Fn(&mut SourceArgs)| {
+            let mut args = run.source.clone();
+            f(&mut args);
+            args.configured(("n", "3.4.1"), second, second)
+        };
+        assert!(pick(&|_| {}).unwrap().is_none());
+        let url = |a: &mut SourceArgs| a.control_plane_url = Some("http://cp:8001/config".into());
+        let admin =
+            |a: &mut SourceArgs| a.admin_api.admin_api_url = Some("http://kong-cp:8001".into());
+        assert_eq!(
+            pick(&url).unwrap().unwrap().describe(),
+            "http://cp:8001/config"
+        );
+        assert_eq!(
+            pick(&admin).unwrap().unwrap().describe(),
+            "http://kong-cp:8001/"
+        );
+        let both = pick(&|a| {
+            url(a);
+            admin(a);
+        })
+        .err()
+        .unwrap();
+        assert!(both.to_string().contains("more than one"), "{both}");
+    }
 
     #[test]
     fn plain_json_passes_through() {

@@ -582,6 +582,9 @@ impl FetchMachine {
             return;
         };
         let mut headers = vec![("accept".to_owned(), "application/json".to_owned())];
+        if let Some(token) = &cp.token {
+            headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+        }
         // Off the CP's document, a 304 would not say which document to serve: ask for it whole.
         let etag = poller.etag.as_ref().filter(|_| serving_cp);
         if let Some(etag) = etag {

@@ -84,7 +84,7 @@ pub struct FilterConfig {
 }
 
 /// The control plane's config endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ControlPlaneConfig {
     /// Envoy cluster name, or `host:port` in Kong's ngx_wasm_module.
     pub upstream: String,
@@ -94,6 +94,21 @@ pub struct ControlPlaneConfig {
     pub path: String,
     /// How long the host waits for an answer.
     pub timeout_ms: u64,
+    /// Sent as `Authorization: Bearer <token>` when set: the companion's `GET /v1/config`
+    /// wants one. Never logged: `Debug` shows it redacted.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("upstream", &self.upstream)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The companion's signer endpoint.
@@ -176,7 +191,7 @@ const TOP_KEYS: &[&str] = &[
     "ignore_unsupported_plugins",
     "public_key",
 ];
-const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms"];
+const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms", "token"];
 const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "timeout_ms"];
 const STORAGE_KEYS: &[&str] = &["upstream", "timeout_ms"];
 
@@ -475,37 +490,39 @@ impl Reader {
         let authority = self.authority(map, "control_plane");
         let path = self.path(map, "control_plane", DEFAULT_CP_PATH);
         let timeout_ms = self.positive_ms(map, "control_plane", "timeout_ms", DEFAULT_TIMEOUT_MS);
+        let token = match map.get("token") {
+            None | Some(Value::Null) => Some(None),
+            Some(_) => self.token(map, "control_plane").map(Some),
+        };
         Some(ControlPlaneConfig {
             upstream: upstream?,
             authority: authority?,
             path,
             timeout_ms,
+            token: token?,
         })
     }
 
-    fn companion(&mut self, value: &Value) -> Option<CompanionConfig> {
-        let map = self.object(value, "companion")?;
-        self.unknown_keys(map, "companion", COMPANION_KEYS);
-        let upstream = self.upstream(map, "companion");
-        let authority = self.authority(map, "companion");
-        let path = self.path(map, "companion", SIGNER_PATH);
-        // The token's value is never part of a message, not even when it has the wrong type.
-        let token = match map.get("token") {
+    /// `<section>.token`: a bearer token. Its value is never part of a message, not even when
+    /// it has the wrong type.
+    fn token(&mut self, map: &Map<String, Value>, section: &str) -> Option<String> {
+        let field = format!("{section}.token");
+        match map.get("token") {
             None | Some(Value::Null) => {
                 self.problem(
-                    "companion.token",
+                    &field,
                     "required: the bearer token the companion's signer role accepts",
                 );
                 None
             }
             Some(Value::String(token)) if token.is_empty() => {
-                self.problem("companion.token", "must not be empty");
+                self.problem(&field, "must not be empty");
                 None
             }
             Some(Value::String(token)) => {
                 if token.bytes().any(|b| !b.is_ascii_graphic()) {
                     self.problem(
-                        "companion.token",
+                        &field,
                         "must be printable ASCII without spaces (it is sent in an HTTP header); \
                          value not shown",
                     );
@@ -515,13 +532,19 @@ impl Reader {
                 }
             }
             Some(other) => {
-                self.problem(
-                    "companion.token",
-                    format!("expected a string, got {}", kind_of(other)),
-                );
+                self.problem(&field, format!("expected a string, got {}", kind_of(other)));
                 None
             }
-        };
+        }
+    }
+
+    fn companion(&mut self, value: &Value) -> Option<CompanionConfig> {
+        let map = self.object(value, "companion")?;
+        self.unknown_keys(map, "companion", COMPANION_KEYS);
+        let upstream = self.upstream(map, "companion");
+        let authority = self.authority(map, "companion");
+        let path = self.path(map, "companion", SIGNER_PATH);
+        let token = self.token(map, "companion");
         let timeout_ms = self.positive_ms(map, "companion", "timeout_ms", DEFAULT_TIMEOUT_MS);
         Some(CompanionConfig {
             upstream: upstream?,
@@ -850,6 +873,7 @@ mod tests {
                 authority: "cp.internal:8001".into(),
                 path: "/v2/config".into(),
                 timeout_ms: 1500,
+                token: None,
             })
         );
         assert_eq!(c.companion.upstream, "127.0.0.1:8280");
@@ -862,6 +886,28 @@ mod tests {
         assert_eq!(c.leader_lease_ms, 101);
         assert_eq!(c.upstream_header, "x-up");
         assert!(c.allow_debug_header);
+    }
+
+    #[test]
+    fn control_plane_token_is_optional_and_checked_like_the_companions() {
+        let mut value = minimal();
+        value["control_plane"] =
+            json!({"upstream": "c", "authority": "companion:8280", "token": TOKEN});
+        let cp = parse(&value).unwrap().control_plane.unwrap();
+        assert_eq!(cp.token.as_deref(), Some(TOKEN));
+        assert!(!format!("{cp:?}").contains(TOKEN));
+        value["control_plane"]["token"] = json!("has space");
+        let errors = parse(&value).unwrap_err().to_string();
+        assert!(
+            errors.contains("control_plane.token: must be printable ASCII"),
+            "{errors}"
+        );
+        assert!(!errors.contains("has space"), "{errors}");
+        value["control_plane"]["token"] = json!("");
+        assert!(parse(&value)
+            .unwrap_err()
+            .to_string()
+            .contains("control_plane.token: must not be empty"));
     }
 
     #[test]

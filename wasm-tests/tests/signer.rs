@@ -352,20 +352,36 @@ async fn file_storage_is_served_by_the_companion_behind_signed_urls() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(message(&r).contains("expired"), "{}", r.text());
 
-    // An object some other tool wrote (no sha256 metadata): 409, re-export it.
+    // An object another exporter wrote (Kong Enterprise: the bare config, no metadata): the
+    // signer vouches for the sha256 of the bytes it reads, with revision 0 and no signature.
     let foreign = dir.path().join("kong-wrote-this/config.json");
     std::fs::create_dir_all(foreign.parent().unwrap()).unwrap();
-    std::fs::write(&foreign, b"{\"_format_version\":\"3.0\"}").unwrap();
+    let kong_body = b"{\"_format_version\": \"3.0\", \"_transform\": false}";
+    std::fs::write(&foreign, kong_body).unwrap();
     let r = ask(&signer, "?version=kong-wrote-this", Some(TOKEN)).await;
-    assert_eq!(r.status, 409, "{}", r.text());
-    assert!(message(&r).contains("re-export"), "{}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["sha256"], Sha256Digest::of(kong_body).to_hex());
+    assert_eq!(answer["revision"], 0);
+    assert!(
+        answer.get("signature").is_none_or(|s| s.is_null()),
+        "{answer}"
+    );
+    assert_eq!(
+        http::get(answer["url"].as_str().unwrap())
+            .await
+            .unwrap()
+            .body,
+        kong_body
+    );
 
     let metrics = http::get(&format!("{}/metrics", signer.url))
         .await
         .unwrap()
         .text();
     assert!(
-        metrics.contains("fallback_companion_object_requests_total{code=\"200\"} 1"),
+        // The exported object's and Kong's.
+        metrics.contains("fallback_companion_object_requests_total{code=\"200\"} 2"),
         "{metrics}"
     );
     assert!(

@@ -264,6 +264,7 @@ fn first_tick_polls_the_cp_and_a_valid_200_is_published() {
     assert_eq!(poll.timeout_ms, 2000);
     assert_eq!(header(&poll, "accept"), Some("application/json"));
     assert_eq!(header(&poll, "if-none-match"), None);
+    assert_eq!(header(&poll, "authorization"), None, "no token configured");
 
     let a = d.answer(Party::ControlPlane, ok_with_etag(&doc(1), "\"v1\""));
     let p = published(&a).expect("published");
@@ -283,6 +284,25 @@ fn first_tick_polls_the_cp_and_a_valid_200_is_published() {
     ));
     assert_eq!(d.m.mode(), Mode::ControlPlane);
     assert_eq!(d.m.current(), Some(&p));
+}
+
+/// The companion's `GET /v1/config` as the control plane: its bearer token goes with every poll
+/// and shows nowhere else.
+#[test]
+fn a_control_plane_token_is_sent_as_bearer_and_never_shown() {
+    let mut value = config_json(true);
+    value["control_plane"]["token"] = json!(TOKEN);
+    value["control_plane"]["path"] = json!("/v1/config");
+    let mut d = Driver::with_config(config(&value));
+    let a = d.tick(0);
+    let poll = dispatch_to(&a, Party::ControlPlane).expect("CP poll");
+    assert_eq!(poll.path, "/v1/config");
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(header(&poll, "authorization"), Some(bearer.as_str()));
+    assert_no_secrets(&a);
+    let a = d.answer(Party::ControlPlane, status(401));
+    assert_no_secrets(&a);
+    assert!(!format!("{:?}", config(&value)).contains(TOKEN));
 }
 
 #[test]
