@@ -631,7 +631,9 @@ impl Router {
                 continue;
             }
             let matched_len = match &candidate.path {
-                PathMatcher::Any => 0,
+                // atc.lua `set_upstream_uri`: without a matched path the prefix is "/", so the
+                // postfix of `/` is empty and `/service` stays `/service`.
+                PathMatcher::Any => 1,
                 PathMatcher::Prefix(p) => p.len(),
                 // atc.lua strips as many characters as the regex matched (`#matched_path`),
                 // from the start: the same as the match's end unless a top-level `|` left a
@@ -693,7 +695,7 @@ impl Router {
         };
 
         let postfix = if route.strip_path {
-            path::sanitize_postfix(&path[matched_len..])
+            path::sanitize_postfix(path.get(matched_len..).unwrap_or(""))
         } else {
             ""
         };
@@ -927,5 +929,7 @@ fn error_summary(text: &str) -> &str {
     text.lines().last().unwrap_or(text).trim()
 }
 
+#[cfg(test)]
+mod kong_path_fixture;
 #[cfg(test)]
 mod tests;

@@ -1,14 +1,14 @@
 use super::*;
 use serde_json::{json, Value};
 
-fn router(body: Value) -> Router {
+pub(super) fn router(body: Value) -> Router {
     let mut map = body.as_object().cloned().expect("object");
     map.insert("_format_version".into(), json!("3.0"));
     let loaded = ConfigDocument::from_json(&Value::Object(map)).expect("valid document");
     Router::compile(&loaded.document)
 }
 
-fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) -> RequestView<'a> {
+pub(super) fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) -> RequestView<'a> {
     RequestView {
         method,
         authority,
@@ -20,7 +20,7 @@ fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) -> RequestVie
     }
 }
 
-fn forward(router: &Router, req: RequestView<'_>) -> Forward {
+pub(super) fn forward(router: &Router, req: RequestView<'_>) -> Forward {
     match router.route(&req) {
         RouteOutcome::Forward(f) => f,
         other => panic!("expected a forward for {req:?}, got {other:?}"),
