@@ -1,5 +1,7 @@
-//! Kong 3.x declarative configuration (`_format_version: "3.0"`), loaded into one flat model and
-//! validated.
+//! Kong 3.x declarative configuration, loaded into one flat model and validated.
+//!
+//! `_format_version` is one of those Kong 3.x accepts: `"3.0"`, or `"1.1"` and `"2.1"` (Kong
+//! 2.x files), whose route paths are migrated on load as Kong does ([`migrate`]).
 //!
 //! Kong accepts the same configuration in several shapes: children nested under their parent
 //! (`services[].routes[]`, `consumers[].acls[]`...), or listed at the top level and pointing at
@@ -25,6 +27,7 @@ mod address;
 mod entities;
 mod fields;
 mod load;
+mod migrate;
 mod read;
 mod refs;
 #[cfg(test)]
@@ -46,7 +49,8 @@ use std::fmt;
 /// under consumers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigDocument {
-    /// `_format_version` as given; always `"3.0"` once loaded.
+    /// `_format_version` as given: `"3.0"`, or `"1.1"` / `"2.1"`, whose route paths were
+    /// migrated on load as Kong 3.x does (each change is a warning).
     pub format_version: String,
     /// Every service.
     pub services: Vec<Service>,

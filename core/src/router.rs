@@ -14,8 +14,9 @@
 //!   `~*` regex matched against the lowercased value), `paths` (prefixes, or `~` regexes anchored at the start). `protocols` do not
 //!   take part in matching: an `https`-only route matched over plain HTTP answers with its
 //!   `https_redirect_status_code` (426 by default), as Kong's runloop does.
-//! - The request path is normalised first (RFC 3986: unreserved percent-escapes decoded, dot
-//!   segments removed, slashes merged), as Kong does before matching and proxying.
+//! - The request path is normalised first (RFC 3986: percent-escapes decoded except reserved
+//!   characters, dot segments removed, slashes merged), as Kong does before matching and
+//!   proxying.
 //! - Every path of a route competes on its own (Kong splits routes by path kind and length).
 //!   Priority, highest first, as Kong's `get_priority`: the number of fields set (methods,
 //!   hosts, headers, snis, paths); hosts all plain (no wildcard); the number of headers; regex
@@ -46,7 +47,7 @@
 //! back-references, possessive quantifiers, Unicode classes): such a path never matches.
 //! [`Router::unsupported`] lists them so the caller can log them.
 
-mod path;
+pub(crate) mod path;
 
 use crate::document::{ConfigDocument, Protocol};
 use regex_lite::Regex;

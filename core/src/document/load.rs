@@ -5,6 +5,7 @@
 //! resolved: a top-level plugin may name a route that is nested in a service.
 
 use super::fields::{type_error, Fields, Sink};
+use super::migrate;
 use super::read;
 use super::refs::{link, Index, Keys};
 use super::{ConfigDocument, Loaded, Problem, ValidationErrors};
@@ -61,6 +62,14 @@ pub(super) fn load(root: &Value) -> Result<Loaded, ValidationErrors> {
     };
     let mut sink = Sink::default();
     let format_version = check_format_version(root, &mut sink);
+    // Kong 3.x migrates older files' route paths before anything else reads them.
+    let migrated;
+    let root = if matches!(format_version.as_str(), "1.1" | "2.1") {
+        migrated = migrate::route_paths(root, &format_version, &mut sink);
+        &migrated
+    } else {
+        root
+    };
     warn_unsupported_kinds(root, &mut sink);
 
     let raw = collect(root, &mut sink);
@@ -78,32 +87,28 @@ pub(super) fn load(root: &Value) -> Result<Loaded, ValidationErrors> {
     }
 }
 
+/// Kong 3.x's `_format_version`: one of "1.1", "2.1" and "3.0"
+/// (`kong/db/schema/others/declarative_config.lua`, `one_of = {"1.1", "2.1", "3.0"}`).
 fn check_format_version(root: &Map<String, Value>, sink: &mut Sink) -> String {
     const PATH: &str = "_format_version";
+    const ACCEPTED: &str =
+        "Kong 3.x reads \"3.0\", and \"1.1\" or \"2.1\" (route paths migrated on load)";
     let Some(value) = root.get(PATH).filter(|v| !v.is_null()) else {
         sink.error(
             PATH,
-            "required; Fallback reads Kong 3.x declarative config (\"_format_version\": \"3.0\")",
+            format!("required; {ACCEPTED}: add \"_format_version\": \"3.0\""),
         );
         return String::new();
     };
     let Some(version) = value.as_str() else {
-        sink.error(PATH, type_error("the string \"3.0\"", value));
+        sink.error(PATH, type_error("a string such as \"3.0\"", value));
         return String::new();
     };
-    match version {
-        "3.0" => {}
-        "1.1" | "2.1" => sink.error(
+    if !matches!(version, "1.1" | "2.1" | "3.0") {
+        sink.error(
             PATH,
-            format!(
-                "format version \"{version}\" is from Kong 2.x or older; convert the file with \
-                 `deck file convert --from kong-gateway-2.x --to kong-gateway-3.x`"
-            ),
-        ),
-        other => sink.error(
-            PATH,
-            format!("unsupported format version {other:?}; expected \"3.0\""),
-        ),
+            format!("unsupported format version {version:?}; {ACCEPTED}"),
+        );
     }
     version.to_owned()
 }

@@ -527,7 +527,7 @@ fn type_problems_name_expected_and_found() {
 #[test]
 fn many_problems_are_reported_together() {
     let err = ConfigDocument::from_json(&json!({
-        "_format_version": "2.1",
+        "_format_version": "4.0",
         "routes": [{"service": "billing", "paths": ["x"]}],
         "plugins": [{}]
     }))
@@ -537,7 +537,7 @@ fn many_problems_are_reported_together() {
     let text = err.to_string();
     assert!(
         text.starts_with(
-            "config is invalid (4 problems):\n  _format_version: format version \"2.1\" is from Kong 2.x"
+            "config is invalid (4 problems):\n  _format_version: unsupported format version \"4.0\""
         ),
         "{text}"
     );
@@ -550,24 +550,85 @@ fn many_problems_are_reported_together() {
 fn format_version_is_required_and_checked() {
     assert_problem(
         json!({}),
-        "_format_version: required; Fallback reads Kong 3.x declarative config (\"_format_version\": \"3.0\")",
-    );
-    assert_problem(
-        json!({"_format_version": "1.1"}),
-        "_format_version: format version \"1.1\" is from Kong 2.x or older; convert the file with \
-         `deck file convert --from kong-gateway-2.x --to kong-gateway-3.x`",
+        "_format_version: required; Kong 3.x reads \"3.0\", and \"1.1\" or \"2.1\" (route paths \
+         migrated on load): add \"_format_version\": \"3.0\"",
     );
     assert_problem(
         json!({"_format_version": "4.0"}),
-        "_format_version: unsupported format version \"4.0\"; expected \"3.0\"",
+        "_format_version: unsupported format version \"4.0\"; Kong 3.x reads \"3.0\", and \"1.1\" \
+         or \"2.1\" (route paths migrated on load)",
+    );
+    assert_problem(
+        json!({"_format_version": "2.0"}),
+        "_format_version: unsupported format version \"2.0\"; Kong 3.x reads \"3.0\", and \"1.1\" \
+         or \"2.1\" (route paths migrated on load)",
     );
     assert_problem(
         json!({"_format_version": 3.0}),
-        "_format_version: expected the string \"3.0\", found a decimal number",
+        "_format_version: expected a string such as \"3.0\", found a decimal number",
     );
-    let d = load(json!({"_format_version": "3.0"})).document;
-    assert_eq!(d.format_version, "3.0");
-    assert!(d.services.is_empty());
+    for version in ["1.1", "2.1", "3.0"] {
+        let d = load(json!({ "_format_version": version })).document;
+        assert_eq!(d.format_version, version);
+        assert!(d.services.is_empty());
+    }
+}
+
+/// Kong 3.9.x `kong/db/declarative/migrations/route_path.lua`, as
+/// `spec/01-unit/01-db/01-schema/11-declarative_config/04-on-the-fly-migration_spec.lua` checks
+/// it: the same routes, top-level or nested in a service, in a 1.1, 2.1 and 3.0 file.
+#[test]
+fn older_format_versions_have_their_route_paths_migrated_as_kong_does() {
+    for version in ["1.1", "2.1", "3.0"] {
+        let top_level = json!({
+            "_format_version": version,
+            "services": [{"name": "foo", "host": "example.com", "protocol": "https"}],
+            "routes": [{"name": "foo", "protocols": ["https"], "paths": ["/regex.+", "/prefix"],
+                        "snis": ["example.com"], "service": "foo"}],
+        });
+        let nested = json!({
+            "_format_version": version,
+            "services": [{"name": "foo", "host": "example.com", "protocol": "https", "routes": [
+                {"name": "foo", "protocols": ["https"], "paths": ["/regex.+", "/prefix"],
+                 "snis": ["example.com"]}
+            ]}],
+        });
+        for (shape, value) in [("top-level", top_level), ("nested", nested)] {
+            let loaded = load(value);
+            let paths = &loaded.document.routes[0].paths;
+            if version == "3.0" {
+                assert_eq!(paths, &["/regex.+", "/prefix"], "{version} {shape}");
+                assert!(loaded.warnings.is_empty());
+            } else {
+                assert_eq!(paths, &["~/regex.+", "/prefix"], "{version} {shape}");
+                let at = if shape == "nested" {
+                    "services[0].routes[0].paths[0]"
+                } else {
+                    "routes[0].paths[0]"
+                };
+                assert_eq!(
+                    loaded.warnings,
+                    vec![Problem::new(
+                        at,
+                        format!(
+                            "\"/regex.+\" read as \"~/regex.+\": Kong 3.x migrates the paths of \
+                             _format_version \"{version}\" files on load (a path with characters \
+                             outside [a-zA-Z0-9.-_~/%] was a regex, now marked with \"~\")"
+                        )
+                    )]
+                );
+            }
+        }
+    }
+    // Plain paths are normalised; the route then matches what Kong's does.
+    let loaded = load(json!({
+        "_format_version": "1.1",
+        "services": [{"name": "s", "host": "h", "routes": [{"paths": ["/a//b/%7Ec"]}]}],
+    }));
+    assert_eq!(loaded.document.routes[0].paths, ["/a/b/~c"]);
+    assert!(loaded.warnings[0]
+        .message
+        .contains("plain paths are normalised"));
 }
 
 #[test]
