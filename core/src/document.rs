@@ -18,6 +18,10 @@
 //! - Ids only need to be non-empty strings; Kong requires UUIDs. Every exporter (Kong, decK)
 //!   writes UUIDs anyway, and refusing a fallback document over an id's spelling would leave a
 //!   data plane with no configuration at all.
+//! - An entity without an id gets the one Kong generates for it on load (a UUIDv5 of its name
+//!   or cache key); where Kong would draw a random one (e.g. key-auth credentials), a stable
+//!   UUIDv5 of its place in the input instead ([`IdSource`]). References resolve by the ids the
+//!   input gives, and by names.
 //! - Kong's defaults are filled in while loading (e.g. a route without `strip_path` gets `true`),
 //!   so later code never has to know them; each field's doc comment names its default.
 //! - Entity kinds Fallback does not enforce (certificates, vaults, other credentials...) are
@@ -26,6 +30,7 @@
 mod address;
 mod entities;
 mod fields;
+pub(crate) mod ids;
 mod load;
 mod migrate;
 mod read;
@@ -34,8 +39,8 @@ mod refs;
 mod tests;
 
 pub use entities::{
-    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, KeyAuthCredential, PathHandling,
-    Plugin, Protocol, Route, Service, Target, Upstream,
+    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, EntityId, IdSource, KeyAuthCredential,
+    PathHandling, Plugin, Protocol, Route, Service, Target, Upstream,
 };
 
 use serde_json::Value;

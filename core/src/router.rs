@@ -21,8 +21,10 @@
 //!   Priority, highest first, as Kong's `get_priority`: the number of fields set (methods,
 //!   hosts, headers, snis, paths); hosts all plain (no wildcard); the number of headers; regex
 //!   path; `regex_priority` (regex paths only); prefix length. Equal priorities: the greater
-//!   route id first, as Kong's ATC router; routes without ids after those with, in document
-//!   order.
+//!   id first, as Kong's ATC router: the route's id (given, or generated from its name as Kong
+//!   does), or for a route Kong splits (paths of several lengths, or regexes and prefixes) the
+//!   id Kong gives each group; routes whose id Kong would draw at random (no id, no name)
+//!   after those, in document order.
 //! - The upstream request: the service's `host:port`, or a target of the upstream the service
 //!   host names (smooth weighted round-robin); the path joined as Kong's `path_handling: v0`
 //!   (the only one `traditional_compatible` uses), the query string kept; `Host` is the target
@@ -49,6 +51,7 @@
 
 pub(crate) mod path;
 
+use crate::document::ids::split_route_id;
 use crate::document::{ConfigDocument, Protocol};
 use regex_lite::Regex;
 use std::cell::Cell;
@@ -334,6 +337,36 @@ impl Balancer {
 /// Kong's `get_priority` as a tuple: higher wins, compared field by field.
 type Priority = (u8, bool, usize, bool, i64, usize);
 
+/// A candidate and what orders it before compiling the index.
+struct Ranked {
+    priority: Priority,
+    /// The id Kong breaks ties with (the route's, or its split group's), lowercase.
+    tie: Option<String>,
+    /// Document order of the route, then of the path within it.
+    index: usize,
+    order: usize,
+    candidate: Candidate,
+}
+
+/// transform.lua `group_by_regex_or_length`: each path's group, numbered from 1 in order of
+/// first appearance; every regex is in one group, prefixes by length.
+fn path_groups(paths: &[String]) -> Vec<usize> {
+    let mut keys: Vec<Option<usize>> = Vec::new();
+    paths
+        .iter()
+        .map(|p| {
+            let key = (!p.starts_with('~')).then_some(p.len());
+            match keys.iter().position(|k| *k == key) {
+                Some(i) => i + 1,
+                None => {
+                    keys.push(key);
+                    keys.len()
+                }
+            }
+        })
+        .collect()
+}
+
 impl Router {
     /// Compiles every HTTP route of `doc`.
     pub fn compile(doc: &ConfigDocument) -> Router {
@@ -372,7 +405,7 @@ impl Router {
             .services
             .iter()
             .map(|s| CompiledService {
-                name: display_name(s.name.as_deref(), s.id.as_deref(), &s.path),
+                name: display_name(s.name.as_deref(), s.id.given_id(), &s.path),
                 enabled: s.enabled,
                 scheme: s.protocol.as_str(),
                 base_path: s.upstream_path.clone().unwrap_or_else(|| "/".to_owned()),
@@ -400,8 +433,7 @@ impl Router {
             needs_headers: false,
         };
 
-        // (priority, document order, path order, candidate)
-        let mut ranked: Vec<(Priority, usize, usize, Candidate)> = Vec::new();
+        let mut ranked: Vec<Ranked> = Vec::new();
         for (index, route) in doc.routes.iter().enumerate() {
             let http = route.protocols.contains(&Protocol::Http);
             let https = route.protocols.contains(&Protocol::Https);
@@ -441,22 +473,31 @@ impl Router {
                 unsupported(reason);
                 continue;
             }
+            // transform.lua `split_routes_and_services_by_path`: a route whose paths fall in
+            // several groups (all regexes; prefixes of one length) competes as one route per
+            // group, each with an id of its own.
+            let groups = path_groups(&route.paths);
+            let split = groups.iter().max().is_some_and(|&g| g > 1);
             let mut paths = Vec::new();
-            for p in &route.paths {
-                match p.strip_prefix('~') {
+            for (p, &group) in route.paths.iter().zip(&groups) {
+                let matcher = match p.strip_prefix('~') {
                     // compat.lua: "^" .. regex, with `(?<name>` spelled `(?P<name>`.
                     Some(re) => match Regex::new(&format!("^{}", re.replace("?<", "?P<"))) {
-                        Ok(regex) => paths.push(PathMatcher::Regex {
+                        Ok(regex) => PathMatcher::Regex {
                             regex,
                             literal: literal_prefix(re),
-                        }),
-                        Err(e) => unsupported(format!(
-                            "regex path {p:?} is not supported ({}): this path never matches",
-                            error_summary(&e.to_string())
-                        )),
+                        },
+                        Err(e) => {
+                            unsupported(format!(
+                                "regex path {p:?} is not supported ({}): this path never matches",
+                                error_summary(&e.to_string())
+                            ));
+                            continue;
+                        }
                     },
-                    None => paths.push(PathMatcher::Prefix(p.clone())),
-                }
+                    None => PathMatcher::Prefix(p.clone()),
+                };
+                paths.push((split.then_some(group), matcher));
             }
             if !route.paths.is_empty() && paths.is_empty() {
                 continue;
@@ -481,11 +522,11 @@ impl Router {
             let slot = router.routes.len();
             router.routes.push(CompiledRoute {
                 index,
-                name: display_name(route.name.as_deref(), route.id.as_deref(), &route.path),
+                name: display_name(route.name.as_deref(), route.id.given_id(), &route.path),
                 debug: Rc::new(KongDebug {
-                    route_id: route.id.clone(),
+                    route_id: Some(route.id.to_string()),
                     route_name: route.name.clone(),
-                    service_id: route.service.and_then(|s| doc.services[s].id.clone()),
+                    service_id: route.service.map(|s| doc.services[s].id.to_string()),
                     service_name: route.service.and_then(|s| doc.services[s].name.clone()),
                 }),
                 service: route.service,
@@ -506,9 +547,9 @@ impl Router {
                 preserve_host: route.preserve_host,
             });
             if paths.is_empty() {
-                paths.push(PathMatcher::Any);
+                paths.push((None, PathMatcher::Any));
             }
-            for (order, path) in paths.into_iter().enumerate() {
+            for (order, (group, path)) in paths.into_iter().enumerate() {
                 let (regex, length) = match &path {
                     PathMatcher::Any => (false, 0),
                     PathMatcher::Prefix(p) => (false, p.len()),
@@ -522,30 +563,37 @@ impl Router {
                     if regex { route.regex_priority } else { 0 },
                     length,
                 );
-                ranked.push((priority, index, order, Candidate { route: slot, path }));
+                // Equal priorities: Kong's ATC router keeps matchers in a BTreeMap keyed by
+                // (priority, uuid) and tries them in reverse, so the greater id wins
+                // (canonical UUIDs order as their lowercase text). A route whose id Kong would
+                // draw at random has none here: such routes follow, in document order.
+                let tie = route.id.kong().map(|id| match group {
+                    Some(group) => split_route_id(id, group),
+                    None => id.to_ascii_lowercase(),
+                });
+                ranked.push(Ranked {
+                    priority,
+                    tie,
+                    index,
+                    order,
+                    candidate: Candidate { route: slot, path },
+                });
             }
         }
-        // Equal priorities: Kong's ATC router keeps matchers in a BTreeMap keyed by
-        // (priority, route uuid) and tries them in reverse, so the greater id wins (canonical
-        // UUIDs order as their lowercase text). Routes without an id follow, in document order.
-        let ids: Vec<Option<String>> = doc
-            .routes
-            .iter()
-            .map(|r| r.id.as_ref().map(|id| id.to_ascii_lowercase()))
-            .collect();
         ranked.sort_by(|a, b| {
-            b.0.cmp(&a.0)
-                .then_with(|| match (&ids[a.1], &ids[b.1]) {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| match (&a.tie, &b.tie) {
                     (Some(x), Some(y)) => y.cmp(x),
                     (Some(_), None) => std::cmp::Ordering::Less,
                     (None, Some(_)) => std::cmp::Ordering::Greater,
                     (None, None) => std::cmp::Ordering::Equal,
                 })
-                .then(a.1.cmp(&b.1))
-                .then(a.2.cmp(&b.2))
+                .then(a.index.cmp(&b.index))
+                .then(a.order.cmp(&b.order))
         });
 
-        for (rank, (_, _, _, candidate)) in ranked.into_iter().enumerate() {
+        for (rank, Ranked { candidate, .. }) in ranked.into_iter().enumerate() {
             let rank = rank as u32;
             let route = &router.routes[candidate.route];
             if route.hosts.is_empty() {

@@ -5,9 +5,9 @@
 //! resolved: a top-level plugin may name a route that is nested in a service.
 
 use super::fields::{type_error, Fields, Sink};
-use super::migrate;
 use super::read;
 use super::refs::{link, Index, Keys};
+use super::{ids, migrate};
 use super::{ConfigDocument, Loaded, Problem, ValidationErrors};
 use serde_json::{Map, Value};
 
@@ -143,6 +143,40 @@ pub(super) enum Parent {
     Upstream(usize),
 }
 
+impl Parent {
+    /// The service this entity is nested under.
+    pub(super) fn service(self) -> Option<usize> {
+        match self {
+            Parent::Service(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The route this entity is nested under.
+    pub(super) fn route(self) -> Option<usize> {
+        match self {
+            Parent::Route(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The consumer this entity is nested under.
+    pub(super) fn consumer(self) -> Option<usize> {
+        match self {
+            Parent::Consumer(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The upstream this entity is nested under.
+    pub(super) fn upstream(self) -> Option<usize> {
+        match self {
+            Parent::Upstream(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
 /// An entity's JSON object before its fields are read.
 pub(super) struct Raw<'a> {
     pub(super) path: String,
@@ -161,16 +195,16 @@ impl Raw<'_> {
 
 /// Every entity object of the input, per kind, in final (flattened) order.
 #[derive(Default)]
-struct RawDocument<'a> {
-    services: Vec<Raw<'a>>,
-    routes: Vec<Raw<'a>>,
-    consumers: Vec<Raw<'a>>,
-    plugins: Vec<Raw<'a>>,
-    upstreams: Vec<Raw<'a>>,
-    targets: Vec<Raw<'a>>,
-    keyauth_credentials: Vec<Raw<'a>>,
-    basicauth_credentials: Vec<Raw<'a>>,
-    acls: Vec<Raw<'a>>,
+pub(super) struct RawDocument<'a> {
+    pub(super) services: Vec<Raw<'a>>,
+    pub(super) routes: Vec<Raw<'a>>,
+    pub(super) consumers: Vec<Raw<'a>>,
+    pub(super) plugins: Vec<Raw<'a>>,
+    pub(super) upstreams: Vec<Raw<'a>>,
+    pub(super) targets: Vec<Raw<'a>>,
+    pub(super) keyauth_credentials: Vec<Raw<'a>>,
+    pub(super) basicauth_credentials: Vec<Raw<'a>>,
+    pub(super) acls: Vec<Raw<'a>>,
 }
 
 /// Appends the objects of the array `value` (absent or `null`: nothing) found at `path`.
@@ -339,7 +373,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         "name",
         services.iter().map(|s| Keys {
             path: &s.path,
-            id: s.id.as_deref(),
+            id: s.id.given_id(),
             name: s.name.as_deref(),
             custom_id: None,
         }),
@@ -349,11 +383,12 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
     let mut routes = Vec::with_capacity(raw.routes.len());
     for r in &raw.routes {
         let (mut route, service_ref) = read::route(r, sink);
-        let nested_in = match r.parent {
-            Parent::Service(i) => Some(i),
-            _ => None,
-        };
-        route.service = link(service_ref.as_ref(), nested_in, &service_index, sink);
+        route.service = link(
+            service_ref.as_ref(),
+            r.parent.service(),
+            &service_index,
+            sink,
+        );
         routes.push(route);
     }
     let route_index = Index::new(
@@ -361,7 +396,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         "name",
         routes.iter().map(|r| Keys {
             path: &r.path,
-            id: r.id.as_deref(),
+            id: r.id.given_id(),
             name: r.name.as_deref(),
             custom_id: None,
         }),
@@ -378,7 +413,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         "username",
         consumers.iter().map(|c| Keys {
             path: &c.path,
-            id: c.id.as_deref(),
+            id: c.id.given_id(),
             name: c.username.as_deref(),
             custom_id: c.custom_id.as_deref(),
         }),
@@ -395,7 +430,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         "name",
         upstreams.iter().map(|u| Keys {
             path: &u.path,
-            id: u.id.as_deref(),
+            id: u.id.given_id(),
             name: Some(u.name.as_str()).filter(|n| !n.is_empty()),
             custom_id: None,
         }),
@@ -416,7 +451,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         sink,
     );
 
-    ConfigDocument {
+    let mut document = ConfigDocument {
         format_version,
         services,
         routes,
@@ -427,5 +462,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         keyauth_credentials,
         basicauth_credentials,
         acls,
-    }
+    };
+    ids::assign(raw, &mut document, sink);
+    document
 }

@@ -26,22 +26,21 @@ pub(super) struct Credential {
 
 #[derive(Debug)]
 enum Stored {
-    /// Kong's hash and the consumer id it is salted with (`None`: the consumer has no id, so
-    /// no password can match).
+    /// Kong's hash and the consumer id it is salted with.
     Sha1 {
         hex: String,
-        consumer_id: Option<String>,
+        consumer_id: String,
     },
     Clear(String),
 }
 
 impl Credential {
-    pub(super) fn new(c: &BasicAuthCredential, consumer_id: Option<String>) -> Credential {
+    pub(super) fn new(c: &BasicAuthCredential, consumer_id: String) -> Credential {
         let is_hash = c.password.len() == 40 && c.password.bytes().all(|b| b.is_ascii_hexdigit());
         Credential {
             username: c.username.clone(),
             consumer: c.consumer,
-            identity: c.id.clone().unwrap_or_else(|| c.path.clone()),
+            identity: c.id.to_string(),
             stored: if is_hash {
                 Stored::Sha1 {
                     hex: c.password.to_ascii_lowercase(),
@@ -56,9 +55,6 @@ impl Credential {
     fn accepts(&self, password: &str) -> bool {
         match &self.stored {
             Stored::Sha1 { hex, consumer_id } => {
-                let Some(consumer_id) = consumer_id else {
-                    return false;
-                };
                 let given = kong_hash(consumer_id, password);
                 constant_time_eq(given.as_bytes(), hex.as_bytes())
             }

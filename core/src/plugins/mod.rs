@@ -247,12 +247,12 @@ pub fn unsupported_warnings(doc: &ConfigDocument) -> Vec<Problem> {
 /// A consumer as the plugins see it.
 #[derive(Debug, Clone)]
 struct ConsumerInfo {
-    id: Option<String>,
+    /// Its id (generated as Kong does when the input gives none): `X-Consumer-ID`, and its
+    /// identity in counters and logs.
+    id: String,
     username: Option<String>,
     custom_id: Option<String>,
     groups: Vec<String>,
-    /// The consumer's identity in counters and logs: id, else username, else custom_id.
-    key: String,
 }
 
 /// Who the authentication plugins identified.
@@ -364,25 +364,16 @@ impl PluginEngine {
             .iter()
             .zip(groups)
             .map(|(c, groups)| ConsumerInfo {
-                id: c.id.clone(),
+                id: c.id.to_string(),
                 username: c.username.clone(),
                 custom_id: c.custom_id.clone(),
                 groups,
-                key: c
-                    .id
-                    .clone()
-                    .or_else(|| c.username.clone())
-                    .or_else(|| c.custom_id.clone())
-                    .unwrap_or_else(|| c.path.clone()),
             })
             .collect();
         let keys = doc
             .keyauth_credentials
             .iter()
-            .map(|k| {
-                let identity = k.id.clone().unwrap_or_else(|| k.path.clone());
-                (k.key.clone(), (k.consumer, identity))
-            })
+            .map(|k| (k.key.clone(), (k.consumer, k.id.to_string())))
             .collect();
         let basic = doc
             .basicauth_credentials
@@ -391,33 +382,20 @@ impl PluginEngine {
                 let consumer_id = doc
                     .consumers
                     .get(c.consumer)
-                    .and_then(|consumer| consumer.id.clone());
+                    .map_or_else(String::new, |consumer| consumer.id.to_string());
                 (
                     c.username.clone(),
                     basic_auth::Credential::new(c, consumer_id),
                 )
             })
             .collect();
-        let key_of = |id: &Option<String>, name: &Option<String>, path: &str| {
-            id.clone()
-                .or_else(|| name.clone())
-                .unwrap_or_else(|| path.to_owned())
-        };
         let mut engine = PluginEngine {
             chains: Vec::new(),
             consumers,
             keys,
             basic,
-            route_keys: doc
-                .routes
-                .iter()
-                .map(|r| key_of(&r.id, &r.name, &r.path))
-                .collect(),
-            service_keys: doc
-                .services
-                .iter()
-                .map(|s| key_of(&s.id, &s.name, &s.path))
-                .collect(),
+            route_keys: doc.routes.iter().map(|r| r.id.to_string()).collect(),
+            service_keys: doc.services.iter().map(|s| s.id.to_string()).collect(),
             unsupported: Vec::new(),
             counter: Cell::new(0),
             worker_uuid: RefCell::new(None),
@@ -635,7 +613,7 @@ impl PluginEngine {
     fn find_consumer(&self, reference: &str) -> Option<usize> {
         self.consumers
             .iter()
-            .position(|c| c.id.as_deref() == Some(reference))
+            .position(|c| c.id == reference)
             .or_else(|| {
                 self.consumers
                     .iter()
@@ -838,7 +816,7 @@ fn authenticate(
 ) {
     let info = engine.consumer(consumer);
     let fields = [
-        ("x-consumer-id", info.and_then(|c| c.id.clone())),
+        ("x-consumer-id", info.map(|c| c.id.clone())),
         (
             "x-consumer-custom-id",
             info.and_then(|c| c.custom_id.clone()),

@@ -151,6 +151,32 @@ fn consumers() -> Value {
 
 // ---- key-auth ----
 
+/// A file without ids (Kong's `kong config init` template, decK files): Kong generates the
+/// consumer's id on load (UUIDv5 of its username; go-kong's published vector for
+/// "some.username"), so `X-Consumer-ID` carries it; the credential's id Kong draws at random,
+/// so here it is a stable UUID of its own, never the credential's place in the file.
+#[test]
+fn key_auth_headers_carry_the_ids_kong_generates() {
+    let body = json!({
+        "consumers": [{"username": "some.username",
+                       "keyauth_credentials": [{"key": "the-key"}]}],
+        "plugins": [{"name": "key-auth"}]
+    });
+    let credential = |e: &PluginEngine| {
+        let f = forward(req("/one").header("apikey", "the-key").run(e));
+        assert_eq!(
+            upstream(&f, "x-consumer-id").as_deref(),
+            Some("782780c4-d345-5682-bdf6-722dccaf93e0")
+        );
+        upstream(&f, "x-credential-identifier").expect("a credential id")
+    };
+    let id = credential(&engine(body.clone()));
+    assert_eq!(id.len(), 36, "{id}");
+    assert!(!id.contains("keyauth_credentials"), "{id}");
+    // Every worker, every reload: the same id.
+    assert_eq!(credential(&engine(body)), id);
+}
+
 #[test]
 fn key_auth_kong_documented_answers() {
     let e = engine(json!({"consumers": consumers(), "plugins": [{"name": "key-auth"}]}));

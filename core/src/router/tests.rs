@@ -1,4 +1,5 @@
 use super::*;
+use crate::document::ids::kong_id;
 use serde_json::{json, Value};
 
 pub(super) fn router(body: Value) -> Router {
@@ -171,16 +172,60 @@ fn longer_prefix_then_regex_priority_then_document_order() {
     let r = routes(json!([
         {"name": "short", "paths": ["/a"], "regex_priority": 10},
         {"name": "long", "paths": ["/a/b"]},
-        {"name": "first", "paths": ["/c"]},
-        {"name": "second", "paths": ["/c"]},
-        {"name": "low", "paths": ["/d"], "regex_priority": 1},
-        {"name": "high", "paths": ["/d"], "regex_priority": 2},
+        {"paths": ["/c"], "tags": ["first"]},
+        {"paths": ["/c"], "tags": ["second"]},
+        {"name": "low", "paths": ["/d"], "regex_priority": 1,
+         "id": "00000000-0000-4000-8000-000000000002"},
+        {"name": "high", "paths": ["/d"], "regex_priority": 2,
+         "id": "00000000-0000-4000-8000-000000000001"},
     ]));
     assert_eq!(matched(&r, "GET", "x", "/a/b/c"), "long");
     assert_eq!(matched(&r, "GET", "x", "/a/c"), "short");
-    assert_eq!(matched(&r, "GET", "x", "/c"), "first");
-    // Kong's get_priority counts regex_priority for regex paths only.
+    // Routes without a name or id (Kong would draw random ids): document order.
+    assert_eq!(matched(&r, "GET", "x", "/c"), "services[0].routes[2]");
+    // Kong's get_priority counts regex_priority for regex paths only: "low" and "high" tie,
+    // and the greater id wins.
     assert_eq!(matched(&r, "GET", "x", "/d"), "low");
+}
+
+#[test]
+fn equal_priorities_go_to_the_greater_id_kong_generates_from_the_name() {
+    // Kong 3.9.x: "first" gets 2ccad8ae-…, "second" 8b279206-… (UUIDv5 of the names).
+    assert!(kong_id("routes", "second") > kong_id("routes", "first"));
+    let r = routes(json!([
+        {"name": "first", "paths": ["/c"]},
+        {"name": "second", "paths": ["/c"]},
+    ]));
+    assert_eq!(matched(&r, "GET", "x", "/c"), "second");
+    let r = routes(json!([
+        {"name": "second", "paths": ["/c"]},
+        {"name": "first", "paths": ["/c"]},
+    ]));
+    assert_eq!(matched(&r, "GET", "x", "/c"), "second");
+}
+
+#[test]
+fn split_routes_break_ties_with_the_ids_kong_gives_each_path_group() {
+    // transform.lua splits a route whose paths have different lengths: group 1 is "/ab",
+    // group 2 "/x"; each competes with the id uuid_v5(7f145bf9-…, "<route id>#<group>").
+    let a = "00000000-0000-4000-8000-00000000000a";
+    let b = "00000000-0000-4000-8000-00000000000b";
+    let (a1, a2) = (split_route_id(a, 1), split_route_id(a, 2));
+    let r = routes(json!([
+        {"name": "a", "id": a, "paths": ["/ab", "/x"]},
+        {"name": "b", "id": b, "paths": ["/x"]},
+    ]));
+    // "/x" of route a competes as group 2 against route b: the greater of a2 and b wins,
+    // not the greater of a and b.
+    assert!(a2.as_str() > b && b > a);
+    assert_eq!(matched(&r, "GET", "x", "/x"), "a");
+    assert_ne!(a1, a2);
+    // Without a split (one group), the route's own id competes.
+    let r = routes(json!([
+        {"name": "a", "id": a, "paths": ["/x", "/y"]},
+        {"name": "b", "id": b, "paths": ["/x"]},
+    ]));
+    assert_eq!(matched(&r, "GET", "x", "/x"), "b");
 }
 
 #[test]
@@ -506,9 +551,12 @@ fn kong_documented_router_rules() {
         Rule {
             doc: "Route object, hosts: a host may carry a port; it then matches that port only \
                   (compat.lua: `http.host == h && net.dst.port == p`)",
+            // Both match example.com:8000 with equal priorities: the greater id wins.
             routes: json!([
-                {"name": "with-port", "hosts": ["example.com:8000"]},
-                {"name": "any-port", "hosts": ["example.com"]},
+                {"name": "with-port", "hosts": ["example.com:8000"],
+                 "id": "00000000-0000-4000-8000-000000000002"},
+                {"name": "any-port", "hosts": ["example.com"],
+                 "id": "00000000-0000-4000-8000-000000000001"},
                 {"name": "wild-port", "hosts": ["*.example.net:9000"]},
             ]),
             cases: &[
