@@ -148,6 +148,9 @@ impl Algorithm {
 }
 
 /// How a route joins its matched path with the service's path (Kong's `path_handling`).
+///
+/// Kong's `traditional_compatible` router joins every route's paths as `v0`; `v1` loads with
+/// Kong's deprecation warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PathHandling {
     /// `v0` (Kong's default)

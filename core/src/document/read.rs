@@ -12,6 +12,13 @@ use super::refs::{claim, link, reference, required_link, unique_ids, Claims, Ind
 use std::collections::BTreeMap;
 
 const TIMEOUT_MAX: i64 = 2_147_483_646;
+/// Kong 3.9.x's deprecation of `path_handling: v1` under `traditional_compatible`
+/// (`kong/db/schema/entities/routes.lua` `PATH_V1_DEPRECATION_MSG`, raised with
+/// `{ after = "3.0" }`), and what it means here.
+const PATH_HANDLING_V1_DEPRECATION: &str = "path_handling='v1' is deprecated and will not work \
+     under 'expressions' or 'traditional_compatible' router_flavor, please use \
+     path_handling='v0' instead (deprecated after 3.0); Fallback routes as Kong's \
+     traditional_compatible router does and joins the paths of this route as v0";
 const HTTPS_REDIRECT_CODES: [i64; 5] = [426, 301, 302, 307, 308];
 const HASH_ON: [&str; 8] = [
     "none",
@@ -238,7 +245,10 @@ pub(super) fn route(raw: &Raw<'_>, sink: &mut Sink) -> (Route, Option<Reference>
 
     let path_handling = match f.string("path_handling", sink).as_deref() {
         None | Some("v0") => PathHandling::V0,
-        Some("v1") => PathHandling::V1,
+        Some("v1") => {
+            sink.warn(f.at("path_handling"), PATH_HANDLING_V1_DEPRECATION);
+            PathHandling::V1
+        }
         Some(other) => {
             sink.error(
                 f.at("path_handling"),

@@ -984,3 +984,30 @@ fn regex_literal_prefixes_index_regex_paths() {
     assert_eq!(matched(&r, "GET", "x", "/n/\u{663}"), "-");
     assert_eq!(matched(&r, "GET", "x", "/n/42"), "digits");
 }
+
+/// Kong's traditional_compatible router ignores `path_handling: v1` (it only has
+/// `get_upstream_uri_v0`) and Kong warns about it on load: row 17 of Kong's path-handling
+/// fixture, whose v1 answer (/srvroureq) only the `traditional` router gives.
+#[test]
+fn path_handling_v1_is_joined_as_v0_with_kongs_deprecation_warning() {
+    let value = json!({"_format_version": "3.0", "services": [{
+        "name": "s", "host": "backend", "path": "/srv",
+        "routes": [{"name": "r", "paths": ["/rou"], "strip_path": false, "path_handling": "v1"}]
+    }]});
+    let loaded = ConfigDocument::from_json(&value).expect("valid");
+    assert_eq!(
+        loaded.warnings,
+        vec![crate::document::Problem::new(
+            "services[0].routes[0].path_handling",
+            "path_handling='v1' is deprecated and will not work under 'expressions' or \
+             'traditional_compatible' router_flavor, please use path_handling='v0' instead \
+             (deprecated after 3.0); Fallback routes as Kong's traditional_compatible router \
+             does and joins the paths of this route as v0"
+        )]
+    );
+    let r = Router::compile(&loaded.document);
+    assert_eq!(
+        forward(&r, request("GET", "a", "/roureq")).path,
+        "/srv/roureq"
+    );
+}
