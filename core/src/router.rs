@@ -61,6 +61,10 @@ use std::rc::Rc;
 /// Kong's 503 message when the matched route has no service.
 pub const NO_SERVICE_MESSAGE: &str = "no Service found with those values";
 
+/// Kong's 503 message when the upstream a service names has no target to send to (Kong 3.9.x
+/// `kong/runloop/balancer/init.lua`: "No peers are available" from the ring-balancer).
+pub const NO_PEER_MESSAGE: &str = "failure to get a peer from the ring-balancer";
+
 /// Kong's 404 message when no route matches.
 pub const NO_ROUTE_MESSAGE: &str = "no Route matched with those values";
 
@@ -98,8 +102,15 @@ pub enum RouteOutcome {
     NoRoute,
     /// An `https`-only route matched a plain-HTTP request (Kong's `https_redirect_status_code`).
     HttpsRequired(HttpsRequired),
-    /// A route matched but the request cannot be served: answer 503 with `message`.
+    /// A route matched but the request cannot be served: answer 503 with `message`. Kong
+    /// answers so after the plugins' access phase (`Kong.access` for a route without a
+    /// service, the runloop's `access.after` for the balancer), so the plugins of `route` run
+    /// first and may answer instead (a 401 of `key-auth`).
     Unavailable {
+        /// Index of the matched route in [`ConfigDocument::routes`].
+        route: usize,
+        /// Index of its service, when it has one.
+        service: Option<usize>,
         /// The matched route's name, else its id, else its path in the input.
         route_name: String,
         /// The `message` of the `{"message": ...}` body.
@@ -292,7 +303,6 @@ enum HeaderValues {
 #[derive(Debug)]
 struct CompiledService {
     name: String,
-    enabled: bool,
     scheme: &'static str,
     /// Kong's `path`, `/` when unset.
     base_path: String,
@@ -309,7 +319,6 @@ enum Destination {
 /// Smooth weighted round-robin over an upstream's targets with weight > 0.
 #[derive(Debug)]
 struct Balancer {
-    name: String,
     host_header: Option<String>,
     targets: Vec<(String, u16, i64)>,
     current: Vec<Cell<i64>>,
@@ -382,7 +391,6 @@ impl Router {
                     .map(|t| (t.host.clone(), t.port, i64::from(t.weight)))
                     .collect();
                 Balancer {
-                    name: upstream.name.clone(),
                     host_header: upstream
                         .extra
                         .get("host_header")
@@ -406,7 +414,6 @@ impl Router {
             .iter()
             .map(|s| CompiledService {
                 name: display_name(s.name.as_deref(), s.id.given_id(), &s.path),
-                enabled: s.enabled,
                 scheme: s.protocol.as_str(),
                 base_path: s.upstream_path.clone().unwrap_or_else(|| "/".to_owned()),
                 default_port: s.protocol.default_port(),
@@ -438,6 +445,12 @@ impl Router {
             let http = route.protocols.contains(&Protocol::Http);
             let https = route.protocols.contains(&Protocol::Https);
             if !http && !https {
+                continue;
+            }
+            // Kong builds its router without the routes of disabled services
+            // (runloop/handler.lua: "routes where the services.enabled == false are not put in
+            // router"): their requests go to another route, or get the 404.
+            if route.service.is_some_and(|s| !doc.services[s].enabled) {
                 continue;
             }
             let mut unsupported = |reason: String| {
@@ -711,17 +724,13 @@ impl Router {
 
         let Some(service_index) = route.service else {
             return RouteOutcome::Unavailable {
+                route: route.index,
+                service: None,
                 route_name: route.name.clone(),
                 message: NO_SERVICE_MESSAGE.to_owned(),
             };
         };
         let service = &self.services[service_index];
-        if !service.enabled {
-            return RouteOutcome::Unavailable {
-                route_name: route.name.clone(),
-                message: format!("service {} is disabled", service.name),
-            };
-        }
         let mut host_header_override = None;
         let (host, port) = match &service.destination {
             Destination::Direct { host, port } => (host.as_str(), *port),
@@ -732,11 +741,10 @@ impl Router {
                     Some(target) => target,
                     None => {
                         return RouteOutcome::Unavailable {
+                            route: route.index,
+                            service: Some(service_index),
                             route_name: route.name.clone(),
-                            message: format!(
-                                "no healthy upstream targets for upstream {}",
-                                balancer.name
-                            ),
+                            message: NO_PEER_MESSAGE.to_owned(),
                         }
                     }
                 }

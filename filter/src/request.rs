@@ -8,7 +8,7 @@ use fallback_core::filter_config::FilterConfig;
 use fallback_core::plugins::{
     HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
-use fallback_core::router::{Forward, RequestView, RouteOutcome};
+use fallback_core::router::{RequestView, RouteOutcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::net::IpAddr;
@@ -84,7 +84,8 @@ impl HttpContext for RequestFilter {
                 let changes = if active.plugins.is_empty() {
                     None
                 } else {
-                    match run_plugins(&active, &forward, &method, &path, &scheme, &headers) {
+                    let target = (Some(forward.route), Some(forward.service), &*forward.path);
+                    match run_plugins(&active, target, &method, &path, &scheme, &headers) {
                         PluginOutcome::Respond(answer) => {
                             send_local(&answer);
                             return Action::Pause;
@@ -138,9 +139,34 @@ impl HttpContext for RequestFilter {
                 }
                 Action::Pause
             }
-            RouteOutcome::Unavailable { message, .. } => {
+            RouteOutcome::Unavailable {
+                route,
+                service,
+                message,
+                ..
+            } => {
+                // Kong answers after the plugins' access phase: theirs comes first (a 401), and
+                // those that ran set their response headers on the 503.
+                let mut response = vec![(
+                    "content-type".to_owned(),
+                    fallback_core::plugins::JSON_CONTENT_TYPE.to_owned(),
+                )];
+                if !active.plugins.is_empty() {
+                    let target = (Some(route), service, &*path);
+                    match run_plugins(&active, target, &method, &path, &scheme, &headers) {
+                        PluginOutcome::Respond(answer) => {
+                            send_local(&answer);
+                            return Action::Pause;
+                        }
+                        PluginOutcome::Forward(changes) => changes.response.apply(&mut response),
+                    }
+                }
                 let body = serde_json::json!({ "message": message }).to_string();
-                host::send_json(503, &body, &[]);
+                let response: Vec<(&str, &str)> = response
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                host::send_response(503, &response, Some(body.as_bytes()));
                 Action::Pause
             }
         }
@@ -161,25 +187,27 @@ impl HttpContext for RequestFilter {
     }
 }
 
-/// Runs the plugins of the matched route for this request.
+/// Runs the plugins of the matched route for this request; `target` is the route, its
+/// service and the upstream path (the request's own when nothing is proxied).
 fn run_plugins(
     active: &Active,
-    forward: &Forward,
+    target: (Option<usize>, Option<usize>, &str),
     method: &str,
     path: &str,
     scheme: &str,
     headers: &[(&str, &str)],
 ) -> PluginOutcome {
+    let (route, service, upstream_path) = target;
     let random = (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64());
     let request = PluginRequest {
         method,
         scheme,
         path,
-        upstream_path: &forward.path,
+        upstream_path,
         headers,
         client_ip: client_ip(),
-        route: Some(forward.route),
-        service: Some(forward.service),
+        route,
+        service,
         now_ms: host::now_ms(),
         random,
     };
