@@ -24,9 +24,9 @@ pub struct PreparedDocument {
     pub body: Bytes,
     /// Their sha256.
     pub sha256: Sha256Digest,
-    /// Non-fatal findings: entity kinds Fallback ignores, and enabled plugins the filter does
-    /// not implement (it refuses the requests they apply to with 500 unless told to ignore
-    /// them).
+    /// Non-fatal findings: entity kinds Fallback ignores, migrated paths, deprecations, and
+    /// enabled plugins the filter does not implement (it skips observe-only ones and refuses
+    /// the requests the others apply to with 500 unless told to ignore them).
     pub warnings: Vec<Problem>,
 }
 

@@ -5,7 +5,8 @@
 use crate::source;
 use fallback_core::document::ConfigDocument;
 use fallback_core::plugins::{
-    LocalResponse, MemoryCounters, PluginEngine, PluginOutcome, PluginRequest, UpstreamChanges,
+    LocalResponse, MemoryCounters, PluginEngine, PluginOutcome, PluginPolicy, PluginRequest,
+    UpstreamChanges,
 };
 use fallback_core::router::{RequestView, RouteOutcome, Router, HTTPS_REQUIRED_MESSAGE};
 use serde_json::{json, Value};
@@ -41,10 +42,16 @@ pub struct MatchArgs {
     /// `ignore_unsupported_plugins`); repeat for several.
     #[arg(long = "ignore-plugin", value_name = "NAME")]
     pub ignore_plugins: Vec<String>,
+
+    /// Refuse the requests observe-only plugins (prometheus, zipkin, http-log...) apply to,
+    /// instead of skipping those plugins (the filter's `refuse_observe_only_plugins`).
+    #[arg(long)]
+    pub refuse_observe_only_plugins: bool,
 }
 
 /// Prints one JSON object on stdout: `{"route", "service", "upstream_url", "upstream_host"}`
-/// for a forwarded request, with `"upstream_headers"` when plugins add headers upstream, or
+/// for a forwarded request, with `"upstream_headers"` when plugins add headers upstream and
+/// `"skipped_plugins"` when observe-only plugins that apply were skipped, or
 /// `"response": {"status", "body"}` when a plugin answers the request itself (401, 403, 429,
 /// a termination, a CORS preflight...); `{"route": null, "status": 404}` when nothing matches;
 /// `{"route", "status", "location"?, "message"?}` for an HTTPS redirect or a 503, or
@@ -73,7 +80,14 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
     for skipped in router.unsupported() {
         eprintln!("warning: {}: {}", skipped.path, skipped.reason);
     }
-    let plugins = PluginEngine::compile(&loaded.document, &args.ignore_plugins);
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let policy = PluginPolicy {
+        ignore: args.ignore_plugins.clone(),
+        refuse_observe_only: args.refuse_observe_only_plugins,
+    };
+    let plugins = PluginEngine::compile(&loaded.document, &policy);
     for plugin in plugins.unsupported() {
         eprintln!("warning: {}: {}", plugin.path, plugin.reason);
     }
@@ -184,6 +198,9 @@ fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome) -> Stri
     let added = upstream_headers(&changes);
     if !added.is_empty() {
         fields.push(("upstream_headers", Value::Object(added)));
+    }
+    if !changes.skipped.is_empty() {
+        fields.push(("skipped_plugins", json!(changes.skipped)));
     }
     object(&fields)
 }
@@ -306,6 +323,7 @@ mod tests {
             headers: headers.iter().map(|h| h.to_string()).collect(),
             client_ip: "127.0.0.1".parse().unwrap(),
             ignore_plugins: Vec::new(),
+            refuse_observe_only_plugins: false,
         };
         let out = answer(&args).unwrap();
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,7 +1,7 @@
 //! Per request: route with the configuration in force, hand the upstream to the host, or answer.
 
 use crate::counters::SharedCounters;
-use crate::host;
+use crate::host::{self, Metric};
 use crate::Active;
 use fallback_core::fetch::Source;
 use fallback_core::filter_config::FilterConfig;
@@ -25,17 +25,46 @@ pub struct RequestFilter {
     debug: Option<Vec<(&'static str, String)>>,
     /// What the plugins change in the response's headers.
     response_plan: Option<ResponsePlan>,
+    /// Counts requests served without the observe-only plugins that apply to them.
+    observe_only_skipped: Option<Metric>,
 }
 
 impl RequestFilter {
     /// A filter for one request.
-    pub fn new(active: Option<Rc<Active>>, config: Rc<FilterConfig>) -> Self {
+    pub fn new(
+        active: Option<Rc<Active>>,
+        config: Rc<FilterConfig>,
+        observe_only_skipped: Option<Metric>,
+    ) -> Self {
         Self {
             active,
             config,
             debug: None,
             response_plan: None,
+            observe_only_skipped,
         }
+    }
+
+    /// Runs the plugins of the matched route for this request (see [`run_plugins`]), and
+    /// counts the request when observe-only plugins that apply to it were skipped.
+    fn plugins(
+        &self,
+        active: &Active,
+        target: (Option<usize>, Option<usize>, &str),
+        method: &str,
+        path: &str,
+        scheme: &str,
+        headers: &[(&str, &str)],
+    ) -> PluginOutcome {
+        let outcome = run_plugins(active, target, method, path, scheme, headers);
+        let skipped = match &outcome {
+            PluginOutcome::Respond(answer) => &answer.skipped,
+            PluginOutcome::Forward(changes) => &changes.skipped,
+        };
+        if let (false, Some(metric)) = (skipped.is_empty(), self.observe_only_skipped) {
+            metric.add(1);
+        }
+        outcome
     }
 }
 
@@ -85,7 +114,7 @@ impl HttpContext for RequestFilter {
                     None
                 } else {
                     let target = (Some(forward.route), Some(forward.service), &*forward.path);
-                    match run_plugins(&active, target, &method, &path, &scheme, &headers) {
+                    match self.plugins(&active, target, &method, &path, &scheme, &headers) {
                         PluginOutcome::Respond(answer) => {
                             send_local(&answer);
                             return Action::Pause;
@@ -153,7 +182,7 @@ impl HttpContext for RequestFilter {
                 )];
                 if !active.plugins.is_empty() {
                     let target = (Some(route), service, &*path);
-                    match run_plugins(&active, target, &method, &path, &scheme, &headers) {
+                    match self.plugins(&active, target, &method, &path, &scheme, &headers) {
                         PluginOutcome::Respond(answer) => {
                             send_local(&answer);
                             return Action::Pause;

@@ -26,6 +26,11 @@
 //! `config` it cannot read) makes every request it applies to answer 500 with a message naming
 //! it, unless its name is listed in the filter's `ignore_unsupported_plugins`.
 //! [`unsupported_plugins`] lists them for the companion's validation and the filter's log.
+//!
+//! **Observe-only plugins** ([`OBSERVE_ONLY`]: metrics, logging, tracing) change nothing a
+//! client sees, so they are skipped rather than refused (unless
+//! [`PluginPolicy::refuse_observe_only`]): listed with a warning, and named per request in
+//! the outcome's `skipped` so the filter can count the requests served without them.
 
 mod acl;
 mod basic_auth;
@@ -64,6 +69,36 @@ pub const SUPPORTED: [(&str, u32); 10] = [
     ("response-transformer", 800),
     ("request-termination", 2),
 ];
+
+/// Kong plugins that only observe traffic: metrics (`prometheus`, `statsd`, `datadog`),
+/// tracing (`zipkin`, `opentelemetry`) and logging (`file-log`, `http-log`, `tcp-log`,
+/// `udp-log`, `syslog`, `loggly`). None of them changes a request or a response (they run in
+/// Kong's `log` phase, or only add their own trace headers upstream), so skipping them changes
+/// nothing a client sees; every other plugin decides or changes traffic and fails closed.
+pub const OBSERVE_ONLY: [&str; 11] = [
+    "prometheus",
+    "statsd",
+    "datadog",
+    "zipkin",
+    "opentelemetry",
+    "file-log",
+    "http-log",
+    "tcp-log",
+    "udp-log",
+    "syslog",
+    "loggly",
+];
+
+/// How the engine treats the plugins it does not implement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginPolicy {
+    /// Names of unsupported plugins to let requests through without (the filter's
+    /// `ignore_unsupported_plugins`).
+    pub ignore: Vec<String>,
+    /// Refuse the requests observe-only plugins apply to, as any unsupported plugin, instead
+    /// of skipping them (the filter's `refuse_observe_only_plugins`).
+    pub refuse_observe_only: bool,
+}
 
 /// Names the plugins that may be scoped to a consumer (Kong's `no_consumer` is false).
 fn consumer_scoped(name: &str) -> bool {
@@ -131,6 +166,8 @@ pub struct LocalResponse {
     pub body: Option<String>,
     /// The plugin that answered.
     pub plugin: &'static str,
+    /// Observe-only plugins that apply to the request and were not run ([`OBSERVE_ONLY`]).
+    pub skipped: Vec<&'static str>,
 }
 
 /// A request header change, applied in order.
@@ -154,6 +191,8 @@ pub struct UpstreamChanges {
     pub method: Option<String>,
     /// Response header changes.
     pub response: ResponsePlan,
+    /// Observe-only plugins that apply to the request and were not run ([`OBSERVE_ONLY`]).
+    pub skipped: Vec<&'static str>,
 }
 
 impl UpstreamChanges {
@@ -229,16 +268,17 @@ pub struct UnsupportedPlugin {
     pub ignored: bool,
 }
 
-/// The enabled plugins of `doc` that fail closed (or are ignored, per `ignore`), for
-/// validation warnings and logs. Features of a supported plugin that are not applied (e.g.
+/// The enabled plugins of `doc` that fail closed, or are skipped or ignored under `policy`,
+/// for validation warnings and logs. Features of a supported plugin that are not applied (e.g.
 /// response-transformer's JSON body changes) are listed too, with `ignored: true`.
-pub fn unsupported_plugins(doc: &ConfigDocument, ignore: &[String]) -> Vec<UnsupportedPlugin> {
-    PluginEngine::compile(doc, ignore).unsupported
+pub fn unsupported_plugins(doc: &ConfigDocument, policy: &PluginPolicy) -> Vec<UnsupportedPlugin> {
+    PluginEngine::compile(doc, policy).unsupported
 }
 
-/// The same list as validation problems (`plugins[2]: plugin "jwt" is not supported ...`).
+/// The same list as validation problems (`plugins[2]: plugin "jwt" is not supported ...`),
+/// under the filter's default policy.
 pub fn unsupported_warnings(doc: &ConfigDocument) -> Vec<Problem> {
-    unsupported_plugins(doc, &[])
+    unsupported_plugins(doc, &PluginPolicy::default())
         .into_iter()
         .map(|u| Problem::new(u.path, u.reason))
         .collect()
@@ -278,6 +318,8 @@ enum Compiled {
     RequestTermination(request_termination::RequestTermination),
     /// Fails closed with this message.
     Refuse(String),
+    /// An observe-only plugin, not run.
+    Skip,
 }
 
 #[derive(Debug)]
@@ -292,6 +334,8 @@ type Scope = (Option<usize>, Option<usize>, Option<usize>);
 #[derive(Debug)]
 struct Chain {
     name: String,
+    /// For an observe-only plugin that is skipped, its name in [`OBSERVE_ONLY`].
+    skipped: Option<&'static str>,
     priority: u32,
     consumer_scoped: bool,
     instances: HashMap<Scope, Instance>,
@@ -350,9 +394,9 @@ pub struct PluginEngine {
 }
 
 impl PluginEngine {
-    /// Compiles the enabled plugins of `doc`. `ignore` names unsupported plugins that must not
-    /// fail closed (the filter's `ignore_unsupported_plugins`).
-    pub fn compile(doc: &ConfigDocument, ignore: &[String]) -> PluginEngine {
+    /// Compiles the enabled plugins of `doc`; `policy` says which unsupported plugins do not
+    /// fail closed.
+    pub fn compile(doc: &ConfigDocument, policy: &PluginPolicy) -> PluginEngine {
         let mut groups: Vec<Vec<String>> = vec![Vec::new(); doc.consumers.len()];
         for acl in &doc.acls {
             if let Some(g) = groups.get_mut(acl.consumer) {
@@ -401,7 +445,7 @@ impl PluginEngine {
             worker_uuid: RefCell::new(None),
         };
         for plugin in doc.plugins.iter().filter(|p| p.enabled) {
-            engine.add(doc, plugin, ignore);
+            engine.add(doc, plugin, policy);
         }
         engine
             .chains
@@ -409,12 +453,27 @@ impl PluginEngine {
         engine
     }
 
-    fn add(&mut self, doc: &ConfigDocument, plugin: &Plugin, ignore: &[String]) {
+    fn add(&mut self, doc: &ConfigDocument, plugin: &Plugin, policy: &PluginPolicy) {
         let name = plugin.name.as_str();
-        let ignored = ignore.iter().any(|i| i == name);
+        let ignored = policy.ignore.iter().any(|i| i == name);
         let priority = SUPPORTED.iter().find(|(n, _)| *n == name).map(|(_, p)| *p);
-        let compiled = match priority {
-            None => {
+        let observer = OBSERVE_ONLY.iter().find(|n| **n == name).copied();
+        let compiled = match (priority, observer) {
+            (None, Some(_)) if !ignored && !policy.refuse_observe_only => {
+                self.unsupported.push(UnsupportedPlugin {
+                    name: name.to_owned(),
+                    path: plugin.path.clone(),
+                    reason: format!(
+                        "plugin {name:?} only observes traffic (metrics, logs or traces) and is \
+                         not run by the Fallback filter: requests go through without it, \
+                         counted in fallback_observe_only_skipped (set the filter's \
+                         refuse_observe_only_plugins to refuse them instead)"
+                    ),
+                    ignored: true,
+                });
+                Compiled::Skip
+            }
+            (None, _) => {
                 self.unsupported.push(UnsupportedPlugin {
                     name: name.to_owned(),
                     path: plugin.path.clone(),
@@ -440,7 +499,7 @@ impl PluginEngine {
                      gateway's fallback filter"
                 ))
             }
-            Some(_) => match self.compile_one(doc, plugin) {
+            (Some(_), _) => match self.compile_one(doc, plugin) {
                 Ok((compiled, notes)) => {
                     for note in notes {
                         self.unsupported.push(UnsupportedPlugin {
@@ -473,10 +532,19 @@ impl PluginEngine {
         let index = match self.chains.iter().position(|c| c.name == name) {
             Some(i) => i,
             None => {
+                let skipped = matches!(compiled, Compiled::Skip)
+                    .then_some(observer)
+                    .flatten();
                 self.chains.push(Chain {
                     name: name.to_owned(),
-                    // Unsupported plugins are checked before any plugin runs.
-                    priority: priority.unwrap_or(u32::MAX),
+                    skipped,
+                    // Unsupported plugins are checked before any plugin runs; skipped ones
+                    // are only looked up.
+                    priority: match (priority, skipped) {
+                        (Some(p), _) => p,
+                        (None, Some(_)) => 0,
+                        (None, None) => u32::MAX,
+                    },
                     consumer_scoped: consumer_scoped(name),
                     instances: HashMap::new(),
                 });
@@ -546,6 +614,7 @@ impl PluginEngine {
             // An unsupported consumer-scoped plugin is found once the consumer is known.
             if ex.identity.consumer != consumer_checked {
                 consumer_checked = ex.identity.consumer;
+                self.note_skipped(req, protocol, &mut ex);
                 if let Some(refusal) = self.refusal(req, ex.identity.consumer, &mut ex) {
                     return refusal;
                 }
@@ -568,17 +637,34 @@ impl PluginEngine {
                 Compiled::ResponseTransformer(p) => p.access(&mut ex),
                 Compiled::RequestTermination(p) => p.access(&mut ex),
                 Compiled::Refuse(message) => Err(Exit::error(500, message)),
+                Compiled::Skip => Ok(()),
             };
             if let Err(exit) = step {
+                self.note_skipped(req, protocol, &mut ex);
                 return ex.respond(exit, &chain.name);
             }
         }
+        self.note_skipped(req, protocol, &mut ex);
         if ex.identity.consumer != consumer_checked {
             if let Some(refusal) = self.refusal(req, ex.identity.consumer, &mut ex) {
                 return refusal;
             }
         }
         PluginOutcome::Forward(ex.finish(req))
+    }
+
+    /// Records the observe-only plugins that apply to this request (with the consumer known
+    /// so far), whether it is forwarded or answered: Kong would log both.
+    fn note_skipped(&self, req: &PluginRequest<'_>, protocol: Protocol, ex: &mut Exchange) {
+        ex.skipped = self
+            .chains
+            .iter()
+            .filter_map(|chain| {
+                let name = chain.skipped?;
+                let instance = chain.resolve(req.route, req.service, ex.identity.consumer)?;
+                instance.protocols.contains(&protocol).then_some(name)
+            })
+            .collect();
     }
 
     /// The 500 of an unsupported plugin that applies to this request, if any.
@@ -666,6 +752,8 @@ struct Exchange {
     service: Option<usize>,
     identity: Identity,
     response: ResponsePlan,
+    /// Observe-only plugins that apply and were not run.
+    skipped: Vec<&'static str>,
 }
 
 impl Exchange {
@@ -695,6 +783,7 @@ impl Exchange {
             service: req.service,
             identity: Identity::default(),
             response: ResponsePlan::default(),
+            skipped: Vec::new(),
         }
     }
 
@@ -730,6 +819,7 @@ impl Exchange {
                 .iter()
                 .find(|(n, _)| *n == plugin)
                 .map_or("unsupported", |(n, _)| n),
+            skipped: self.skipped,
         })
     }
 
@@ -748,6 +838,7 @@ impl Exchange {
             path,
             method: Some(self.method).filter(|_| self.method_changed),
             response: self.response,
+            skipped: self.skipped,
         }
     }
 }
