@@ -45,8 +45,9 @@ impl RequestFilter {
         }
     }
 
-    /// Runs the plugins of the matched route for this request (see [`run_plugins`]), and
-    /// counts the request when observe-only plugins that apply to it were skipped.
+    /// Runs the plugins of the matched route for this request, and counts the request when
+    /// observe-only plugins that apply to it were skipped. `target` is the route, its service
+    /// and the upstream path (the request's own when nothing is proxied).
     fn plugins(
         &self,
         active: &Active,
@@ -56,7 +57,21 @@ impl RequestFilter {
         scheme: &str,
         headers: &[(&str, &str)],
     ) -> PluginOutcome {
-        let outcome = run_plugins(active, target, method, path, scheme, headers);
+        let (route, service, upstream_path) = target;
+        let random = (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64());
+        let request = PluginRequest {
+            method,
+            scheme,
+            path,
+            upstream_path,
+            headers,
+            client_ip: client_ip(),
+            route,
+            service,
+            now_ms: host::now_ms(),
+            random,
+        };
+        let outcome = active.plugins.access(&request, &mut SharedCounters);
         let skipped = match &outcome {
             PluginOutcome::Respond(answer) => &answer.skipped,
             PluginOutcome::Forward(changes) => &changes.skipped,
@@ -214,33 +229,6 @@ impl HttpContext for RequestFilter {
         }
         Action::Continue
     }
-}
-
-/// Runs the plugins of the matched route for this request; `target` is the route, its
-/// service and the upstream path (the request's own when nothing is proxied).
-fn run_plugins(
-    active: &Active,
-    target: (Option<usize>, Option<usize>, &str),
-    method: &str,
-    path: &str,
-    scheme: &str,
-    headers: &[(&str, &str)],
-) -> PluginOutcome {
-    let (route, service, upstream_path) = target;
-    let random = (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64());
-    let request = PluginRequest {
-        method,
-        scheme,
-        path,
-        upstream_path,
-        headers,
-        client_ip: client_ip(),
-        route,
-        service,
-        now_ms: host::now_ms(),
-        random,
-    };
-    active.plugins.access(&request, &mut SharedCounters)
 }
 
 /// Envoy's `source.address` (`ip:port`, IPv6 in brackets) as an address.
