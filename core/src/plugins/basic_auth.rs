@@ -1,9 +1,11 @@
 //! `basic-auth`: `Authorization: Basic base64(username:password)` (or `Proxy-Authorization`)
 //! names a consumer's credential.
 //!
-//! Kong 3.x: `anonymous`, `hide_credentials` (false), `realm`. No header: 401 "Unauthorized"
-//! with `WWW-Authenticate: Basic realm="kong"` (or the configured realm); a wrong username or
-//! password: 401 "Invalid authentication credentials". Passwords: Kong stores
+//! Kong 3.9.x (`kong/plugins/basic-auth/access.lua`): `anonymous`, `hide_credentials` (false),
+//! `realm`. No header, a header that does not parse, a wrong username or password: 401
+//! "Unauthorized" with `WWW-Authenticate: Basic realm="kong"` (or the configured realm; one
+//! message for every failure since Kong 3.6). Upstream, `X-Credential-Identifier` is the
+//! credential's `username` (its `set_consumer`), not its id. Passwords: Kong stores
 //! `sha1(password .. consumer_id)` in hex, and that is what its exports hold; a stored value that
 //! is not 40 hex digits is a clear password from a hand-written file (Kong would hash it when
 //! loading), compared as is.
@@ -20,7 +22,6 @@ pub(super) use crate::wire::decode_base64;
 pub(super) struct Credential {
     username: String,
     consumer: usize,
-    identity: String,
     stored: Stored,
 }
 
@@ -40,7 +41,6 @@ impl Credential {
         Credential {
             username: c.username.clone(),
             consumer: c.consumer,
-            identity: c.id.to_string(),
             stored: if is_hash {
                 Stored::Sha1 {
                     hex: c.password.to_ascii_lowercase(),
@@ -125,12 +125,11 @@ impl BasicAuth {
                     engine,
                     ex,
                     credential.consumer,
-                    Some(credential.identity.clone()),
+                    Some(credential.username.clone()),
                 );
-                ex.set_header("x-credential-username", &credential.username);
                 Ok(())
             }
-            _ => Err(Exit::error(401, "Invalid authentication credentials")
+            _ => Err(Exit::error(401, "Unauthorized")
                 .with_header("WWW-Authenticate", self.www_authenticate.clone())),
         }
     }
