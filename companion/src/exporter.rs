@@ -392,4 +392,31 @@ mod prepare_tests {
             "{warnings:?}"
         );
     }
+
+    /// `export` accepts every `_format_version` Kong 3.x accepts, and says what Kong's load
+    /// does to an older file; the stored bytes are the file's own.
+    #[test]
+    fn every_format_version_kong_3_accepts_is_exported() {
+        for version in ["1.1", "2.1", "3.0"] {
+            let value = json!({
+                "_format_version": version,
+                "services": [{"name": "s", "host": "h", "routes": [{"paths": ["/users/\\d+"]}]}],
+                "plugins": [{"name": "prometheus"}]
+            });
+            let prepared = prepare(&value).unwrap_or_else(|e| panic!("{version}: {e}"));
+            let warnings: Vec<String> = prepared.warnings.iter().map(|w| w.to_string()).collect();
+            let migrated = warnings
+                .iter()
+                .any(|w| w.contains("read as \"~/users/\\\\d+\""));
+            assert_eq!(migrated, version != "3.0", "{version}: {warnings:?}");
+            assert!(
+                warnings.iter().any(|w| w.contains("only observes traffic")),
+                "{warnings:?}"
+            );
+            assert_eq!(
+                prepared.body.as_ref(),
+                fallback_core::digest::canonical_json(&value).as_slice()
+            );
+        }
+    }
 }

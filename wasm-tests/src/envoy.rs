@@ -47,6 +47,11 @@ pub struct EnvoyOptions {
     /// Extra Envoy command-line arguments, appended last
     /// (e.g. `["--component-log-level", "wasm:debug"]`).
     pub extra_args: Vec<String>,
+    /// Send every proxied request to this one `(host, port)` instead of the dynamic forward
+    /// proxy, with the filter's [`UPSTREAM_HEADER`] left on: the filter's whole decision (the
+    /// `host:port` it chose, `:authority`, `:path`, plugin headers) reaches an echo upstream
+    /// even for upstream hosts that do not resolve here (real configs name real hosts).
+    pub observer: Option<(String, u16)>,
 }
 
 impl Default for EnvoyOptions {
@@ -64,6 +69,7 @@ impl Default for EnvoyOptions {
             storage: None,
             wasm: None,
             extra_args: Vec::new(),
+            observer: None,
         }
     }
 }
@@ -91,6 +97,37 @@ impl std::fmt::Display for StartFailure {
             self.reason, self.exit_status, self.stderr, tail
         )
     }
+}
+
+/// [`EnvoyOptions::observer`]: the bootstrap with its route sent to a static cluster at
+/// `host:port` and the hand-off header kept. Panics when the bootstrap no longer has the lines
+/// this rewrites.
+fn route_to_observer(bootstrap: &str, host: &str, port: u16) -> String {
+    const ROUTE: &str = "cluster: dynamic_forward_proxy_cluster\n";
+    const STRIP: &str = "request_headers_to_remove: [\"x-fallback-upstream\"]\n";
+    assert_eq!(
+        bootstrap.matches(ROUTE).count(),
+        1,
+        "the bootstrap's route cluster"
+    );
+    assert_eq!(
+        bootstrap.matches(STRIP).count(),
+        1,
+        "the bootstrap's header removal"
+    );
+    let mut out = bootstrap
+        .replace(ROUTE, "cluster: fallback_observer\n")
+        .replace(STRIP, "request_headers_to_add: []\n");
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "    - name: fallback_observer\n      type: STATIC\n      connect_timeout: 2s\n      \
+         load_assignment:\n        cluster_name: fallback_observer\n        endpoints:\n          \
+         - lb_endpoints:\n              - endpoint:\n                  address:\n                    \
+         socket_address: {{ address: {host}, port_value: {port} }}\n"
+    ));
+    out
 }
 
 /// The filter built by `make wasm`:
@@ -234,9 +271,12 @@ impl Envoy {
         let template = std::fs::read_to_string(bootstrap_template()).unwrap_or_else(|e| {
             panic!("read {}: {e}", bootstrap_template().display());
         });
+        let mut rendered = render_bootstrap(&template, &vars);
+        if let Some((host, port)) = &options.observer {
+            rendered = route_to_observer(&rendered, host, *port);
+        }
         let bootstrap = dir.path().join("bootstrap.yaml");
-        std::fs::write(&bootstrap, render_bootstrap(&template, &vars))
-            .expect("write the rendered Envoy bootstrap");
+        std::fs::write(&bootstrap, rendered).expect("write the rendered Envoy bootstrap");
 
         let mut envoy = Envoy {
             dir,
