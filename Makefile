@@ -6,7 +6,7 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/fallback_filter.wasm
 
-.PHONY: help tools build wasm fmt-check lint unit e2e test bench demo clean
+.PHONY: help tools build wasm fmt-check lint unit e2e faults test bench demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ unit: ## Unit tests of core, filter and companion (native)
 
 e2e: build ## End-to-end tests with real SeaweedFS, the companion binary and a mock control plane
 	$(CARGO) test -p wasm-tests -- --test-threads 2
+
+faults: build ## The fault matrix alone (part of e2e): table in target/fault-matrix.md
+	$(CARGO) test -p wasm-tests --test fault_matrix -- --nocapture
+	@cat target/fault-matrix.md
 
 test: lint unit wasm e2e ## Everything CI runs: lint, unit tests, wasm build, end-to-end tests
 

@@ -19,6 +19,11 @@
 //! the companion, then fetching the object; a failure at any step schedules a retry with
 //! backoff and jitter. Calls carry a [`CallId`]; at most one call per party is in flight, and a
 //! call the host never answers counts as failed once its timeout plus a grace second has passed.
+//!
+//! Calls are only ever asked for from [`FetchMachine::on_tick`], never from
+//! [`FetchMachine::on_response`]: a dispatch made inside a dispatch's response callback crashes
+//! ngx_wasm_module's workers. What an answer makes due (the storage call after the companion's
+//! signed URL, the import after a control plane failure) starts at the next tick.
 
 mod signed_url;
 #[cfg(test)]
@@ -88,6 +93,9 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     /// How long the host should wait for the answer.
     pub timeout_ms: u64,
+    /// Whether the call must use TLS (a signed `https://` URL). Envoy's cluster decides;
+    /// ngx_wasm_module needs `:scheme: https` (see [`crate::host::HostProfile::dispatch_headers`]).
+    pub tls: bool,
 }
 
 /// Redacts the bearer token and a signed URL's query, so `{:?}` of an action is safe to log.
@@ -117,6 +125,7 @@ impl fmt::Debug for HttpRequest {
             .field("authority", &self.authority)
             .field("headers", &headers)
             .field("timeout_ms", &self.timeout_ms)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -124,8 +133,9 @@ impl fmt::Debug for HttpRequest {
 /// What came back for a call.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HttpResponse {
-    /// The HTTP status; `None` for a transport failure or timeout (Envoy: zero headers; Kong:
-    /// a `:dispatch_status` other than success).
+    /// The HTTP status; `None` for a transport failure or timeout (Envoy: zero headers, or a
+    /// reply of its own, which [`FetchMachine::on_response`] recognises; Kong: a
+    /// `:dispatch_status` other than success).
     pub status: Option<u16>,
     /// Response headers as received (names in any case).
     pub headers: Vec<(String, String)>,
@@ -318,6 +328,8 @@ enum ImportState {
     Idle { due_ms: Option<u64> },
     /// Waiting for the companion's signed URL.
     AskingCompanion { call: InFlight },
+    /// The companion answered: the object is fetched at the next tick.
+    Signed(SignedObject),
     /// Waiting for the object.
     FetchingObject { call: InFlight, object: ObjectRef },
 }
@@ -415,11 +427,15 @@ impl FetchMachine {
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
         self.observe_clock(now_ms);
-        self.drive(now_ms, &mut out);
+        self.give_up_lost_calls(now_ms, &mut out);
+        self.start_due_calls(now_ms, &mut out);
         out
     }
 
-    /// The answer to a call. Answers to unknown or abandoned calls are ignored.
+    /// The answer to a call. Answers to unknown or abandoned calls are ignored. A reply Envoy
+    /// made up because the peer did not answer ([`PROXY_NO_ANSWER_REPLIES`]) counts as the
+    /// transport failure it is. Never asks for a dispatch: what the answer makes due starts at
+    /// the next [`FetchMachine::on_tick`].
     pub fn on_response(
         &mut self,
         now_ms: u64,
@@ -427,6 +443,7 @@ impl FetchMachine {
         response: HttpResponse,
     ) -> Vec<Action> {
         let mut out = Vec::new();
+        let response = peer_answer(response);
         self.observe_clock(now_ms);
         let poll = self
             .poller
@@ -450,7 +467,7 @@ impl FetchMachine {
                 ),
             }
         }
-        self.drive(now_ms, &mut out);
+        self.give_up_lost_calls(now_ms, &mut out);
         out
     }
 
@@ -490,14 +507,15 @@ impl FetchMachine {
                     }
                     ImportState::AskingCompanion { call }
                     | ImportState::FetchingObject { call, .. } => shift(&mut call.deadline_ms),
+                    ImportState::Signed(_) => {}
                 }
             }
         }
         self.last_now_ms = Some(now_ms);
     }
 
-    /// Gives up on lost calls, then starts whatever is due.
-    fn drive(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+    /// Gives up on calls past their deadline.
+    fn give_up_lost_calls(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let lost_poll = self
             .poller
             .as_ref()
@@ -515,7 +533,10 @@ impl FetchMachine {
             }
             _ => {}
         }
+    }
 
+    /// Starts the calls that are due: only ever from a tick.
+    fn start_due_calls(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let poll_due = self
             .poller
             .as_ref()
@@ -527,6 +548,12 @@ impl FetchMachine {
             matches!(self.import, ImportState::Idle { due_ms: Some(t) } if now_ms >= t);
         if import_due && self.mode != Mode::ControlPlane {
             self.ask_companion(now_ms, out);
+        }
+        if matches!(self.import, ImportState::Signed(_)) {
+            let state = std::mem::replace(&mut self.import, ImportState::Idle { due_ms: None });
+            if let ImportState::Signed(signed) = state {
+                self.fetch_object(now_ms, signed, out);
+            }
         }
     }
 
@@ -570,6 +597,7 @@ impl FetchMachine {
             authority: cp.authority,
             headers,
             timeout_ms: cp.timeout_ms,
+            tls: false,
         }));
     }
 
@@ -716,8 +744,10 @@ impl FetchMachine {
             self.mode = Mode::ControlPlane;
             self.backoff.reset();
         }
-        if let ImportState::Idle { due_ms } = &mut self.import {
-            *due_ms = None;
+        match &mut self.import {
+            ImportState::Idle { due_ms } => *due_ms = None,
+            ImportState::Signed(_) => self.import = ImportState::Idle { due_ms: None },
+            ImportState::AskingCompanion { .. } | ImportState::FetchingObject { .. } => {}
         }
     }
 
@@ -818,6 +848,7 @@ impl FetchMachine {
                 ("accept".to_owned(), "application/json".to_owned()),
             ],
             timeout_ms: companion.timeout_ms,
+            tls: false,
         }));
     }
 
@@ -850,7 +881,7 @@ impl FetchMachine {
             Some(200) => match read_signed_config(&response.body) {
                 Ok(signed) => {
                     out.push(count(Stage::Companion, true));
-                    self.fetch_object(now_ms, signed, out);
+                    self.import = ImportState::Signed(signed);
                     return;
                 }
                 Err(why) => format!(
@@ -889,6 +920,7 @@ impl FetchMachine {
             object,
             authority,
             path,
+            tls,
         } = signed;
         let storage = self.config.storage.clone();
         let flight = self.new_call(now_ms, storage.timeout_ms);
@@ -913,6 +945,7 @@ impl FetchMachine {
             authority,
             headers: Vec::new(),
             timeout_ms: storage.timeout_ms,
+            tls,
         }));
     }
 
@@ -1105,6 +1138,33 @@ fn lost_call_response() -> HttpResponse {
     HttpResponse::transport_failure()
 }
 
+/// The answers Envoy makes up itself when a call got no answer from its peer (its router's
+/// local replies), as status and the start of the body: the connection failed or was reset,
+/// the call's timeout passed, the cluster has no endpoint. Envoy hands them to the filter as
+/// ordinary responses, so without this a dead companion would read as "the companion cannot
+/// reach storage (HTTP 503)" and a slow one as "answered HTTP 504". An Envoy between the filter
+/// and its peer answers the same for the same reasons.
+pub const PROXY_NO_ANSWER_REPLIES: [(u16, &str); 3] = [
+    (
+        503,
+        "upstream connect error or disconnect/reset before headers",
+    ),
+    (503, "no healthy upstream"),
+    (504, "upstream request timeout"),
+];
+
+/// `response`, or a transport failure when it is one of [`PROXY_NO_ANSWER_REPLIES`].
+fn peer_answer(response: HttpResponse) -> HttpResponse {
+    let made_up = PROXY_NO_ANSWER_REPLIES.iter().any(|(status, start)| {
+        response.status == Some(*status) && response.body.starts_with(start.as_bytes())
+    });
+    if made_up {
+        HttpResponse::transport_failure()
+    } else {
+        response
+    }
+}
+
 fn invalid_document(errors: &ValidationErrors) -> String {
     format!("{errors}\nkeeping the last good config")
 }
@@ -1181,7 +1241,21 @@ fn looks_like_yaml(body: &[u8]) -> bool {
 struct SignedObject {
     object: ObjectRef,
     authority: String,
+    /// Holds the signature: never shown.
     path: String,
+    /// `https://`.
+    tls: bool,
+}
+
+/// Shows the object and its redacted URL, never the signed path.
+impl fmt::Debug for SignedObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedObject")
+            .field("object", &self.object)
+            .field("authority", &self.authority)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A companion `200` body, checked and split into the storage call's `:authority` and `:path`.
@@ -1201,7 +1275,7 @@ fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
     let sha256 = Sha256Digest::from_hex(&signed.sha256)
         .ok_or_else(|| format!("its sha256 {} is not 64 hex digits", quote(&signed.sha256)))?;
     let redacted_url = redact_signed_url(&signed.url).to_owned();
-    let (authority, path) = signed_url::split(&signed.url).ok_or_else(|| {
+    let (authority, path, tls) = signed_url::split(&signed.url).ok_or_else(|| {
         format!(
             "its URL {} is not an http(s)://host/path URL",
             quote(&redacted_url)
@@ -1210,6 +1284,7 @@ fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
     Ok(SignedObject {
         authority: authority.to_owned(),
         path,
+        tls,
         object: ObjectRef {
             key: signed.key,
             revision: signed.revision,

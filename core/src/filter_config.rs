@@ -6,6 +6,7 @@
 //! one, and the companion token's value never appears in an error or in `Debug` output.
 
 use crate::document::Problem;
+use crate::host::HostKind;
 use crate::signature::PublicKey;
 use crate::wire::SIGNER_PATH;
 use serde_json::{Map, Value};
@@ -35,10 +36,15 @@ pub const MIN_TICK_MS: u64 = 50;
 pub const DEFAULT_LEADER_LEASE_MS: u64 = 5_000;
 /// `upstream_header` when not given.
 pub const DEFAULT_UPSTREAM_HEADER: &str = "x-fallback-upstream";
+/// `upstream_variable` when not given.
+pub const DEFAULT_UPSTREAM_VARIABLE: &str = "fallback_upstream";
 
 /// The filter's configuration, parsed and checked. Build it with [`FilterConfig::parse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterConfig {
+    /// The proxy the filter runs in (`"host"`): how it reads the request and hands the
+    /// upstream over ([`crate::host::HostProfile`]). Default: Envoy.
+    pub host: HostKind,
     /// The `<version>` of `<prefix>/<version>/config.json` to import (Kong: its node version).
     pub version: String,
     /// Where to poll the live configuration; `None`: the filter runs on storage only.
@@ -62,8 +68,11 @@ pub struct FilterConfig {
     pub tick_ms: u64,
     /// How long a worker's fetch leadership lasts without renewal (more than two ticks).
     pub leader_lease_ms: u64,
-    /// The request header through which the chosen upstream is handed to the host.
+    /// Envoy: the request header through which the chosen upstream is handed to the host.
     pub upstream_header: String,
+    /// nginx: the variable (declared with `set`, used by `proxy_pass`) that receives the
+    /// chosen upstream, without `$`.
+    pub upstream_variable: String,
     /// Whether a request may ask for routing details through a debug header.
     pub allow_debug_header: bool,
     /// Kong plugins the filter does not implement that may be ignored instead of refusing the
@@ -154,6 +163,7 @@ fn render_report(problems: &[Problem]) -> String {
 
 const TOP_KEYS: &[&str] = &[
     "version",
+    "host",
     "control_plane",
     "companion",
     "storage",
@@ -165,6 +175,7 @@ const TOP_KEYS: &[&str] = &[
     "tick_ms",
     "leader_lease_ms",
     "upstream_header",
+    "upstream_variable",
     "allow_debug_header",
     "ignore_unsupported_plugins",
     "refuse_observe_only_plugins",
@@ -241,6 +252,20 @@ impl Reader {
         };
         self.unknown_keys(root, "", TOP_KEYS);
 
+        let host = match self.string(root, "", "host") {
+            None => HostKind::default(),
+            Some(name) => HostKind::parse(&name).unwrap_or_else(|| {
+                let names: Vec<&str> = HostKind::ALL.iter().map(|k| k.as_str()).collect();
+                self.problem(
+                    "host",
+                    format!(
+                        "unknown host {name:?}: use one of {} (the proxy this filter runs in)",
+                        names.join(", ")
+                    ),
+                );
+                HostKind::default()
+            }),
+        };
         let version = self.required_string(root, "", "version");
         if let Some(v) = &version {
             if crate::export::object_key("", v).is_err() {
@@ -346,6 +371,23 @@ impl Reader {
                 name
             }
         };
+        let upstream_variable = match self.string(root, "", "upstream_variable") {
+            None => DEFAULT_UPSTREAM_VARIABLE.to_owned(),
+            Some(name) => {
+                let valid = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    self.problem(
+                        "upstream_variable",
+                        format!(
+                            "{name:?} is not an nginx variable name: letters, digits and '_' \
+                             only, without the '$'"
+                        ),
+                    );
+                }
+                name
+            }
+        };
         let allow_debug_header = self.flag(root, "allow_debug_header");
         let ignore_unsupported_plugins = self.plugin_names(root, "ignore_unsupported_plugins");
         let refuse_observe_only_plugins = self.flag(root, "refuse_observe_only_plugins");
@@ -374,6 +416,7 @@ impl Reader {
         };
 
         Some(FilterConfig {
+            host,
             version: version?,
             control_plane,
             companion: companion?,
@@ -386,6 +429,7 @@ impl Reader {
             tick_ms,
             leader_lease_ms,
             upstream_header,
+            upstream_variable,
             allow_debug_header,
             ignore_unsupported_plugins,
             refuse_observe_only_plugins,
@@ -796,6 +840,8 @@ mod tests {
         assert_eq!((c.retry_initial_ms, c.retry_max_ms), (1_000, 30_000));
         assert_eq!((c.tick_ms, c.leader_lease_ms), (500, 5_000));
         assert_eq!(c.upstream_header, "x-fallback-upstream");
+        assert_eq!(c.host, HostKind::Envoy);
+        assert_eq!(c.upstream_variable, "fallback_upstream");
         assert!(!c.allow_debug_header);
         assert!(c.ignore_unsupported_plugins.is_empty());
         assert!(!c.refuse_observe_only_plugins);
@@ -1027,6 +1073,33 @@ mod tests {
             &with(minimal(), "allow_debug_header", json!("yes")),
             "allow_debug_header: expected true or false, got a string",
         );
+    }
+
+    #[test]
+    fn the_host_and_its_upstream_variable_are_read_and_checked() {
+        for kind in HostKind::ALL {
+            let c = parse(&with(minimal(), "host", json!(kind.as_str()))).unwrap();
+            assert_eq!(c.host, kind);
+        }
+        let c = parse(&with(minimal(), "upstream_variable", json!("my_up_1"))).unwrap();
+        assert_eq!(c.upstream_variable, "my_up_1");
+        assert_problem(
+            &with(minimal(), "host", json!("haproxy")),
+            "host: unknown host \"haproxy\": use one of envoy, nginx, kong (the proxy this filter runs in)",
+        );
+        assert_problem(
+            &with(minimal(), "host", json!(1)),
+            "host: expected a string, got a number",
+        );
+        for bad in ["$up", "up-stream", ""] {
+            assert_problem(
+                &with(minimal(), "upstream_variable", json!(bad)),
+                &format!(
+                    "upstream_variable: {bad:?} is not an nginx variable name: letters, digits \
+                     and '_' only, without the '$'"
+                ),
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //!   a bucket; stop/restart; filer access behind S3's back ([`SeaweedFs::raw_object`],
 //!   [`SeaweedFs::corrupt_object`]).
 //! - [`MockCp`]: a scriptable control plane serving the config document with ETags.
+//! - [`fault_proxy`]: a loopback proxy in front of a server that answers errors or slowly on
+//!   demand; [`load`]: a bounded request loop that checks every answer.
+//! - [`nginx::Nginx`]: a real nginx + ngx_wasm_module (when `NGINX_WASM_BIN` names one) running
+//!   the filter from `examples/nginx/nginx.conf`.
 //! - [`S3Client`]: a minimal SigV4 S3 client; [`http`]: a minimal HTTP client.
 //! - [`tools`]: paths of the pinned binaries (`make tools`) and of the companion.
 //! - [`ports`]: free loopback ports, never handed out twice in one process.
@@ -21,13 +25,17 @@ pub mod demo_cli;
 pub mod echo;
 pub mod envoy;
 pub mod fake_gcs;
+pub mod fault_proxy;
 pub mod fixtures;
 pub mod http;
+pub mod load;
 pub mod mock_cp;
+pub mod nginx;
 pub mod ports;
 pub mod process_log;
 pub mod s3;
 pub mod seaweed;
+pub mod serve;
 pub mod sha256;
 pub mod stack;
 pub mod tools;

@@ -9,14 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::ports::free_port;
+use crate::serve::spawn_server;
 use crate::sha256::sha256_hex;
 
 /// How the mock answers.
@@ -157,31 +155,9 @@ impl MockCp {
             }
         };
         let state = self.state.clone();
-        self.server = Some(tokio::spawn(async move {
-            // Connections live in this JoinSet: aborting the accept task drops it, which
-            // aborts every open connection too (a stopped CP really is gone).
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let (stream, _) = match accepted {
-                            Ok(x) => x,
-                            Err(e) => {
-                                eprintln!("[harness] MockCp accept: {e}");
-                                continue;
-                            }
-                        };
-                        let state = state.clone();
-                        connections.spawn(async move {
-                            let service = service_fn(move |req| handle(state.clone(), req));
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
+        // Aborting the server drops every open connection too: a stopped CP really is gone.
+        self.server = Some(spawn_server("MockCp", listener, move |req| {
+            handle(state.clone(), req)
         }));
     }
 

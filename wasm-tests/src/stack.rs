@@ -1,8 +1,10 @@
 //! The import path's cast for end-to-end tests: SeaweedFS, a mock control plane, the
 //! companion's signer role (real binary, read-only identity), two echo upstreams, and the
-//! filter configuration and Envoy options that wire Envoy to them.
+//! filter configuration and Envoy options that wire Envoy to them. Optionally a [`FaultProxy`]
+//! stands between SeaweedFS and its readers (the signer and Envoy's storage cluster).
 
 use crate::envoy::EnvoyOptions;
+use crate::fault_proxy::FaultProxy;
 use crate::fixtures::s3_store;
 use crate::{CompanionProcess, EchoServer, MockCp, SeaweedFs};
 use bytes::Bytes;
@@ -30,6 +32,9 @@ pub struct ImportStack {
     pub alpha: EchoServer,
     /// Upstream "beta".
     pub beta: EchoServer,
+    /// The proxy every reader of storage goes through, when started with
+    /// [`ImportStack::start_with_store_proxy`] (exports are written to SeaweedFS directly).
+    pub store_proxy: Option<FaultProxy>,
 }
 
 /// A document routing `/<name>` prefixes (stripped) to `127.0.0.1:<port>`.
@@ -50,7 +55,25 @@ pub fn routing_document(routes: &[(&str, u16)]) -> Value {
 impl ImportStack {
     /// Starts storage, CP (with no document), the signer and two upstreams.
     pub async fn start() -> Self {
+        Self::start_inner(false).await
+    }
+
+    /// Like [`ImportStack::start`], with a [`FaultProxy`] in front of SeaweedFS that the signer
+    /// (its S3 endpoint, hence the signed URLs) and Envoy's `fallback_storage` cluster use.
+    pub async fn start_with_store_proxy() -> Self {
+        Self::start_inner(true).await
+    }
+
+    async fn start_inner(store_proxy: bool) -> Self {
         let seaweed = SeaweedFs::start().await;
+        let store_proxy = if store_proxy {
+            Some(FaultProxy::start(seaweed.endpoint().trim_start_matches("http://")).await)
+        } else {
+            None
+        };
+        let storage_endpoint = store_proxy
+            .as_ref()
+            .map_or_else(|| seaweed.endpoint(), FaultProxy::endpoint);
         let cp = MockCp::start().await;
         let signer = CompanionProcess::start(&[
             ("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", "on".into()),
@@ -58,7 +81,7 @@ impl ImportStack {
                 "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
                 format!("s3://{}/kong", seaweed.bucket()),
             ),
-            ("AWS_CONFIG_STORAGE_ENDPOINT", seaweed.endpoint()),
+            ("AWS_CONFIG_STORAGE_ENDPOINT", storage_endpoint),
             ("AWS_ACCESS_KEY_ID", seaweed.reader().access_key.clone()),
             ("AWS_SECRET_ACCESS_KEY", seaweed.reader().secret_key.clone()),
             ("AWS_REGION", "us-east-1".into()),
@@ -73,6 +96,7 @@ impl ImportStack {
             signer,
             alpha: EchoServer::start("alpha").await,
             beta: EchoServer::start("beta").await,
+            store_proxy,
         }
     }
 
@@ -137,13 +161,16 @@ impl ImportStack {
 
     /// Envoy options pointing its clusters at this stack.
     pub fn envoy_options(&self, concurrency: u32) -> EnvoyOptions {
-        let storage_port: u16 = self
-            .seaweed
-            .endpoint()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("SeaweedFS endpoint has a port");
+        let storage_port: u16 = match &self.store_proxy {
+            Some(proxy) => proxy.port(),
+            None => self
+                .seaweed
+                .endpoint()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("SeaweedFS endpoint has a port"),
+        };
         EnvoyOptions {
             concurrency,
             filter_config: self.filter_config(),

@@ -123,7 +123,10 @@ impl Driver {
         self.track(actions)
     }
 
-    /// Answers the call in flight to `party`, at the driver's clock.
+    /// Answers the call in flight to `party`, at the driver's clock, then ticks at the same
+    /// time, as the host's next tick would: the answer itself never asks for a call (a
+    /// dispatch from a response callback crashes ngx_wasm_module), what it made due starts
+    /// at the tick. Returns the actions of both.
     fn answer(&mut self, party: Party, response: HttpResponse) -> Vec<Action> {
         let index = self
             .pending
@@ -131,7 +134,9 @@ impl Driver {
             .position(|(r, _)| r.party == party)
             .unwrap_or_else(|| panic!("no {party:?} call in flight: {:?}", self.pending));
         let (request, _) = self.pending.remove(index);
-        let actions = self.m.on_response(self.now, request.call, response);
+        let mut actions = self.m.on_response(self.now, request.call, response);
+        assert_no_dispatch_in_response(&actions);
+        actions.extend(self.m.on_tick(self.now));
         self.track(actions)
     }
 
@@ -158,6 +163,14 @@ impl Driver {
             _ => None,
         }
     }
+}
+
+/// What an answer may never do: ask for a call (see the module documentation).
+fn assert_no_dispatch_in_response(actions: &[Action]) {
+    assert!(
+        dispatches(actions).is_empty(),
+        "a dispatch asked for from a response callback: {actions:#?}"
+    );
 }
 
 fn dispatches(actions: &[Action]) -> Vec<HttpRequest> {
@@ -775,6 +788,96 @@ fn storage_errors_say_what_to_do() {
     }
 }
 
+/// What Envoy hands the filter when the peer did not answer: its own local reply.
+fn envoy_reply(code: u16, body: &str) -> HttpResponse {
+    let mut r = HttpResponse::new(code, body.as_bytes().to_vec());
+    r.headers = vec![
+        (":status".into(), code.to_string()),
+        ("content-type".into(), "text/plain".into()),
+    ];
+    r
+}
+
+fn envoy_connect_failure() -> HttpResponse {
+    envoy_reply(
+        503,
+        "upstream connect error or disconnect/reset before headers. reset reason: remote \
+         connection failure, transport failure reason: delayed connect error: Connection refused",
+    )
+}
+
+fn envoy_timeout() -> HttpResponse {
+    envoy_reply(504, "upstream request timeout")
+}
+
+#[test]
+fn envoy_replies_for_a_peer_that_did_not_answer_read_as_unreachable_not_as_its_answer() {
+    // The companion is down: not "the companion cannot reach storage".
+    for response in [
+        envoy_connect_failure(),
+        envoy_timeout(),
+        envoy_reply(503, "no healthy upstream"),
+    ] {
+        let mut d = Driver::new(false);
+        d.tick(0);
+        let a = d.answer(Party::Companion, response);
+        assert_eq!(counts(&a), [(Stage::Companion, false)]);
+        assert!(
+            has_log(
+                &a,
+                LogLevel::Error,
+                "companion fallback_companion unreachable"
+            ),
+            "{:#?}",
+            logs(&a)
+        );
+        assert!(
+            !has_log(&a, LogLevel::Error, "cannot reach storage"),
+            "{:#?}",
+            logs(&a)
+        );
+    }
+
+    // The store does not answer in time: not "storage answered HTTP 504".
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body(&doc(1), 1)));
+    let a = d.answer(Party::Storage, envoy_timeout());
+    assert_eq!(counts(&a), [(Stage::Storage, false)]);
+    assert!(
+        has_log(&a, LogLevel::Error, "storage fallback_storage unreachable"),
+        "{:#?}",
+        logs(&a)
+    );
+
+    // The CP is down: its failures say so.
+    let mut d = Driver::serving_cp();
+    d.tick(5_000);
+    let a = d.answer(Party::ControlPlane, envoy_connect_failure());
+    assert!(
+        has_log(&a, LogLevel::Warn, "control plane fallback_cp: no answer"),
+        "{:#?}",
+        logs(&a)
+    );
+
+    // The peer's own 503 and 504 are still the peer's.
+    let mut d = Driver::new(false);
+    d.tick(0);
+    let a = d.answer(Party::Companion, status(503));
+    assert!(has_log(
+        &a,
+        LogLevel::Error,
+        "cannot reach storage (HTTP 503: from the peer)"
+    ));
+    let mut d = Driver::serving_cp();
+    d.tick(5_000);
+    let a = d.answer(
+        Party::ControlPlane,
+        envoy_reply(504, "the gateway timed out"),
+    );
+    assert!(has_log(&a, LogLevel::Warn, "HTTP 504"), "{:#?}", logs(&a));
+}
+
 // ---- export signatures ----
 
 /// The key pair of `seed`: its public key as the filter config spells it, and a signer.
@@ -1060,7 +1163,9 @@ fn never_more_than_one_call_in_flight_per_party() {
                     (_, 2) => status(500),
                     _ => ok(b"\x00garbage"),
                 };
-                d.m.on_response(now, request.call, response)
+                let actions = d.m.on_response(now, request.call, response);
+                assert_no_dispatch_in_response(&actions);
+                actions
             };
             // Forget calls the machine gave up on (their deadline has passed).
             sent.retain(|(r, at)| now < at + r.timeout_ms + LOST_CALL_GRACE_MS);
@@ -1255,4 +1360,81 @@ fn percent_encoding_and_quoting() {
     assert_eq!(percent_encode("a b/ü"), "a%20b%2F%C3%BC");
     assert_eq!(quote("a\nb"), "a b");
     assert_eq!(quote(&"x".repeat(300)).chars().count(), QUOTE_MAX + 1);
+}
+
+// ---- dispatch timing ----
+
+#[test]
+fn an_answer_never_dispatches_the_next_call_the_next_tick_does() {
+    // Boot with the CP down: the failure makes the import due, the companion's answer makes
+    // the storage call due; each starts at the following tick, not inside the answer.
+    let mut d = Driver::new(true);
+    let poll = dispatch_to(&d.m.on_tick(0), Party::ControlPlane).unwrap();
+    let a = d.m.on_response(10, poll.call, down());
+    assert_no_dispatch_in_response(&a);
+    assert!(has_log(&a, LogLevel::Warn, "importing the fallback config"));
+    let ask = dispatch_to(&d.m.on_tick(500), Party::Companion).expect("import at the next tick");
+    let a = d.m.on_response(600, ask.call, ok(&signed_body(&doc(3), 9)));
+    assert_no_dispatch_in_response(&a);
+    assert_eq!(counts(&a), [(Stage::Companion, true)]);
+    let a = d.m.on_tick(1_000);
+    let get = dispatch_to(&a, Party::Storage).expect("storage call at the next tick");
+    assert!(!get.tls, "http:// URL");
+    assert!(dispatch_to(&a, Party::Companion).is_none());
+    let a = d.m.on_response(1_100, get.call, ok(&doc(3)));
+    assert_no_dispatch_in_response(&a);
+    assert_eq!(published(&a).unwrap().revision, 9);
+}
+
+#[test]
+fn a_refused_dispatch_reported_from_a_tick_is_retried_at_a_later_tick() {
+    // The glue reports a dispatch the host refused as a transport failure, from the tick that
+    // asked for it: the retry waits for its backoff and a tick.
+    let mut d = Driver::new(false);
+    let ask = dispatch_to(&d.m.on_tick(0), Party::Companion).unwrap();
+    let a =
+        d.m.on_response(0, ask.call, HttpResponse::transport_failure());
+    assert_no_dispatch_in_response(&a);
+    let due = d.import_due().expect("retry scheduled");
+    assert!(due > 0);
+    assert!(dispatches(&d.m.on_tick(due - 1)).is_empty());
+    assert!(dispatch_to(&d.m.on_tick(due), Party::Companion).is_some());
+}
+
+#[test]
+fn a_signed_url_waiting_for_its_tick_is_dropped_when_the_cp_comes_back() {
+    let mut c = config_json(true);
+    c["companion"]["timeout_ms"] = json!(10_000);
+    let mut d = Driver::with_config(config(&c));
+    let poll = dispatch_to(&d.m.on_tick(0), Party::ControlPlane).unwrap();
+    d.m.on_response(0, poll.call, down());
+    let ask = dispatch_to(&d.m.on_tick(100), Party::Companion).unwrap();
+    // The next poll is in flight when the companion answers...
+    let poll = dispatch_to(&d.m.on_tick(5_000), Party::ControlPlane).unwrap();
+    let a =
+        d.m.on_response(5_100, ask.call, ok(&signed_body(&doc(7), 7)));
+    assert_no_dispatch_in_response(&a);
+    // ...and the CP answers before the tick that would fetch the object.
+    let a = d.m.on_response(5_200, poll.call, ok(&doc(1)));
+    assert_no_dispatch_in_response(&a);
+    assert_eq!(d.m.mode(), Mode::ControlPlane);
+    assert!(
+        dispatches(&d.m.on_tick(5_300)).is_empty(),
+        "storage call dropped"
+    );
+}
+
+#[test]
+fn an_https_signed_url_asks_for_tls() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    let mut body: Value = serde_json::from_slice(&signed_body(&doc(1), 1)).unwrap();
+    body["url"] = json!(format!(
+        "https://bucket.s3.amazonaws.com/kong/{VERSION}/config.json?{SIGNATURE}"
+    ));
+    let a = d.answer(Party::Companion, ok(&serde_json::to_vec(&body).unwrap()));
+    let get = dispatch_to(&a, Party::Storage).unwrap();
+    assert!(get.tls);
+    assert_eq!(get.authority, "bucket.s3.amazonaws.com");
+    assert_no_secrets(&a);
 }
