@@ -24,10 +24,10 @@
 use super::entities::{EntityId, IdSource};
 use super::fields::Sink;
 use super::load::{Raw, RawDocument};
+use super::refs::Claims;
 use super::ConfigDocument;
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
-use std::collections::BTreeMap;
 
 /// Kong's `uuid_generators._entities` namespace.
 const KONG_ENTITIES: [u8; 16] = parse_uuid("fd02801f-0957-4a15-a55a-c8d9606f30b5");
@@ -51,11 +51,20 @@ pub(super) fn uuid_v5(namespace: &[u8; 16], name: &str) -> [u8; 16] {
 /// The canonical lowercase text form, `8-4-4-4-12` hex digits.
 pub(super) fn format_uuid(uuid: &[u8; 16]) -> String {
     let mut out = String::with_capacity(36);
-    for (i, b) in uuid.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
+    for (i, group) in [
+        &uuid[..4],
+        &uuid[4..6],
+        &uuid[6..8],
+        &uuid[8..10],
+        &uuid[10..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
             out.push('-');
         }
-        out.push_str(&format!("{b:02x}"));
+        crate::digest::push_hex(&mut out, group);
     }
     out
 }
@@ -89,9 +98,15 @@ const fn hex(c: u8) -> u8 {
     }
 }
 
-/// Kong's `generate_uuid(schema.name, key)`.
+/// Kong's `generate_uuid(schema.name, key)` (what `fill` computes, for tests).
+#[cfg(test)]
 pub(crate) fn kong_id(kind: &str, key: &str) -> String {
-    format_uuid(&uuid_v5(&uuid_v5(&KONG_ENTITIES, kind), key))
+    id_in(&KONG_ENTITIES, kind, key)
+}
+
+/// The UUIDv5 of `name` in the namespace of `kind` under `root`.
+fn id_in(root: &[u8; 16], kind: &str, name: &str) -> String {
+    format_uuid(&uuid_v5(&uuid_v5(root, kind), name))
 }
 
 /// The id Kong's `traditional_compatible` router gives group `group` (from 1) of a route it
@@ -100,10 +115,6 @@ pub(crate) fn kong_id(kind: &str, key: &str) -> String {
 pub(crate) fn split_route_id(route_id: &str, group: usize) -> String {
     const SPLIT_ROUTES: [u8; 16] = parse_uuid("7f145bf9-0dce-4f91-98eb-debbce4b9f6b");
     format_uuid(&uuid_v5(&SPLIT_ROUTES, &format!("{route_id}#{group}")))
-}
-
-fn local_id(kind: &str, path: &str) -> String {
-    format_uuid(&uuid_v5(&uuid_v5(&FALLBACK_LOCAL, kind), path))
 }
 
 /// One field of a cache key.
@@ -167,28 +178,43 @@ fn endpoint_key<'m>(map: &'m Map<String, Value>, field: &str) -> Option<&'m str>
     map.get(field).and_then(Value::as_str)
 }
 
+/// Gives `id` its generated value unless the input gave one: Kong's from `key`, else a local
+/// one from the entity's `path`.
+fn fill(id: &mut EntityId, kind: &str, path: &str, key: Option<String>) {
+    if id.source() == IdSource::Given {
+        return;
+    }
+    let (root, name, source) = match &key {
+        Some(key) => (&KONG_ENTITIES, key.as_str(), IdSource::Kong),
+        None => (&FALLBACK_LOCAL, path, IdSource::Local),
+    };
+    *id = EntityId::generated(id_in(root, kind, name), source);
+}
+
+/// Parents' ids as Kong knows them (none for a parent whose id Kong draws at random).
+fn kong_ids(ids: &[(&str, &EntityId)]) -> Vec<Option<String>> {
+    ids.iter()
+        .map(|(_, id)| id.kong().map(str::to_owned))
+        .collect()
+}
+
+/// Nested under a parent of the kind: its Kong id, or `Some(None)` when Kong has none.
+fn parent_id(nested_in: Option<usize>, ids: &[Option<String>]) -> Option<Option<String>> {
+    nested_in.map(|i| ids.get(i).cloned().flatten())
+}
+
 /// Gives every entity without an id its id; reports generated ids that clash with an id the
 /// input gives another entity of the same kind (Kong refuses those files too).
 pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut Sink) {
-    let fill = |id: &mut EntityId, kind: &str, path: &str, key: Option<String>| {
-        if id.source() == IdSource::Given {
-            return;
-        }
-        *id = match key {
-            Some(key) => EntityId::generated(kong_id(kind, &key), IdSource::Kong),
-            None => EntityId::generated(local_id(kind, path), IdSource::Local),
-        };
-    };
-    let by_endpoint = |raws: &[Raw<'_>], field: &str, i: usize| {
+    let endpoint = |raws: &[Raw<'_>], field: &str, i: usize| {
         endpoint_key(raws[i].map, field).map(str::to_owned)
     };
-
     for (i, s) in doc.services.iter_mut().enumerate() {
         fill(
             &mut s.id,
             "services",
             &s.path,
-            by_endpoint(&raw.services, "name", i),
+            endpoint(&raw.services, "name", i),
         );
     }
     for (i, r) in doc.routes.iter_mut().enumerate() {
@@ -196,11 +222,11 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
             &mut r.id,
             "routes",
             &r.path,
-            by_endpoint(&raw.routes, "name", i),
+            endpoint(&raw.routes, "name", i),
         );
     }
     for (i, c) in doc.consumers.iter_mut().enumerate() {
-        let key = by_endpoint(&raw.consumers, "username", i);
+        let key = endpoint(&raw.consumers, "username", i);
         fill(&mut c.id, "consumers", &c.path, key);
     }
     for (i, u) in doc.upstreams.iter_mut().enumerate() {
@@ -208,24 +234,39 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
             &mut u.id,
             "upstreams",
             &u.path,
-            by_endpoint(&raw.upstreams, "name", i),
+            endpoint(&raw.upstreams, "name", i),
         );
     }
 
-    // Parents' ids as Kong knows them (none for a parent whose id Kong draws at random).
-    let kong_ids = |ids: Vec<&EntityId>| -> Vec<Option<String>> {
-        ids.into_iter()
-            .map(|id| id.kong().map(str::to_owned))
-            .collect()
-    };
-    let services = kong_ids(doc.services.iter().map(|s| &s.id).collect());
-    let routes = kong_ids(doc.routes.iter().map(|r| &r.id).collect());
-    let consumers = kong_ids(doc.consumers.iter().map(|c| &c.id).collect());
-    let upstreams = kong_ids(doc.upstreams.iter().map(|u| &u.id).collect());
-    // Nested under a parent of the kind: its Kong id, or `Some(None)` when Kong has none.
-    let parent_id = |nested_in: Option<usize>, ids: &[Option<String>]| {
-        nested_in.map(|i| ids.get(i).cloned().flatten())
-    };
+    let services: Vec<(&str, &EntityId)> = doc
+        .services
+        .iter()
+        .map(|e| (e.path.as_str(), &e.id))
+        .collect();
+    let routes: Vec<(&str, &EntityId)> = doc
+        .routes
+        .iter()
+        .map(|e| (e.path.as_str(), &e.id))
+        .collect();
+    let consumers: Vec<(&str, &EntityId)> = doc
+        .consumers
+        .iter()
+        .map(|e| (e.path.as_str(), &e.id))
+        .collect();
+    let upstreams: Vec<(&str, &EntityId)> = doc
+        .upstreams
+        .iter()
+        .map(|e| (e.path.as_str(), &e.id))
+        .collect();
+    for kind in [&services, &routes, &consumers, &upstreams] {
+        check_clashes(kind, sink);
+    }
+    let (services, routes, consumers, upstreams) = (
+        kong_ids(&services),
+        kong_ids(&routes),
+        kong_ids(&consumers),
+        kong_ids(&upstreams),
+    );
 
     for (t, r) in doc.targets.iter_mut().zip(&raw.targets) {
         let fields = [
@@ -279,35 +320,46 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
         );
     }
 
-    check_clashes(doc.services.iter().map(|e| (&e.path, &e.id)), sink);
-    check_clashes(doc.routes.iter().map(|e| (&e.path, &e.id)), sink);
-    check_clashes(doc.consumers.iter().map(|e| (&e.path, &e.id)), sink);
-    check_clashes(doc.upstreams.iter().map(|e| (&e.path, &e.id)), sink);
-    check_clashes(doc.targets.iter().map(|e| (&e.path, &e.id)), sink);
-    check_clashes(doc.plugins.iter().map(|e| (&e.path, &e.id)), sink);
-    check_clashes(
-        doc.basicauth_credentials.iter().map(|e| (&e.path, &e.id)),
-        sink,
-    );
-    check_clashes(doc.acls.iter().map(|e| (&e.path, &e.id)), sink);
+    let targets: Vec<(&str, &EntityId)> = doc
+        .targets
+        .iter()
+        .map(|e| (e.path.as_str(), &e.id))
+        .collect();
+    let plugins: Vec<(&str, &EntityId)> = doc
+        .plugins
+        .iter()
+        .map(|e| (e.path.as_str(), &e.id))
+        .collect();
+    let basicauth: Vec<(&str, &EntityId)> = doc
+        .basicauth_credentials
+        .iter()
+        .map(|e| (e.path.as_str(), &e.id))
+        .collect();
+    let acls: Vec<(&str, &EntityId)> = doc.acls.iter().map(|e| (e.path.as_str(), &e.id)).collect();
+    for kind in [&targets, &plugins, &basicauth, &acls] {
+        check_clashes(kind, sink);
+    }
 }
 
 /// A generated id equal to an id the input gives another entity of the kind. (Two generated
 /// ids are equal only when their keys are: that duplicate, a name or a scope, is reported
 /// where it is read.)
-fn check_clashes<'e>(entities: impl Iterator<Item = (&'e String, &'e EntityId)>, sink: &mut Sink) {
-    let entities: Vec<(&String, &EntityId)> = entities.collect();
-    let given: BTreeMap<&str, &str> = entities
-        .iter()
-        .filter_map(|(path, id)| id.given_id().map(|id| (id, path.as_str())))
-        .collect();
-    for (path, id) in &entities {
+fn check_clashes(entities: &[(&str, &EntityId)], sink: &mut Sink) {
+    // The loader's own claims map (refs.rs): one more BTreeMap type would cost the filter
+    // tens of KB of .wasm.
+    let mut given = Claims::new();
+    for (i, (path, id)) in entities.iter().enumerate() {
+        if let Some(id) = id.given_id() {
+            given.insert(id.to_owned(), (i, (*path).to_owned()));
+        }
+    }
+    for (path, id) in entities {
         if id.source() != IdSource::Kong {
             continue;
         }
-        if let Some(other) = given.get(id.as_str()) {
+        if let Some((_, other)) = given.get(id.as_str()) {
             sink.error(
-                path.as_str(),
+                *path,
                 format!(
                     "has no id, and the one Kong generates for it ({}) is the id of {other}; \
                      give this entity its own id",

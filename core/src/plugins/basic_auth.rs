@@ -69,7 +69,9 @@ pub(super) fn kong_hash(consumer_id: &str, password: &str) -> String {
         .chain_update(password.as_bytes())
         .chain_update(consumer_id.as_bytes())
         .finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(40);
+    crate::digest::push_hex(&mut hex, &digest);
+    hex
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
