@@ -21,3 +21,6 @@ pub mod signing;
 pub mod source;
 pub mod storage;
 pub mod transport;
+
+#[cfg(test)]
+mod signer_properties;

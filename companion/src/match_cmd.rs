@@ -8,7 +8,9 @@ use fallback_core::plugins::{
     LocalResponse, MemoryCounters, PluginEngine, PluginOutcome, PluginPolicy, PluginRequest,
     UpstreamChanges,
 };
-use fallback_core::router::{RequestView, RouteOutcome, Router, HTTPS_REQUIRED_MESSAGE};
+use fallback_core::router::{
+    RequestView, RouteOutcome, Router, HTTPS_REQUIRED_MESSAGE, URI_TOO_LONG_MESSAGE,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -232,6 +234,11 @@ pub fn describe(outcome: RouteOutcome) -> String {
             ("upstream_host", json!(f.host_header)),
         ]),
         RouteOutcome::NoRoute => object(&[("route", Value::Null), ("status", json!(404))]),
+        RouteOutcome::UriTooLong => object(&[
+            ("route", Value::Null),
+            ("status", json!(414)),
+            ("message", json!(URI_TOO_LONG_MESSAGE)),
+        ]),
         RouteOutcome::HttpsRequired(h) => match h.location {
             Some(location) => object(&[
                 ("route", json!(h.route_name)),

@@ -228,18 +228,17 @@ impl Reader {
             );
             return None;
         }
-        let root = match serde_json::from_slice::<Value>(bytes) {
+        let root = match crate::json::from_slice(bytes) {
             Ok(root) => root,
-            Err(err) => {
+            Err(crate::json::StrictError::Syntax(err)) => {
                 self.problem(
                     "$",
-                    format!(
-                        "not valid JSON (line {}, column {}): the filter configuration must be a \
-                         JSON object",
-                        err.line(),
-                        err.column()
-                    ),
+                    format!("{err}: the filter configuration must be a JSON object"),
                 );
+                return None;
+            }
+            Err(err) => {
+                self.problem(err.path(), err.message());
                 return None;
             }
         };
@@ -1149,6 +1148,18 @@ mod tests {
         let err = FilterConfig::parse(b"{").unwrap_err().to_string();
         assert!(
             err.contains("$: not valid JSON (line 1, column 1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_path() {
+        let text = r#"{"version":"3.4","companion":{"upstream":"c","authority":"c","token":"a","token":"b"},"storage":{"upstream":"s"}}"#;
+        let err = FilterConfig::parse(text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("companion: key \"token\" appears twice"),
             "{err}"
         );
     }

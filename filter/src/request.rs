@@ -19,6 +19,7 @@ use std::rc::Rc;
 const NO_CONFIG: &str = r#"{"message":"no configuration loaded yet: the gateway has not received a config from the control plane or from storage; retry shortly"}"#;
 const NO_ROUTE: &str = r#"{"message":"no Route matched with those values"}"#;
 const HTTPS_REQUIRED: &str = r#"{"message":"Please use HTTPS protocol"}"#;
+const URI_TOO_LONG: &str = r#"{"message":"URI too long"}"#;
 const HAND_OVER_FAILED: &str = r#"{"message":"An unexpected error occurred: the gateway's fallback filter could not hand the request to the proxy"}"#;
 
 thread_local! {
@@ -211,6 +212,10 @@ impl HttpContext for RequestFilter {
             }
             RouteOutcome::NoRoute => {
                 host::send_json(404, NO_ROUTE, &[]);
+                Action::Pause
+            }
+            RouteOutcome::UriTooLong => {
+                host::send_json(414, URI_TOO_LONG, &[]);
                 Action::Pause
             }
             RouteOutcome::HttpsRequired(required) => {
