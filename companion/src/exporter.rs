@@ -24,9 +24,9 @@ pub struct PreparedDocument {
     pub body: Bytes,
     /// Their sha256.
     pub sha256: Sha256Digest,
-    /// Non-fatal findings: entity kinds Fallback ignores, and enabled plugins the filter does
-    /// not implement (it refuses the requests they apply to with 500 unless told to ignore
-    /// them).
+    /// Non-fatal findings: entity kinds Fallback ignores, migrated paths, deprecations, and
+    /// enabled plugins the filter does not implement (it skips observe-only ones and refuses
+    /// the requests the others apply to with 500 unless told to ignore them).
     pub warnings: Vec<Problem>,
 }
 
@@ -474,6 +474,33 @@ mod prepare_tests {
                 .starts_with("services[0].routes[0].plugins[0]: plugin \"jwt\" is not supported"),
             "{warnings:?}"
         );
+    }
+
+    /// `export` accepts every `_format_version` Kong 3.x accepts, and says what Kong's load
+    /// does to an older file; the stored bytes are the file's own.
+    #[test]
+    fn every_format_version_kong_3_accepts_is_exported() {
+        for version in ["1.1", "2.1", "3.0"] {
+            let value = json!({
+                "_format_version": version,
+                "services": [{"name": "s", "host": "h", "routes": [{"paths": ["/users/\\d+"]}]}],
+                "plugins": [{"name": "prometheus"}]
+            });
+            let prepared = prepare(&value).unwrap_or_else(|e| panic!("{version}: {e}"));
+            let warnings: Vec<String> = prepared.warnings.iter().map(|w| w.to_string()).collect();
+            let migrated = warnings
+                .iter()
+                .any(|w| w.contains("read as \"~/users/\\\\d+\""));
+            assert_eq!(migrated, version != "3.0", "{version}: {warnings:?}");
+            assert!(
+                warnings.iter().any(|w| w.contains("only observes traffic")),
+                "{warnings:?}"
+            );
+            assert_eq!(
+                prepared.body.as_ref(),
+                fallback_core::digest::canonical_json(&value).as_slice()
+            );
+        }
     }
 }
 

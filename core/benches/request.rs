@@ -114,7 +114,7 @@ fn main() {
     ] {
         let loaded = ConfigDocument::from_json(&document(routes, plugins)).expect("valid config");
         let router = Router::compile(&loaded.document);
-        let engine = PluginEngine::compile(&loaded.document, &[]);
+        let engine = PluginEngine::compile(&loaded.document, &Default::default());
         let host = format!("r{}.bench.test", routes / 2);
         let headers = [
             ("host", host.as_str()),

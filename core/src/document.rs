@@ -1,5 +1,7 @@
-//! Kong 3.x declarative configuration (`_format_version: "3.0"`), loaded into one flat model and
-//! validated.
+//! Kong 3.x declarative configuration, loaded into one flat model and validated.
+//!
+//! `_format_version` is one of those Kong 3.x accepts: `"3.0"`, or `"1.1"` and `"2.1"` (Kong
+//! 2.x files), whose route paths are migrated on load as Kong does ([`migrate`]).
 //!
 //! Kong accepts the same configuration in several shapes: children nested under their parent
 //! (`services[].routes[]`, `consumers[].acls[]`...), or listed at the top level and pointing at
@@ -16,6 +18,10 @@
 //! - Ids only need to be non-empty strings; Kong requires UUIDs. Every exporter (Kong, decK)
 //!   writes UUIDs anyway, and refusing a fallback document over an id's spelling would leave a
 //!   data plane with no configuration at all.
+//! - An entity without an id gets the one Kong generates for it on load (a UUIDv5 of its name
+//!   or cache key); where Kong would draw a random one (e.g. key-auth credentials), a stable
+//!   UUIDv5 of its place in the input instead ([`IdSource`]). References resolve by the ids the
+//!   input gives, and by names.
 //! - Kong's defaults are filled in while loading (e.g. a route without `strip_path` gets `true`),
 //!   so later code never has to know them; each field's doc comment names its default.
 //! - Entity kinds Fallback does not enforce (certificates, vaults, other credentials...) are
@@ -24,15 +30,17 @@
 mod address;
 mod entities;
 mod fields;
+pub(crate) mod ids;
 mod load;
+mod migrate;
 mod read;
 mod refs;
 #[cfg(test)]
 mod tests;
 
 pub use entities::{
-    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, KeyAuthCredential, PathHandling,
-    Plugin, Protocol, Route, Service, Target, Upstream,
+    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, EntityId, IdSource, KeyAuthCredential,
+    PathHandling, Plugin, Protocol, Route, Service, Target, Upstream,
 };
 
 use crate::limits::MAX_DOCUMENT_BYTES;
@@ -47,7 +55,8 @@ use std::fmt;
 /// under consumers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigDocument {
-    /// `_format_version` as given; always `"3.0"` once loaded.
+    /// `_format_version` as given: `"3.0"`, or `"1.1"` / `"2.1"`, whose route paths were
+    /// migrated on load as Kong 3.x does (each change is a warning).
     pub format_version: String,
     /// Every service.
     pub services: Vec<Service>,

@@ -78,6 +78,10 @@ pub struct FilterConfig {
     /// Kong plugins the filter does not implement that may be ignored instead of refusing the
     /// requests they apply to with 500 (e.g. `["prometheus", "zipkin"]`). Default: none.
     pub ignore_unsupported_plugins: Vec<String>,
+    /// Refuse the requests observe-only plugins (metrics, logs, traces:
+    /// [`crate::plugins::OBSERVE_ONLY`]) apply to, instead of skipping those plugins. Default:
+    /// false.
+    pub refuse_observe_only_plugins: bool,
     /// When set, an export is imported only with a valid Ed25519 signature by this key (see
     /// [`crate::signature`]); control plane documents are not signed and not checked.
     pub public_key: Option<PublicKey>,
@@ -189,6 +193,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream_variable",
     "allow_debug_header",
     "ignore_unsupported_plugins",
+    "refuse_observe_only_plugins",
     "public_key",
 ];
 const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms", "token"];
@@ -196,6 +201,14 @@ const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "tim
 const STORAGE_KEYS: &[&str] = &["upstream", "timeout_ms"];
 
 impl FilterConfig {
+    /// How the filter's plugin engine treats the plugins it does not implement.
+    pub fn plugin_policy(&self) -> crate::plugins::PluginPolicy {
+        crate::plugins::PluginPolicy {
+            ignore: self.ignore_unsupported_plugins.clone(),
+            refuse_observe_only: self.refuse_observe_only_plugins,
+        }
+    }
+
     /// Parses and checks the plugin configuration JSON; `Err` lists every problem found.
     pub fn parse(bytes: &[u8]) -> Result<FilterConfig, FilterConfigError> {
         let mut r = Reader::default();
@@ -389,18 +402,9 @@ impl Reader {
                 name
             }
         };
-        let allow_debug_header = match root.get("allow_debug_header") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => {
-                self.problem(
-                    "allow_debug_header",
-                    format!("expected true or false, got {}", kind_of(other)),
-                );
-                false
-            }
-        };
+        let allow_debug_header = self.flag(root, "allow_debug_header");
         let ignore_unsupported_plugins = self.plugin_names(root, "ignore_unsupported_plugins");
+        let refuse_observe_only_plugins = self.flag(root, "refuse_observe_only_plugins");
         let public_key = match root.get("public_key") {
             None | Some(Value::Null) => None,
             Some(Value::String(text)) => match PublicKey::parse(text) {
@@ -442,8 +446,24 @@ impl Reader {
             upstream_variable,
             allow_debug_header,
             ignore_unsupported_plugins,
+            refuse_observe_only_plugins,
             public_key,
         })
+    }
+
+    /// `true` or `false`; absent means false.
+    fn flag(&mut self, map: &Map<String, Value>, key: &str) -> bool {
+        match map.get(key) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected true or false, got {}", kind_of(other)),
+                );
+                false
+            }
+        }
     }
 
     /// A list of plugin names; a plugin the filter implements cannot be ignored.
@@ -846,6 +866,8 @@ mod tests {
         assert_eq!(c.upstream_variable, "fallback_upstream");
         assert!(!c.allow_debug_header);
         assert!(c.ignore_unsupported_plugins.is_empty());
+        assert!(!c.refuse_observe_only_plugins);
+        assert_eq!(c.plugin_policy(), crate::plugins::PluginPolicy::default());
         assert_eq!(c.public_key, None);
     }
 
@@ -863,7 +885,9 @@ mod tests {
             "tick_ms": 50,
             "leader_lease_ms": 101,
             "upstream_header": "x-up",
-            "allow_debug_header": true
+            "allow_debug_header": true,
+            "ignore_unsupported_plugins": ["jwt"],
+            "refuse_observe_only_plugins": true
         });
         let c = parse(&value).unwrap();
         assert_eq!(
@@ -886,6 +910,13 @@ mod tests {
         assert_eq!(c.leader_lease_ms, 101);
         assert_eq!(c.upstream_header, "x-up");
         assert!(c.allow_debug_header);
+        assert_eq!(
+            c.plugin_policy(),
+            crate::plugins::PluginPolicy {
+                ignore: vec!["jwt".into()],
+                refuse_observe_only: true
+            }
+        );
     }
 
     #[test]

@@ -187,7 +187,7 @@ proptest! {
             Ok(loaded) => {
                 // What loads compiles and routes anything without panicking.
                 let router = Router::compile(&loaded.document);
-                let plugins = PluginEngine::compile(&loaded.document, &[]);
+                let plugins = PluginEngine::compile(&loaded.document, &Default::default());
                 for path in ["/", "/a/../b", "/%2e%2e/x?y=1", ""] {
                     let view = RequestView { method: "GET", authority: "h:1", path, scheme: "http", headers: &[], sni: None, port: None };
                     if let RouteOutcome::Forward(f) = router.route(&view) {
@@ -345,7 +345,7 @@ fn plugin_fixture() -> (Router, PluginEngine) {
     }))
     .expect("the fixture is valid");
     let router = Router::compile(&loaded.document);
-    let plugins = PluginEngine::compile(&loaded.document, &[]);
+    let plugins = PluginEngine::compile(&loaded.document, &Default::default());
     assert!(
         plugins.unsupported().is_empty(),
         "{:?}",

@@ -14,14 +14,17 @@
 //!   `~*` regex matched against the lowercased value), `paths` (prefixes, or `~` regexes anchored at the start). `protocols` do not
 //!   take part in matching: an `https`-only route matched over plain HTTP answers with its
 //!   `https_redirect_status_code` (426 by default), as Kong's runloop does.
-//! - The request path is normalised first (RFC 3986: unreserved percent-escapes decoded, dot
-//!   segments removed, slashes merged), as Kong does before matching and proxying.
+//! - The request path is normalised first (RFC 3986: percent-escapes decoded except reserved
+//!   characters, dot segments removed, slashes merged), as Kong does before matching and
+//!   proxying.
 //! - Every path of a route competes on its own (Kong splits routes by path kind and length).
 //!   Priority, highest first, as Kong's `get_priority`: the number of fields set (methods,
 //!   hosts, headers, snis, paths); hosts all plain (no wildcard); the number of headers; regex
 //!   path; `regex_priority` (regex paths only); prefix length. Equal priorities: the greater
-//!   route id first, as Kong's ATC router; routes without ids after those with, in document
-//!   order.
+//!   id first, as Kong's ATC router: the route's id (given, or generated from its name as Kong
+//!   does), or for a route Kong splits (paths of several lengths, or regexes and prefixes) the
+//!   id Kong gives each group; routes whose id Kong would draw at random (no id, no name)
+//!   after those, in document order.
 //! - The upstream request: the service's `host:port`, or a target of the upstream the service
 //!   host names (smooth weighted round-robin); the path joined as Kong's `path_handling: v0`
 //!   (the only one `traditional_compatible` uses), the query string kept; `Host` is the target
@@ -52,8 +55,9 @@
 //! anything else; a regex's search time is its compiled size times the path's length, both
 //! bounded.
 
-mod path;
+pub(crate) mod path;
 
+use crate::document::ids::split_route_id;
 use crate::document::{ConfigDocument, Protocol};
 use crate::limits::{MAX_REGEX_NFA_BYTES, MAX_REQUEST_PATH_BYTES};
 use regex_lite::Regex;
@@ -64,6 +68,10 @@ use std::rc::Rc;
 
 /// Kong's 503 message when the matched route has no service.
 pub const NO_SERVICE_MESSAGE: &str = "no Service found with those values";
+
+/// Kong's 503 message when the upstream a service names has no target to send to (Kong 3.9.x
+/// `kong/runloop/balancer/init.lua`: "No peers are available" from the ring-balancer).
+pub const NO_PEER_MESSAGE: &str = "failure to get a peer from the ring-balancer";
 
 /// Kong's 404 message when no route matches.
 pub const NO_ROUTE_MESSAGE: &str = "no Route matched with those values";
@@ -109,8 +117,15 @@ pub enum RouteOutcome {
     /// [`URI_TOO_LONG_MESSAGE`], before any route is tried (as nginx, and so Kong, refuse a
     /// request line longer than 8 KiB).
     UriTooLong,
-    /// A route matched but the request cannot be served: answer 503 with `message`.
+    /// A route matched but the request cannot be served: answer 503 with `message`. Kong
+    /// answers so after the plugins' access phase (`Kong.access` for a route without a
+    /// service, the runloop's `access.after` for the balancer), so the plugins of `route` run
+    /// first and may answer instead (a 401 of `key-auth`).
     Unavailable {
+        /// Index of the matched route in [`ConfigDocument::routes`].
+        route: usize,
+        /// Index of its service, when it has one.
+        service: Option<usize>,
         /// The matched route's name, else its id, else its path in the input.
         route_name: String,
         /// The `message` of the `{"message": ...}` body.
@@ -308,7 +323,6 @@ enum HeaderValues {
 #[derive(Debug)]
 struct CompiledService {
     name: String,
-    enabled: bool,
     scheme: &'static str,
     /// Kong's `path`, `/` when unset.
     base_path: String,
@@ -325,7 +339,6 @@ enum Destination {
 /// Smooth weighted round-robin over an upstream's targets with weight > 0.
 #[derive(Debug)]
 struct Balancer {
-    name: String,
     host_header: Option<String>,
     targets: Vec<(String, u16, i64)>,
     current: Vec<Cell<i64>>,
@@ -353,6 +366,36 @@ impl Balancer {
 /// Kong's `get_priority` as a tuple: higher wins, compared field by field.
 type Priority = (u8, bool, usize, bool, i64, usize);
 
+/// A candidate and what orders it before compiling the index.
+struct Ranked {
+    priority: Priority,
+    /// The id Kong breaks ties with (the route's, or its split group's), lowercase.
+    tie: Option<String>,
+    /// Document order of the route, then of the path within it.
+    index: usize,
+    order: usize,
+    candidate: Candidate,
+}
+
+/// transform.lua `group_by_regex_or_length`: each path's group, numbered from 1 in order of
+/// first appearance; every regex is in one group, prefixes by length.
+fn path_groups(paths: &[String]) -> Vec<usize> {
+    let mut keys: Vec<Option<usize>> = Vec::new();
+    paths
+        .iter()
+        .map(|p| {
+            let key = (!p.starts_with('~')).then_some(p.len());
+            match keys.iter().position(|k| *k == key) {
+                Some(i) => i + 1,
+                None => {
+                    keys.push(key);
+                    keys.len()
+                }
+            }
+        })
+        .collect()
+}
+
 impl Router {
     /// Compiles every HTTP route of `doc`.
     pub fn compile(doc: &ConfigDocument) -> Router {
@@ -368,7 +411,6 @@ impl Router {
                     .map(|t| (t.host.clone(), t.port, i64::from(t.weight)))
                     .collect();
                 Balancer {
-                    name: upstream.name.clone(),
                     host_header: upstream
                         .extra
                         .get("host_header")
@@ -391,8 +433,7 @@ impl Router {
             .services
             .iter()
             .map(|s| CompiledService {
-                name: display_name(s.name.as_deref(), s.id.as_deref(), &s.path),
-                enabled: s.enabled,
+                name: display_name(s.name.as_deref(), s.id.given_id(), &s.path),
                 scheme: s.protocol.as_str(),
                 base_path: s.upstream_path.clone().unwrap_or_else(|| "/".to_owned()),
                 default_port: s.protocol.default_port(),
@@ -422,12 +463,17 @@ impl Router {
             scratch: RefCell::new(Vec::new()),
         };
 
-        // (priority, document order, path order, candidate)
-        let mut ranked: Vec<(Priority, usize, usize, Candidate)> = Vec::new();
+        let mut ranked: Vec<Ranked> = Vec::new();
         for (index, route) in doc.routes.iter().enumerate() {
             let http = route.protocols.contains(&Protocol::Http);
             let https = route.protocols.contains(&Protocol::Https);
             if !http && !https {
+                continue;
+            }
+            // Kong builds its router without the routes of disabled services
+            // (runloop/handler.lua: "routes where the services.enabled == false are not put in
+            // router"): their requests go to another route, or get the 404.
+            if route.service.is_some_and(|s| !doc.services[s].enabled) {
                 continue;
             }
             let mut unsupported = |reason: String| {
@@ -463,21 +509,30 @@ impl Router {
                 unsupported(reason);
                 continue;
             }
+            // transform.lua `split_routes_and_services_by_path`: a route whose paths fall in
+            // several groups (all regexes; prefixes of one length) competes as one route per
+            // group, each with an id of its own.
+            let groups = path_groups(&route.paths);
+            let split = groups.iter().max().is_some_and(|&g| g > 1);
             let mut paths = Vec::new();
-            for p in &route.paths {
-                match p.strip_prefix('~') {
+            for (p, &group) in route.paths.iter().zip(&groups) {
+                let matcher = match p.strip_prefix('~') {
                     // compat.lua: "^" .. regex, with `(?<name>` spelled `(?P<name>`.
                     Some(re) => match path_regex(re) {
-                        Ok(regex) => paths.push(PathMatcher::Regex {
+                        Ok(regex) => PathMatcher::Regex {
                             regex,
                             literal: literal_prefix(re),
-                        }),
-                        Err(e) => unsupported(format!(
-                            "regex path {p:?} is not supported ({e}): this path never matches"
-                        )),
+                        },
+                        Err(e) => {
+                            unsupported(format!(
+                                "regex path {p:?} is not supported ({e}): this path never matches"
+                            ));
+                            continue;
+                        }
                     },
-                    None => paths.push(PathMatcher::Prefix(p.clone())),
-                }
+                    None => PathMatcher::Prefix(p.clone()),
+                };
+                paths.push((split.then_some(group), matcher));
             }
             if !route.paths.is_empty() && paths.is_empty() {
                 continue;
@@ -504,11 +559,11 @@ impl Router {
             let slot = router.routes.len();
             router.routes.push(CompiledRoute {
                 index,
-                name: display_name(route.name.as_deref(), route.id.as_deref(), &route.path),
+                name: display_name(route.name.as_deref(), route.id.given_id(), &route.path),
                 debug: Rc::new(KongDebug {
-                    route_id: route.id.clone(),
+                    route_id: Some(route.id.to_string()),
                     route_name: route.name.clone(),
-                    service_id: route.service.and_then(|s| doc.services[s].id.clone()),
+                    service_id: route.service.map(|s| doc.services[s].id.to_string()),
                     service_name: route.service.and_then(|s| doc.services[s].name.clone()),
                 }),
                 service: route.service,
@@ -529,9 +584,9 @@ impl Router {
                 preserve_host: route.preserve_host,
             });
             if paths.is_empty() {
-                paths.push(PathMatcher::Any);
+                paths.push((None, PathMatcher::Any));
             }
-            for (order, path) in paths.into_iter().enumerate() {
+            for (order, (group, path)) in paths.into_iter().enumerate() {
                 let (regex, length) = match &path {
                     PathMatcher::Any => (false, 0),
                     PathMatcher::Prefix(p) => (false, p.len()),
@@ -545,30 +600,37 @@ impl Router {
                     if regex { route.regex_priority } else { 0 },
                     length,
                 );
-                ranked.push((priority, index, order, Candidate { route: slot, path }));
+                // Equal priorities: Kong's ATC router keeps matchers in a BTreeMap keyed by
+                // (priority, uuid) and tries them in reverse, so the greater id wins
+                // (canonical UUIDs order as their lowercase text). A route whose id Kong would
+                // draw at random has none here: such routes follow, in document order.
+                let tie = route.id.kong().map(|id| match group {
+                    Some(group) => split_route_id(id, group),
+                    None => id.to_ascii_lowercase(),
+                });
+                ranked.push(Ranked {
+                    priority,
+                    tie,
+                    index,
+                    order,
+                    candidate: Candidate { route: slot, path },
+                });
             }
         }
-        // Equal priorities: Kong's ATC router keeps matchers in a BTreeMap keyed by
-        // (priority, route uuid) and tries them in reverse, so the greater id wins (canonical
-        // UUIDs order as their lowercase text). Routes without an id follow, in document order.
-        let ids: Vec<Option<String>> = doc
-            .routes
-            .iter()
-            .map(|r| r.id.as_ref().map(|id| id.to_ascii_lowercase()))
-            .collect();
         ranked.sort_by(|a, b| {
-            b.0.cmp(&a.0)
-                .then_with(|| match (&ids[a.1], &ids[b.1]) {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| match (&a.tie, &b.tie) {
                     (Some(x), Some(y)) => y.cmp(x),
                     (Some(_), None) => std::cmp::Ordering::Less,
                     (None, Some(_)) => std::cmp::Ordering::Greater,
                     (None, None) => std::cmp::Ordering::Equal,
                 })
-                .then(a.1.cmp(&b.1))
-                .then(a.2.cmp(&b.2))
+                .then(a.index.cmp(&b.index))
+                .then(a.order.cmp(&b.order))
         });
 
-        for (rank, (_, _, _, candidate)) in ranked.into_iter().enumerate() {
+        for (rank, Ranked { candidate, .. }) in ranked.into_iter().enumerate() {
             let rank = rank as u32;
             let route = &router.routes[candidate.route];
             if route.hosts.is_empty() {
@@ -673,7 +735,9 @@ impl Router {
                 continue;
             }
             let matched_len = match &candidate.path {
-                PathMatcher::Any => 0,
+                // atc.lua `set_upstream_uri`: without a matched path the prefix is "/", so the
+                // postfix of `/` is empty and `/service` stays `/service`.
+                PathMatcher::Any => 1,
                 PathMatcher::Prefix(p) => p.len(),
                 // atc.lua strips as many characters as the regex matched (`#matched_path`),
                 // from the start: the same as the match's end unless a top-level `|` left a
@@ -703,17 +767,13 @@ impl Router {
 
         let Some(service_index) = route.service else {
             return RouteOutcome::Unavailable {
+                route: route.index,
+                service: None,
                 route_name: route.name.clone(),
                 message: NO_SERVICE_MESSAGE.to_owned(),
             };
         };
         let service = &self.services[service_index];
-        if !service.enabled {
-            return RouteOutcome::Unavailable {
-                route_name: route.name.clone(),
-                message: format!("service {} is disabled", service.name),
-            };
-        }
         let mut host_header_override = None;
         let (host, port) = match &service.destination {
             Destination::Direct { host, port } => (host.as_str(), *port),
@@ -724,11 +784,10 @@ impl Router {
                     Some(target) => target,
                     None => {
                         return RouteOutcome::Unavailable {
+                            route: route.index,
+                            service: Some(service_index),
                             route_name: route.name.clone(),
-                            message: format!(
-                                "no healthy upstream targets for upstream {}",
-                                balancer.name
-                            ),
+                            message: NO_PEER_MESSAGE.to_owned(),
                         }
                     }
                 }
@@ -736,7 +795,7 @@ impl Router {
         };
 
         let postfix = if route.strip_path {
-            path::sanitize_postfix(&path[matched_len..])
+            path::sanitize_postfix(path.get(matched_len..).unwrap_or(""))
         } else {
             ""
         };
@@ -1025,5 +1084,7 @@ fn bounded_regex(pattern: &str) -> Result<Regex, String> {
         })
 }
 
+#[cfg(test)]
+mod kong_path_fixture;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! Per request: route with the configuration in force, hand the upstream to the host, or answer.
 //! What to read and write where comes from the host profile; this module only sequences it.
 
-use crate::host::{self, HostSharedData};
+use crate::host::{self, HostSharedData, Metric};
 use crate::Active;
 use fallback_core::fetch::{LogLevel, Source};
 use fallback_core::filter_config::FilterConfig;
@@ -9,7 +9,7 @@ use fallback_core::host::{HandOverNames, HostProfile, HostWrite, UpstreamTarget}
 use fallback_core::plugins::{
     HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
-use fallback_core::router::{Forward, RequestView, RouteOutcome};
+use fallback_core::router::{RequestView, RouteOutcome};
 use fallback_core::shared_data::SharedCounters;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -36,6 +36,8 @@ pub struct RequestFilter {
     debug: Option<Vec<(&'static str, String)>>,
     /// What the plugins change in the response's headers.
     response_plan: Option<ResponsePlan>,
+    /// Counts requests served without the observe-only plugins that apply to them.
+    observe_only_skipped: Option<Metric>,
 }
 
 impl RequestFilter {
@@ -44,6 +46,7 @@ impl RequestFilter {
         active: Option<Rc<Active>>,
         config: Rc<FilterConfig>,
         profile: &'static HostProfile,
+        observe_only_skipped: Option<Metric>,
     ) -> Self {
         Self {
             active,
@@ -51,7 +54,59 @@ impl RequestFilter {
             profile,
             debug: None,
             response_plan: None,
+            observe_only_skipped,
         }
+    }
+
+    /// Runs the plugins of the matched route for this request, and counts the request when
+    /// observe-only plugins that apply to it were skipped. `target` is the route, its service
+    /// and the upstream path (the request's own when nothing is proxied).
+    fn plugins(
+        &self,
+        active: &Active,
+        target: (Option<usize>, Option<usize>, &str),
+        method: &str,
+        path: &str,
+        scheme: &str,
+        headers: &[(&str, &str)],
+    ) -> PluginOutcome {
+        let (route, service, upstream_path) = target;
+        // Two host calls (the clock) each: only for the plugins that use them.
+        let random = if active.plugins.needs_random() {
+            (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64())
+        } else {
+            0
+        };
+        let request = PluginRequest {
+            method,
+            scheme,
+            path,
+            upstream_path,
+            headers,
+            client_ip: host::property(&["source", "address"])
+                .and_then(|raw| self.profile.client_ip(&raw)),
+            route,
+            service,
+            now_ms: host::now_ms(),
+            random,
+        };
+        let mut kv = HostSharedData;
+        let mut counters = SharedCounters::new(&mut kv);
+        let outcome = active.plugins.access(&request, &mut counters);
+        for key in &counters.contended {
+            crate::log(
+                LogLevel::Warn,
+                &format!("fallback: rate-limiting counter {key} could not be written; refusing"),
+            );
+        }
+        let skipped = match &outcome {
+            PluginOutcome::Respond(answer) => &answer.skipped,
+            PluginOutcome::Forward(changes) => &changes.skipped,
+        };
+        if let (false, Some(metric)) = (skipped.is_empty(), self.observe_only_skipped) {
+            metric.add(1);
+        }
+        outcome
     }
 }
 
@@ -111,9 +166,8 @@ impl HttpContext for RequestFilter {
                 let changes = if active.plugins.is_empty() {
                     None
                 } else {
-                    match run_plugins(
-                        profile, &active, &forward, &method, &path, &scheme, &headers,
-                    ) {
+                    let target = (Some(forward.route), Some(forward.service), &*forward.path);
+                    match self.plugins(&active, target, &method, &path, &scheme, &headers) {
                         PluginOutcome::Respond(answer) => {
                             send_local(&answer);
                             return Action::Pause;
@@ -185,9 +239,34 @@ impl HttpContext for RequestFilter {
                 }
                 Action::Pause
             }
-            RouteOutcome::Unavailable { message, .. } => {
+            RouteOutcome::Unavailable {
+                route,
+                service,
+                message,
+                ..
+            } => {
+                // Kong answers after the plugins' access phase: theirs comes first (a 401), and
+                // those that ran set their response headers on the 503.
+                let mut response = vec![(
+                    "content-type".to_owned(),
+                    fallback_core::plugins::JSON_CONTENT_TYPE.to_owned(),
+                )];
+                if !active.plugins.is_empty() {
+                    let target = (Some(route), service, &*path);
+                    match self.plugins(&active, target, &method, &path, &scheme, &headers) {
+                        PluginOutcome::Respond(answer) => {
+                            send_local(&answer);
+                            return Action::Pause;
+                        }
+                        PluginOutcome::Forward(changes) => changes.response.apply(&mut response),
+                    }
+                }
                 let body = serde_json::json!({ "message": message }).to_string();
-                host::send_json(503, &body, &[]);
+                let response: Vec<(&str, &str)> = response
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                host::send_response(503, &response, Some(body.as_bytes()));
                 Action::Pause
             }
         }
@@ -237,46 +316,6 @@ fn log_refusal(profile: &HostProfile, write: &HostWrite<'_>, status: u32) {
             ),
         );
     }
-}
-
-/// Runs the plugins of the matched route for this request.
-fn run_plugins(
-    profile: &HostProfile,
-    active: &Active,
-    forward: &Forward,
-    method: &str,
-    path: &str,
-    scheme: &str,
-    headers: &[(&str, &str)],
-) -> PluginOutcome {
-    // Two host calls (the clock) each: only for the plugins that use them.
-    let random = if active.plugins.needs_random() {
-        (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64())
-    } else {
-        0
-    };
-    let request = PluginRequest {
-        method,
-        scheme,
-        path,
-        upstream_path: &forward.path,
-        headers,
-        client_ip: host::property(&["source", "address"]).and_then(|raw| profile.client_ip(&raw)),
-        route: Some(forward.route),
-        service: Some(forward.service),
-        now_ms: host::now_ms(),
-        random,
-    };
-    let mut kv = HostSharedData;
-    let mut counters = SharedCounters::new(&mut kv);
-    let outcome = active.plugins.access(&request, &mut counters);
-    for key in &counters.contended {
-        crate::log(
-            LogLevel::Warn,
-            &format!("fallback: rate-limiting counter {key} could not be written; refusing"),
-        );
-    }
-    outcome
 }
 
 /// Answers with a plugin's response (401, 403, 429, a termination, a preflight...).

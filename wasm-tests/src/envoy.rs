@@ -51,6 +51,11 @@ pub struct EnvoyOptions {
     /// The bootstrap template to render instead of [`bootstrap_template`]'s file (same
     /// placeholders; e.g. the benchmark's variants). `None`: the project's example.
     pub bootstrap: Option<String>,
+    /// Send every proxied request to this one `(host, port)` instead of the dynamic forward
+    /// proxy, with the filter's [`UPSTREAM_HEADER`] left on: the filter's whole decision (the
+    /// `host:port` it chose, `:authority`, `:path`, plugin headers) reaches an echo upstream
+    /// even for upstream hosts that do not resolve here (real configs name real hosts).
+    pub observer: Option<(String, u16)>,
 }
 
 impl Default for EnvoyOptions {
@@ -69,6 +74,7 @@ impl Default for EnvoyOptions {
             wasm: None,
             extra_args: Vec::new(),
             bootstrap: None,
+            observer: None,
         }
     }
 }
@@ -96,6 +102,45 @@ impl std::fmt::Display for StartFailure {
             self.reason, self.exit_status, self.stderr, tail
         )
     }
+}
+
+/// [`EnvoyOptions::observer`]: the bootstrap with its route sent to a static cluster at
+/// `host:port` and the hand-off header kept. Panics when the bootstrap no longer has the lines
+/// this rewrites.
+fn route_to_observer(bootstrap: &str, host: &str, port: u16) -> String {
+    const ROUTE: &str = "cluster: dynamic_forward_proxy_cluster\n";
+    const STRIP: &str = "request_headers_to_remove: [\"x-fallback-upstream\"]\n";
+    // IP-literal upstreams take the ORIGINAL_DST route, whose cluster removes the header.
+    const IP_ROUTE: &str = "cluster: fallback_original_dst\n";
+    assert_eq!(
+        bootstrap.matches(IP_ROUTE).count(),
+        1,
+        "the bootstrap's IP-literal route cluster"
+    );
+    assert_eq!(
+        bootstrap.matches(ROUTE).count(),
+        1,
+        "the bootstrap's route cluster"
+    );
+    assert_eq!(
+        bootstrap.matches(STRIP).count(),
+        1,
+        "the bootstrap's header removal"
+    );
+    let mut out = bootstrap
+        .replace(ROUTE, "cluster: fallback_observer\n")
+        .replace(IP_ROUTE, "cluster: fallback_observer\n")
+        .replace(STRIP, "request_headers_to_add: []\n");
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "    - name: fallback_observer\n      type: STATIC\n      connect_timeout: 2s\n      \
+         load_assignment:\n        cluster_name: fallback_observer\n        endpoints:\n          \
+         - lb_endpoints:\n              - endpoint:\n                  address:\n                    \
+         socket_address: {{ address: {host}, port_value: {port} }}\n"
+    ));
+    out
 }
 
 /// The filter built by `make wasm`:
@@ -247,9 +292,12 @@ impl Envoy {
                 panic!("read {}: {e}", bootstrap_template().display());
             })
         });
+        let mut rendered = render_bootstrap(&template, &vars);
+        if let Some((host, port)) = &options.observer {
+            rendered = route_to_observer(&rendered, host, *port);
+        }
         let bootstrap = dir.path().join("bootstrap.yaml");
-        std::fs::write(&bootstrap, render_bootstrap(&template, &vars))
-            .expect("write the rendered Envoy bootstrap");
+        std::fs::write(&bootstrap, rendered).expect("write the rendered Envoy bootstrap");
 
         let mut envoy = Envoy {
             dir,

@@ -135,7 +135,7 @@ impl RateLimiting {
             ex.identity
                 .consumer
                 .and_then(|i| engine.consumer(i))
-                .map(|c| c.key.clone())
+                .map(|c| c.id.clone())
         };
         let found = match &self.limit_by {
             LimitBy::Consumer => consumer().or_else(|| ex.identity.credential.clone()),
