@@ -146,39 +146,10 @@ impl ControlPlane {
 /// Turns what a control plane (or a file) holds into the declarative document as JSON.
 ///
 /// Accepts declarative JSON, declarative YAML (decK files), and the DB-less Admin API's
-/// `GET /config` answer `{"config": "<YAML or JSON text>"}`.
+/// `GET /config` answer `{"config": "<YAML or JSON text>"}`. The browser inspector reads
+/// pasted configs with the same function ([`fallback_core::inspect::normalise`]).
 pub fn normalise(body: &[u8]) -> Result<Value, String> {
-    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8 text ({e})"))?;
-    let value = parse_json_or_yaml(text)?;
-    let admin_api_config = match &value {
-        Value::Object(map) if !map.contains_key("_format_version") => match map.get("config") {
-            Some(Value::String(inner)) => Some(inner.clone()),
-            _ => None,
-        },
-        _ => None,
-    };
-    let value = match admin_api_config {
-        Some(inner) => {
-            parse_json_or_yaml(&inner).map_err(|e| format!("its \"config\" string: {e}"))?
-        }
-        None => value,
-    };
-    if !value.is_object() {
-        return Err("expected an object with _format_version at the top".into());
-    }
-    Ok(value)
-}
-
-fn parse_json_or_yaml(text: &str) -> Result<Value, String> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(v) => Ok(v),
-        // Text that starts like JSON is JSON with a mistake: its JSON error is the useful one.
-        Err(json_err) if text.trim_start().starts_with(['{', '[']) => {
-            Err(format!("invalid JSON: {json_err}"))
-        }
-        Err(_) => serde_yaml_ng::from_str::<Value>(text)
-            .map_err(|e| format!("neither JSON nor YAML: {e}")),
-    }
+    fallback_core::inspect::normalise(body)
 }
 
 #[cfg(test)]
