@@ -36,6 +36,7 @@ pub mod serve;
 pub mod sha256;
 pub mod stack;
 pub mod tools;
+pub mod webdriver;
 
 pub use companion_process::{companion_match, CompanionProcess};
 pub use echo::EchoServer;

@@ -1,0 +1,157 @@
+//! The companion's `/ui/` in a real browser (headless Chromium through chromedriver): the
+//! status page shows the revision storage holds and the signer's requests by token name; the
+//! inspector (fallback-core in WebAssembly) lists a broken config's problems with their paths
+//! and answers a request typed in its form as `fallback-companion match` does. Screenshots of
+//! both pages go to `target/ui-status.png` and `target/ui-inspector.png`.
+
+use serde_json::{json, Value};
+use std::process::Command;
+use wasm_tests::companion_process::{companion_match, CompanionProcess};
+use wasm_tests::tools::{companion_binary, target_dir};
+use wasm_tests::webdriver::Browser;
+
+const VERSION: &str = "3.4.1.0";
+const REVISION: &str = "4242";
+const TOKEN: &str = "s3cret-for-filters-a";
+
+fn config() -> Value {
+    json!({
+        "_format_version": "3.0",
+        "services": [{"name": "orders", "url": "http://orders.internal:8080/v2", "routes": [
+            {"name": "orders-api", "paths": ["/orders"], "plugins": [{"name": "key-auth"}]}
+        ]}, {"name": "health", "url": "http://health.internal:9000", "routes": [
+            {"name": "health", "paths": ["/health"]}
+        ]}],
+        "consumers": [{"username": "shop", "keyauth_credentials": [{"key": "k-shop"}]}]
+    })
+}
+
+/// `fallback-companion export --config-file` into `file://<dir>/kong`, at a known revision.
+fn export(dir: &std::path::Path, config_file: &std::path::Path) -> String {
+    let storage = format!("file://{}/kong", dir.display());
+    let output = Command::new(companion_binary())
+        .args(["export", "--config-file"])
+        .arg(config_file)
+        .args(["--revision", REVISION])
+        .env("KONG_CLUSTER_FALLBACK_CONFIG_STORAGE", &storage)
+        .env("FALLBACK_CONFIG_VERSION", VERSION)
+        .env("FALLBACK_NODE_ID", "ci-exporter")
+        .output()
+        .expect("fallback-companion export runs");
+    assert!(
+        output.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    storage
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_and_inspector_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("kong.json");
+    std::fs::write(&config_file, config().to_string()).unwrap();
+    let storage = export(dir.path(), &config_file);
+    let companion = CompanionProcess::start(&[
+        ("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", "on".into()),
+        ("KONG_CLUSTER_FALLBACK_CONFIG_STORAGE", storage),
+        ("FALLBACK_CONFIG_VERSION", VERSION.into()),
+        ("FALLBACK_SIGNER_TOKENS", format!("filters-a:{TOKEN}")),
+    ])
+    .await;
+    let base = companion.url();
+    // One filter request, so that the page has a signer request to show.
+    let signed = wasm_tests::http::request(
+        "GET",
+        &format!("{base}/v1/fallback-config"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(signed.status, 200, "{}", signed.text());
+
+    let browser = Browser::start().await;
+
+    // The status page: server-rendered, the revision storage holds, the token's name only.
+    browser.goto(&format!("{base}/ui/")).await;
+    assert_eq!(browser.text("#stored-revision").await, REVISION);
+    let signer = browser.text("#signer").await;
+    assert!(signer.contains("filters-a"), "{signer}");
+    assert!(signer.contains("200"), "{signer}");
+    let stored = browser.text("#stored").await;
+    assert!(stored.contains("ci-exporter"), "{stored}");
+    assert!(stored.contains("matches the body"), "{stored}");
+    assert!(!browser.source().await.contains(TOKEN), "the page shows a token");
+    browser.screenshot(&target_dir().join("ui-status.png")).await;
+
+    // The inspector loads the stored config and validates it in the browser.
+    browser.goto(&format!("{base}/ui/inspector")).await;
+    browser.find("body[data-ready=true]").await;
+    assert!(
+        browser.text("#verdict").await.starts_with("Valid"),
+        "{}",
+        browser.text("#validation").await
+    );
+
+    // A request typed in the form gets the answer of `fallback-companion match`.
+    browser.type_into("#match-url", "http://gw.example/orders/42?x=1").await;
+    browser.type_into("#match-headers", "apikey: k-shop").await;
+    browser.click("#match-button").await;
+    assert_eq!(browser.text("#match-route").await, "orders-api");
+    assert_eq!(
+        browser.text("#match-upstream").await,
+        "http://orders.internal:8080/v2/42?x=1"
+    );
+    let in_browser: Value = serde_json::from_str(&browser.text("#match-json").await).unwrap();
+    let cli = companion_match(
+        &config_file,
+        "GET",
+        "http://gw.example/orders/42?x=1",
+        &[("apikey", "k-shop")],
+    );
+    assert_eq!(in_browser, cli, "browser and CLI disagree");
+    // Without the key, key-auth answers.
+    browser.type_into("#match-headers", "").await;
+    browser.click("#match-button").await;
+    assert!(
+        browser.text("#match-response").await.starts_with("401"),
+        "{}",
+        browser.text("#match-result").await
+    );
+    browser.screenshot(&target_dir().join("ui-inspector.png")).await;
+
+    // A pasted broken config: every problem with its path; the diff names what changed.
+    let mut broken = config();
+    broken["services"][1]["routes"][0]["paths"] = json!(["health"]);
+    broken["services"][0]["url"] = json!("not a url");
+    browser
+        .script(
+            "document.getElementById('config-input').value = arguments[0];",
+            json!([broken.to_string()]),
+        )
+        .await;
+    browser.click("#validate-button").await;
+    let validation = browser.text("#validation").await;
+    assert!(validation.starts_with("Invalid (2 problems)"), "{validation}");
+    assert!(validation.contains("services[0].url"), "{validation}");
+    assert!(
+        validation.contains("services[1].routes[0].paths[0]"),
+        "{validation}"
+    );
+    browser.screenshot(&target_dir().join("ui-inspector-problems.png")).await;
+
+    let mut changed = config();
+    changed["services"][1]["routes"][0]["paths"] = json!(["/health", "/healthz"]);
+    changed["consumers"] = json!([]);
+    browser
+        .script(
+            "document.getElementById('config-input').value = arguments[0];",
+            json!([changed.to_string()]),
+        )
+        .await;
+    browser.click("#diff-button").await;
+    let diff = browser.text("#diff-table").await;
+    assert!(diff.contains("routes health"), "{diff}");
+    assert!(diff.contains("consumers shop"), "{diff}");
+}
