@@ -52,8 +52,9 @@ impl Browser {
     pub async fn start() -> Self {
         let driver_bin = find_program(&["chromedriver"])
             .expect("chromedriver not found on PATH: run `make tools` (Debian: apt-get install chromium chromium-driver)");
-        let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"])
-            .expect("chromium not found on PATH: run `make tools` (Debian: apt-get install chromium)");
+        let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]).expect(
+            "chromium not found on PATH: run `make tools` (Debian: apt-get install chromium)",
+        );
         let port = free_port();
         let driver = Command::new(driver_bin)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
@@ -65,7 +66,10 @@ impl Browser {
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while crate::http::get(&format!("{base}/status")).await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not answer in 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not answer in 20 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let profile = tempfile::tempdir().expect("a Chromium profile dir");
@@ -117,8 +121,12 @@ impl Browser {
 
     /// Opens `url` and waits for the page to load.
     pub async fn goto(&self, url: &str) {
-        self.call("POST", &self.session_path("/url"), Some(json!({ "url": url })))
-            .await;
+        self.call(
+            "POST",
+            &self.session_path("/url"),
+            Some(json!({ "url": url })),
+        )
+        .await;
     }
 
     /// The first element matching the CSS `selector`, waiting up to 20 s for it to appear.
@@ -159,17 +167,24 @@ impl Browser {
     pub async fn text(&self, selector: &str) -> String {
         let element = self.find(selector).await;
         let value = self
-            .call("GET", &self.session_path(&format!("/element/{}/text", element.0)), None)
+            .call(
+                "GET",
+                &self.session_path(&format!("/element/{}/text", element.0)),
+                None,
+            )
             .await;
         value.as_str().unwrap_or_default().to_owned()
     }
 
     async fn text_of_body(&self) -> String {
-        self.script("return document.body ? document.body.innerText : '';", json!([]))
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.script(
+            "return document.body ? document.body.innerText : '';",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
     }
 
     /// Clicks the element matching `selector`.
@@ -221,7 +236,9 @@ impl Browser {
 
     /// Writes a PNG screenshot of the window to `path`.
     pub async fn screenshot(&self, path: &Path) {
-        let value = self.call("GET", &self.session_path("/screenshot"), None).await;
+        let value = self
+            .call("GET", &self.session_path("/screenshot"), None)
+            .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(value.as_str().unwrap_or_default())
             .expect("WebDriver screenshots are base64");

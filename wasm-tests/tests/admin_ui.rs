@@ -82,8 +82,13 @@ async fn status_page_and_inspector_in_headless_chromium() {
     let stored = browser.text("#stored").await;
     assert!(stored.contains("ci-exporter"), "{stored}");
     assert!(stored.contains("matches the body"), "{stored}");
-    assert!(!browser.source().await.contains(TOKEN), "the page shows a token");
-    browser.screenshot(&target_dir().join("ui-status.png")).await;
+    assert!(
+        !browser.source().await.contains(TOKEN),
+        "the page shows a token"
+    );
+    browser
+        .screenshot(&target_dir().join("ui-status.png"))
+        .await;
 
     // The inspector loads the stored config and validates it in the browser.
     browser.goto(&format!("{base}/ui/inspector")).await;
@@ -95,7 +100,9 @@ async fn status_page_and_inspector_in_headless_chromium() {
     );
 
     // A request typed in the form gets the answer of `fallback-companion match`.
-    browser.type_into("#match-url", "http://gw.example/orders/42?x=1").await;
+    browser
+        .type_into("#match-url", "http://gw.example/orders/42?x=1")
+        .await;
     browser.type_into("#match-headers", "apikey: k-shop").await;
     browser.click("#match-button").await;
     assert_eq!(browser.text("#match-route").await, "orders-api");
@@ -119,7 +126,9 @@ async fn status_page_and_inspector_in_headless_chromium() {
         "{}",
         browser.text("#match-result").await
     );
-    browser.screenshot(&target_dir().join("ui-inspector.png")).await;
+    browser
+        .screenshot(&target_dir().join("ui-inspector.png"))
+        .await;
 
     // A pasted broken config: every problem with its path; the diff names what changed.
     let mut broken = config();
@@ -133,13 +142,18 @@ async fn status_page_and_inspector_in_headless_chromium() {
         .await;
     browser.click("#validate-button").await;
     let validation = browser.text("#validation").await;
-    assert!(validation.starts_with("Invalid (2 problems)"), "{validation}");
+    assert!(
+        validation.starts_with("Invalid (2 problems)"),
+        "{validation}"
+    );
     assert!(validation.contains("services[0].url"), "{validation}");
     assert!(
         validation.contains("services[1].routes[0].paths[0]"),
         "{validation}"
     );
-    browser.screenshot(&target_dir().join("ui-inspector-problems.png")).await;
+    browser
+        .screenshot(&target_dir().join("ui-inspector-problems.png"))
+        .await;
 
     let mut changed = config();
     changed["services"][1]["routes"][0]["paths"] = json!(["/health", "/healthz"]);

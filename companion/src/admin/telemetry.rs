@@ -145,34 +145,35 @@ pub struct Sources<'a> {
     pub storage_ready: Option<bool>,
 }
 
-/// The metrics in the OpenMetrics text format. Names are those of `docs/signer.md`.
+/// The metrics in the OpenMetrics text format. Names are those of `docs/signer.md`; help
+/// texts have no final period (the encoder adds one).
 pub fn render(sources: &Sources<'_>) -> String {
     let mut registry = Registry::default();
     registry.register(
         "fallback_companion",
-        "The companion's build.",
+        "The companion's build",
         Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
     );
     let mut stored_revision = 0;
     if let Some(m) = sources.signer {
         registry.register(
             "fallback_companion_signer_requests",
-            "Requests to /v1/fallback-config, by status code.",
+            "Requests to /v1/fallback-config, by status code",
             m.signer_requests.clone(),
         );
         registry.register(
             "fallback_companion_object_requests",
-            "Requests to /v1/objects/ (file:// storage), by status code.",
+            "Requests to /v1/objects/ (file:// storage), by status code",
             m.object_requests.clone(),
         );
         registry.register(
             "fallback_companion_object_bytes_served",
-            "Bytes of objects served under /v1/objects/ (file:// storage).",
+            "Bytes of objects served under /v1/objects/ (file:// storage)",
             m.object_bytes.clone(),
         );
         registry.register(
             "fallback_companion_signing_duration_seconds",
-            "Time to answer authorised signer requests (storage HEAD and signing).",
+            "Time to answer authorised signer requests (storage HEAD and signing)",
             m.signing.0.clone(),
         );
         stored_revision = m.served_revision.load(Ordering::Relaxed);
@@ -180,7 +181,7 @@ pub fn render(sources: &Sources<'_>) -> String {
     if let Some(ready) = sources.storage_ready {
         registry.register(
             "fallback_companion_storage_ready",
-            "Whether the last storage probe succeeded.",
+            "Whether the last storage probe succeeded",
             ConstGauge::new(i64::from(ready)),
         );
     }
@@ -188,38 +189,38 @@ pub fn render(sources: &Sources<'_>) -> String {
         let counters = [
             (
                 "documents_received",
-                "Control-plane polls that returned a document.",
+                "Control-plane polls that returned a document",
                 &stats.documents_received,
             ),
             (
                 "not_modified",
-                "Control-plane polls answered 304.",
+                "Control-plane polls answered 304",
                 &stats.not_modified,
             ),
             (
                 "poll_failures",
-                "Control-plane polls that failed.",
+                "Control-plane polls that failed",
                 &stats.poll_failures,
             ),
             (
                 "invalid_documents",
-                "Documents that failed validation (not exported).",
+                "Documents that failed validation (not exported)",
                 &stats.invalid_documents,
             ),
-            ("uploads", "Objects written to storage.", &stats.uploads),
+            ("uploads", "Objects written to storage", &stats.uploads),
             (
                 "unchanged",
-                "Valid documents storage already held.",
+                "Valid documents storage already held",
                 &stats.unchanged,
             ),
             (
                 "superseded",
-                "Writes skipped because storage held a newer revision.",
+                "Writes skipped because storage held a newer revision",
                 &stats.superseded,
             ),
             (
                 "upload_failures",
-                "Failed write attempts (each retried).",
+                "Failed write attempts (each retried)",
                 &stats.upload_failures,
             ),
         ];
@@ -244,29 +245,29 @@ pub fn render(sources: &Sources<'_>) -> String {
         }
         registry.register(
             "fallback_companion_exports",
-            "Export attempts and refused documents, by outcome (stored, unchanged, superseded, failed, invalid).",
+            "Export attempts and refused documents, by outcome (stored, unchanged, superseded, failed, invalid)",
             outcomes,
         );
         registry.register(
             "fallback_companion_export_duration_seconds",
-            "Time of each export attempt (read, plan, conditional write).",
+            "Time of each export attempt (read, plan, conditional write)",
             stats.export_latency.0.clone(),
         );
         registry.register(
             "fallback_companion_control_plane_poll_duration_seconds",
-            "Time of each control-plane poll, failed ones included.",
+            "Time of each control-plane poll, failed ones included",
             stats.poll_latency.0.clone(),
         );
         registry.register(
             "fallback_companion_last_export_timestamp_seconds",
-            "Unix time of the last export that left storage holding this exporter's document (0: none yet).",
+            "Unix time of the last export that left storage holding this exporter's document (0: none yet)",
             ConstGauge::new(stats.last_export_unix.load(Ordering::Relaxed) as i64),
         );
         stored_revision = stored_revision.max(stats.stored_revision.load(Ordering::Relaxed));
     }
     registry.register(
         "fallback_companion_stored_revision",
-        "The revision storage was last seen holding, by an export or a signer request (0: none yet).",
+        "The revision storage was last seen holding, by an export or a signer request (0: none yet)",
         ConstGauge::new(stored_revision as i64),
     );
     let mut out = String::new();
@@ -311,6 +312,10 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+        assert!(
+            !text.contains(".."),
+            "a help text ends in two periods:\n{text}"
+        );
     }
 
     #[test]
