@@ -37,6 +37,7 @@ fmt-check:
 lint: tools fmt-check ## rustfmt check and clippy (native and wasm32), warnings are errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p fallback-core -p fallback-filter --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p fallback-web --target $(WEB_TARGET) -- -D warnings
 
 unit: ## Unit tests of core, filter and companion (native)
 	$(CARGO) test -p fallback-core -p fallback-companion -p fallback-filter -p fallback-web

@@ -22,7 +22,7 @@ const CHROMIUM_ARGS: &[&str] = &[
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1280,1500",
+    "--window-size=1200,900",
 ];
 
 fn find_program(names: &[&str]) -> Option<PathBuf> {
