@@ -68,7 +68,8 @@ if [[ ! -f $wb_stamp || ! -x $wb_root/bin/wasm-bindgen ]]; then
   rm -f "$tools"/.stamp-wasm-bindgen-cli-*
   touch "$wb_stamp"
 fi
-ln -sfn "$wb_root/bin/wasm-bindgen" "$tools/bin/wasm-bindgen"
+# Relative, so the link holds wherever .tools/ is (it may be shared between checkouts).
+ln -sfn "../wasm-bindgen-$WASM_BINDGEN_VERSION/bin/wasm-bindgen" "$tools/bin/wasm-bindgen"
 
 # Headless Chromium and its WebDriver for the inspector's browser test (Debian packages).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
