@@ -46,6 +46,16 @@ fn export(dir: &std::path::Path, config_file: &std::path::Path) -> String {
     storage
 }
 
+/// Scrolls the element with `id` to the top of the window, for the screenshot.
+async fn scroll_to(browser: &Browser, id: &str) {
+    browser
+        .script(
+            "document.getElementById(arguments[0]).scrollIntoView();",
+            json!([id]),
+        )
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_and_inspector_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,10 +109,17 @@ async fn status_page_and_inspector_in_headless_chromium() {
         browser.text("#validation").await
     );
 
-    // A request typed in the form gets the answer of `fallback-companion match`.
+    // A request typed in the form gets the answer of `fallback-companion match`: without a
+    // key, key-auth answers; with one, the request goes upstream with the consumer's headers.
     browser
         .type_into("#match-url", "http://gw.example/orders/42?x=1")
         .await;
+    browser.click("#match-button").await;
+    assert!(
+        browser.text("#match-response").await.starts_with("401"),
+        "{}",
+        browser.text("#match-result").await
+    );
     browser.type_into("#match-headers", "apikey: k-shop").await;
     browser.click("#match-button").await;
     assert_eq!(browser.text("#match-route").await, "orders-api");
@@ -118,14 +135,11 @@ async fn status_page_and_inspector_in_headless_chromium() {
         &[("apikey", "k-shop")],
     );
     assert_eq!(in_browser, cli, "browser and CLI disagree");
-    // Without the key, key-auth answers.
-    browser.type_into("#match-headers", "").await;
-    browser.click("#match-button").await;
-    assert!(
-        browser.text("#match-response").await.starts_with("401"),
-        "{}",
-        browser.text("#match-result").await
+    assert_eq!(
+        in_browser["upstream_headers"]["x-consumer-username"],
+        "shop"
     );
+    scroll_to(&browser, "match-form").await;
     browser
         .screenshot(&target_dir().join("ui-inspector.png"))
         .await;
@@ -151,6 +165,7 @@ async fn status_page_and_inspector_in_headless_chromium() {
         validation.contains("services[1].routes[0].paths[0]"),
         "{validation}"
     );
+    scroll_to(&browser, "validation").await;
     browser
         .screenshot(&target_dir().join("ui-inspector-problems.png"))
         .await;

@@ -63,7 +63,7 @@ function showMatch(event) {
   if (a.location) item('location', a.location, 'match-location');
   if (a.message) item('message', a.message, 'match-message');
   if (a.upstream_headers) item('headers added upstream', JSON.stringify(a.upstream_headers), 'match-headers-added');
-  out.append(dl, el('p', { class: 'muted' }, 'As fallback-companion match prints it:'), el('pre', { id: 'match-json' }, JSON.stringify(a)));
+  out.append(dl, el('p', { class: 'muted' }, 'The JSON answer of fallback-companion match:'), el('pre', { id: 'match-json' }, JSON.stringify(a)));
   if (r.warnings.length) out.append(el('p', { class: 'muted' }, 'The filter skips:'), findings(r.warnings, 'warnings'));
 }
 
