@@ -46,6 +46,16 @@ fn export(dir: &std::path::Path, config_file: &std::path::Path) -> String {
     storage
 }
 
+/// Stops the companion when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Scrolls the element with `id` to the top of the window, for the screenshot.
 async fn scroll_to(browser: &Browser, id: &str) {
     browser
@@ -183,4 +193,67 @@ async fn status_page_and_inspector_in_headless_chromium() {
     let diff = browser.text("#diff-table").await;
     assert!(diff.contains("routes health"), "{diff}");
     assert!(diff.contains("consumers shop"), "{diff}");
+}
+
+/// The export role alone serves the pages and the metrics on `FALLBACK_ADMIN_LISTEN`: the last
+/// exports with their outcome, and the export metrics by outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_role_alone_serves_its_status_on_the_admin_listener() {
+    let cp = wasm_tests::mock_cp::MockCp::start().await;
+    cp.set_document(&config());
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = wasm_tests::ports::free_port();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    // Not CompanionProcess: it waits for the signer's listener, which this role does not open.
+    let log = dir.path().join("companion.log");
+    let child = Command::new(companion_binary())
+        .arg("run")
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", "on")
+        .env(
+            "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+            format!("file://{}/kong", dir.path().display()),
+        )
+        .env("FALLBACK_CONFIG_VERSION", VERSION)
+        .env("FALLBACK_CONTROL_PLANE_URL", cp.url())
+        .env("FALLBACK_POLL_INTERVAL", "100ms")
+        .env("KONG_CLUSTER_FALLBACK_EXPORT_DELAY", "0s")
+        .env("FALLBACK_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .expect("start fallback-companion");
+    let _stop = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let page = loop {
+        if let Ok(page) = wasm_tests::http::get(&format!("{admin}/ui/")).await {
+            if page.status == 200 && page.text().contains("outcome-stored") {
+                break page.text();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stored export on {admin}/ui/ within 20 s:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(page.contains("roles: export"), "{page}");
+    assert!(page.contains("id=\"stored-revision\""), "{page}");
+    let metrics = wasm_tests::http::get(&format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text();
+    for line in [
+        "fallback_companion_exports_total{outcome=\"stored\"} 1",
+        "fallback_companion_export_uploads_total 1",
+        "fallback_companion_export_duration_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("fallback_companion_last_export_timestamp_seconds 0\n"),
+        "{metrics}"
+    );
 }
