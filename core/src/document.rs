@@ -35,6 +35,7 @@ pub use entities::{
     Plugin, Protocol, Route, Service, Target, Upstream,
 };
 
+use crate::limits::MAX_DOCUMENT_BYTES;
 use serde_json::Value;
 use std::fmt;
 
@@ -80,33 +81,36 @@ impl ConfigDocument {
     /// Parses and validates a JSON document from bytes.
     ///
     /// A JSON syntax error becomes a single problem at path `$` whose message gives the line
-    /// and column.
+    /// and column; a key repeated in one object, or nesting deeper than
+    /// [`MAX_NESTING_DEPTH`](crate::limits::MAX_NESTING_DEPTH), a problem at its path; a
+    /// document larger than [`MAX_DOCUMENT_BYTES`] is refused before it is parsed.
     pub fn from_slice(bytes: &[u8]) -> Result<Loaded, ValidationErrors> {
-        match serde_json::from_slice::<Value>(bytes) {
+        if let Some(problem) = size_problem(bytes.len()) {
+            return Err(ValidationErrors {
+                problems: vec![problem],
+            });
+        }
+        match crate::json::from_slice(bytes) {
             Ok(value) => Self::from_json(&value),
             Err(err) => Err(ValidationErrors {
-                problems: vec![Problem::new(
-                    "$",
-                    format!(
-                        "not valid JSON (line {}, column {}): {}",
-                        err.line(),
-                        err.column(),
-                        json_error_reason(&err)
-                    ),
-                )],
+                problems: vec![Problem::new(err.path(), err.message())],
             }),
         }
     }
 }
 
-/// serde_json's `Display` appends " at line L column C"; the position is already in our message.
-fn json_error_reason(err: &serde_json::Error) -> String {
-    let text = err.to_string();
-    let suffix = format!(" at line {} column {}", err.line(), err.column());
-    match text.strip_suffix(&suffix) {
-        Some(reason) => reason.to_owned(),
-        None => text,
-    }
+/// The problem with a document of `len` bytes, if it is larger than [`MAX_DOCUMENT_BYTES`].
+pub fn size_problem(len: usize) -> Option<Problem> {
+    (len > MAX_DOCUMENT_BYTES).then(|| {
+        Problem::new(
+            "$",
+            format!(
+                "the document is {len} bytes, more than the {MAX_DOCUMENT_BYTES} bytes \
+                 (MAX_DOCUMENT_BYTES) Fallback accepts: split the gateway's configuration, or \
+                 remove what it does not need"
+            ),
+        )
+    })
 }
 
 /// The result of a successful load: the document, and problems that did not prevent loading.

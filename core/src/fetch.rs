@@ -19,6 +19,11 @@
 //! the companion, then fetching the object; a failure at any step schedules a retry with
 //! backoff and jitter. Calls carry a [`CallId`]; at most one call per party is in flight, and a
 //! call the host never answers counts as failed once its timeout plus a grace second has passed.
+//!
+//! Calls are only ever asked for from [`FetchMachine::on_tick`], never from
+//! [`FetchMachine::on_response`]: a dispatch made inside a dispatch's response callback crashes
+//! ngx_wasm_module's workers. What an answer makes due (the storage call after the companion's
+//! signed URL, the import after a control plane failure) starts at the next tick.
 
 mod signed_url;
 #[cfg(test)]
@@ -28,6 +33,8 @@ use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
 use crate::filter_config::FilterConfig;
+use crate::json;
+use crate::limits::{MAX_DOCUMENT_BYTES, PROXY_RESPONSE_BUFFER_BYTES};
 use crate::signature::{self, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
@@ -88,6 +95,9 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     /// How long the host should wait for the answer.
     pub timeout_ms: u64,
+    /// Whether the call must use TLS (a signed `https://` URL). Envoy's cluster decides;
+    /// ngx_wasm_module needs `:scheme: https` (see [`crate::host::HostProfile::dispatch_headers`]).
+    pub tls: bool,
 }
 
 /// Redacts the bearer token and a signed URL's query, so `{:?}` of an action is safe to log.
@@ -117,6 +127,7 @@ impl fmt::Debug for HttpRequest {
             .field("authority", &self.authority)
             .field("headers", &headers)
             .field("timeout_ms", &self.timeout_ms)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -319,6 +330,8 @@ enum ImportState {
     Idle { due_ms: Option<u64> },
     /// Waiting for the companion's signed URL.
     AskingCompanion { call: InFlight },
+    /// The companion answered: the object is fetched at the next tick.
+    Signed(SignedObject),
     /// Waiting for the object.
     FetchingObject { call: InFlight, object: ObjectRef },
 }
@@ -416,13 +429,15 @@ impl FetchMachine {
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
         self.observe_clock(now_ms);
-        self.drive(now_ms, &mut out);
+        self.give_up_lost_calls(now_ms, &mut out);
+        self.start_due_calls(now_ms, &mut out);
         out
     }
 
     /// The answer to a call. Answers to unknown or abandoned calls are ignored. A reply Envoy
     /// made up because the peer did not answer ([`PROXY_NO_ANSWER_REPLIES`]) counts as the
-    /// transport failure it is.
+    /// transport failure it is. Never asks for a dispatch: what the answer makes due starts at
+    /// the next [`FetchMachine::on_tick`].
     pub fn on_response(
         &mut self,
         now_ms: u64,
@@ -454,7 +469,7 @@ impl FetchMachine {
                 ),
             }
         }
-        self.drive(now_ms, &mut out);
+        self.give_up_lost_calls(now_ms, &mut out);
         out
     }
 
@@ -494,14 +509,15 @@ impl FetchMachine {
                     }
                     ImportState::AskingCompanion { call }
                     | ImportState::FetchingObject { call, .. } => shift(&mut call.deadline_ms),
+                    ImportState::Signed(_) => {}
                 }
             }
         }
         self.last_now_ms = Some(now_ms);
     }
 
-    /// Gives up on lost calls, then starts whatever is due.
-    fn drive(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+    /// Gives up on calls past their deadline.
+    fn give_up_lost_calls(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let lost_poll = self
             .poller
             .as_ref()
@@ -519,7 +535,10 @@ impl FetchMachine {
             }
             _ => {}
         }
+    }
 
+    /// Starts the calls that are due: only ever from a tick.
+    fn start_due_calls(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let poll_due = self
             .poller
             .as_ref()
@@ -531,6 +550,12 @@ impl FetchMachine {
             matches!(self.import, ImportState::Idle { due_ms: Some(t) } if now_ms >= t);
         if import_due && self.mode != Mode::ControlPlane {
             self.ask_companion(now_ms, out);
+        }
+        if matches!(self.import, ImportState::Signed(_)) {
+            let state = std::mem::replace(&mut self.import, ImportState::Idle { due_ms: None });
+            if let ImportState::Signed(signed) = state {
+                self.fetch_object(now_ms, signed, out);
+            }
         }
     }
 
@@ -574,6 +599,7 @@ impl FetchMachine {
             authority: cp.authority,
             headers,
             timeout_ms: cp.timeout_ms,
+            tls: false,
         }));
     }
 
@@ -720,8 +746,10 @@ impl FetchMachine {
             self.mode = Mode::ControlPlane;
             self.backoff.reset();
         }
-        if let ImportState::Idle { due_ms } = &mut self.import {
-            *due_ms = None;
+        match &mut self.import {
+            ImportState::Idle { due_ms } => *due_ms = None,
+            ImportState::Signed(_) => self.import = ImportState::Idle { due_ms: None },
+            ImportState::AskingCompanion { .. } | ImportState::FetchingObject { .. } => {}
         }
     }
 
@@ -822,6 +850,7 @@ impl FetchMachine {
                 ("accept".to_owned(), "application/json".to_owned()),
             ],
             timeout_ms: companion.timeout_ms,
+            tls: false,
         }));
     }
 
@@ -854,7 +883,7 @@ impl FetchMachine {
             Some(200) => match read_signed_config(&response.body) {
                 Ok(signed) => {
                     out.push(count(Stage::Companion, true));
-                    self.fetch_object(now_ms, signed, out);
+                    self.import = ImportState::Signed(signed);
                     return;
                 }
                 Err(why) => format!(
@@ -893,6 +922,7 @@ impl FetchMachine {
             object,
             authority,
             path,
+            tls,
         } = signed;
         let storage = self.config.storage.clone();
         let flight = self.new_call(now_ms, storage.timeout_ms);
@@ -917,6 +947,7 @@ impl FetchMachine {
             authority,
             headers: Vec::new(),
             timeout_ms: storage.timeout_ms,
+            tls,
         }));
     }
 
@@ -932,15 +963,34 @@ impl FetchMachine {
         let detail = peer_message(&response.body);
         let url = &object.redacted_url;
         let why = match response.status {
+            Some(200) if response.body.len() > MAX_DOCUMENT_BYTES => {
+                // Not "unreachable": the store answered, with more than any exporter writes.
+                out.push(count(Stage::Storage, true));
+                out.push(count(Stage::Validate, false));
+                let why = format!(
+                    "object {} ({url}, revision {}) is too large: {} bytes, more than the {} \
+                     bytes (MAX_DOCUMENT_BYTES) the filter imports; not using it (Fallback's \
+                     exporter refuses such documents: another tool wrote it)",
+                    object.key,
+                    object.revision,
+                    response.body.len(),
+                    MAX_DOCUMENT_BYTES
+                );
+                self.import_failed(now_ms, why, out);
+                return;
+            }
             Some(200) => {
                 out.push(count(Stage::Storage, true));
                 self.on_object(now_ms, &object, response.body, out);
                 return;
             }
             None => format!(
-                "storage {} unreachable fetching {url} (connection failed or no answer within {} \
-                 ms)",
-                storage.upstream, storage.timeout_ms
+                "storage {} unreachable fetching {url} (connection failed, no answer within {} \
+                 ms, or a body larger than the proxy hands the filter: Envoy's runtime \
+                 http.async_response_buffer_limit, set to {} bytes in examples/envoy/bootstrap.yaml)",
+                storage.upstream,
+                storage.timeout_ms,
+                PROXY_RESPONSE_BUFFER_BYTES
             ),
             Some(403) => format!(
                 "storage refused the signed URL for {url} (HTTP 403{detail}): it may have expired \
@@ -1153,19 +1203,18 @@ fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, Stri
     if content_type.is_some_and(|t| t.to_ascii_lowercase().contains("yaml")) {
         return Err(format!("the answer is YAML ({YAML})"));
     }
-    let value = match serde_json::from_slice::<Value>(body) {
+    if let Some(problem) = crate::document::size_problem(body.len()) {
+        return Err(format!("the answer is too large: {}", problem.message));
+    }
+    let value = match json::from_slice(body) {
         Ok(value) => value,
-        Err(_) if looks_like_yaml(body) => {
+        Err(json::StrictError::Syntax(_)) if looks_like_yaml(body) => {
             return Err(format!("the answer looks like YAML; {YAML}"))
         }
-        Err(err) => {
-            return Err(format!(
-                "the answer is not JSON (line {}, column {}; {} bytes)",
-                err.line(),
-                err.column(),
-                body.len()
-            ))
+        Err(json::StrictError::Syntax(err)) => {
+            return Err(format!("the answer is {err} ({} bytes)", body.len()))
         }
+        Err(err) => return Err(format!("the answer is unusable: {err}")),
     };
     let wrapped = value
         .as_object()
@@ -1174,16 +1223,16 @@ fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, Stri
     match wrapped {
         None => Ok(value),
         Some(Value::Object(_)) => Ok(wrapped.cloned().unwrap_or(Value::Null)),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+        Some(Value::String(text)) => match json::from_str(text) {
             Ok(inner) => Ok(inner),
-            Err(_) if looks_like_yaml(text.as_bytes()) => Err(format!(
+            Err(json::StrictError::Syntax(_)) if looks_like_yaml(text.as_bytes()) => Err(format!(
                 "its Kong Admin API answer {{\"config\": ...}} holds YAML; {YAML}"
             )),
+            Err(json::StrictError::Syntax(err)) => Err(format!(
+                "its Kong Admin API answer {{\"config\": ...}} does not hold JSON: {err}"
+            )),
             Err(err) => Err(format!(
-                "its Kong Admin API answer {{\"config\": ...}} does not hold JSON (line {}, \
-                 column {})",
-                err.line(),
-                err.column()
+                "its Kong Admin API answer {{\"config\": ...}} is unusable: {err}"
             )),
         },
         Some(_) => {
@@ -1212,7 +1261,21 @@ fn looks_like_yaml(body: &[u8]) -> bool {
 struct SignedObject {
     object: ObjectRef,
     authority: String,
+    /// Holds the signature: never shown.
     path: String,
+    /// `https://`.
+    tls: bool,
+}
+
+/// Shows the object and its redacted URL, never the signed path.
+impl fmt::Debug for SignedObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedObject")
+            .field("object", &self.object)
+            .field("authority", &self.authority)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A companion `200` body, checked and split into the storage call's `:authority` and `:path`.
@@ -1232,7 +1295,7 @@ fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
     let sha256 = Sha256Digest::from_hex(&signed.sha256)
         .ok_or_else(|| format!("its sha256 {} is not 64 hex digits", quote(&signed.sha256)))?;
     let redacted_url = redact_signed_url(&signed.url).to_owned();
-    let (authority, path) = signed_url::split(&signed.url).ok_or_else(|| {
+    let (authority, path, tls) = signed_url::split(&signed.url).ok_or_else(|| {
         format!(
             "its URL {} is not an http(s)://host/path URL",
             quote(&redacted_url)
@@ -1241,6 +1304,7 @@ fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
     Ok(SignedObject {
         authority: authority.to_owned(),
         path,
+        tls,
         object: ObjectRef {
             key: signed.key,
             revision: signed.revision,

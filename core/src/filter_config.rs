@@ -6,6 +6,7 @@
 //! one, and the companion token's value never appears in an error or in `Debug` output.
 
 use crate::document::Problem;
+use crate::host::HostKind;
 use crate::signature::PublicKey;
 use crate::wire::SIGNER_PATH;
 use serde_json::{Map, Value};
@@ -35,10 +36,15 @@ pub const MIN_TICK_MS: u64 = 50;
 pub const DEFAULT_LEADER_LEASE_MS: u64 = 5_000;
 /// `upstream_header` when not given.
 pub const DEFAULT_UPSTREAM_HEADER: &str = "x-fallback-upstream";
+/// `upstream_variable` when not given.
+pub const DEFAULT_UPSTREAM_VARIABLE: &str = "fallback_upstream";
 
 /// The filter's configuration, parsed and checked. Build it with [`FilterConfig::parse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterConfig {
+    /// The proxy the filter runs in (`"host"`): how it reads the request and hands the
+    /// upstream over ([`crate::host::HostProfile`]). Default: Envoy.
+    pub host: HostKind,
     /// The `<version>` of `<prefix>/<version>/config.json` to import (Kong: its node version).
     pub version: String,
     /// Where to poll the live configuration; `None`: the filter runs on storage only.
@@ -62,8 +68,11 @@ pub struct FilterConfig {
     pub tick_ms: u64,
     /// How long a worker's fetch leadership lasts without renewal (more than two ticks).
     pub leader_lease_ms: u64,
-    /// The request header through which the chosen upstream is handed to the host.
+    /// Envoy: the request header through which the chosen upstream is handed to the host.
     pub upstream_header: String,
+    /// nginx: the variable (declared with `set`, used by `proxy_pass`) that receives the
+    /// chosen upstream, without `$`.
+    pub upstream_variable: String,
     /// Whether a request may ask for routing details through a debug header.
     pub allow_debug_header: bool,
     /// Kong plugins the filter does not implement that may be ignored instead of refusing the
@@ -150,6 +159,7 @@ fn render_report(problems: &[Problem]) -> String {
 
 const TOP_KEYS: &[&str] = &[
     "version",
+    "host",
     "control_plane",
     "companion",
     "storage",
@@ -161,6 +171,7 @@ const TOP_KEYS: &[&str] = &[
     "tick_ms",
     "leader_lease_ms",
     "upstream_header",
+    "upstream_variable",
     "allow_debug_header",
     "ignore_unsupported_plugins",
     "public_key",
@@ -204,18 +215,17 @@ impl Reader {
             );
             return None;
         }
-        let root = match serde_json::from_slice::<Value>(bytes) {
+        let root = match crate::json::from_slice(bytes) {
             Ok(root) => root,
-            Err(err) => {
+            Err(crate::json::StrictError::Syntax(err)) => {
                 self.problem(
                     "$",
-                    format!(
-                        "not valid JSON (line {}, column {}): the filter configuration must be a \
-                         JSON object",
-                        err.line(),
-                        err.column()
-                    ),
+                    format!("{err}: the filter configuration must be a JSON object"),
                 );
+                return None;
+            }
+            Err(err) => {
+                self.problem(err.path(), err.message());
                 return None;
             }
         };
@@ -228,6 +238,20 @@ impl Reader {
         };
         self.unknown_keys(root, "", TOP_KEYS);
 
+        let host = match self.string(root, "", "host") {
+            None => HostKind::default(),
+            Some(name) => HostKind::parse(&name).unwrap_or_else(|| {
+                let names: Vec<&str> = HostKind::ALL.iter().map(|k| k.as_str()).collect();
+                self.problem(
+                    "host",
+                    format!(
+                        "unknown host {name:?}: use one of {} (the proxy this filter runs in)",
+                        names.join(", ")
+                    ),
+                );
+                HostKind::default()
+            }),
+        };
         let version = self.required_string(root, "", "version");
         if let Some(v) = &version {
             if crate::export::object_key("", v).is_err() {
@@ -333,6 +357,23 @@ impl Reader {
                 name
             }
         };
+        let upstream_variable = match self.string(root, "", "upstream_variable") {
+            None => DEFAULT_UPSTREAM_VARIABLE.to_owned(),
+            Some(name) => {
+                let valid = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    self.problem(
+                        "upstream_variable",
+                        format!(
+                            "{name:?} is not an nginx variable name: letters, digits and '_' \
+                             only, without the '$'"
+                        ),
+                    );
+                }
+                name
+            }
+        };
         let allow_debug_header = match root.get("allow_debug_header") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -370,6 +411,7 @@ impl Reader {
         };
 
         Some(FilterConfig {
+            host,
             version: version?,
             control_plane,
             companion: companion?,
@@ -382,6 +424,7 @@ impl Reader {
             tick_ms,
             leader_lease_ms,
             upstream_header,
+            upstream_variable,
             allow_debug_header,
             ignore_unsupported_plugins,
             public_key,
@@ -776,6 +819,8 @@ mod tests {
         assert_eq!((c.retry_initial_ms, c.retry_max_ms), (1_000, 30_000));
         assert_eq!((c.tick_ms, c.leader_lease_ms), (500, 5_000));
         assert_eq!(c.upstream_header, "x-fallback-upstream");
+        assert_eq!(c.host, HostKind::Envoy);
+        assert_eq!(c.upstream_variable, "fallback_upstream");
         assert!(!c.allow_debug_header);
         assert!(c.ignore_unsupported_plugins.is_empty());
         assert_eq!(c.public_key, None);
@@ -999,6 +1044,33 @@ mod tests {
     }
 
     #[test]
+    fn the_host_and_its_upstream_variable_are_read_and_checked() {
+        for kind in HostKind::ALL {
+            let c = parse(&with(minimal(), "host", json!(kind.as_str()))).unwrap();
+            assert_eq!(c.host, kind);
+        }
+        let c = parse(&with(minimal(), "upstream_variable", json!("my_up_1"))).unwrap();
+        assert_eq!(c.upstream_variable, "my_up_1");
+        assert_problem(
+            &with(minimal(), "host", json!("haproxy")),
+            "host: unknown host \"haproxy\": use one of envoy, nginx, kong (the proxy this filter runs in)",
+        );
+        assert_problem(
+            &with(minimal(), "host", json!(1)),
+            "host: expected a string, got a number",
+        );
+        for bad in ["$up", "up-stream", ""] {
+            assert_problem(
+                &with(minimal(), "upstream_variable", json!(bad)),
+                &format!(
+                    "upstream_variable: {bad:?} is not an nginx variable name: letters, digits \
+                     and '_' only, without the '$'"
+                ),
+            );
+        }
+    }
+
+    #[test]
     fn the_token_never_appears_in_errors_or_debug() {
         let c = parse(&minimal()).unwrap();
         let debug = format!("{c:?} {c:#?}");
@@ -1045,6 +1117,18 @@ mod tests {
         let err = FilterConfig::parse(b"{").unwrap_err().to_string();
         assert!(
             err.contains("$: not valid JSON (line 1, column 1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_path() {
+        let text = r#"{"version":"3.4","companion":{"upstream":"c","authority":"c","token":"a","token":"b"},"storage":{"upstream":"s"}}"#;
+        let err = FilterConfig::parse(text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("companion: key \"token\" appears twice"),
             "{err}"
         );
     }

@@ -5,17 +5,30 @@
 //! these functions, so the three give one answer.
 
 use crate::document::{ConfigDocument, Loaded, Problem, ValidationErrors};
+use crate::json::{self, StrictError};
 use crate::plugins::{MemoryCounters, PluginEngine, PluginOutcome, PluginRequest, UpstreamChanges};
-use crate::router::{RequestView, RouteOutcome, Router, HTTPS_REQUIRED_MESSAGE};
+use crate::router::{
+    RequestView, RouteOutcome, Router, HTTPS_REQUIRED_MESSAGE, URI_TOO_LONG_MESSAGE,
+};
 use serde_json::{json, Value};
 
 /// Turns what a control plane (or a file) holds into the declarative document as JSON.
 ///
 /// Accepts declarative JSON, declarative YAML (decK files, with the `yaml` feature), and the
-/// DB-less Admin API's `GET /config` answer `{"config": "<YAML or JSON text>"}`.
+/// DB-less Admin API's `GET /config` answer `{"config": "<YAML or JSON text>"}`. A key repeated
+/// in one object is an error ([`crate::json`]).
 pub fn normalise(body: &[u8]) -> Result<Value, String> {
+    normalise_with(body, &|_| Ok(()))
+}
+
+/// [`normalise`], with `check_yaml` run on every YAML text before it is parsed (the companion
+/// refuses deep nesting there, before the YAML parser spends time on it).
+pub fn normalise_with(
+    body: &[u8],
+    check_yaml: &dyn Fn(&str) -> Result<(), String>,
+) -> Result<Value, String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8 text ({e})"))?;
-    let value = parse_json_or_yaml(text)?;
+    let value = parse_json_or_yaml(text, check_yaml)?;
     let admin_api_config = match &value {
         Value::Object(map) if !map.contains_key("_format_version") => match map.get("config") {
             Some(Value::String(inner)) => Some(inner.clone()),
@@ -24,9 +37,8 @@ pub fn normalise(body: &[u8]) -> Result<Value, String> {
         _ => None,
     };
     let value = match admin_api_config {
-        Some(inner) => {
-            parse_json_or_yaml(&inner).map_err(|e| format!("its \"config\" string: {e}"))?
-        }
+        Some(inner) => parse_json_or_yaml(&inner, check_yaml)
+            .map_err(|e| format!("its \"config\" string: {e}"))?,
         None => value,
     };
     if !value.is_object() {
@@ -35,25 +47,35 @@ pub fn normalise(body: &[u8]) -> Result<Value, String> {
     Ok(value)
 }
 
-fn parse_json_or_yaml(text: &str) -> Result<Value, String> {
-    match serde_json::from_str::<Value>(text) {
+fn parse_json_or_yaml(
+    text: &str,
+    check_yaml: &dyn Fn(&str) -> Result<(), String>,
+) -> Result<Value, String> {
+    match json::from_str(text) {
         Ok(v) => Ok(v),
         // Text that starts like JSON is JSON with a mistake: its JSON error is the useful one.
-        Err(json_err) if text.trim_start().starts_with(['{', '[']) => {
-            Err(format!("invalid JSON: {json_err}"))
+        Err(StrictError::Syntax(_)) if !text.trim_start().starts_with(['{', '[']) => {
+            check_yaml(text)?;
+            parse_yaml(text)
         }
-        Err(json_err) => parse_yaml(text, json_err),
+        Err(e) => Err(format!("invalid JSON: {e}")),
     }
 }
 
 #[cfg(feature = "yaml")]
-fn parse_yaml(text: &str, _json_err: serde_json::Error) -> Result<Value, String> {
-    serde_yaml_ng::from_str::<Value>(text).map_err(|e| format!("neither JSON nor YAML: {e}"))
+fn parse_yaml(text: &str) -> Result<Value, String> {
+    json::deserialize(serde_yaml_ng::Deserializer::from_str(text), |e| {
+        StrictError::Syntax(e.to_string())
+    })
+    .map_err(|e| match e {
+        StrictError::Syntax(e) => format!("neither JSON nor YAML: {e}"),
+        e => format!("invalid YAML: {e}"),
+    })
 }
 
 #[cfg(not(feature = "yaml"))]
-fn parse_yaml(_text: &str, json_err: serde_json::Error) -> Result<Value, String> {
-    Err(format!("invalid JSON (YAML is not read here): {json_err}"))
+fn parse_yaml(_text: &str) -> Result<Value, String> {
+    Err("invalid JSON (YAML is not read here)".into())
 }
 
 /// A document that validated, with what is worth a warning.
@@ -249,6 +271,11 @@ pub fn describe(outcome: RouteOutcome) -> String {
             ("upstream_host", json!(f.host_header)),
         ]),
         RouteOutcome::NoRoute => object(&[("route", Value::Null), ("status", json!(404))]),
+        RouteOutcome::UriTooLong => object(&[
+            ("route", Value::Null),
+            ("status", json!(414)),
+            ("message", json!(URI_TOO_LONG_MESSAGE)),
+        ]),
         RouteOutcome::HttpsRequired(h) => match h.location {
             Some(location) => object(&[
                 ("route", json!(h.route_name)),

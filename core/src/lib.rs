@@ -11,7 +11,15 @@
 //! - [`signature`]: Ed25519 signatures over exports: key and signature parsing, verification.
 //! - [`backoff`]: exponential backoff with jitter, shared by every retry loop.
 //! - [`filter_config`]: the filter's plugin configuration, parsed and checked.
+//! - [`json`]: strict reading of documents from outside (duplicate keys and excessive depth
+//!   refused, with their path).
+//! - [`limits`]: the sizes every party enforces alike (document, nesting depth, request path,
+//!   route regex).
 //! - [`fetch`]: the filter's sans-IO fetch state machine (control plane, companion, storage).
+//! - [`host`]: what differs between proxy hosts (Envoy, nginx with ngx_wasm_module, Kong), as
+//!   data and pure functions.
+//! - [`shared_data`]: the proxy's shared key/value store, written read-then-compare-and-swap;
+//!   rate-limiting counters kept in it.
 //! - [`publication`]: the leader lease and published-config record in the proxy's shared data.
 //! - [`router`]: the per-request routing decision.
 //! - [`plugins`]: the per-request decision of Kong's plugins (authentication, access control,
@@ -26,9 +34,16 @@ pub mod document;
 pub mod export;
 pub mod fetch;
 pub mod filter_config;
+pub mod host;
 pub mod inspect;
+pub mod json;
+pub mod limits;
 pub mod plugins;
 pub mod publication;
 pub mod router;
+pub mod shared_data;
 pub mod signature;
 pub mod wire;
+
+#[cfg(test)]
+mod properties;

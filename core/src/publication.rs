@@ -5,9 +5,14 @@
 //! and runs the fetch state machine; it publishes each new document under [`CONFIG_KEY`] and a
 //! small header under [`HEADER_KEY`]. Every worker polls only the small header on each tick and
 //! reads, parses and compiles the document once per new generation.
+//!
+//! Every write is read-then-compare-and-swap ([`crate::shared_data`]), which is correct on every
+//! host: in ngx_wasm_module a write with a token of 0 never replaces an existing key, so a
+//! second generation written that way would never reach the workers.
 
 use crate::digest::Sha256Digest;
 use crate::fetch::{PublishedConfig, Source};
+use crate::shared_data::{update, SharedData, WriteRefused};
 use std::sync::Arc;
 
 /// Shared-data key of the leader lease.
@@ -60,6 +65,74 @@ pub fn claim_lease(current: Option<&[u8]>, me: u64, now_ms: u64, lease_ms: u64) 
         }
         .encode(),
     )
+}
+
+/// One worker's part in the leader lease. Leadership starts when the worker's claim is still
+/// in place one tick after it was written: where a token of 0 writes unconditionally (Envoy),
+/// two workers creating the absent key at once both "succeed", and the later one wins.
+#[derive(Debug, Clone)]
+pub struct Election {
+    me: u64,
+    /// Whether this worker's claim was written on the previous tick.
+    claimed: bool,
+}
+
+impl Election {
+    /// A worker identified by `me` (random, different in every worker).
+    pub fn new(me: u64) -> Self {
+        Self { me, claimed: false }
+    }
+
+    /// Claims or renews the lease at `now_ms`; true while this worker leads.
+    pub fn tick<K: SharedData + ?Sized>(&mut self, kv: &mut K, now_ms: u64, lease_ms: u64) -> bool {
+        let (current, cas) = kv.get(LEASE_KEY);
+        let holds_now = current
+            .as_deref()
+            .and_then(Lease::decode)
+            .is_some_and(|l| l.holder == self.me && l.expires_ms > now_ms);
+        let claim = claim_lease(current.as_deref(), self.me, now_ms, lease_ms);
+        let wrote = claim.is_some_and(|value| kv.set(LEASE_KEY, &value, cas).is_ok());
+        let leading = wrote && holds_now && self.claimed;
+        self.claimed = wrote;
+        leading
+    }
+}
+
+/// Writes `published` for every worker: the document, then the header that announces it with
+/// the next generation. Returns that generation.
+pub fn publish<K: SharedData + ?Sized>(
+    kv: &mut K,
+    published: &PublishedConfig,
+) -> Result<u64, WriteRefused> {
+    update(kv, CONFIG_KEY, |_| Some(published.document.to_vec()))?;
+    let mut generation = 0;
+    update(kv, HEADER_KEY, |current| {
+        generation = current
+            .and_then(PublicationHeader::decode)
+            .map_or(1, |h| h.generation + 1);
+        Some(
+            PublicationHeader {
+                generation,
+                source: published.source,
+                revision: published.revision,
+                sha256: published.sha256,
+            }
+            .encode(),
+        )
+    })?;
+    Ok(generation)
+}
+
+/// The header of what is published, if anything.
+pub fn published_header<K: SharedData + ?Sized>(kv: &mut K) -> Option<PublicationHeader> {
+    PublicationHeader::decode(&kv.get(HEADER_KEY).0?)
+}
+
+/// What is published, if anything and if its document matches its header.
+pub fn read_published<K: SharedData + ?Sized>(kv: &mut K) -> Option<(u64, PublishedConfig)> {
+    let header = published_header(kv)?;
+    let published = header.attach(&kv.get(CONFIG_KEY).0?)?;
+    Some((header.generation, published))
 }
 
 /// The small record every worker polls: which document is published.
@@ -188,5 +261,97 @@ mod tests {
         let p = h.attach(b"doc").expect("matching bytes");
         assert_eq!(&p.document[..], b"doc");
         assert_eq!(h.attach(b"newer doc"), None);
+    }
+
+    use crate::host::sim::SimSharedData;
+    use crate::host::{CasSemantics, HostKind};
+
+    fn config(n: u8) -> PublishedConfig {
+        let document = format!("{{\"n\":{n}}}").into_bytes();
+        PublishedConfig {
+            source: Source::ControlPlane,
+            revision: 0,
+            sha256: Sha256Digest::of(&document),
+            document: document.into(),
+        }
+    }
+
+    #[test]
+    fn every_generation_is_published_on_every_host() {
+        for kind in HostKind::ALL {
+            let mut kv = SimSharedData::of(kind);
+            for n in 1..=3 {
+                assert_eq!(publish(&mut kv, &config(n)), Ok(u64::from(n)), "{kind}");
+                let (generation, read) = read_published(&mut kv).expect("published");
+                assert_eq!(generation, u64::from(n));
+                assert_eq!(read, config(n));
+            }
+        }
+    }
+
+    #[test]
+    fn a_blind_write_never_replaces_a_key_on_the_strict_host() {
+        // Why publication reads first: the way it used to write (token 0) works once in
+        // ngx_wasm_module and never again.
+        let mut kv = SimSharedData::new(CasSemantics::Strict);
+        publish(&mut kv, &config(1)).unwrap();
+        let header = PublicationHeader {
+            generation: 2,
+            source: Source::ControlPlane,
+            revision: 0,
+            sha256: config(2).sha256,
+        };
+        assert!(kv.set(HEADER_KEY, &header.encode(), 0).is_err());
+        assert_eq!(published_header(&mut kv).unwrap().generation, 1);
+    }
+
+    #[test]
+    fn publication_survives_a_racing_writer() {
+        for kind in HostKind::ALL {
+            let mut kv = SimSharedData::of(kind);
+            publish(&mut kv, &config(1)).unwrap();
+            kv.race_next_write(CONFIG_KEY, b"another leader's bytes");
+            assert_eq!(publish(&mut kv, &config(2)), Ok(2), "{kind}");
+            assert_eq!(read_published(&mut kv).unwrap().1, config(2));
+        }
+    }
+
+    #[test]
+    fn a_refused_publication_is_an_error_and_keeps_the_previous_one() {
+        let mut kv = SimSharedData::of(HostKind::Nginx);
+        publish(&mut kv, &config(1)).unwrap();
+        kv.refuse_writes(true);
+        assert!(publish(&mut kv, &config(2)).is_err());
+        kv.refuse_writes(false);
+        assert_eq!(read_published(&mut kv).unwrap().1, config(1));
+    }
+
+    #[test]
+    fn exactly_one_worker_leads_on_every_host() {
+        for kind in HostKind::ALL {
+            let mut kv = SimSharedData::of(kind);
+            let mut workers = [Election::new(1), Election::new(2), Election::new(3)];
+            let mut leaders = Vec::new();
+            for now in [0, 100, 200, 300] {
+                leaders = workers
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, w)| w.tick(&mut kv, now, 1_000).then_some(i))
+                    .collect::<Vec<_>>();
+            }
+            assert_eq!(leaders.len(), 1, "{kind}: {leaders:?}");
+            // The leader stops ticking: another takes over once its lease expired.
+            let gone = leaders[0];
+            let mut next = Vec::new();
+            for now in [1_300, 1_400, 1_500] {
+                next = workers
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| *i != gone)
+                    .filter_map(|(i, w)| w.tick(&mut kv, now, 1_000).then_some(i))
+                    .collect();
+            }
+            assert_eq!(next.len(), 1, "{kind}: {next:?}");
+        }
     }
 }

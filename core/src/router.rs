@@ -43,12 +43,19 @@
 //! scheme's default.
 //!
 //! Not supported, on purpose: regexes `regex-lite` cannot compile (PCRE look-around,
-//! back-references, possessive quantifiers, Unicode classes): such a path never matches.
-//! [`Router::unsupported`] lists them so the caller can log them.
+//! back-references, possessive quantifiers, Unicode classes) or that compile to more than
+//! [`MAX_REGEX_NFA_BYTES`]. Document validation refuses them ([`check_path`],
+//! [`check_header_values`]), as Kong refuses regexes PCRE cannot compile; should one reach
+//! [`Router::compile`] anyway, its path never matches and [`Router::unsupported`] lists it.
+//!
+//! Cost per request: a `:path` longer than [`MAX_REQUEST_PATH_BYTES`] is answered 414 before
+//! anything else; a regex's search time is its compiled size times the path's length, both
+//! bounded.
 
 mod path;
 
 use crate::document::{ConfigDocument, Protocol};
+use crate::limits::{MAX_REGEX_NFA_BYTES, MAX_REQUEST_PATH_BYTES};
 use regex_lite::Regex;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -62,6 +69,9 @@ pub const NO_ROUTE_MESSAGE: &str = "no Route matched with those values";
 
 /// Kong's 426 message when an `https`-only route is requested over plain HTTP.
 pub const HTTPS_REQUIRED_MESSAGE: &str = "Please use HTTPS protocol";
+
+/// Kong's 414 message (its error handler's wording) for a request path that is too long.
+pub const URI_TOO_LONG_MESSAGE: &str = "URI too long";
 
 /// What the router needs to know about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +104,10 @@ pub enum RouteOutcome {
     NoRoute,
     /// An `https`-only route matched a plain-HTTP request (Kong's `https_redirect_status_code`).
     HttpsRequired(HttpsRequired),
+    /// The `:path` is longer than [`MAX_REQUEST_PATH_BYTES`]: answer 414 with
+    /// [`URI_TOO_LONG_MESSAGE`], before any route is tried (as nginx, and so Kong, refuse a
+    /// request line longer than 8 KiB).
+    UriTooLong,
     /// A route matched but the request cannot be served: answer 503 with `message`.
     Unavailable {
         /// The matched route's name, else its id, else its path in the input.
@@ -419,13 +433,13 @@ impl Router {
             for (name, values) in &route.headers {
                 let values = match values.as_slice() {
                     // Kong lowercases the pattern too (compat.lua: `value:lower()`).
-                    [one] if one.starts_with("~*") => match Regex::new(&one[2..].to_lowercase()) {
+                    [one] if one.starts_with("~*") => match header_regex(&one[2..]) {
                         Ok(re) => HeaderValues::Regex(re),
                         Err(e) => {
                             bad_header = Some(format!(
-                                    "header {name} regex {one:?} is not supported ({}): the route never matches",
-                                    error_summary(&e.to_string())
-                                ));
+                                "header {name} regex {one:?} is not supported ({e}): the route \
+                                 never matches"
+                            ));
                             break;
                         }
                     },
@@ -444,14 +458,13 @@ impl Router {
             for p in &route.paths {
                 match p.strip_prefix('~') {
                     // compat.lua: "^" .. regex, with `(?<name>` spelled `(?P<name>`.
-                    Some(re) => match Regex::new(&format!("^{}", re.replace("?<", "?P<"))) {
+                    Some(re) => match path_regex(re) {
                         Ok(regex) => paths.push(PathMatcher::Regex {
                             regex,
                             literal: literal_prefix(re),
                         }),
                         Err(e) => unsupported(format!(
-                            "regex path {p:?} is not supported ({}): this path never matches",
-                            error_summary(&e.to_string())
+                            "regex path {p:?} is not supported ({e}): this path never matches"
                         )),
                     },
                     None => paths.push(PathMatcher::Prefix(p.clone())),
@@ -601,6 +614,11 @@ impl Router {
 
     /// Decides where `request` goes. Advances the round-robin of the chosen upstream.
     pub fn route(&self, request: &RequestView<'_>) -> RouteOutcome {
+        // Before any work that grows with the path: normalising it, and regexes whose cost is
+        // their size times its length.
+        if request.path.len() > MAX_REQUEST_PATH_BYTES {
+            return RouteOutcome::UriTooLong;
+        }
         let https = request.scheme.eq_ignore_ascii_case("https");
         let (req_host, req_port) = split_authority(request.authority);
         let req_host: std::borrow::Cow<'_, str> =
@@ -922,9 +940,61 @@ fn has_top_level_alternation(regex: &str) -> bool {
     false
 }
 
-/// The last line of a `regex` error: the line saying what is wrong.
-fn error_summary(text: &str) -> &str {
-    text.lines().last().unwrap_or(text).trim()
+/// Compiles a route's regex path (the text after `~`) as Kong's `traditional_compatible`
+/// router does: anchored at the start (compat.lua: `"^" .. regex`), `(?<name>` spelled
+/// `(?P<name>`, and no larger than [`MAX_REGEX_NFA_BYTES`].
+pub fn path_regex(regex: &str) -> Result<Regex, String> {
+    bounded_regex(&format!("^{}", regex.replace("?<", "?P<")))
+}
+
+/// Compiles a route's `~*` header value regex (the text after `~*`), lowercased as Kong does
+/// (compat.lua: `value:lower()`), no larger than [`MAX_REGEX_NFA_BYTES`].
+pub fn header_regex(regex: &str) -> Result<Regex, String> {
+    bounded_regex(&regex.to_lowercase())
+}
+
+/// Why a route path (`/prefix` or `~regex`) cannot be used, if it cannot: the document's
+/// validation refuses such a path, as Kong does.
+pub fn check_path(path: &str) -> Result<(), String> {
+    match path.strip_prefix('~') {
+        Some(regex) => path_regex(regex).map(drop).map_err(|why| {
+            format!("invalid regex {path:?}: {why}; fix it or write the path as a prefix")
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why a route's header values cannot be used, if they cannot: a single `~*` value is a
+/// regex and must compile.
+pub fn check_header_values(values: &[String]) -> Result<(), String> {
+    match values {
+        [one] if one.starts_with("~*") => header_regex(&one[2..]).map(drop).map_err(|why| {
+            format!("invalid regex {one:?}: {why}; fix it or list the values to accept")
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn bounded_regex(pattern: &str) -> Result<Regex, String> {
+    regex_lite::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_NFA_BYTES)
+        .build()
+        .map_err(|e| {
+            let text = e.to_string();
+            if text.contains("exceeded size limit") {
+                format!(
+                    "it compiles to more than {MAX_REGEX_NFA_BYTES} bytes (MAX_REGEX_NFA_BYTES), \
+                     which would make every request it is tried on slow: use fewer or smaller \
+                     counted repetitions such as {{1,1000}}"
+                )
+            } else {
+                // regex-lite's message ends with the line saying what is wrong; it does not
+                // support look-around, back-references, possessive quantifiers or Unicode
+                // classes, which PCRE (Kong's engine) has.
+                let reason = text.lines().last().unwrap_or(&text).trim();
+                format!("{reason} (the filter's regex engine has no look-around, back-references, possessive quantifiers or Unicode classes)")
+            }
+        })
 }
 
 #[cfg(test)]

@@ -1,55 +1,83 @@
-//! Host calls that cannot panic. The SDK's trait helpers `unwrap()` host results (and decode
-//! header values as UTF-8 with `unwrap()`); in a gateway a failed host call must become a logged
-//! error and a defined outcome, so the filter calls these instead.
+//! Host calls, and nothing else: every decision about what to call lives in
+//! `fallback_core::host::HostProfile`. Each function performs one call through [`crate::abi`]
+//! and turns a refusal into a defined outcome (`None`, `false`, an `Err` to log), never a panic.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
-use std::time::{Duration, UNIX_EPOCH};
+use crate::abi::{self, Buffer, Map, CAS_MISMATCH};
+use fallback_core::host::{HostWrite, ProxyLogLevel, ReadFrom};
+use fallback_core::shared_data::{SharedData, WriteRefused};
+use proxy_wasm::types::MetricType;
+use std::time::Duration;
 
 /// Unix time in ms from the host clock (0 if the host cannot tell).
 pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+    abi::now_nanos().map_or(0, |ns| ns / 1_000_000)
 }
 
 /// Logs `message`; a failed log call has nowhere better to go.
-pub fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+pub fn log(level: ProxyLogLevel, message: &str) {
+    let _ = abi::log(level as u32, message);
 }
 
-/// Value and CAS token of a shared-data key.
-pub fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-    hostcalls::get_shared_data(key).unwrap_or((None, None))
+/// Asks for `on_tick` every `period`.
+pub fn set_tick_period(period: Duration) {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    let _ = abi::set_tick_period(ms);
 }
 
-/// Writes a shared-data key; `cas` makes it conditional. `false` on a CAS mismatch or error.
-pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> bool {
-    hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+/// The plugin configuration (empty when the host has none).
+pub fn plugin_configuration() -> Vec<u8> {
+    abi::buffer(Buffer::PluginConfiguration, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
-/// Starts an HTTP call; the token identifies its response.
+/// The proxy's shared data.
+pub struct HostSharedData;
+
+impl SharedData for HostSharedData {
+    fn get(&mut self, key: &str) -> (Option<Vec<u8>>, u32) {
+        abi::shared_get(key).unwrap_or((None, 0))
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), WriteRefused> {
+        abi::shared_set(key, value, cas).map_err(|status| match status {
+            CAS_MISMATCH => WriteRefused::CasMismatch,
+            other => WriteRefused::Host(other),
+        })
+    }
+}
+
+/// Starts an HTTP call (through the SDK, which routes its answer to the root context); the
+/// token identifies its response.
 pub fn dispatch(
     upstream: &str,
-    headers: &[(&str, &str)],
+    headers: Vec<(&str, &str)>,
     timeout: Duration,
-) -> Result<u32, Status> {
-    hostcalls::dispatch_http_call(upstream, headers.to_vec(), None, vec![], timeout)
+) -> Result<u32, proxy_wasm::types::Status> {
+    proxy_wasm::hostcalls::dispatch_http_call(upstream, headers, None, vec![], timeout)
 }
 
-/// The current HTTP call response's headers, values decoded lossily.
-pub fn call_response_headers() -> Vec<(String, String)> {
-    hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-        .unwrap_or_default()
+fn lossy(pairs: abi::Pairs) -> Vec<(String, String)> {
+    pairs
         .into_iter()
-        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+        .map(|(name, value)| {
+            (
+                String::from_utf8_lossy(&name).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            )
+        })
         .collect()
+}
+
+/// The current HTTP call response's headers, decoded lossily.
+pub fn call_response_headers() -> Vec<(String, String)> {
+    lossy(abi::header_map(Map::CallResponse).unwrap_or_default())
 }
 
 /// The current HTTP call response's body.
 pub fn call_response_body(size: usize) -> Vec<u8> {
-    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+    abi::buffer(Buffer::CallResponseBody, size)
         .ok()
         .flatten()
         .unwrap_or_default()
@@ -57,28 +85,71 @@ pub fn call_response_body(size: usize) -> Vec<u8> {
 
 /// One request header, decoded lossily.
 pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+    abi::header(Map::Request, name)
         .ok()
         .flatten()
         .map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
-/// Every header of `map`, values decoded lossily so that a value that is not UTF-8 is kept
-/// rather than dropped; empty when the host refuses.
-fn header_map(map: MapType) -> Vec<(String, String)> {
-    hostcalls::get_map_bytes(map)
-        .map(|pairs| {
-            pairs
-                .into_iter()
-                .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Every request header, decoded lossily (a header may repeat); empty when the host refuses.
+pub fn request_headers() -> Vec<(String, String)> {
+    lossy(abi::header_map(Map::Request).unwrap_or_default())
 }
 
-/// Every request header, decoded lossily (a header may repeat).
-pub fn request_headers() -> Vec<(String, String)> {
-    header_map(MapType::HttpRequestHeaders)
+/// A host property (e.g. `["connection", "requested_server_name"]`), `None` when unset.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    abi::property(path).ok().flatten()
+}
+
+/// A request value read where the host profile says, decoded lossily.
+pub fn read(from: ReadFrom) -> Option<String> {
+    match from {
+        ReadFrom::Header(name) => request_header(name),
+        ReadFrom::Property(path) => {
+            property(path).map(|v| String::from_utf8_lossy(&v).into_owned())
+        }
+    }
+}
+
+/// Performs one hand-over write; `Err` carries the host's status.
+pub fn write(write: &HostWrite<'_>) -> Result<(), u32> {
+    match write {
+        HostWrite::Header { name, value } => abi::replace_header(Map::Request, name, value),
+        HostWrite::Property { path, value } => abi::set_property(path, value.as_bytes()),
+    }
+}
+
+/// Sets (or with `None` removes) a request header.
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    let _ = match value {
+        Some(value) => abi::replace_header(Map::Request, name, value),
+        None => abi::remove_header(Map::Request, name),
+    };
+}
+
+/// Adds a request header value (keeps the others).
+pub fn add_request_header(name: &str, value: &str) {
+    let _ = abi::add_header(Map::Request, name, value);
+}
+
+/// Every response header, decoded lossily.
+pub fn response_headers() -> Vec<(String, String)> {
+    lossy(abi::header_map(Map::Response).unwrap_or_default())
+}
+
+/// Adds a response header.
+pub fn add_response_header(name: &str, value: &str) {
+    let _ = abi::add_header(Map::Response, name, value);
+}
+
+/// Removes every value of a response header.
+pub fn remove_response_header(name: &str) {
+    let _ = abi::remove_header(Map::Response, name);
+}
+
+/// Answers the request from the filter with these headers and body (`None`: no body).
+pub fn send_response(status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) {
+    let _ = abi::send_response(status, headers, body);
 }
 
 /// Answers the request from the filter with no body (e.g. a redirect).
@@ -86,28 +157,11 @@ pub fn send_empty(status: u32, headers: &[(&str, &str)]) {
     send_response(status, headers, None);
 }
 
-/// A host property (e.g. `["connection", "requested_server_name"]`), `None` when unset.
-pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
-}
-
-/// Sets (or with `None` removes) a request header.
-pub fn set_request_header(name: &str, value: Option<&str>) {
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
-}
-
-/// Adds a response header.
-pub fn add_response_header(name: &str, value: &str) {
-    let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
-}
-
 /// Answers the request from the filter with a JSON body.
 pub fn send_json(status: u32, body: &str, extra_headers: &[(&str, &str)]) {
     let mut headers = vec![("content-type", "application/json; charset=utf-8")];
     headers.extend_from_slice(extra_headers);
-    // The SDK returns Ok or panics on an unexpected status; Envoy only answers Ok for a stream
-    // in its request phase, which is the only place this is called from.
-    let _ = hostcalls::send_http_response(status, headers, Some(body.as_bytes()));
+    send_response(status, &headers, Some(body.as_bytes()));
 }
 
 /// A metric handle; `None` when the host refused to define it (then it is silently skipped).
@@ -117,44 +171,20 @@ pub struct Metric(Option<u32>);
 impl Metric {
     /// Defines (or finds) a metric by name.
     pub fn define(kind: MetricType, name: &str) -> Self {
-        Self(hostcalls::define_metric(kind, name).ok())
+        Self(abi::define_metric(kind as u32, name).ok())
     }
 
     /// Adds `delta` to a counter.
     pub fn add(self, delta: i64) {
         if let Some(id) = self.0 {
-            let _ = hostcalls::increment_metric(id, delta);
+            let _ = abi::increment_metric(id, delta);
         }
     }
 
     /// Sets a gauge.
     pub fn set(self, value: u64) {
         if let Some(id) = self.0 {
-            let _ = hostcalls::record_metric(id, value);
+            let _ = abi::record_metric(id, value);
         }
     }
-}
-
-/// Adds a request header value (keeps the others).
-pub fn add_request_header(name: &str, value: &str) {
-    let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
-}
-
-/// Answers the request from the filter with these headers and body (`None`: no body).
-pub fn send_response(status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) {
-    let _ = hostcalls::send_http_response(status, headers.to_vec(), body);
-}
-
-/// Every response header, decoded lossily.
-pub fn response_headers() -> Vec<(String, String)> {
-    header_map(MapType::HttpResponseHeaders)
-}
-
-/// Replaces every response header.
-pub fn set_response_headers(headers: &[(String, String)]) {
-    let pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    let _ = hostcalls::set_map(MapType::HttpResponseHeaders, pairs);
 }

@@ -5,26 +5,26 @@
 //!   `on_tick` and publishes each new document in shared data.
 //! - Every worker reads the published document once per generation, compiles a router, and
 //!   hands it to its HTTP contexts ([`request::RequestFilter`]), with the config's plugins
-//!   compiled next to it; rate-limiting counters live in shared data ([`counters`]).
+//!   compiled next to it; rate-limiting counters live in shared data
+//!   (`fallback_core::shared_data`).
+//! - What differs between proxy hosts is decided by `fallback_core::host::HostProfile`, picked
+//!   once from the configuration's `"host"`; [`host`] only performs calls, through [`abi`].
 
-mod counters;
+mod abi;
 mod host;
 mod request;
 
 use fallback_core::document::ConfigDocument;
-use fallback_core::fetch::{
-    Action, CallId, FetchMachine, HttpResponse, LogLevel as CoreLevel, PublishedConfig, Source,
-    Stage,
-};
+use fallback_core::fetch::{Action, CallId, FetchMachine, HttpResponse, LogLevel, Source, Stage};
 use fallback_core::filter_config::FilterConfig;
+use fallback_core::host::{proxy_log_level, HostProfile};
 use fallback_core::plugins::PluginEngine;
-use fallback_core::publication::{
-    claim_lease, Lease, PublicationHeader, CONFIG_KEY, HEADER_KEY, LEASE_KEY,
-};
+use fallback_core::publication::{publish, published_header, read_published, Election, CONFIG_KEY};
 use fallback_core::router::Router;
-use host::Metric;
+use fallback_core::shared_data::SharedData;
+use host::{HostSharedData, Metric};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{ContextType, LogLevel as SdkLevel, MetricType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -32,7 +32,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_log_level(SdkLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Worker::new()) });
 }}
 
@@ -91,15 +91,20 @@ impl Metrics {
     }
 }
 
+/// Logs `message` at `level`, as every host takes it.
+pub(crate) fn log(level: LogLevel, message: &str) {
+    host::log(proxy_log_level(level), message);
+}
+
 /// One worker's root context.
 struct Worker {
-    id: u64,
     config: Option<Rc<FilterConfig>>,
+    /// This host's semantics, from the configuration's `"host"`.
+    profile: &'static HostProfile,
     /// The fetch state machine, present while this worker holds the lease.
     machine: Option<FetchMachine>,
-    /// Whether this worker claimed the lease on the previous tick (leadership starts when the
-    /// claim is still ours one tick later: two workers writing an absent key both "win").
-    claimed: bool,
+    /// This worker's part in the leader lease.
+    election: Election,
     calls: HashMap<u32, CallId>,
     generation_applied: Cell<Option<u64>>,
     active: Shared,
@@ -109,10 +114,10 @@ struct Worker {
 impl Worker {
     fn new() -> Self {
         Self {
-            id: random_u64(),
             config: None,
+            profile: fallback_core::host::HostKind::default().profile(),
             machine: None,
-            claimed: false,
+            election: Election::new(random_u64()),
             calls: HashMap::new(),
             generation_applied: Cell::new(None),
             active: Rc::new(RefCell::new(None)),
@@ -122,27 +127,22 @@ impl Worker {
 
     /// Takes part in the lease; starts or stops the state machine as leadership changes.
     fn lead_or_follow(&mut self, config: &FilterConfig, now: u64) {
-        let (current, cas) = host::shared_get(LEASE_KEY);
-        let holds_now = current
-            .as_deref()
-            .and_then(Lease::decode)
-            .is_some_and(|l| l.holder == self.id && l.expires_ms > now);
-        let claim = claim_lease(current.as_deref(), self.id, now, config.leader_lease_ms);
-        let wrote = claim.is_some_and(|value| host::shared_set(LEASE_KEY, &value, cas));
-        let leading = wrote && holds_now && self.claimed;
-        self.claimed = wrote;
+        let leading = self
+            .election
+            .tick(&mut HostSharedData, now, config.leader_lease_ms);
         match (leading, self.machine.is_some()) {
             (true, false) => {
                 let mut machine = FetchMachine::new(config, random_u64());
-                machine.adopt(read_published().as_ref());
-                host::log(
+                let published = read_published(&mut HostSharedData).map(|(_, p)| p);
+                machine.adopt(published.as_ref());
+                log(
                     LogLevel::Info,
                     "fallback: this worker now leads config fetching",
                 );
                 self.machine = Some(machine);
             }
             (false, true) => {
-                host::log(
+                log(
                     LogLevel::Info,
                     "fallback: another worker leads config fetching now",
                 );
@@ -154,27 +154,24 @@ impl Worker {
     }
 
     /// Carries out the machine's actions; a dispatch the host refuses is fed back as a failure.
+    /// The machine asks for calls from ticks only, so no dispatch is ever made from a response
+    /// callback (ngx_wasm_module crashes on one).
     fn perform(&mut self, actions: Vec<Action>) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Dispatch(req) => {
-                    let mut headers: Vec<(&str, &str)> = vec![
-                        (":method", req.method.as_str()),
-                        (":path", req.path.as_str()),
-                        (":authority", req.authority.as_str()),
-                    ];
-                    headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    let headers = self.profile.dispatch_headers(&req);
                     let timeout = Duration::from_millis(req.timeout_ms);
-                    match host::dispatch(&req.upstream, &headers, timeout) {
+                    match host::dispatch(&req.upstream, headers, timeout) {
                         Ok(token) => {
                             self.calls.insert(token, req.call);
                         }
                         Err(status) => {
-                            host::log(
+                            log(
                                 LogLevel::Warn,
                                 &format!(
-                                    "fallback: the host refused a call to upstream {:?} ({status:?}): check that the cluster exists",
+                                    "fallback: the host refused a call to upstream {:?} ({status:?}): check that the cluster exists (Envoy) or that it is a reachable host:port (nginx, Kong)",
                                     req.upstream
                                 ),
                             );
@@ -189,8 +186,18 @@ impl Worker {
                         }
                     }
                 }
-                Action::Publish(published) => publish(&published),
-                Action::Log { level, message } => host::log(level_of(level), &message),
+                Action::Publish(published) => {
+                    if let Err(why) = publish(&mut HostSharedData, &published) {
+                        log(
+                            LogLevel::Error,
+                            &format!(
+                                "fallback: could not publish the config (sha256 {}) in shared data: {why}; check the shared memory zone (nginx: shm_kv *)",
+                                published.sha256
+                            ),
+                        );
+                    }
+                }
+                Action::Log { level, message } => log(level, &message),
                 Action::Count { stage, success } => {
                     if let Some(m) = &self.metrics {
                         m.count(stage, success);
@@ -202,14 +209,13 @@ impl Worker {
 
     /// Reads the published document when its generation changed, and compiles it.
     fn apply_published(&self) {
-        let (header, _) = host::shared_get(HEADER_KEY);
-        let Some(header) = header.as_deref().and_then(PublicationHeader::decode) else {
+        let Some(header) = published_header(&mut HostSharedData) else {
             return;
         };
         if self.generation_applied.get() == Some(header.generation) {
             return;
         }
-        let (document, _) = host::shared_get(CONFIG_KEY);
+        let (document, _) = HostSharedData.get(CONFIG_KEY);
         // The document key is written before the header; newer bytes mean a newer header follows.
         let Some(published) = document.as_deref().and_then(|d| header.attach(d)) else {
             return;
@@ -218,7 +224,7 @@ impl Worker {
             Ok(loaded) => {
                 let router = Router::compile(&loaded.document);
                 for skipped in router.unsupported() {
-                    host::log(
+                    log(
                         LogLevel::Warn,
                         &format!("fallback: {}: {}", skipped.path, skipped.reason),
                     );
@@ -236,7 +242,7 @@ impl Worker {
                     } else {
                         LogLevel::Error
                     };
-                    host::log(
+                    log(
                         level,
                         &format!("fallback: {}: {}", plugin.path, plugin.reason),
                     );
@@ -255,51 +261,25 @@ impl Worker {
                     m.revision.set(published.revision);
                     m.generation.set(header.generation);
                 }
+                // One line per worker and generation: in nginx the line's pid tells which
+                // worker applied it.
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "fallback: this worker now serves config generation {} ({} config, revision {}, sha256 {})",
+                        header.generation,
+                        published.source.as_str(),
+                        published.revision,
+                        published.sha256
+                    ),
+                );
             }
-            Err(errors) => host::log(
+            Err(errors) => log(
                 LogLevel::Error,
                 &format!("fallback: published config generation {} does not load here; keeping the previous one. {errors}", header.generation),
             ),
         }
         self.generation_applied.set(Some(header.generation));
-    }
-}
-
-/// The published config, if any (for a new leader to adopt).
-fn read_published() -> Option<PublishedConfig> {
-    let header = PublicationHeader::decode(&host::shared_get(HEADER_KEY).0?)?;
-    header.attach(&host::shared_get(CONFIG_KEY).0?)
-}
-
-/// Writes the document, then the header that announces it.
-fn publish(published: &PublishedConfig) {
-    let generation = host::shared_get(HEADER_KEY)
-        .0
-        .as_deref()
-        .and_then(PublicationHeader::decode)
-        .map_or(1, |h| h.generation + 1);
-    let header = PublicationHeader {
-        generation,
-        source: published.source,
-        revision: published.revision,
-        sha256: published.sha256,
-    };
-    if !(host::shared_set(CONFIG_KEY, &published.document, None)
-        && host::shared_set(HEADER_KEY, &header.encode(), None))
-    {
-        host::log(
-            LogLevel::Error,
-            "fallback: could not publish the config in shared data",
-        );
-    }
-}
-
-fn level_of(level: CoreLevel) -> LogLevel {
-    match level {
-        CoreLevel::Debug => LogLevel::Debug,
-        CoreLevel::Info => LogLevel::Info,
-        CoreLevel::Warn => LogLevel::Warn,
-        CoreLevel::Error => LogLevel::Error,
     }
 }
 
@@ -351,24 +331,17 @@ impl Context for Worker {
 
 impl RootContext for Worker {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let raw = proxy_wasm::hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let raw = host::plugin_configuration();
         match FilterConfig::parse(&raw) {
             Ok(config) => {
-                let _ =
-                    proxy_wasm::hostcalls::set_tick_period(Duration::from_millis(config.tick_ms));
+                host::set_tick_period(Duration::from_millis(config.tick_ms));
+                self.profile = config.host.profile();
                 self.metrics = Some(Metrics::define());
                 self.config = Some(Rc::new(config));
                 true
             }
             Err(e) => {
-                host::log(
+                log(
                     LogLevel::Error,
                     &format!(
                         "fallback: invalid plugin configuration, the filter is not started: {e}"
@@ -402,6 +375,7 @@ impl RootContext for Worker {
         Some(Box::new(request::RequestFilter::new(
             self.active.borrow().clone(),
             config,
+            self.profile,
         )))
     }
 

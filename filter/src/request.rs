@@ -1,27 +1,38 @@
 //! Per request: route with the configuration in force, hand the upstream to the host, or answer.
+//! What to read and write where comes from the host profile; this module only sequences it.
 
-use crate::counters::SharedCounters;
-use crate::host;
+use crate::host::{self, HostSharedData};
 use crate::Active;
-use fallback_core::fetch::Source;
+use fallback_core::fetch::{LogLevel, Source};
 use fallback_core::filter_config::FilterConfig;
+use fallback_core::host::{HandOverNames, HostProfile, HostWrite, UpstreamTarget};
 use fallback_core::plugins::{
     HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
 use fallback_core::router::{Forward, RequestView, RouteOutcome};
+use fallback_core::shared_data::SharedCounters;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use std::net::IpAddr;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 const NO_CONFIG: &str = r#"{"message":"no configuration loaded yet: the gateway has not received a config from the control plane or from storage; retry shortly"}"#;
 const NO_ROUTE: &str = r#"{"message":"no Route matched with those values"}"#;
 const HTTPS_REQUIRED: &str = r#"{"message":"Please use HTTPS protocol"}"#;
+const URI_TOO_LONG: &str = r#"{"message":"URI too long"}"#;
+const HAND_OVER_FAILED: &str = r#"{"message":"An unexpected error occurred: the gateway's fallback filter could not hand the request to the proxy"}"#;
+
+thread_local! {
+    /// Hand-over targets whose refusal this worker has logged (once each: it repeats on every
+    /// request until the proxy's configuration is fixed).
+    static REFUSALS_LOGGED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
 
 /// One request's filter: a snapshot of the configuration in force when it arrived.
 pub struct RequestFilter {
     active: Option<Rc<Active>>,
     config: Rc<FilterConfig>,
+    profile: &'static HostProfile,
     debug: Option<Vec<(&'static str, String)>>,
     /// What the plugins change in the response's headers.
     response_plan: Option<ResponsePlan>,
@@ -29,10 +40,15 @@ pub struct RequestFilter {
 
 impl RequestFilter {
     /// A filter for one request.
-    pub fn new(active: Option<Rc<Active>>, config: Rc<FilterConfig>) -> Self {
+    pub fn new(
+        active: Option<Rc<Active>>,
+        config: Rc<FilterConfig>,
+        profile: &'static HostProfile,
+    ) -> Self {
         Self {
             active,
             config,
+            profile,
             debug: None,
             response_plan: None,
         }
@@ -47,9 +63,14 @@ impl HttpContext for RequestFilter {
             host::send_json(503, NO_CONFIG, &[]);
             return Action::Pause;
         };
+        let profile = self.profile;
         let method = host::request_header(":method").unwrap_or_default();
-        let authority = host::request_header(":authority").unwrap_or_default();
-        let path = host::request_header(":path").unwrap_or_else(|| "/".into());
+        let authority = profile
+            .host_headers
+            .iter()
+            .find_map(|name| host::request_header(name))
+            .unwrap_or_default();
+        let path = host::read(profile.path).unwrap_or_else(|| "/".into());
         let scheme = host::request_header(":scheme").unwrap_or_else(|| "http".into());
         // Reading every header costs an allocation per header: only when a route or a plugin
         // needs them.
@@ -62,14 +83,18 @@ impl HttpContext for RequestFilter {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        // Envoy's attributes: the TLS SNI (empty on plain HTTP) and the listener's port, which
-        // Kong compares a route host's port with when the Host header names none.
-        let sni = host::property(&["connection", "requested_server_name"])
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .filter(|s| !s.is_empty());
-        let port = host::property(&["destination", "port"])
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .and_then(|b| u16::try_from(i64::from_le_bytes(b)).ok());
+        // The TLS SNI (routes' `snis` only apply to HTTPS requests, so plain HTTP skips the
+        // read) and the listener's port, which Kong compares a route host's port with when the
+        // Host header names none.
+        let sni = if scheme.eq_ignore_ascii_case("https") {
+            host::property(&["connection", "requested_server_name"])
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .filter(|s| !s.is_empty())
+        } else {
+            None
+        };
+        let port =
+            host::property(profile.listener_port).and_then(|raw| profile.listener_port(&raw));
         let view = RequestView {
             method: &method,
             authority: &authority,
@@ -84,7 +109,9 @@ impl HttpContext for RequestFilter {
                 let changes = if active.plugins.is_empty() {
                     None
                 } else {
-                    match run_plugins(&active, &forward, &method, &path, &scheme, &headers) {
+                    match run_plugins(
+                        profile, &active, &forward, &method, &path, &scheme, &headers,
+                    ) {
                         PluginOutcome::Respond(answer) => {
                             send_local(&answer);
                             return Action::Pause;
@@ -92,11 +119,25 @@ impl HttpContext for RequestFilter {
                         PluginOutcome::Forward(changes) => Some(changes),
                     }
                 };
-                // Envoy connects to this host:port (set_filter_state → the dynamic forward
-                // proxy's envoy.upstream.dynamic_host) and sends `Host` exactly as Kong would.
-                host::set_request_header(&self.config.upstream_header, Some(&forward.upstream));
-                host::set_request_header(":authority", Some(&forward.host_header));
-                host::set_request_header(":path", Some(&forward.path));
+                let target = UpstreamTarget {
+                    upstream: &forward.upstream,
+                    host_header: &forward.host_header,
+                    path: changes
+                        .as_ref()
+                        .and_then(|c| c.path.as_deref())
+                        .unwrap_or(&forward.path),
+                };
+                let names = HandOverNames {
+                    upstream_header: &self.config.upstream_header,
+                    upstream_variable: &self.config.upstream_variable,
+                };
+                for write in profile.hand_over(&target, &names) {
+                    if let Err(status) = host::write(&write) {
+                        log_refusal(profile, &write, status);
+                        host::send_json(500, HAND_OVER_FAILED, &[]);
+                        return Action::Pause;
+                    }
+                }
                 if let Some(changes) = changes {
                     apply_upstream_changes(&changes);
                     self.response_plan = Some(changes.response).filter(|p| !p.is_empty());
@@ -124,6 +165,10 @@ impl HttpContext for RequestFilter {
                 host::send_json(404, NO_ROUTE, &[]);
                 Action::Pause
             }
+            RouteOutcome::UriTooLong => {
+                host::send_json(414, URI_TOO_LONG, &[]);
+                Action::Pause
+            }
             RouteOutcome::HttpsRequired(required) => {
                 match &required.location {
                     Some(location) => host::send_empty(
@@ -133,7 +178,7 @@ impl HttpContext for RequestFilter {
                     None => host::send_json(
                         u32::from(required.status),
                         HTTPS_REQUIRED,
-                        &[("connection", "Upgrade"), ("upgrade", "TLS/1.2, HTTP/1.1")],
+                        profile.https_required_headers,
                     ),
                 }
                 Action::Pause
@@ -148,9 +193,14 @@ impl HttpContext for RequestFilter {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         if let Some(plan) = self.response_plan.take() {
-            let mut headers = host::response_headers();
-            plan.apply(&mut headers);
-            host::set_response_headers(&headers);
+            // One header at a time: replacing the whole map keeps `Content-Type` in
+            // ngx_wasm_module.
+            for op in plan.edits(&host::response_headers()) {
+                match op {
+                    HeaderOp::Remove(name) => host::remove_response_header(&name),
+                    HeaderOp::Add(name, value) => host::add_response_header(&name, &value),
+                }
+            }
         }
         if let Some(debug) = self.debug.take() {
             for (name, value) in &debug {
@@ -161,8 +211,35 @@ impl HttpContext for RequestFilter {
     }
 }
 
+/// Logs, once per worker and target, that the host refused a hand-over write.
+fn log_refusal(profile: &HostProfile, write: &HostWrite<'_>, status: u32) {
+    let target = write.target();
+    let first = REFUSALS_LOGGED.with(|logged| {
+        let mut logged = logged.borrow_mut();
+        let first = !logged.contains(&target);
+        if first {
+            logged.push(target.clone());
+        }
+        first
+    });
+    if first {
+        crate::log(
+            LogLevel::Error,
+            &format!(
+                "fallback: the proxy refused {target} (proxy-wasm status {status}), so requests \
+                 answer 500: check that \"host\" ({}) names this proxy and that its \
+                 configuration matches the example for it (nginx: declare the variable with \
+                 `set $<upstream_variable> '';` and use it in proxy_pass; Kong: 3.6 or later). \
+                 Logged once per worker.",
+                profile.kind
+            ),
+        );
+    }
+}
+
 /// Runs the plugins of the matched route for this request.
 fn run_plugins(
+    profile: &HostProfile,
     active: &Active,
     forward: &Forward,
     method: &str,
@@ -177,27 +254,22 @@ fn run_plugins(
         path,
         upstream_path: &forward.path,
         headers,
-        client_ip: client_ip(),
+        client_ip: host::property(&["source", "address"]).and_then(|raw| profile.client_ip(&raw)),
         route: Some(forward.route),
         service: Some(forward.service),
         now_ms: host::now_ms(),
         random,
     };
-    active.plugins.access(&request, &mut SharedCounters)
-}
-
-/// Envoy's `source.address` (`ip:port`, IPv6 in brackets) as an address.
-fn client_ip() -> Option<IpAddr> {
-    let raw = host::property(&["source", "address"])?;
-    let text = String::from_utf8_lossy(&raw);
-    let host = match text.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => &text,
-    };
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
+    let mut kv = HostSharedData;
+    let mut counters = SharedCounters::new(&mut kv);
+    let outcome = active.plugins.access(&request, &mut counters);
+    for key in &counters.contended {
+        crate::log(
+            LogLevel::Warn,
+            &format!("fallback: rate-limiting counter {key} could not be written; refusing"),
+        );
+    }
+    outcome
 }
 
 /// Answers with a plugin's response (401, 403, 429, a termination, a preflight...).
@@ -214,16 +286,13 @@ fn send_local(answer: &LocalResponse) {
     );
 }
 
-/// Applies the plugins' request changes on top of the router's.
+/// Applies the plugins' request header and method changes (their path went to the hand-over).
 fn apply_upstream_changes(changes: &UpstreamChanges) {
     for op in &changes.request_headers {
         match op {
             HeaderOp::Remove(name) => host::set_request_header(name, None),
             HeaderOp::Add(name, value) => host::add_request_header(name, value),
         }
-    }
-    if let Some(path) = &changes.path {
-        host::set_request_header(":path", Some(path));
     }
     if let Some(method) = &changes.method {
         host::set_request_header(":method", Some(method));

@@ -120,6 +120,12 @@ pub fn bootstrap_template() -> PathBuf {
 /// Substitutes `${NAME}` placeholders in `template`; panics when a `${` is left over
 /// (a placeholder the harness does not know about).
 pub fn render_bootstrap(template: &str, vars: &[(&str, String)]) -> String {
+    render_template(&bootstrap_template(), template, vars)
+}
+
+/// Substitutes `${NAME}` placeholders in `template` (read from `path`, named in the panic);
+/// panics when a `${` is left over (a placeholder the harness does not know about).
+pub fn render_template(path: &Path, template: &str, vars: &[(&str, String)]) -> String {
     let mut out = template.to_string();
     for (name, value) in vars {
         out = out.replace(&format!("${{{name}}}"), value);
@@ -128,8 +134,8 @@ pub fn render_bootstrap(template: &str, vars: &[(&str, String)]) -> String {
         let rest = &out[at..];
         let end = rest.find('}').map_or(rest.len().min(40), |i| i + 1);
         panic!(
-            "bootstrap template {} has an unknown placeholder {}",
-            bootstrap_template().display(),
+            "template {} has an unknown placeholder {}",
+            path.display(),
             &rest[..end]
         );
     }

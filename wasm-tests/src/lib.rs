@@ -6,9 +6,13 @@
 //! - [`SeaweedFs`]: `weed mini` (S3 with real SigV4 checks), a writer and a reader identity and
 //!   a bucket; stop/restart; filer access behind S3's back ([`SeaweedFs::raw_object`],
 //!   [`SeaweedFs::corrupt_object`]).
+//! - [`azurite::Azurite`]: the Azure Storage emulator's blob service, one container, the
+//!   development account's keys checked.
 //! - [`MockCp`]: a scriptable control plane serving the config document with ETags.
 //! - [`fault_proxy`]: a loopback proxy in front of a server that answers errors or slowly on
 //!   demand; [`load`]: a bounded request loop that checks every answer.
+//! - [`nginx::Nginx`]: a real nginx + ngx_wasm_module (when `NGINX_WASM_BIN` names one) running
+//!   the filter from `examples/nginx/nginx.conf`.
 //! - [`S3Client`]: a minimal SigV4 S3 client; [`http`]: a minimal HTTP client.
 //! - [`tools`]: paths of the pinned binaries (`make tools`) and of the companion.
 //! - [`ports`]: free loopback ports, never handed out twice in one process.
@@ -18,6 +22,7 @@
 //! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
 //! cargo test for failing tests), and each external process logs to a file in its own dir.
 
+pub mod azurite;
 pub mod companion_process;
 pub mod demo_cli;
 pub mod echo;
@@ -28,6 +33,7 @@ pub mod fixtures;
 pub mod http;
 pub mod load;
 pub mod mock_cp;
+pub mod nginx;
 pub mod ports;
 pub mod process_log;
 pub mod s3;

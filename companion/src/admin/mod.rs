@@ -285,6 +285,7 @@ async fn route<B>(pages: &AdminPages, req: Request<B>) -> Response<Body> {
                 signer: pages.signer.as_deref(),
                 export: pages.export_stats.as_deref(),
                 storage_ready: None,
+                object_downloads: None,
             });
             respond(StatusCode::OK, telemetry::CONTENT_TYPE, Bytes::from(body))
         }

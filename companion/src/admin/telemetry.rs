@@ -92,7 +92,7 @@ pub struct ExportEvent {
     pub at: SystemTime,
     /// The revision it tried to store.
     pub revision: u64,
-    /// `stored`, `unchanged`, `superseded` or `failed`.
+    /// `stored`, `resigned`, `unchanged`, `superseded` or `failed`.
     pub outcome: &'static str,
     /// How long the attempt took.
     pub duration: Duration,
@@ -113,6 +113,10 @@ pub struct SignerMetrics {
     pub signing: Latency,
     /// Bytes of objects served under `/v1/objects/`.
     pub object_bytes: Counter,
+    /// Signer requests refused 401.
+    pub auth_failures: Counter,
+    /// Signer requests refused 429 (too many failed tokens from their address).
+    pub rate_limited: Counter,
     /// The revision the last successful signer request handed out.
     pub served_revision: std::sync::atomic::AtomicU64,
     /// The last signer requests.
@@ -143,6 +147,8 @@ pub struct Sources<'a> {
     pub export: Option<&'a ExportStats>,
     /// The last storage probe (signer role).
     pub storage_ready: Option<bool>,
+    /// Object downloads in progress and their limit (signer role, `file://`).
+    pub object_downloads: Option<(usize, usize)>,
 }
 
 /// The metrics in the OpenMetrics text format. Names are those of `docs/signer.md`; help
@@ -176,7 +182,24 @@ pub fn render(sources: &Sources<'_>) -> String {
             "Time to answer authorised signer requests (storage HEAD and signing)",
             m.signing.0.clone(),
         );
+        registry.register(
+            "fallback_companion_signer_auth_failures",
+            "Signer requests refused 401: bearer token missing or not accepted",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "fallback_companion_signer_rate_limited",
+            "Signer requests refused 429: too many failed bearer tokens from their address",
+            m.rate_limited.clone(),
+        );
         stored_revision = m.served_revision.load(Ordering::Relaxed);
+    }
+    if let Some((in_progress, limit)) = sources.object_downloads {
+        registry.register(
+            "fallback_companion_object_downloads_in_progress",
+            format!("Object downloads (/v1/objects/) being sent, at most {limit}"),
+            ConstGauge::new(in_progress as i64),
+        );
     }
     if let Some(ready) = sources.storage_ready {
         registry.register(
@@ -295,6 +318,7 @@ mod tests {
             signer: Some(&signer),
             export: Some(&export),
             storage_ready: Some(true),
+            object_downloads: Some((2, 32)),
         });
         for line in [
             "fallback_companion_info{version=\"",
@@ -308,6 +332,8 @@ mod tests {
             "fallback_companion_control_plane_poll_duration_seconds_count 1",
             "fallback_companion_stored_revision 7",
             "fallback_companion_object_bytes_served_total 0",
+            "fallback_companion_signer_auth_failures_total 0",
+            "fallback_companion_object_downloads_in_progress 2",
             "# EOF",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

@@ -215,6 +215,8 @@ pub(super) fn route(raw: &Raw<'_>, sink: &mut Sink) -> (Route, Option<Reference>
                 format!("{}[{i}]", f.at("paths")),
                 "path must start with \"/\" or \"~\" (regex)",
             );
+        } else if let Err(why) = crate::router::check_path(p) {
+            sink.error(format!("{}[{i}]", f.at("paths")), why);
         }
     }
     let headers = headers(f, sink);
@@ -359,7 +361,11 @@ fn headers(f: Fields<'_>, sink: &mut Sink) -> BTreeMap<String, Vec<String>> {
             sink.error(path, "header name must not be empty");
             continue;
         }
-        out.insert(name.clone(), strings_at(values, &path, sink));
+        let values = strings_at(values, &path, sink);
+        if let Err(why) = crate::router::check_header_values(&values) {
+            sink.error(path, why);
+        }
+        out.insert(name.clone(), values);
     }
     out
 }

@@ -641,6 +641,57 @@ fn top_level_must_be_an_object() {
 }
 
 #[test]
+fn duplicate_keys_are_validation_errors_at_their_path() {
+    // Last-one-wins would load zero routes without a word.
+    let err = ConfigDocument::from_slice(
+        br#"{"_format_version":"3.0","routes":[{"paths":["/"]}],"routes":[]}"#,
+    )
+    .expect_err("duplicate routes");
+    assert_eq!(err.len(), 1);
+    assert_eq!(err.problems[0].path, "$");
+    assert!(
+        err.problems[0]
+            .message
+            .starts_with("key \"routes\" appears twice"),
+        "{}",
+        err.problems[0].message
+    );
+    let err = ConfigDocument::from_slice(
+        br#"{"_format_version":"3.0","services":[{"host":"a","routes":[{"paths":["/"],"strip_path":true,"strip_path":false}]}]}"#,
+    )
+    .expect_err("duplicate field");
+    assert_eq!(err.problems[0].path, "services[0].routes[0]");
+    assert!(err.problems[0].message.contains("\"strip_path\""));
+}
+
+#[test]
+fn from_slice_refuses_oversized_and_overdeep_documents() {
+    let deep = format!(
+        "{{\"_format_version\":\"3.0\",\"x\":{}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let err = ConfigDocument::from_slice(deep.as_bytes()).expect_err("too deep");
+    assert!(err.problems[0].path.starts_with("x[0][0]"), "{err}");
+    assert!(
+        err.problems[0].message.contains("deeper than 64 levels"),
+        "{err}"
+    );
+
+    let big = vec![b' '; crate::limits::MAX_DOCUMENT_BYTES + 1];
+    let err = ConfigDocument::from_slice(&big).expect_err("too large");
+    assert_eq!(err.problems[0].path, "$");
+    assert!(
+        err.problems[0].message.starts_with(&format!(
+            "the document is {} bytes, more than the {} bytes (MAX_DOCUMENT_BYTES)",
+            big.len(),
+            crate::limits::MAX_DOCUMENT_BYTES
+        )),
+        "{err}"
+    );
+}
+
+#[test]
 fn from_slice_reports_syntax_errors_with_position() {
     let err = ConfigDocument::from_slice(b"{\n  \"_format_version\": \"3.0\",\n  oops\n}")
         .expect_err("invalid");

@@ -3,9 +3,9 @@
 //! The authority must be the URL's own `host[:port]`, byte for byte: SigV4 and GCS V4 signatures
 //! cover the `host` header, so any rewriting would make storage reject the request.
 
-/// `(authority, path_and_query)` of an `http://` or `https://` URL; `None` for anything else
-/// (another scheme, user info, an empty host, whitespace or control characters).
-pub(super) fn split(url: &str) -> Option<(&str, String)> {
+/// `(authority, path_and_query, is https)` of an `http://` or `https://` URL; `None` for
+/// anything else (another scheme, user info, an empty host, whitespace or control characters).
+pub(super) fn split(url: &str) -> Option<(&str, String, bool)> {
     let (scheme, rest) = url.split_once("://")?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return None;
@@ -25,7 +25,7 @@ pub(super) fn split(url: &str) -> Option<(&str, String)> {
     } else {
         format!("/{tail}")
     };
-    Some((authority, path))
+    Some((authority, path, scheme.eq_ignore_ascii_case("https")))
 }
 
 #[cfg(test)]
@@ -38,15 +38,19 @@ mod tests {
             split("http://127.0.0.1:8333/bucket/kong/3.4.1.0/config.json?X-Amz-Signature=ab"),
             Some((
                 "127.0.0.1:8333",
-                "/bucket/kong/3.4.1.0/config.json?X-Amz-Signature=ab".to_owned()
+                "/bucket/kong/3.4.1.0/config.json?X-Amz-Signature=ab".to_owned(),
+                false
             ))
         );
         assert_eq!(
             split("HTTPS://storage.googleapis.com/b/k?x=1#frag"),
-            Some(("storage.googleapis.com", "/b/k?x=1".to_owned()))
+            Some(("storage.googleapis.com", "/b/k?x=1".to_owned(), true))
         );
-        assert_eq!(split("http://h"), Some(("h", "/".to_owned())));
-        assert_eq!(split("http://h?x=1"), Some(("h", "/?x=1".to_owned())));
+        assert_eq!(split("http://h"), Some(("h", "/".to_owned(), false)));
+        assert_eq!(
+            split("http://h?x=1"),
+            Some(("h", "/?x=1".to_owned(), false))
+        );
     }
 
     #[test]

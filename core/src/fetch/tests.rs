@@ -123,7 +123,10 @@ impl Driver {
         self.track(actions)
     }
 
-    /// Answers the call in flight to `party`, at the driver's clock.
+    /// Answers the call in flight to `party`, at the driver's clock, then ticks at the same
+    /// time, as the host's next tick would: the answer itself never asks for a call (a
+    /// dispatch from a response callback crashes ngx_wasm_module), what it made due starts
+    /// at the tick. Returns the actions of both.
     fn answer(&mut self, party: Party, response: HttpResponse) -> Vec<Action> {
         let index = self
             .pending
@@ -131,7 +134,9 @@ impl Driver {
             .position(|(r, _)| r.party == party)
             .unwrap_or_else(|| panic!("no {party:?} call in flight: {:?}", self.pending));
         let (request, _) = self.pending.remove(index);
-        let actions = self.m.on_response(self.now, request.call, response);
+        let mut actions = self.m.on_response(self.now, request.call, response);
+        assert_no_dispatch_in_response(&actions);
+        actions.extend(self.m.on_tick(self.now));
         self.track(actions)
     }
 
@@ -158,6 +163,14 @@ impl Driver {
             _ => None,
         }
     }
+}
+
+/// What an answer may never do: ask for a call (see the module documentation).
+fn assert_no_dispatch_in_response(actions: &[Action]) {
+    assert!(
+        dispatches(actions).is_empty(),
+        "a dispatch asked for from a response callback: {actions:#?}"
+    );
 }
 
 fn dispatches(actions: &[Action]) -> Vec<HttpRequest> {
@@ -580,6 +593,23 @@ fn kong_admin_api_shape_is_unwrapped() {
 }
 
 #[test]
+fn duplicate_keys_in_a_cp_answer_are_refused_with_their_path() {
+    let inner = r#"{"_format_version":"3.0","routes":[{"paths":["/"]}],"routes":[]}"#;
+    let admin = serde_json::to_vec(&json!({ "config": inner })).unwrap();
+    for body in [inner.as_bytes().to_vec(), admin] {
+        let mut d = Driver::new(true);
+        d.tick(0);
+        let a = d.answer(Party::ControlPlane, ok(&body));
+        assert_eq!(published(&a), None);
+        assert!(
+            has_log(&a, LogLevel::Warn, "$: key \"routes\" appears twice"),
+            "{:#?}",
+            logs(&a)
+        );
+    }
+}
+
+#[test]
 fn yaml_gets_a_clear_error() {
     let yaml_admin = serde_json::to_vec(&json!({
         "config": "_format_version: \"3.0\"\nservices:\n- name: s\n  host: h\n"
@@ -773,6 +803,39 @@ fn storage_errors_say_what_to_do() {
         assert_no_secrets(&a);
         assert!(d.import_due().is_some());
     }
+}
+
+#[test]
+fn an_object_too_large_to_import_is_logged_as_too_large_not_unreachable() {
+    let big = vec![b' '; crate::limits::MAX_DOCUMENT_BYTES + 1];
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body(&big, 1)));
+    let a = d.answer(Party::Storage, ok(&big));
+    assert_eq!(
+        counts(&a),
+        [(Stage::Storage, true), (Stage::Validate, false)]
+    );
+    let expected = format!(
+        "object kong/3.4.1.0/config.json (http://127.0.0.1:8333/bucket/kong/3.4.1.0/config.json, \
+         revision 1) is too large: {} bytes, more than the {} bytes (MAX_DOCUMENT_BYTES)",
+        big.len(),
+        crate::limits::MAX_DOCUMENT_BYTES
+    );
+    assert!(has_log(&a, LogLevel::Error, &expected), "{:#?}", logs(&a));
+    assert!(!has_log(&a, LogLevel::Error, "unreachable"));
+    assert!(d.import_due().is_some(), "retried later");
+
+    // A failed call may be a body larger than the proxy buffers: the log says where to look.
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body(&doc(1), 1)));
+    let a = d.answer(Party::Storage, down());
+    assert!(
+        has_log(&a, LogLevel::Error, "http.async_response_buffer_limit"),
+        "{:#?}",
+        logs(&a)
+    );
 }
 
 /// What Envoy hands the filter when the peer did not answer: its own local reply.
@@ -1150,7 +1213,9 @@ fn never_more_than_one_call_in_flight_per_party() {
                     (_, 2) => status(500),
                     _ => ok(b"\x00garbage"),
                 };
-                d.m.on_response(now, request.call, response)
+                let actions = d.m.on_response(now, request.call, response);
+                assert_no_dispatch_in_response(&actions);
+                actions
             };
             // Forget calls the machine gave up on (their deadline has passed).
             sent.retain(|(r, at)| now < at + r.timeout_ms + LOST_CALL_GRACE_MS);
@@ -1345,4 +1410,81 @@ fn percent_encoding_and_quoting() {
     assert_eq!(percent_encode("a b/ü"), "a%20b%2F%C3%BC");
     assert_eq!(quote("a\nb"), "a b");
     assert_eq!(quote(&"x".repeat(300)).chars().count(), QUOTE_MAX + 1);
+}
+
+// ---- dispatch timing ----
+
+#[test]
+fn an_answer_never_dispatches_the_next_call_the_next_tick_does() {
+    // Boot with the CP down: the failure makes the import due, the companion's answer makes
+    // the storage call due; each starts at the following tick, not inside the answer.
+    let mut d = Driver::new(true);
+    let poll = dispatch_to(&d.m.on_tick(0), Party::ControlPlane).unwrap();
+    let a = d.m.on_response(10, poll.call, down());
+    assert_no_dispatch_in_response(&a);
+    assert!(has_log(&a, LogLevel::Warn, "importing the fallback config"));
+    let ask = dispatch_to(&d.m.on_tick(500), Party::Companion).expect("import at the next tick");
+    let a = d.m.on_response(600, ask.call, ok(&signed_body(&doc(3), 9)));
+    assert_no_dispatch_in_response(&a);
+    assert_eq!(counts(&a), [(Stage::Companion, true)]);
+    let a = d.m.on_tick(1_000);
+    let get = dispatch_to(&a, Party::Storage).expect("storage call at the next tick");
+    assert!(!get.tls, "http:// URL");
+    assert!(dispatch_to(&a, Party::Companion).is_none());
+    let a = d.m.on_response(1_100, get.call, ok(&doc(3)));
+    assert_no_dispatch_in_response(&a);
+    assert_eq!(published(&a).unwrap().revision, 9);
+}
+
+#[test]
+fn a_refused_dispatch_reported_from_a_tick_is_retried_at_a_later_tick() {
+    // The glue reports a dispatch the host refused as a transport failure, from the tick that
+    // asked for it: the retry waits for its backoff and a tick.
+    let mut d = Driver::new(false);
+    let ask = dispatch_to(&d.m.on_tick(0), Party::Companion).unwrap();
+    let a =
+        d.m.on_response(0, ask.call, HttpResponse::transport_failure());
+    assert_no_dispatch_in_response(&a);
+    let due = d.import_due().expect("retry scheduled");
+    assert!(due > 0);
+    assert!(dispatches(&d.m.on_tick(due - 1)).is_empty());
+    assert!(dispatch_to(&d.m.on_tick(due), Party::Companion).is_some());
+}
+
+#[test]
+fn a_signed_url_waiting_for_its_tick_is_dropped_when_the_cp_comes_back() {
+    let mut c = config_json(true);
+    c["companion"]["timeout_ms"] = json!(10_000);
+    let mut d = Driver::with_config(config(&c));
+    let poll = dispatch_to(&d.m.on_tick(0), Party::ControlPlane).unwrap();
+    d.m.on_response(0, poll.call, down());
+    let ask = dispatch_to(&d.m.on_tick(100), Party::Companion).unwrap();
+    // The next poll is in flight when the companion answers...
+    let poll = dispatch_to(&d.m.on_tick(5_000), Party::ControlPlane).unwrap();
+    let a =
+        d.m.on_response(5_100, ask.call, ok(&signed_body(&doc(7), 7)));
+    assert_no_dispatch_in_response(&a);
+    // ...and the CP answers before the tick that would fetch the object.
+    let a = d.m.on_response(5_200, poll.call, ok(&doc(1)));
+    assert_no_dispatch_in_response(&a);
+    assert_eq!(d.m.mode(), Mode::ControlPlane);
+    assert!(
+        dispatches(&d.m.on_tick(5_300)).is_empty(),
+        "storage call dropped"
+    );
+}
+
+#[test]
+fn an_https_signed_url_asks_for_tls() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    let mut body: Value = serde_json::from_slice(&signed_body(&doc(1), 1)).unwrap();
+    body["url"] = json!(format!(
+        "https://bucket.s3.amazonaws.com/kong/{VERSION}/config.json?{SIGNATURE}"
+    ));
+    let a = d.answer(Party::Companion, ok(&serde_json::to_vec(&body).unwrap()));
+    let get = dispatch_to(&a, Party::Storage).unwrap();
+    assert!(get.tls);
+    assert_eq!(get.authority, "bucket.s3.amazonaws.com");
+    assert_no_secrets(&a);
 }

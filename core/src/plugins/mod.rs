@@ -201,6 +201,23 @@ impl ResponsePlan {
         }
     }
 
+    /// The changes [`ResponsePlan::apply`] makes to `headers`, as one operation per changed
+    /// header (names lowercased): `Remove` every value, then `Add` each new one. Made one by
+    /// one, they work on every host; replacing the whole map does not remove `Content-Type`
+    /// in ngx_wasm_module, which keeps it outside the map.
+    pub fn edits(&self, headers: &[(String, String)]) -> Vec<HeaderOp> {
+        let before: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let mut after = before.clone();
+        self.apply(&mut after);
+        for (name, _) in &mut after {
+            name.make_ascii_lowercase();
+        }
+        diff_headers(&before, &after)
+    }
+
     fn set(&mut self, name: &str, value: impl Into<String>) {
         self.steps
             .push(ResponseStep::Set(name.to_owned(), value.into()));

@@ -853,6 +853,37 @@ fn response_transformer_judges_presence_on_the_upstream_headers() {
     assert_eq!(multi.len(), 2);
 }
 
+#[test]
+fn response_changes_are_edits_of_the_changed_headers_only() {
+    let e = engine(
+        json!({"plugins": [{"name": "response-transformer", "config": {
+            "remove": {"headers": ["content-type"]},
+            "replace": {"headers": ["x-env:prod"]},
+            "add": {"headers": ["x-added:1"]}
+        }}]}),
+    );
+    let f = forward(req("/one").run(&e));
+    let before: Vec<(String, String)> = [
+        (":status", "200"),
+        ("Content-Type", "text/html"),
+        ("X-Env", "dev"),
+        ("Content-Length", "5"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        f.response.edits(&before),
+        [
+            HeaderOp::Remove("content-type".into()),
+            HeaderOp::Remove("x-env".into()),
+            HeaderOp::Add("x-env".into(), "prod".into()),
+            HeaderOp::Add("x-added".into(), "1".into()),
+        ]
+    );
+    assert!(ResponsePlan::default().edits(&before).is_empty());
+}
+
 // ---- correlation-id ----
 
 #[test]

@@ -6,6 +6,10 @@ use std::borrow::Cow;
 /// Kong's `kong.tools.uri.normalize(path, true)` (RFC 3986 §6.2.2): percent-encoded unreserved
 /// characters are decoded, other triplets get upper-case hex digits, runs of `/` collapse to
 /// one (Kong merges slashes) and dot segments are removed (§5.2.4). `path` has no query.
+///
+/// Unlike Kong, a `%` that starts no valid triplet becomes `%25`: Kong leaves it, which makes
+/// its normalisation read `/%4%41` as `/%4A`, a path that normalises (and that an upstream
+/// decodes) to `/J`. Here normalising twice gives what normalising once gives.
 pub fn normalize(path: &str) -> Cow<'_, str> {
     // Every segment follows a '/', so a path without "%", "//" and "/." is already normal.
     if !path.contains('%') && !path.contains("//") && !path.contains("/.") {
@@ -41,7 +45,15 @@ fn decode_unreserved(path: &str) -> String {
                 continue;
             }
         }
-        out.push(bytes[i]);
+        if bytes[i] == b'%' {
+            // A '%' that starts no triplet is a literal percent sign (RFC 3986 §2.4: always
+            // encoded). Left raw, it could pair with what follows once that is decoded
+            // ("/%4%41" → "/%4A"), so a second normalisation, or the upstream's own decoding,
+            // would read another path ("/J") than the one routed.
+            out.extend_from_slice(b"%25");
+        } else {
+            out.push(bytes[i]);
+        }
         i += 1;
     }
     // Only ASCII bytes were decoded, so valid UTF-8 stays valid.
@@ -188,7 +200,9 @@ mod tests {
             ("/a%2fb", "/a%2Fb"),
             ("/a%2e%2e/x", "/a../x"),
             ("/x/%2e%2e/y", "/y"),
-            ("/100%", "/100%"),
+            ("/100%", "/100%25"),
+            ("/%4%41", "/%254A"),
+            ("/%zz/%2", "/%25zz/%252"),
             ("/.hidden/x", "/.hidden/x"),
         ] {
             assert_eq!(normalize(input), expected, "{input}");
@@ -200,5 +214,56 @@ mod tests {
         assert_eq!(escape("/a b/%2F?x"), "/a%20b/%2F?x");
         assert_eq!(escape("/caf\u{e9}"), "/caf%C3%A9");
         assert_eq!(escape("/plain/path"), "/plain/path");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from what normalisation treats specially.
+        fn odd_path() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "/", "//", ".", "..", "%2e", "%2E", "%2f", "%7e", "%41", "%", "%4", "%zz", "a",
+                    "b~", "é", "%C3%A9", "?", ";", " ",
+                ]),
+                0..12,
+            )
+            .prop_map(|parts| format!("/{}", parts.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(crate::properties::config())]
+
+            #[test]
+            fn normalisation_never_panics_and_is_idempotent(path in prop_oneof![odd_path(), "/.{0,40}"]) {
+                let once = normalize(&path).into_owned();
+                prop_assert_eq!(normalize(&once), once.as_str(), "from {:?}", path);
+                prop_assert!(once.starts_with('/'), "{once:?} from {path:?}");
+                prop_assert!(!once.contains("//"), "{once:?} from {path:?}");
+                prop_assert!(
+                    !once.split('/').any(|s| s == "." || s == ".."),
+                    "{once:?} from {path:?}"
+                );
+                // At most a stray '%' becomes "%25": the 414 check on the raw path bounds
+                // what regexes see.
+                prop_assert!(once.len() <= 3 * path.len().max(1), "{once:?} from {path:?}");
+            }
+
+            #[test]
+            fn escaping_keeps_a_request_target_valid_and_is_idempotent(path in ".{0,40}") {
+                let escaped = escape(&path).into_owned();
+                prop_assert!(escaped.bytes().all(|b| b.is_ascii_graphic()), "{escaped:?}");
+                prop_assert_eq!(escape(&escaped), escaped.as_str());
+            }
+
+            #[test]
+            fn joining_never_panics(base in "/[a-z/]{0,8}", strip in any::<bool>(), request in "/[a-z./]{0,12}", cut in 0usize..14) {
+                let at = request.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(request.len());
+                let postfix = sanitize_postfix(&request[at..]);
+                let joined = join_v0(&base, strip, postfix, &request);
+                prop_assert!(joined.starts_with('/'), "{joined:?}");
+            }
+        }
     }
 }

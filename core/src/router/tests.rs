@@ -32,6 +32,7 @@ fn matched(router: &Router, method: &str, authority: &str, path: &str) -> String
     match router.route(&request(method, authority, path)) {
         RouteOutcome::Forward(f) => f.route_name,
         RouteOutcome::NoRoute => "-".to_owned(),
+        RouteOutcome::UriTooLong => "414".to_owned(),
         RouteOutcome::Unavailable { message, .. } => format!("503 {message}"),
         RouteOutcome::HttpsRequired(h) => format!("{} {}", h.status, h.route_name),
     }
@@ -445,6 +446,7 @@ fn describe(outcome: RouteOutcome) -> String {
     match outcome {
         RouteOutcome::Forward(f) => f.route_name,
         RouteOutcome::NoRoute => "-".to_owned(),
+        RouteOutcome::UriTooLong => "414".to_owned(),
         RouteOutcome::Unavailable { message, .. } => format!("503 {message}"),
         RouteOutcome::HttpsRequired(h) => match h.location {
             Some(location) => format!("{} {} {location}", h.status, h.route_name),
@@ -812,17 +814,101 @@ fn kong_documented_upstream_requests() {
 
 #[test]
 fn unsupported_regexes_are_listed_and_never_match() {
-    let r = routes(json!([
-        {"name": "lookaround", "paths": ["~/users/(?=\\d)"]},
-        {"name": "mixed", "paths": ["~/re/(?!x)", "/plain"]},
-        {"name": "backref", "paths": ["~/(a)\\1"]},
-    ]));
+    // Validation refuses these (see `regexes_the_filter_cannot_run_are_refused`); a document
+    // built another way still compiles, without them.
+    let loaded = ConfigDocument::from_json(&json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": "http://backend:8080", "routes": [
+            {"name": "lookaround", "paths": ["/a"]},
+            {"name": "mixed", "paths": ["/b", "/plain"]},
+            {"name": "backref", "paths": ["/c"]},
+            {"name": "huge", "paths": ["/d"]},
+        ]}]
+    }))
+    .unwrap();
+    let mut doc = loaded.document;
+    doc.routes[0].paths = vec!["~/users/(?=\\d)".into()];
+    doc.routes[1].paths = vec!["~/re/(?!x)".into(), "/plain".into()];
+    doc.routes[2].paths = vec!["~/(a)\\1".into()];
+    doc.routes[3].paths = vec!["~/(.*a){100}$".into()];
+    let r = Router::compile(&doc);
     assert_eq!(r.len(), 1);
     assert_eq!(matched(&r, "GET", "a", "/users/1"), "-");
     assert_eq!(matched(&r, "GET", "a", "/plain/1"), "mixed");
     let notes: Vec<usize> = r.unsupported().iter().map(|u| u.route).collect();
-    assert_eq!(notes, [0, 1, 2]);
+    assert_eq!(notes, [0, 1, 2, 3]);
     assert!(r.unsupported()[0].reason.contains("never matches"));
+    assert!(r.unsupported()[3].reason.contains("MAX_REGEX_NFA_BYTES"));
+}
+
+#[test]
+fn regexes_the_filter_cannot_run_are_refused() {
+    let cases = [
+        ("~/(unclosed", "found open group without closing ')'"),
+        (
+            "~/users/(?<=x)y",
+            "the filter's regex engine has no look-around",
+        ),
+        ("~/(a)\\1", "backreferences are not supported"),
+        (
+            "~/(.*a){100}$",
+            "more than 10240 bytes (MAX_REGEX_NFA_BYTES)",
+        ),
+    ];
+    for (path, reason) in cases {
+        let err = ConfigDocument::from_json(&json!({
+            "_format_version": "3.0",
+            "services": [{"name": "svc", "url": "http://b", "routes": [
+                {"name": "ok", "paths": ["~/fine/\\d+$"]},
+                {"name": "bad", "paths": ["/x", path]},
+            ]}]
+        }))
+        .unwrap_err();
+        assert_eq!(err.len(), 1, "{path}: {err}");
+        let problem = &err.problems[0];
+        assert_eq!(problem.path, "services[0].routes[1].paths[1]", "{path}");
+        assert!(
+            problem
+                .message
+                .starts_with(&format!("invalid regex {path:?}: ")),
+            "{path}: {}",
+            problem.message
+        );
+        assert!(
+            problem.message.contains(reason),
+            "{path}: {}",
+            problem.message
+        );
+    }
+    let err = ConfigDocument::from_json(&json!({
+        "_format_version": "3.0",
+        "routes": [{"headers": {"x-v": ["~*(unclosed"]}}]
+    }))
+    .unwrap_err();
+    assert_eq!(err.problems[0].path, "routes[0].headers.x-v");
+    assert!(err.problems[0]
+        .message
+        .starts_with("invalid regex \"~*(unclosed\""));
+}
+
+#[test]
+fn paths_longer_than_the_limit_get_414_before_any_route_runs() {
+    let r = routes(
+        json!([{"name": "regex", "paths": ["~/(.*a){40}$"]}, {"name": "all", "paths": ["/"]}]),
+    );
+    let at_limit = format!("/{}", "a".repeat(MAX_REQUEST_PATH_BYTES - 1));
+    assert_eq!(matched(&r, "GET", "a", &at_limit), "regex");
+    let over = format!("{at_limit}a");
+    assert_eq!(
+        r.route(&request("GET", "a", &over)),
+        RouteOutcome::UriTooLong
+    );
+    // The query string counts: the limit is on the request line's target.
+    let with_query = format!("/?q={}", "x".repeat(MAX_REQUEST_PATH_BYTES));
+    assert_eq!(
+        r.route(&request("GET", "a", &with_query)),
+        RouteOutcome::UriTooLong
+    );
 }
 
 #[test]
