@@ -652,6 +652,7 @@ async fn handle(
                     status = status.as_u16(),
                     version = outcome.version.as_deref(),
                     remote = %remote,
+                    token = outcome.token.as_deref(),
                     revision = outcome.revision,
                     url,
                     "signer request{}",
