@@ -5,19 +5,28 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/fallback_filter.wasm
+# The browser inspector: fallback-web for the browser, bound by wasm-bindgen, embedded by the
+# companion's build.rs (which only reads these files).
+WEB_TARGET := wasm32-unknown-unknown
+WEB_PKG := $(CURDIR)/target/web-pkg
 
-.PHONY: help tools build wasm fmt-check lint unit e2e faults test fuzz bench bench-proxy demo clean
+.PHONY: help tools build web wasm fmt-check lint unit e2e faults test fuzz bench bench-proxy demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server, Azurite, wrk and the wasm target into .tools/
+tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server, Azurite, wasm-bindgen, wrk, the wasm targets, Chromium
 	@bash scripts/tools.sh
 
-build: tools ## Build the companion and the filter (.wasm)
-	$(CARGO) build --workspace --bins
+build: tools web ## Build the companion (with the inspector embedded) and the filter (.wasm)
+	FALLBACK_WEB_REQUIRED=1 $(CARGO) build --workspace --bins
 	$(CARGO) build -p fallback-filter -p bench-passthrough-filter --target $(WASM_TARGET) --release
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+web: tools ## Build the browser inspector (fallback-web + wasm-bindgen) into target/web-pkg
+	$(CARGO) build -p fallback-web --target $(WEB_TARGET) --release
+	.tools/bin/wasm-bindgen --target web --no-typescript --out-dir $(WEB_PKG) target/$(WEB_TARGET)/release/fallback_web.wasm
+	@echo "inspector: $(WEB_PKG)/fallback_web_bg.wasm ($$(stat -c %s $(WEB_PKG)/fallback_web_bg.wasm) bytes)"
 
 wasm: tools ## Build only the filter (.wasm) and the benchmark's minimal filter
 	$(CARGO) build -p fallback-filter -p bench-passthrough-filter --target $(WASM_TARGET) --release
@@ -28,9 +37,10 @@ fmt-check:
 lint: tools fmt-check ## rustfmt check and clippy (native and wasm32), warnings are errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p fallback-core -p fallback-filter --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p fallback-web --target $(WEB_TARGET) -- -D warnings
 
 unit: ## Unit tests of core, filter and companion (native)
-	$(CARGO) test -p fallback-core -p fallback-companion -p fallback-filter
+	$(CARGO) test -p fallback-core -p fallback-companion -p fallback-filter -p fallback-web
 
 e2e: build ## End-to-end tests with real SeaweedFS, the companion binary and a mock control plane
 	$(CARGO) test -p wasm-tests -- --test-threads 2

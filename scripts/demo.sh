@@ -432,6 +432,13 @@ EOF
 say "For file:// storage the companion serves the object itself: the URL is valid for 5 minutes" \
     "for exactly that object, with no token: the HMAC signature is the credential."
 
+say "" "The same process serves a status page and a config inspector (open on loopback):"
+shown curl -s "http://127.0.0.1:$COMPANION_PORT/ui/"
+UI_REVISION=$(curl -s "http://127.0.0.1:$COMPANION_PORT/ui/" |
+    sed -n 's/.*id="stored-revision">\([0-9]*\)<.*/\1/p')
+[[ $UI_REVISION == "$REVISION" ]] || die "/ui/ shows revision '$UI_REVISION', storage holds $REVISION"
+ok "http://127.0.0.1:$COMPANION_PORT/ui/ shows the stored revision $REVISION; /ui/inspector validates and matches in the browser"
+
 # ---------------------------------------------------------------------------------------------
 header "3. Envoy A serves the CP's config"
 say "Envoy A runs examples/envoy/bootstrap.yaml (placeholders filled in by python3) with the" \

@@ -79,9 +79,44 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 ln -sfn "$(command -v wrk)" "$tools/bin/wrk"
 
-if ! rustup target list --installed | grep -qx wasm32-wasip1; then
-  echo "tools: adding the wasm32-wasip1 target"
-  rustup target add wasm32-wasip1
+
+for target in wasm32-wasip1 wasm32-unknown-unknown; do
+  if ! rustup target list --installed | grep -qx "$target"; then
+    echo "tools: adding the $target target"
+    rustup target add "$target"
+  fi
+done
+
+# wasm-bindgen-cli must be exactly the version of the wasm-bindgen crate fallback-web links
+# (Cargo.lock): the glue it writes and the schema the crate embeds must agree.
+WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' "$root/Cargo.lock")
+wb_root="$tools/wasm-bindgen-$WASM_BINDGEN_VERSION"
+wb_stamp="$tools/.stamp-wasm-bindgen-cli-$WASM_BINDGEN_VERSION"
+if [[ ! -f $wb_stamp || ! -x $wb_root/bin/wasm-bindgen ]]; then
+  echo "tools: installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (a few minutes, once)"
+  # --locked first (the CLI's own lock file); a registry mirror without one of its locked
+  # versions falls back to the newest compatible ones, still wasm-bindgen-cli exactly $v.
+  if ! cargo install --quiet --locked wasm-bindgen-cli --version "=$WASM_BINDGEN_VERSION" --root "$wb_root"; then
+    echo "tools: --locked install failed; retrying with the newest compatible dependencies"
+    cargo install --quiet wasm-bindgen-cli --version "=$WASM_BINDGEN_VERSION" --root "$wb_root"
+  fi
+  rm -f "$tools"/.stamp-wasm-bindgen-cli-*
+  touch "$wb_stamp"
+fi
+# Relative, so the link holds wherever .tools/ is (it may be shared between checkouts).
+ln -sfn "../wasm-bindgen-$WASM_BINDGEN_VERSION/bin/wasm-bindgen" "$tools/bin/wasm-bindgen"
+
+# Headless Chromium and its WebDriver for the inspector's browser test (Debian packages).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "tools: installing chromium and chromium-driver (apt-get)"
+  apt=(apt-get)
+  [[ $(id -u) -eq 0 ]] || apt=(sudo apt-get)
+  if ! "${apt[@]}" install -y --no-install-recommends chromium chromium-driver; then
+    "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends chromium chromium-driver || {
+      echo "tools: cannot install chromium and chromium-driver; install them (Debian: apt-get install chromium chromium-driver) for the browser test" >&2
+      exit 1
+    }
+  fi
 fi
 
-echo "tools: ready in $tools/bin (envoy $ENVOY_VERSION, weed $SEAWEEDFS_VERSION, fake-gcs-server $FAKE_GCS_VERSION, azurite $AZURITE_VERSION, wrk, wasm32-wasip1)"
+echo "tools: ready in $tools/bin (envoy $ENVOY_VERSION, weed $SEAWEEDFS_VERSION, fake-gcs-server $FAKE_GCS_VERSION, azurite $AZURITE_VERSION, wasm-bindgen $WASM_BINDGEN_VERSION, wrk, wasm32-wasip1, wasm32-unknown-unknown, $(command -v chromedriver))"

@@ -229,8 +229,20 @@ pub struct RunArgs {
     )]
     pub listen: std::net::SocketAddr,
 
+    /// Where the admin pages (/ui/), /metrics and /healthz are served when the signer role is
+    /// off [default: 127.0.0.1:8281]; with the signer role on, /ui/ is on its listener and this
+    /// adds a second one.
+    #[arg(long, env = "FALLBACK_ADMIN_LISTEN", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+
+    /// Token the admin pages (/ui/) require: always when set, and they refuse everyone without
+    /// it when their listener is not on loopback. Browsers ask for it as a password.
+    #[arg(long, env = "FALLBACK_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
     /// Bearer tokens filters must present, comma-separated (prefer the environment variable:
-    /// flags show in process lists).
+    /// flags show in process lists). `name:token` gives a token the name logs and the status
+    /// page show.
     #[arg(
         long,
         env = "FALLBACK_SIGNER_TOKENS",
@@ -239,8 +251,8 @@ pub struct RunArgs {
     )]
     pub signer_tokens: Option<Secret>,
 
-    /// File of bearer tokens, one per line, `#` comments; re-read when it changes, so tokens
-    /// rotate without a restart.
+    /// File of bearer tokens, one per line (`token` or `name:token`), `#` comments; re-read
+    /// when it changes, so tokens rotate without a restart.
     #[arg(long, env = "FALLBACK_SIGNER_TOKENS_FILE", value_name = "FILE")]
     pub signer_tokens_file: Option<PathBuf>,
 
@@ -568,12 +580,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let export_stats = args.export.then(|| stats.clone());
+    let signer_metrics = signer.as_ref().map(|s| s.0.metrics.clone());
+    let admin_task = match admin_listener(&args)? {
+        Some(listener) => {
+            let pages = crate::admin::AdminPages {
+                store: store.clone(),
+                key: Ok(args.storage.key(&url)?),
+                export_stats: export_stats.clone(),
+                signer: signer_metrics,
+                access: crate::admin::AdminAccess::new(
+                    args.admin_token.clone(),
+                    listener.local_addr()?,
+                ),
+            };
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            Some(tokio::spawn(crate::admin::serve(
+                pages,
+                listener,
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let mut signer_task = match signer {
         Some((mut settings, listener)) => {
             if args.export {
-                settings.export_stats = Some(stats.clone());
+                settings.export_stats = export_stats;
                 settings.live_config = Some(live_rx.clone());
             }
+            settings.admin_token = args.admin_token.clone();
             let listener = tokio::net::TcpListener::from_std(listener)?;
             Some(tokio::spawn(signer::serve(
                 settings,
@@ -621,11 +657,48 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "still stopping after FALLBACK_SHUTDOWN_GRACE: exiting anyway"
         ),
     }
+    if let Some(admin) = admin_task {
+        let _ = admin.await;
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
 }
+
+/// The admin pages' own listener: `FALLBACK_ADMIN_LISTEN`, or 127.0.0.1:8281 when only the
+/// export role runs (the signer's listener serves them otherwise).
+fn admin_listener(args: &RunArgs) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let listener = match (args.admin_listen, args.import) {
+        (Some(addr), _) => std::net::TcpListener::bind(addr).with_context(|| {
+            format!("the admin pages cannot listen on {addr} (FALLBACK_ADMIN_LISTEN)")
+        })?,
+        (None, false) => match std::net::TcpListener::bind(DEFAULT_ADMIN_LISTEN) {
+            Ok(l) => l,
+            // Several exporters on one host: the first serves the pages, the others go on.
+            Err(e) => {
+                warn!("no admin pages: cannot listen on {DEFAULT_ADMIN_LISTEN} ({e}); set FALLBACK_ADMIN_LISTEN to another address");
+                return Ok(None);
+            }
+        },
+        (None, true) => return Ok(None),
+    };
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback()
+        && args
+            .admin_token
+            .as_ref()
+            .is_none_or(|t| t.expose().is_empty())
+    {
+        warn!("the admin pages listen on {addr} without FALLBACK_ADMIN_TOKEN: they refuse every request until it is set");
+    }
+    Ok(Some(listener))
+}
+
+/// Where the admin pages listen when only the export role runs and FALLBACK_ADMIN_LISTEN is
+/// not set.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8281";
 
 /// The signer's settings and bound listener, or a start-up error saying what to fix.
 fn signer_setup(

@@ -1,12 +1,13 @@
 //! The export role: every new valid document from the control plane ends up in storage.
 
+use crate::admin::telemetry::{ExportEvent, Latency, Recent};
 use crate::signing::SigningKey;
 use crate::source::{self, ConfigSource, Polled};
 use crate::storage::{ConfigStore, Precondition, StoreError};
 use bytes::Bytes;
 use fallback_core::backoff::Backoff;
 use fallback_core::digest::{canonical_json, Sha256Digest};
-use fallback_core::document::{ConfigDocument, Problem, ValidationErrors};
+use fallback_core::document::{Problem, ValidationErrors};
 use fallback_core::export::{
     plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, WritePlan,
 };
@@ -37,17 +38,13 @@ pub struct PreparedDocument {
 /// [`MAX_DOCUMENT_BYTES`](fallback_core::limits::MAX_DOCUMENT_BYTES) is refused: no filter
 /// would import it.
 pub fn prepare(value: &Value) -> Result<PreparedDocument, ValidationErrors> {
-    let loaded = ConfigDocument::from_json(value)?;
+    let warnings = fallback_core::inspect::check(value)?.warnings;
     let body = canonical_json(value);
     if let Some(problem) = fallback_core::document::size_problem(body.len()) {
         return Err(ValidationErrors {
             problems: vec![problem],
         });
     }
-    let mut warnings = loaded.warnings;
-    warnings.extend(fallback_core::plugins::unsupported_warnings(
-        &loaded.document,
-    ));
     Ok(PreparedDocument {
         sha256: Sha256Digest::of(&body),
         body: Bytes::from(body),
@@ -150,6 +147,16 @@ pub struct ExportStats {
     pub superseded: AtomicU64,
     /// Failed write attempts (each is retried).
     pub upload_failures: AtomicU64,
+    /// Time of each control-plane poll, failed ones included.
+    pub poll_latency: Latency,
+    /// Time of each export attempt.
+    pub export_latency: Latency,
+    /// Unix seconds of the last attempt that left storage holding this exporter's document.
+    pub last_export_unix: AtomicU64,
+    /// The revision storage was last seen holding (0: none yet).
+    pub stored_revision: AtomicU64,
+    /// The last export attempts, for the status page.
+    pub recent: Recent<ExportEvent>,
 }
 
 /// The last successful export, published for status readers.
@@ -256,7 +263,10 @@ pub async fn run(
                     source_ended = true;
                     continue;
                 };
-                match event {
+                if let Some(took) = event.request_duration {
+                    state.stats.poll_latency.observe(took);
+                }
+                match event.polled {
                     Ok(Polled::NotModified) => {
                         state.stats.not_modified.fetch_add(1, Ordering::Relaxed);
                         poll_failures_in_a_row = 0;
@@ -365,7 +375,10 @@ impl ExportLoop {
             sha256,
             revision: candidate.revision,
         });
-        match write_document(self.store.as_ref(), key, &candidate.body, &metadata).await {
+        let started = std::time::Instant::now();
+        let result = write_document(self.store.as_ref(), key, &candidate.body, &metadata).await;
+        self.record(candidate.revision, started.elapsed(), &result);
+        match result {
             Ok(WriteOutcome::Stored { .. }) => {
                 self.stats.uploads.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
@@ -405,6 +418,49 @@ impl ExportLoop {
                 }
             }
         }
+    }
+}
+
+impl ExportLoop {
+    /// Feeds the status page and the metrics with one attempt's result.
+    fn record(&self, revision: u64, duration: Duration, result: &Result<WriteOutcome, StoreError>) {
+        let stats = &self.stats;
+        stats.export_latency.observe(duration);
+        let (outcome, detail) = match result {
+            Ok(WriteOutcome::Stored { .. }) => ("stored", None),
+            Ok(WriteOutcome::Resigned { revision, .. }) => {
+                stats
+                    .stored_revision
+                    .fetch_max(*revision, Ordering::Relaxed);
+                ("resigned", None)
+            }
+            Ok(WriteOutcome::AlreadyStored) => ("unchanged", None),
+            Ok(WriteOutcome::Superseded { stored_revision }) => {
+                stats
+                    .stored_revision
+                    .fetch_max(*stored_revision, Ordering::Relaxed);
+                (
+                    "superseded",
+                    Some(format!("storage holds revision {stored_revision}")),
+                )
+            }
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        if outcome == "stored" {
+            stats.stored_revision.fetch_max(revision, Ordering::Relaxed);
+        }
+        if matches!(outcome, "stored" | "resigned" | "unchanged") {
+            stats
+                .last_export_unix
+                .store(unix_ms() / 1000, Ordering::Relaxed);
+        }
+        stats.recent.push(ExportEvent {
+            at: SystemTime::now(),
+            revision,
+            outcome,
+            duration,
+            detail,
+        });
     }
 }
 

@@ -5,12 +5,15 @@
 //!   `fallback-core`, and writes it to object storage as `<prefix>/<version>/config.json`.
 //! - **signer role**: serves filters short-lived signed URLs of the exported object
 //!   ([`signer::serve`]), and for `file://` storage the object itself behind such URLs.
+//! - **admin pages**: `/ui/`, the status of the stored config, the last exports and signer
+//!   requests, and a config inspector running `fallback-core` in the browser ([`admin`]).
 //! - **signing**: with `FALLBACK_SIGNING_KEY_FILE`, every export carries an Ed25519 signature
 //!   ([`signing`]) that filters configured with the public key require.
 //! - **offline tools**: `export --config-file` for CI pipelines, `keygen` for a signing key, `presign` for a signed URL of
 //!   one object, `doctor` to check a deployment's storage settings, `match` to see where a
 //!   request would go under a config.
 
+pub mod admin;
 pub mod admin_api;
 pub mod cli;
 pub mod cluster;

@@ -6,7 +6,8 @@
 //!   [`SignedConfig`] JSON, or `{"message": ...}` with 400/401/404/502/503/500;
 //! - `GET /v1/objects/<key>?expires=&signature=` (only for `file://` storage): the object itself,
 //!   behind an HMAC-signed expiring URL ([`UrlSigner`]);
-//! - `GET /healthz`, `/readyz`, `/metrics` (Prometheus text).
+//! - `GET /healthz`, `/readyz`, `/metrics` (OpenMetrics text, [`telemetry`]);
+//! - `GET /ui/`: the status page and the config inspector ([`crate::admin`]).
 //!
 //! Under abuse: `HEAD` metadata only, never the body, per signer request; `/readyz` answers
 //! from the last storage probe, at most one probe running at a time; object downloads are
@@ -16,6 +17,8 @@
 
 pub mod auth_limit;
 
+use crate::admin::telemetry::{self, SignerEvent, SignerMetrics};
+use crate::admin::{AdminAccess, AdminPages};
 use crate::exporter::ExportStats;
 use crate::secret::Secret;
 use crate::storage::{ConfigStore, ObjectBody, ObjectUrlError, StoreError, UrlSigner};
@@ -33,13 +36,11 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -88,6 +89,11 @@ pub struct SignerSettings {
     /// The export role's latest valid config, when it runs in the same process: enables
     /// `GET /v1/config` ([`crate::live`]).
     pub live_config: Option<crate::live::LiveConfigReceiver>,
+    /// The signer's counters and recent requests (`/metrics`, the status page).
+    pub metrics: Arc<SignerMetrics>,
+    /// `FALLBACK_ADMIN_TOKEN`: required by `/ui/` when set, and when the listener is not on
+    /// loopback.
+    pub admin_token: Option<Secret>,
     /// On shutdown, how long requests in flight may take to finish before their connections
     /// are closed (`FALLBACK_SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
@@ -111,6 +117,8 @@ impl SignerSettings {
             export_stats: None,
             readiness_interval: DEFAULT_READINESS_INTERVAL,
             live_config: None,
+            metrics: Arc::default(),
+            admin_token: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             object_concurrency: DEFAULT_OBJECT_CONCURRENCY,
             auth_limit: AuthLimit::default(),
@@ -125,8 +133,41 @@ impl SignerSettings {
 /// Only sha256 digests of the tokens are kept; a presented token is hashed and compared with
 /// every accepted digest in constant time, without stopping at the first match.
 pub struct Tokens {
-    fixed: Vec<[u8; 32]>,
+    fixed: Vec<AcceptedToken>,
     file: Option<TokenFile>,
+}
+
+/// One accepted token: its name (for logs and the status page) and its sha256.
+#[derive(Clone)]
+struct AcceptedToken {
+    name: String,
+    digest: [u8; 32],
+}
+
+/// `name:token`, or a plain token named `token-<first 8 hex digits of its sha256>` (a name
+/// that identifies it among the others and reveals nothing usable of it).
+fn accepted_token(entry: &str) -> AcceptedToken {
+    let named = entry.split_once(':').filter(|(name, token)| {
+        !name.is_empty()
+            && !token.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    match named {
+        Some((name, token)) => AcceptedToken {
+            name: name.to_owned(),
+            digest: digest(token),
+        },
+        None => {
+            let digest = digest(entry);
+            let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            AcceptedToken {
+                name: format!("token-{hex}"),
+                digest,
+            }
+        }
+    }
 }
 
 struct TokenFile {
@@ -136,7 +177,7 @@ struct TokenFile {
 
 struct TokenFileState {
     stamp: Option<Stamp>,
-    digests: Vec<[u8; 32]>,
+    digests: Vec<AcceptedToken>,
     warned: bool,
 }
 
@@ -156,14 +197,14 @@ fn digest(token: &str) -> [u8; 32] {
 /// A file's modification time and size: when either changes, the file is read again.
 type Stamp = (SystemTime, u64);
 
-fn read_token_file(path: &Path) -> std::io::Result<(Stamp, Vec<[u8; 32]>)> {
+fn read_token_file(path: &Path) -> std::io::Result<(Stamp, Vec<AcceptedToken>)> {
     let meta = std::fs::metadata(path)?;
     let text = std::fs::read_to_string(path)?;
     let digests = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(digest)
+        .map(accepted_token)
         .collect();
     Ok(((meta.modified()?, meta.len()), digests))
 }
@@ -172,13 +213,13 @@ impl Tokens {
     /// Tokens from a comma-separated list and/or a file. Fails when the file cannot be read,
     /// or when no token is configured at all, saying how to set one.
     pub fn new(list: Option<&Secret>, file: Option<&Path>) -> anyhow::Result<Self> {
-        let fixed: Vec<[u8; 32]> = list
+        let fixed: Vec<AcceptedToken> = list
             .map(|l| {
                 l.expose()
                     .split(',')
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
-                    .map(digest)
+                    .map(accepted_token)
                     .collect()
             })
             .unwrap_or_default();
@@ -256,41 +297,32 @@ impl Tokens {
     /// Whether `presented` is one of the accepted tokens (constant time per comparison, and
     /// every accepted token is compared).
     pub fn accepts(&self, presented: &str) -> bool {
-        self.accepts_digest(&digest(presented))
+        self.identify_digest(&digest(presented)).is_some()
     }
 
-    /// [`Tokens::accepts`] for a token's sha256 digest.
-    fn accepts_digest(&self, presented: &[u8; 32]) -> bool {
+    /// The name of the accepted token `presented` is (`name:token` entries name themselves;
+    /// plain tokens are `token-<8 hex digits of their sha256>`), or `None`. Every accepted
+    /// token is compared, each in constant time; names are not secret.
+    pub fn identify(&self, presented: &str) -> Option<String> {
+        self.identify_digest(&digest(presented))
+    }
+
+    /// [`Tokens::identify`] for a token's sha256 digest.
+    fn identify_digest(&self, presented: &[u8; 32]) -> Option<String> {
         self.refresh();
-        let mut matched = subtle::Choice::from(0u8);
-        for accepted in &self.fixed {
-            matched |= accepted.ct_eq(presented);
-        }
+        let mut found = None;
+        let mut check = |accepted: &AcceptedToken| {
+            if bool::from(accepted.digest.ct_eq(presented)) && found.is_none() {
+                found = Some(accepted.name.clone());
+            }
+        };
+        self.fixed.iter().for_each(&mut check);
         if let Some(file) = &self.file {
             if let Ok(state) = file.state.lock() {
-                for accepted in &state.digests {
-                    matched |= accepted.ct_eq(presented);
-                }
+                state.digests.iter().for_each(&mut check);
             }
         }
-        matched.into()
-    }
-}
-
-/// Counters behind `/metrics`.
-#[derive(Debug, Default)]
-struct Metrics {
-    signer_requests: Mutex<BTreeMap<u16, u64>>,
-    object_requests: Mutex<BTreeMap<u16, u64>>,
-    signing_micros: AtomicU64,
-    signing_count: AtomicU64,
-    auth_failures: AtomicU64,
-    rate_limited: AtomicU64,
-}
-
-fn count(map: &Mutex<BTreeMap<u16, u64>>, status: StatusCode) {
-    if let Ok(mut m) = map.lock() {
-        *m.entry(status.as_u16()).or_default() += 1;
+        found
     }
 }
 
@@ -311,7 +343,8 @@ struct Readiness {
 struct Shared {
     settings: SignerSettings,
     store: Arc<dyn ConfigStore>,
-    metrics: Metrics,
+    metrics: Arc<SignerMetrics>,
+    admin: AdminPages,
     readiness: Readiness,
     auth: AuthLimiter,
     /// One permit per object download in progress.
@@ -395,8 +428,17 @@ pub async fn serve(
         &settings.default_version,
     )
     .map_err(|e| e.to_string());
+    let local = listener.local_addr()?;
+    let admin = AdminPages {
+        store: store.clone(),
+        key: default_key.clone(),
+        export_stats: settings.export_stats.clone(),
+        signer: Some(settings.metrics.clone()),
+        access: AdminAccess::new(settings.admin_token.clone(), local),
+    };
     let shared = Arc::new(Shared {
-        metrics: Metrics::default(),
+        metrics: settings.metrics.clone(),
+        admin,
         readiness: Readiness {
             last: watch::Sender::new(None),
             probing: AtomicBool::new(false),
@@ -408,7 +450,6 @@ pub async fn serve(
         default_key,
         foreign_digest: Mutex::new(None),
     });
-    let local = listener.local_addr()?;
     info!(
         listen = %local,
         storage = %shared.store.describe(),
@@ -539,6 +580,11 @@ async fn handle(
     remote: SocketAddr,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if path == "/ui" || path.starts_with("/ui/") {
+        let ready = last_probe_ok(shared);
+        let response = shared.admin.handle(&req, ready).await;
+        return response.map(|body| body.map_err(|never| match never {}).boxed());
+    }
     let known = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics")
         || path == SIGNER_PATH
         || (path == crate::live::LIVE_CONFIG_PATH && shared.settings.live_config.is_some())
@@ -552,9 +598,9 @@ async fn handle(
     if req.method() != Method::GET {
         let response = method_not_allowed(req.method(), &path);
         if path == SIGNER_PATH {
-            count(&shared.metrics.signer_requests, response.status());
+            shared.metrics.count_signer(response.status().as_u16());
         } else if path.starts_with(OBJECTS_PATH) {
-            count(&shared.metrics.object_requests, response.status());
+            shared.metrics.count_object(response.status().as_u16());
         }
         return response;
     }
@@ -567,11 +613,20 @@ async fn handle(
                 format!("not ready: {reason}"),
             ),
         },
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics_text(shared).await,
-        ),
+        "/metrics" => {
+            let in_progress = shared
+                .settings
+                .object_concurrency
+                .max(1)
+                .saturating_sub(shared.object_slots.available_permits());
+            let body = telemetry::render(&telemetry::Sources {
+                signer: Some(&shared.metrics),
+                export: shared.settings.export_stats.as_deref(),
+                storage_ready: Some(last_probe_ok(shared).unwrap_or(false)),
+                object_downloads: Some((in_progress, shared.settings.object_concurrency)),
+            });
+            text(StatusCode::OK, telemetry::CONTENT_TYPE, body)
+        }
         p if p == crate::live::LIVE_CONFIG_PATH => {
             let response = serve_live_config(shared, &req, remote);
             info!(status = response.status().as_u16(), remote = %remote, "live config request");
@@ -581,19 +636,28 @@ async fn handle(
             let started = Instant::now();
             let (response, outcome) = sign(shared, &req, remote).await;
             let status = response.status();
-            count(&shared.metrics.signer_requests, status);
+            shared.metrics.count_signer(status.as_u16());
             if status == StatusCode::TOO_MANY_REQUESTS {
                 // Limited clients are many requests and no news: one line each would flood.
                 debug!(remote = %remote, "signer request refused: too many failed bearer tokens");
                 return response;
             }
             if outcome.timed {
+                shared.metrics.signing.observe(started.elapsed());
+            }
+            if let (true, Some(revision)) = (status.is_success(), outcome.revision) {
                 shared
                     .metrics
-                    .signing_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                shared.metrics.signing_count.fetch_add(1, Ordering::Relaxed);
+                    .served_revision
+                    .fetch_max(revision, Ordering::Relaxed);
             }
+            shared.metrics.recent.push(SignerEvent {
+                at: SystemTime::now(),
+                token: outcome.token.clone(),
+                remote,
+                status: status.as_u16(),
+                revision: outcome.revision.filter(|_| status.is_success()),
+            });
             let url = outcome.url.as_deref().map(redact_signed_url);
             if status.is_server_error() {
                 warn!(status = status.as_u16(), version = outcome.version.as_deref(), remote = %remote, "signer request: {}", outcome.detail.unwrap_or_default());
@@ -602,6 +666,7 @@ async fn handle(
                     status = status.as_u16(),
                     version = outcome.version.as_deref(),
                     remote = %remote,
+                    token = outcome.token.as_deref(),
                     revision = outcome.revision,
                     url,
                     "signer request{}",
@@ -612,7 +677,7 @@ async fn handle(
         }
         _ => {
             let response = serve_object(shared, &req).await;
-            count(&shared.metrics.object_requests, response.status());
+            shared.metrics.count_object(response.status().as_u16());
             info!(status = response.status().as_u16(), remote = %remote, path = %path, "object request");
             response
         }
@@ -645,6 +710,8 @@ struct Outcome {
     revision: Option<u64>,
     url: Option<String>,
     detail: Option<String>,
+    /// The accepted token's name (never the token).
+    token: Option<String>,
     /// Whether the request got as far as storage (counted in the signing latency).
     timed: bool,
 }
@@ -707,14 +774,15 @@ fn authorise(
     outcome: &mut Outcome,
 ) -> Option<Response<Body>> {
     let token = bearer_token(req).map(digest);
-    let accepted = token.is_some_and(|t| shared.settings.tokens.accepts_digest(&t));
+    outcome.token = token.and_then(|t| shared.settings.tokens.identify_digest(&t));
+    let accepted = outcome.token.is_some();
     match shared
         .auth
         .decide(remote.ip(), token, accepted, Instant::now())
     {
         AuthVerdict::Pass => None,
         AuthVerdict::Limited { retry_after } => {
-            shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.rate_limited.inc();
             outcome.detail = Some("too many failed bearer tokens".into());
             Some(retry_later(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -727,7 +795,7 @@ fn authorise(
             ))
         }
         AuthVerdict::Failed { now_limited } => {
-            shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.auth_failures.inc();
             if now_limited {
                 warn!(remote = %remote.ip(), "failed bearer-token attempts from this address exceed the limit; it is answered 429 until its allowance refills");
             }
@@ -966,6 +1034,8 @@ async fn serve_object(shared: &Shared, req: &Request<Incoming>) -> Response<Body
     match shared.store.open(&key).await {
         Ok(Some(object)) => {
             let size = object.size;
+            // Counted when the answer starts: a client that leaves early got fewer.
+            shared.metrics.object_bytes.inc_by(size);
             let body = match object.body {
                 ObjectBody::Bytes(bytes) => full(bytes),
                 ObjectBody::File(file) => BodyExt::boxed(FileBody {
@@ -992,6 +1062,16 @@ async fn serve_object(shared: &Shared, req: &Request<Incoming>) -> Response<Body
         ),
         Err(e) => error(store_status(&e), e.to_string()),
     }
+}
+
+/// Whether the last storage probe succeeded; `None` before the first.
+fn last_probe_ok(shared: &Shared) -> Option<bool> {
+    shared
+        .readiness
+        .last
+        .borrow()
+        .as_ref()
+        .map(|p| p.result.is_ok())
 }
 
 /// Records a storage probe's result (a signer request's `HEAD` counts as one), logging changes.
@@ -1066,144 +1146,6 @@ async fn readiness(shared: &Arc<Shared>) -> Result<(), String> {
     }
 }
 
-async fn metrics_text(shared: &Shared) -> String {
-    let mut out = String::new();
-    let m = &shared.metrics;
-    let _ = writeln!(out, "# HELP fallback_companion_info The companion's build.");
-    let _ = writeln!(out, "# TYPE fallback_companion_info gauge");
-    let _ = writeln!(
-        out,
-        "fallback_companion_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    for (name, help, map) in [
-        (
-            "fallback_companion_signer_requests_total",
-            "Requests to /v1/fallback-config, by status code.",
-            &m.signer_requests,
-        ),
-        (
-            "fallback_companion_object_requests_total",
-            "Requests to /v1/objects/ (file:// storage), by status code.",
-            &m.object_requests,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        if let Ok(map) = map.lock() {
-            for (code, n) in map.iter() {
-                let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
-            }
-        }
-    }
-    for (name, help, value) in [
-        (
-            "fallback_companion_signer_auth_failures_total",
-            "Signer requests refused 401: bearer token missing or not accepted.",
-            &m.auth_failures,
-        ),
-        (
-            "fallback_companion_signer_rate_limited_total",
-            "Signer requests refused 429: too many failed bearer tokens from their address.",
-            &m.rate_limited,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
-    }
-    let name = "fallback_companion_object_downloads_in_progress";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Object downloads (/v1/objects/) being sent, at most {}.",
-        shared.settings.object_concurrency
-    );
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    let _ = writeln!(
-        out,
-        "{name} {}",
-        shared
-            .settings
-            .object_concurrency
-            .max(1)
-            .saturating_sub(shared.object_slots.available_permits())
-    );
-    let name = "fallback_companion_signing_duration_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time to answer authorised signer requests (storage HEAD and signing)."
-    );
-    let _ = writeln!(out, "# TYPE {name} summary");
-    let _ = writeln!(
-        out,
-        "{name}_sum {}",
-        m.signing_micros.load(Ordering::Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "{name}_count {}",
-        m.signing_count.load(Ordering::Relaxed)
-    );
-    let ready = shared
-        .readiness
-        .last
-        .borrow()
-        .as_ref()
-        .is_some_and(|p| p.result.is_ok());
-    let _ = writeln!(
-        out,
-        "# HELP fallback_companion_storage_ready Whether the last storage probe succeeded."
-    );
-    let _ = writeln!(out, "# TYPE fallback_companion_storage_ready gauge");
-    let _ = writeln!(out, "fallback_companion_storage_ready {}", u8::from(ready));
-    if let Some(stats) = &shared.settings.export_stats {
-        for (name, help, value) in [
-            (
-                "documents_received",
-                "Control-plane polls that returned a document.",
-                &stats.documents_received,
-            ),
-            (
-                "not_modified",
-                "Control-plane polls answered 304.",
-                &stats.not_modified,
-            ),
-            (
-                "poll_failures",
-                "Control-plane polls that failed.",
-                &stats.poll_failures,
-            ),
-            (
-                "invalid_documents",
-                "Documents that failed validation (not exported).",
-                &stats.invalid_documents,
-            ),
-            ("uploads", "Objects written to storage.", &stats.uploads),
-            (
-                "unchanged",
-                "Valid documents storage already held.",
-                &stats.unchanged,
-            ),
-            (
-                "superseded",
-                "Writes skipped because storage held a newer revision.",
-                &stats.superseded,
-            ),
-            (
-                "upload_failures",
-                "Failed write attempts (each retried).",
-                &stats.upload_failures,
-            ),
-        ] {
-            let metric = format!("fallback_companion_export_{name}_total");
-            let _ = writeln!(out, "# HELP {metric} {help}");
-            let _ = writeln!(out, "# TYPE {metric} counter");
-            let _ = writeln!(out, "{metric} {}", value.load(Ordering::Relaxed));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1229,6 +1171,26 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(tokens.accepts("file-token-2-longer"));
         assert!(!format!("{tokens:?}").contains("file-token"));
+    }
+
+    #[test]
+    fn tokens_have_names_that_never_reveal_them() {
+        let tokens = Tokens::new(
+            Some(&Secret::new(
+                "filters-a:s3cret-a, plain-token, :odd, bad name:x",
+            )),
+            None,
+        )
+        .unwrap();
+        assert_eq!(tokens.identify("s3cret-a").as_deref(), Some("filters-a"));
+        assert!(!tokens.accepts("filters-a:s3cret-a"));
+        let plain = tokens.identify("plain-token").unwrap();
+        assert!(plain.starts_with("token-") && plain.len() == 14, "{plain}");
+        assert!(!plain.contains("plain"), "{plain}");
+        // Not `name:token` shapes: the whole entry is the token.
+        assert!(tokens.accepts(":odd"));
+        assert!(tokens.accepts("bad name:x"));
+        assert_eq!(tokens.identify("nope"), None);
     }
 
     #[test]

@@ -6,7 +6,6 @@ mod yaml_depth;
 
 use crate::transport::{self, HttpClient, SendError};
 use bytes::Bytes;
-use fallback_core::json::{self, StrictError};
 use fallback_core::limits::{MAX_DOCUMENT_BYTES, MAX_NESTING_DEPTH};
 use http::{Request, StatusCode};
 use http_body_util::Full;
@@ -26,6 +25,21 @@ pub trait ConfigSource: Send {
     /// why no document came. It may wait as long as it needs (a poll interval, the next push);
     /// it runs in a task of its own, so it is never cancelled half-way except at shutdown.
     async fn next(&mut self) -> Result<Polled, SourceError>;
+
+    /// How long the request behind the last event took, for sources that ask (a poll);
+    /// `None` for pushed events.
+    fn last_request_duration(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// One event of a [`SourceFeed`]: what [`ConfigSource::next`] returned, and how long the
+/// request behind it took when the source asked for it.
+pub struct SourceEvent {
+    /// The document, "unchanged", or why none came.
+    pub polled: Result<Polled, SourceError>,
+    /// [`ConfigSource::last_request_duration`] right after the event.
+    pub request_duration: Option<Duration>,
 }
 
 /// A [`ConfigSource`] running in its own task, its events queued for the consumer.
@@ -34,7 +48,7 @@ pub trait ConfigSource: Send {
 /// (Kong's pings) while the consumer is busy writing to storage, and documents arrive at the
 /// control plane's pace, not faster.
 pub struct SourceFeed {
-    events: mpsc::UnboundedReceiver<Result<Polled, SourceError>>,
+    events: mpsc::UnboundedReceiver<SourceEvent>,
     task: JoinHandle<()>,
     describe: String,
 }
@@ -45,7 +59,11 @@ pub fn spawn(mut source: Box<dyn ConfigSource>) -> SourceFeed {
     let describe = source.describe();
     let task = tokio::spawn(async move {
         loop {
-            let event = source.next().await;
+            let polled = source.next().await;
+            let event = SourceEvent {
+                polled,
+                request_duration: source.last_request_duration(),
+            };
             if tx.send(event).is_err() {
                 return;
             }
@@ -60,7 +78,7 @@ pub fn spawn(mut source: Box<dyn ConfigSource>) -> SourceFeed {
 
 impl SourceFeed {
     /// The next event; cancel-safe, so it can sit in a `select!`.
-    pub async fn recv(&mut self) -> Option<Result<Polled, SourceError>> {
+    pub async fn recv(&mut self) -> Option<SourceEvent> {
         self.events.recv().await
     }
 
@@ -81,6 +99,7 @@ pub struct Polling {
     control_plane: ControlPlane,
     interval: Duration,
     next_at: Option<tokio::time::Instant>,
+    last_poll: Option<Duration>,
 }
 
 impl Polling {
@@ -90,6 +109,7 @@ impl Polling {
             control_plane,
             interval,
             next_at: None,
+            last_poll: None,
         }
     }
 }
@@ -105,7 +125,14 @@ impl ConfigSource for Polling {
             tokio::time::sleep_until(at).await;
         }
         self.next_at = Some(tokio::time::Instant::now() + self.interval);
-        self.control_plane.poll().await
+        let started = tokio::time::Instant::now();
+        let polled = self.control_plane.poll().await;
+        self.last_poll = Some(started.elapsed());
+        polled
+    }
+
+    fn last_request_duration(&self) -> Option<Duration> {
+        self.last_poll
     }
 }
 
@@ -313,7 +340,9 @@ pub const MAX_SOURCE_BYTES: usize = 4 * MAX_DOCUMENT_BYTES;
 /// `GET /config` answer `{"config": "<YAML or JSON text>"}`. A key repeated in one object,
 /// nesting deeper than [`MAX_NESTING_DEPTH`], and input larger than [`MAX_SOURCE_BYTES`] are
 /// errors; the work is linear in the input's size, but megabytes of it take a while: call it
-/// off the async runtime's workers (`spawn_blocking`).
+/// off the async runtime's workers (`spawn_blocking`). The reading itself is
+/// [`fallback_core::inspect::normalise_with`], which the browser inspector runs too; this adds
+/// the size limit and the YAML depth check made before parsing.
 pub fn normalise(body: &[u8]) -> Result<Value, String> {
     if body.len() > MAX_SOURCE_BYTES {
         return Err(format!(
@@ -322,54 +351,19 @@ pub fn normalise(body: &[u8]) -> Result<Value, String> {
             body.len()
         ));
     }
-    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8 text ({e})"))?;
-    let value = parse_json_or_yaml(text)?;
-    let admin_api_config = match &value {
-        Value::Object(map) if !map.contains_key("_format_version") => match map.get("config") {
-            Some(Value::String(inner)) => Some(inner.clone()),
-            _ => None,
-        },
-        _ => None,
-    };
-    let value = match admin_api_config {
-        Some(inner) => {
-            parse_json_or_yaml(&inner).map_err(|e| format!("its \"config\" string: {e}"))?
-        }
-        None => value,
-    };
-    if !value.is_object() {
-        return Err("expected an object with _format_version at the top".into());
-    }
-    Ok(value)
+    fallback_core::inspect::normalise_with(body, &yaml_depth_check)
 }
 
-fn parse_json_or_yaml(text: &str) -> Result<Value, String> {
-    match json::from_str(text) {
-        Ok(v) => Ok(v),
-        // Text that starts like JSON is JSON with a mistake: its JSON error is the useful one.
-        Err(StrictError::Syntax(_)) if !text.trim_start().starts_with(['{', '[']) => {
-            parse_yaml(text)
-        }
-        Err(e) => Err(format!("invalid JSON: {e}")),
-    }
-}
-
-fn parse_yaml(text: &str) -> Result<Value, String> {
-    // Before serde_yaml_ng, which reads every event first: see yaml_depth.
-    if let Err(at) = yaml_depth::check(text, MAX_NESTING_DEPTH) {
-        return Err(format!(
+/// Refuses YAML nested deeper than [`MAX_NESTING_DEPTH`] before serde_yaml_ng reads it (see
+/// `yaml_depth`).
+fn yaml_depth_check(text: &str) -> Result<(), String> {
+    yaml_depth::check(text, MAX_NESTING_DEPTH).map_err(|at| {
+        format!(
             "invalid YAML: line {}, column {}: nested deeper than {MAX_NESTING_DEPTH} levels of \
              arrays and objects (MAX_NESTING_DEPTH); a declarative config is about 10 deep, so \
              this is not one: check what produced it",
             at.line, at.column
-        ));
-    }
-    json::deserialize(serde_yaml_ng::Deserializer::from_str(text), |e| {
-        StrictError::Syntax(e.to_string())
-    })
-    .map_err(|e| match e {
-        StrictError::Syntax(e) => format!("neither JSON nor YAML: {e}"),
-        e => format!("invalid YAML: {e}"),
+        )
     })
 }
 

@@ -2,6 +2,9 @@
 //!
 //! - [`document`]: Kong's declarative configuration (`_format_version` "3.0"), nested or flat,
 //!   loaded into one model and validated with every problem reported at its path.
+//! - [`inspect`]: what `match`, `export` and the in-browser inspector ask of a config:
+//!   validation with warnings, and where a request goes (router and plugins).
+//! - [`config_diff`]: routes, services, plugins and consumers added, removed or changed.
 //! - [`digest`]: canonical JSON bytes and their sha256, the identity of an exported document.
 //! - [`export`]: the metadata stored beside every export and the decision of whether a write may
 //!   replace what the store holds.
@@ -25,12 +28,14 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod config_diff;
 pub mod digest;
 pub mod document;
 pub mod export;
 pub mod fetch;
 pub mod filter_config;
 pub mod host;
+pub mod inspect;
 pub mod json;
 pub mod limits;
 pub mod plugins;

@@ -45,6 +45,7 @@ pub mod serve;
 pub mod sha256;
 pub mod stack;
 pub mod tools;
+pub mod webdriver;
 
 pub use companion_process::{companion_match, CompanionProcess};
 pub use echo::EchoServer;
