@@ -81,7 +81,8 @@ pub struct RequestView<'a> {
     /// without one.
     pub sni: Option<&'a str>,
     /// The port the request arrived on (Kong's `server_port`), for a `Host` without a port;
-    /// `None`: the scheme's default.
+    /// `None`: the scheme's default. Only read when some route host names a port
+    /// ([`Router::needs_port`]).
     pub port: Option<u16>,
 }
 
@@ -205,6 +206,7 @@ pub struct Router {
     balancers: Vec<Balancer>,
     unsupported: Vec<Unsupported>,
     needs_headers: bool,
+    needs_port: bool,
 }
 
 #[derive(Debug)]
@@ -397,6 +399,7 @@ impl Router {
             balancers,
             unsupported: Vec::new(),
             needs_headers: false,
+            needs_port: false,
         };
 
         // (priority, document order, path order, candidate)
@@ -463,6 +466,7 @@ impl Router {
             router.needs_headers |= !headers.is_empty();
 
             let hosts: Vec<HostMatcher> = route.hosts.iter().map(|h| host_matcher(h)).collect();
+            router.needs_port |= hosts.iter().any(|h| h.port.is_some());
             let match_weight = [
                 !route.methods.is_empty(),
                 !route.hosts.is_empty(),
@@ -592,6 +596,13 @@ impl Router {
     /// to carry the request's headers.
     pub fn needs_headers(&self) -> bool {
         self.needs_headers
+    }
+
+    /// True when some route host names a port (`example.com:8000`): only then does
+    /// [`RequestView::port`] matter, so a host need not be asked for its listener's port on
+    /// every request.
+    pub fn needs_port(&self) -> bool {
+        self.needs_port
     }
 
     /// Routes, or parts of routes, this build cannot enforce; worth a warning in the log.

@@ -92,8 +92,13 @@ impl HttpContext for RequestFilter {
         } else {
             None
         };
-        let port =
-            host::property(profile.listener_port).and_then(|raw| profile.listener_port(&raw));
+        // Read only when a route host names a port: the answer cannot change a match
+        // otherwise (a property read is one of the dearer host calls, see docs/hosts.md).
+        let port = if active.router.needs_port() {
+            host::property(profile.listener_port).and_then(|raw| profile.listener_port(&raw))
+        } else {
+            None
+        };
         let view = RequestView {
             method: &method,
             authority: &authority,
@@ -189,11 +194,17 @@ impl HttpContext for RequestFilter {
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         if let Some(plan) = self.response_plan.take() {
             // One header at a time: replacing the whole map keeps `Content-Type` in
-            // ngx_wasm_module.
-            for op in plan.edits(&host::response_headers()) {
-                match op {
-                    HeaderOp::Remove(name) => host::remove_response_header(&name),
-                    HeaderOp::Add(name, value) => host::add_response_header(&name, &value),
+            // ngx_wasm_module. The whole map is read only for a plan that needs it.
+            let edits = plan
+                .edits_without_headers()
+                .unwrap_or_else(|| plan.edits(&host::response_headers()));
+            for call in response_calls(&edits) {
+                match call {
+                    ResponseCall::Replace(name, value) => {
+                        host::replace_response_header(name, value)
+                    }
+                    ResponseCall::Remove(name) => host::remove_response_header(name),
+                    ResponseCall::Add(name, value) => host::add_response_header(name, value),
                 }
             }
         }
@@ -204,6 +215,38 @@ impl HttpContext for RequestFilter {
         }
         Action::Continue
     }
+}
+
+/// One host call changing a response header.
+#[derive(Debug, PartialEq, Eq)]
+enum ResponseCall<'a> {
+    /// Every value of the header replaced by one (`proxy_replace_header_map_value`).
+    Replace(&'a str, &'a str),
+    /// Every value removed.
+    Remove(&'a str),
+    /// One value added.
+    Add(&'a str, &'a str),
+}
+
+/// The host calls for `edits`: a `Remove` directly followed by an `Add` of the same header is
+/// one replace (every host replaces every value: Envoy's `setCopy`, ngx_wasm_module's
+/// `HEADERS_SET`), so setting a header costs one call, not two.
+fn response_calls(edits: &[HeaderOp]) -> Vec<ResponseCall<'_>> {
+    let mut calls = Vec::with_capacity(edits.len());
+    let mut ops = edits.iter().peekable();
+    while let Some(op) = ops.next() {
+        match op {
+            HeaderOp::Remove(name) => match ops.peek() {
+                Some(HeaderOp::Add(next, value)) if next == name => {
+                    ops.next();
+                    calls.push(ResponseCall::Replace(name, value));
+                }
+                _ => calls.push(ResponseCall::Remove(name)),
+            },
+            HeaderOp::Add(name, value) => calls.push(ResponseCall::Add(name, value)),
+        }
+    }
+    calls
 }
 
 /// Logs, once per worker and target, that the host refused a hand-over write.
@@ -291,5 +334,39 @@ fn apply_upstream_changes(changes: &UpstreamChanges) {
     }
     if let Some(method) = &changes.method {
         host::set_request_header(":method", Some(method));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_followed_by_an_addition_of_the_same_header_is_one_replace() {
+        let op = |name: &str, value: Option<&str>| match value {
+            Some(v) => HeaderOp::Add(name.into(), v.into()),
+            None => HeaderOp::Remove(name.into()),
+        };
+        let edits = [
+            op("ratelimit-limit", None),
+            op("ratelimit-limit", Some("5")),
+            op("vary", Some("Origin")),
+            op("x-gone", None),
+            op("x-other", Some("1")),
+            op("x-multi", None),
+            op("x-multi", Some("a")),
+            op("x-multi", Some("b")),
+        ];
+        assert_eq!(
+            response_calls(&edits),
+            [
+                ResponseCall::Replace("ratelimit-limit", "5"),
+                ResponseCall::Add("vary", "Origin"),
+                ResponseCall::Remove("x-gone"),
+                ResponseCall::Add("x-other", "1"),
+                ResponseCall::Replace("x-multi", "a"),
+                ResponseCall::Add("x-multi", "b"),
+            ]
+        );
     }
 }
