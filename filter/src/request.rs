@@ -5,7 +5,7 @@ use crate::host::{self, HostSharedData};
 use crate::Active;
 use fallback_core::fetch::{LogLevel, Source};
 use fallback_core::filter_config::FilterConfig;
-use fallback_core::host::{HandOverNames, HostProfile, HostWrite, UpstreamTarget};
+use fallback_core::host::{HandOverNames, HostProfile, HostWrite, ReadFrom, UpstreamTarget};
 use fallback_core::plugins::{
     HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
@@ -63,23 +63,35 @@ impl HttpContext for RequestFilter {
             return Action::Pause;
         };
         let profile = self.profile;
-        let method = host::request_header(":method").unwrap_or_default();
+        // Reading every header costs a copy of each: only when a route or a plugin needs them.
+        // Then the single headers below come from that copy rather than from one host call
+        // each (every host's map carries the pseudo-headers too).
+        let owned = (active.router.needs_headers() || !active.plugins.is_empty())
+            .then(host::request_headers);
+        let header = |name: &str| -> Option<String> {
+            match &owned {
+                Some(all) => all
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone()),
+                None => host::request_header(name),
+            }
+        };
+        let method = header(":method").unwrap_or_default();
         let authority = profile
             .host_headers
             .iter()
-            .find_map(|name| host::request_header(name))
+            .find_map(|name| header(name))
             .unwrap_or_default();
-        let path = host::read(profile.path).unwrap_or_else(|| "/".into());
-        let scheme = host::request_header(":scheme").unwrap_or_else(|| "http".into());
-        // Reading every header costs an allocation per header: only when a route or a plugin
-        // needs them.
-        let owned = if active.router.needs_headers() || !active.plugins.is_empty() {
-            host::request_headers()
-        } else {
-            Vec::new()
-        };
+        let path = match profile.path {
+            ReadFrom::Header(name) => header(name),
+            from => host::read(from),
+        }
+        .unwrap_or_else(|| "/".into());
+        let scheme = header(":scheme").unwrap_or_else(|| "http".into());
         let headers: Vec<(&str, &str)> = owned
             .iter()
+            .flatten()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         // The TLS SNI (routes' `snis` only apply to HTTPS requests, so plain HTTP skips the
