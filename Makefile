@@ -6,21 +6,21 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/fallback_filter.wasm
 
-.PHONY: help tools build wasm fmt-check lint unit e2e faults test bench demo clean
+.PHONY: help tools build wasm fmt-check lint unit e2e faults test fuzz bench bench-proxy demo clean
 
 help: ## List the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server and the wasm target into .tools/
+tools: ## Install pinned Envoy, SeaweedFS, fake-gcs-server, Azurite, wrk and the wasm target into .tools/
 	@bash scripts/tools.sh
 
 build: tools ## Build the companion and the filter (.wasm)
 	$(CARGO) build --workspace --bins
-	$(CARGO) build -p fallback-filter --target $(WASM_TARGET) --release
+	$(CARGO) build -p fallback-filter -p bench-passthrough-filter --target $(WASM_TARGET) --release
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
-wasm: tools ## Build only the filter (.wasm)
-	$(CARGO) build -p fallback-filter --target $(WASM_TARGET) --release
+wasm: tools ## Build only the filter (.wasm) and the benchmark's minimal filter
+	$(CARGO) build -p fallback-filter -p bench-passthrough-filter --target $(WASM_TARGET) --release
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -41,8 +41,14 @@ faults: build ## The fault matrix alone (part of e2e): table in target/fault-mat
 
 test: lint unit wasm e2e ## Everything CI runs: lint, unit tests, wasm build, end-to-end tests
 
+fuzz: ## The property tests of every parser of outside bytes, 20,000 cases each (make test runs 64)
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test -p fallback-core -p fallback-companion --lib properties
+
 bench: wasm ## Router compile time and match p50/p99 for 100/1,000/10,000 routes, and the .wasm size
 	$(CARGO) bench -p fallback-core --bench router
+
+bench-proxy: wasm ## Envoy CPU per request: no wasm, a minimal filter, the filter with 10/1k/10k routes (BENCH_ARGS=--help)
+	$(CARGO) run -q -p wasm-tests --bin bench-proxy -- $(BENCH_ARGS)
 
 demo: build ## The story end to end on the embedded file:// storage, narrated
 	@bash scripts/demo.sh

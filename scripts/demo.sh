@@ -25,7 +25,6 @@ TEMPLATE="$ROOT/examples/envoy/bootstrap.yaml"
 VERSION=3.4.1.0
 STORE="$DEMO/storage/kong"
 OBJECT="$STORE/$VERSION/config.json"
-META="$OBJECT.meta.json"
 CP_FILE="$DEMO/cp/config.json"
 CP_LOG="$DEMO/mock-cp.log"
 COMPANION_LOG="$DEMO/companion.log"
@@ -169,7 +168,15 @@ wait_for() {
 }
 
 alive() { kill -0 "$1" 2>/dev/null; }
-meta_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$META" "$1"; }
+# The metadata of the current generation: config.json is a symlink into the generation that
+# holds the body and its metadata together (docs/storage.md).
+meta_path() {
+    local target
+    target=$(readlink "$OBJECT") || return 1
+    printf '%s\n' "$(dirname "$OBJECT")/$(dirname "$target")/config.json.meta.json"
+}
+meta_exists() { test -s "$(meta_path)"; }
+meta_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$(meta_path)" "$1"; }
 millis() { date +%s%3N; }
 
 # Prints the digest of the body and the one in the metadata, and fails unless they match.
@@ -394,14 +401,17 @@ start fallback-companion "$COMPANION_LOG" env \
     FALLBACK_SIGNER_TOKENS="$(cat "$TOKEN_FILE")" \
     "$BIN/fallback-companion" run
 COMPANION_PID=$LAST_PID
-wait_for 20 "the first export ($OBJECT)" test -s "$META"
+wait_for 20 "the first export ($OBJECT)" meta_exists
 alive "$COMPANION_PID" || die "the companion exited"
 ok "exported at once (the first valid document does not wait):"
 plain "$COMPANION_LOG" | grep -E 'role started|exported' | indent
 say "" "What is in storage now:"
-printf '%s    $ find .demo/storage -type f -name "config.json*"%s\n' "$D" "$N"
-find .demo/storage -type f -name 'config.json*' -printf '%-50p %s bytes\n' | sort | sed 's/^/      /'
-say "config.json is the document as canonical JSON; its metadata sits beside it:"
+printf '%s    $ find .demo/storage -name "config.json*"%s\n' "$D" "$N"
+find .demo/storage -name 'config.json*' \( -type l -printf '%p -> %l\n' -o -type f -printf '%p  %s bytes\n' \) |
+    sort | sed 's/^/      /'
+say "config.json is the document as canonical JSON. It is a symlink to the current generation," \
+    "which holds the body and its metadata together, so that one rename replaces both:"
+META=$(meta_path)
 show python3 -m json.tool "${META#"$ROOT"/}"
 check_digest
 REVISION=$(meta_field revision)

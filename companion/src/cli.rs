@@ -5,15 +5,15 @@ use crate::exporter::{self, ExportSettings, ExportStats, WriteOutcome};
 use crate::secret::Secret;
 use crate::signer::{self, Tokens};
 use crate::signing::SigningKey;
-use crate::source::{self, ControlPlane};
+use crate::source;
 use crate::storage::{
-    self, BackendSettings, ConfigStore, GcsSettings, S3Settings, ServerSideEncryption, StorageUrl,
-    UrlSigner,
+    self, AzureSettings, BackendSettings, ConfigStore, GcsSettings, S3Settings,
+    ServerSideEncryption, StorageUrl, UrlSigner,
 };
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use fallback_core::backoff::Backoff;
-use fallback_core::export::{object_key, ExportMetadata};
+use fallback_core::export::ExportMetadata;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -63,8 +63,9 @@ pub enum Command {
 /// Where exports live and with which credentials.
 #[derive(Debug, Args)]
 pub struct StorageArgs {
-    /// Storage URL: s3://bucket/prefix, gcs://bucket/prefix, or file:///dir for the embedded
-    /// local store.
+    /// Storage URL: s3://bucket/prefix, gcs://bucket/prefix (the prefix kept byte for byte, as
+    /// GCS object names are: gcs://b//kong stores /kong/...), azure://container/prefix, or
+    /// file:///dir for the embedded local store.
     #[arg(
         long = "storage",
         env = "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
@@ -133,6 +134,69 @@ pub struct StorageArgs {
     /// GCS: the metadata server's host, when not metadata.google.internal.
     #[arg(long, env = "GCE_METADATA_HOST", value_name = "HOST[:PORT]")]
     pub gce_metadata_host: Option<String>,
+
+    /// Azure: a storage connection string (AccountName, AccountKey, optional BlobEndpoint, or
+    /// UseDevelopmentStorage=true); wins over the other Azure settings.
+    #[arg(
+        long,
+        env = "AZURE_STORAGE_CONNECTION_STRING",
+        hide_env_values = true,
+        value_name = "TEXT"
+    )]
+    pub azure_storage_connection_string: Option<Secret>,
+
+    /// Azure: the storage account name.
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT", value_name = "NAME")]
+    pub azure_storage_account: Option<String>,
+
+    /// Azure: the account key (Shared Key) [without it: an Entra ID identity: service
+    /// principal, workload identity or managed identity].
+    #[arg(
+        long,
+        env = "AZURE_STORAGE_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub azure_storage_key: Option<Secret>,
+
+    /// Azure: the blob service endpoint, for Azurite, sovereign clouds or private endpoints
+    /// [default: https://<account>.blob.core.windows.net].
+    #[arg(long, env = "AZURE_STORAGE_BLOB_ENDPOINT", value_name = "URL")]
+    pub azure_storage_blob_endpoint: Option<String>,
+
+    /// Azure: the Entra ID tenant of a service principal or workload identity.
+    #[arg(long, env = "AZURE_TENANT_ID", value_name = "ID")]
+    pub azure_tenant_id: Option<String>,
+
+    /// Azure: the client id of a service principal, workload identity or user-assigned
+    /// managed identity.
+    #[arg(long, env = "AZURE_CLIENT_ID", value_name = "ID")]
+    pub azure_client_id: Option<String>,
+
+    /// Azure: a service principal's client secret.
+    #[arg(
+        long,
+        env = "AZURE_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub azure_client_secret: Option<Secret>,
+
+    /// Azure: the federated token file of workload identity (AKS sets it).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "FILE")]
+    pub azure_federated_token_file: Option<PathBuf>,
+
+    /// Azure: the Entra ID authority [default: https://login.microsoftonline.com].
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL")]
+    pub azure_authority_host: Option<String>,
+
+    /// Azure: the instance metadata service's host, when not 169.254.169.254.
+    #[arg(
+        long,
+        env = "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        value_name = "HOST[:PORT]"
+    )]
+    pub azure_imds_host: Option<String>,
 }
 
 fn parse_s3_config(text: &str) -> Result<ServerSideEncryption, String> {
@@ -194,10 +258,8 @@ pub struct RunArgs {
     #[arg(long, env = "FALLBACK_URL_SIGNING_KEY", hide_env_values = true)]
     pub url_signing_key: Option<Secret>,
 
-    /// The control plane's config endpoint: plain declarative JSON/YAML, or Kong's DB-less
-    /// Admin API `GET /config`.
-    #[arg(long, env = "FALLBACK_CONTROL_PLANE_URL", value_name = "URL")]
-    pub control_plane_url: Option<String>,
+    #[command(flatten)]
+    pub source: source::SourceArgs,
 
     /// How often the control plane is polled (with If-None-Match).
     #[arg(long, env = "FALLBACK_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -219,6 +281,12 @@ pub struct RunArgs {
     /// Longest delay between export retries.
     #[arg(long, env = "FALLBACK_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
     pub retry_max: Duration,
+
+    /// On SIGTERM/SIGINT: how long requests in flight (and the export role's last attempt)
+    /// may take before the companion exits anyway; new connections are refused at once. Keep
+    /// it below the orchestrator's own grace period (Kubernetes: 30 s).
+    #[arg(long, env = "FALLBACK_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 
     /// Export role: Ed25519 private key signing every export (PKCS#8 PEM as `openssl genpkey
     /// -algorithm ed25519` writes, or the 32-byte seed in base64); filters with the matching
@@ -287,7 +355,7 @@ impl StorageArgs {
 
     /// The object key for the configured version.
     pub fn key(&self, url: &StorageUrl) -> anyhow::Result<String> {
-        Ok(object_key(url.prefix(), &self.config_version)?)
+        Ok(url.config_key(&self.config_version)?)
     }
 
     /// S3 settings, checked at start-up so that a missing region or key fails now, not at the
@@ -342,6 +410,18 @@ impl StorageArgs {
                 credentials_file: self.google_application_credentials.clone(),
                 emulator_host: self.storage_emulator_host.clone(),
                 metadata_host: self.gce_metadata_host.clone(),
+            }),
+            azure: matches!(url, StorageUrl::Azure { .. }).then(|| AzureSettings {
+                connection_string: self.azure_storage_connection_string.clone(),
+                account: self.azure_storage_account.clone(),
+                account_key: self.azure_storage_key.clone(),
+                blob_endpoint: self.azure_storage_blob_endpoint.clone(),
+                tenant_id: self.azure_tenant_id.clone(),
+                client_id: self.azure_client_id.clone(),
+                client_secret: self.azure_client_secret.clone(),
+                federated_token_file: self.azure_federated_token_file.clone(),
+                authority_host: self.azure_authority_host.clone(),
+                imds_host: self.azure_imds_host.clone(),
             }),
         })
     }
@@ -407,6 +487,8 @@ pub fn main() -> ExitCode {
             Command::Keygen(args) => keygen(&args),
         }
     });
+    // Blocking storage work still running (a read of a slow disk) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -420,10 +502,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.export && !args.import {
         bail!("no role switched on: set KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on (or --export on) and/or KONG_CLUSTER_FALLBACK_CONFIG_IMPORT=on (or --import on)");
     }
-    let cp_url = if args.export {
-        Some(args.control_plane_url.as_deref().filter(|u| !u.is_empty()).context(
-            "the export role needs the control plane's config URL: set FALLBACK_CONTROL_PLANE_URL (e.g. http://kong-cp:8001/config)",
-        )?)
+    let source = if args.export {
+        Some(args.source.configured(
+            (&args.storage.node_id(), &args.storage.config_version),
+            args.poll_interval,
+            args.control_plane_timeout,
+        )?
+        .context("the export role needs a source of config: set FALLBACK_CONTROL_PLANE_URL (a config URL, e.g. http://kong-cp:8001/config on a DB-less node), KONG_CLUSTER_CONTROL_PLANE (a Kong control plane's cluster address, e.g. kong-cp:8005, with KONG_CLUSTER_CERT and KONG_CLUSTER_CERT_KEY) FALLBACK_ADMIN_API_URL (a Kong Admin API to dump, e.g. http://kong-cp:8001) or FALLBACK_KONNECT_CONTROL_PLANE_URL (a Konnect control plane, with FALLBACK_KONNECT_TOKEN)")?)
     } else {
         None
     };
@@ -450,18 +535,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?);
     let stats = Arc::new(ExportStats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // With both roles in one process, filters can poll the live config: GET /v1/config.
+    let (live_tx, live_rx) = watch::channel(None);
 
-    let exporter = match cp_url {
-        Some(cp_url) => {
-            let source = ControlPlane::new(cp_url, args.control_plane_timeout)?;
+    let exporter = match source {
+        Some(source) => {
             let settings = ExportSettings {
                 key,
                 node_id: args.storage.node_id(),
-                poll_interval: args.poll_interval,
                 export_delay: args.export_delay,
                 retry_initial: args.retry_initial,
                 retry_max: args.retry_max,
                 signing_key,
+                live: args.import.then(|| live_tx.clone()),
             };
             match &settings.signing_key {
                 Some(k) => info!(
@@ -486,6 +572,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some((mut settings, listener)) => {
             if args.export {
                 settings.export_stats = Some(stats.clone());
+                settings.live_config = Some(live_rx.clone());
             }
             let listener = tokio::net::TcpListener::from_std(listener)?;
             Some(tokio::spawn(signer::serve(
@@ -516,11 +603,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = shutdown_tx.send(true);
-    if let Some(task) = signer_task {
-        let _ = task.await;
-    }
-    if let Some(exporter) = exporter {
-        exporter.await.context("export task failed")?;
+    // The signer drains within the grace period itself; the export role's last attempt gets
+    // the same bound, and a margin covers the signer closing what is left.
+    let stopping = async {
+        if let Some(task) = signer_task {
+            let _ = task.await;
+        }
+        match exporter {
+            Some(exporter) => exporter.await.context("export task failed"),
+            None => Ok(()),
+        }
+    };
+    match tokio::time::timeout(args.shutdown_grace + Duration::from_secs(1), stopping).await {
+        Ok(stopped) => stopped?,
+        Err(_) => warn!(
+            grace = ?args.shutdown_grace,
+            "still stopping after FALLBACK_SHUTDOWN_GRACE: exiting anyway"
+        ),
     }
     match failure {
         Some(e) => Err(e),
@@ -580,6 +679,8 @@ fn signer_setup(
         signer::SignerSettings::new(url.prefix(), &args.storage.config_version, Arc::new(tokens));
     settings.ttl = args.signed_url_ttl;
     settings.object_urls = object_urls;
+    settings.shutdown_grace = args.shutdown_grace;
+    settings.prefix_style = url.prefix_style();
     Ok((settings, listener))
 }
 
@@ -691,6 +792,13 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Ok(WriteOutcome::Resigned { revision, .. }) => {
+            println!(
+                "{object} held this document without this signature; signed it (revision {revision}, sha256 {})",
+                metadata.sha256
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(WriteOutcome::AlreadyStored) => {
             println!(
                 "{object} already holds this document (sha256 {}); nothing written",
@@ -795,6 +903,14 @@ mod tests {
         signature: Option<String>,
     }
 
+    /// A new signing key written to `dir/name`: the file's path and the key.
+    fn new_key_file(dir: &std::path::Path, name: &str) -> (String, SigningKey) {
+        let path = dir.join(name);
+        std::fs::write(&path, SigningKey::generate_pem().unwrap()).unwrap();
+        let key = SigningKey::load(&path).unwrap();
+        (path.to_str().unwrap().to_owned(), key)
+    }
+
     #[tokio::test]
     async fn one_shot_export_is_signed_only_with_a_signing_key() {
         let unsigned_dir = tempfile::tempdir().unwrap();
@@ -802,18 +918,33 @@ mod tests {
         assert_eq!(unsigned.signature, None);
 
         let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("signing.pem");
-        std::fs::write(&key_file, SigningKey::generate_pem().unwrap()).unwrap();
-        let key = SigningKey::load(&key_file).unwrap();
-        let signed = export_to_file_store(
-            dir.path(),
-            &["--signing-key-file", key_file.to_str().unwrap()],
-        )
-        .await;
+        let (key_file, key) = new_key_file(dir.path(), "signing.pem");
+        let signed = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
         let signature = signed.signature.expect("a signature");
         assert!(key.verifies(&signed.body, &signature));
         let other = SigningKey::parse(&SigningKey::generate_pem().unwrap()).unwrap();
         assert!(!other.verifies(&signed.body, &signature));
+    }
+
+    #[tokio::test]
+    async fn exporting_the_stored_document_again_with_a_key_signs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let unsigned = export_to_file_store(dir.path(), &[]).await;
+        assert_eq!(unsigned.signature, None);
+        let (key_file, key) = new_key_file(dir.path(), "signing.pem");
+        let signed = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
+        assert_eq!(signed.body, unsigned.body, "the same document");
+        let signature = signed
+            .signature
+            .expect("the stored copy is signed now, not left unsigned as already stored");
+        assert!(key.verifies(&signed.body, &signature));
+
+        // Key rotation: the next key's exporter signs it again.
+        let (rotated_file, rotated) = new_key_file(dir.path(), "rotated.pem");
+        let again = export_to_file_store(dir.path(), &["--signing-key-file", &rotated_file]).await;
+        let signature = again.signature.expect("signed");
+        assert!(rotated.verifies(&again.body, &signature));
+        assert!(!key.verifies(&again.body, &signature));
     }
 
     #[tokio::test]

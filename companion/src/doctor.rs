@@ -31,6 +31,59 @@ pub struct DoctorArgs {
     /// Check what the signer role needs (read permission, a config to hand out, signed URLs).
     #[arg(long = "import", env = "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub import: bool,
+
+    /// The export role's source, as `run` reads it.
+    #[command(flatten)]
+    pub source: crate::source::SourceArgs,
+
+    /// How long the cluster check waits for the control plane's config.
+    #[arg(long, default_value = "20s", value_parser = crate::cli::parse_duration)]
+    pub cluster_wait: Duration,
+}
+
+/// The export role's source: does it connect, and would it hand this companion a config?
+async fn source_checks(report: &mut Report, args: &DoctorArgs, export_on: bool) {
+    let sources = &args.source;
+    let cluster = match sources
+        .cluster
+        .settings(&args.storage.node_id(), &args.storage.config_version)
+    {
+        Ok(c) => c,
+        Err(e) => return report.fail("source", format!("{e:#}")),
+    };
+    let others = sources
+        .control_plane_url
+        .as_deref()
+        .is_some_and(|u| !u.is_empty())
+        || sources.admin_api.is_set();
+    if let (Some(settings), false) = (cluster, others) {
+        let mut source = crate::cluster::ClusterSource::new(settings);
+        match source.connect_once().await {
+            Ok(text) => report.pass("cluster connection", text),
+            Err(e) => {
+                report.fail("cluster connection", e.to_string());
+                return report.skip("cluster config", "not connected");
+            }
+        }
+        return match source.first_config(args.cluster_wait).await {
+            Ok(text) => report.pass("cluster config", text),
+            Err(text) => report.fail("cluster config", text),
+        };
+    }
+    let source = sources.configured(
+        (&args.storage.node_id(), &args.storage.config_version),
+        Duration::ZERO,
+        Duration::from_secs(10),
+    );
+    match source {
+        Err(e) => report.fail("source", format!("{e:#}")),
+        Ok(None) if export_on => report.fail("source", "no source for the export role: set FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE, FALLBACK_ADMIN_API_URL or FALLBACK_KONNECT_CONTROL_PLANE_URL"),
+        Ok(None) => report.skip("source", "no FALLBACK_CONTROL_PLANE_URL, KONG_CLUSTER_CONTROL_PLANE, FALLBACK_ADMIN_API_URL nor FALLBACK_KONNECT_CONTROL_PLANE_URL"),
+        Ok(Some(mut source)) => match source.next().await {
+            Ok(_) => report.pass("source", format!("{} answered with a config", source.describe())),
+            Err(e) => report.fail("source", e.to_string()),
+        },
+    }
 }
 
 #[derive(Default)]
@@ -158,6 +211,7 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 
     if export {
         write_probe(&mut report, store.as_ref(), &url, &args.storage.node_id()).await;
+        source_checks(&mut report, &args, args.export).await;
     } else {
         report.skip("write permission", "export role off");
     }
@@ -170,14 +224,10 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                     signed_url_check(&mut report, store.as_ref(), &url, &key, &meta).await;
                 }
             }
-            None => {
-                let text = format!("{key} has no sha256 metadata, so filters cannot verify it; re-export it with fallback-companion");
-                if import {
-                    report.fail("config.json", text);
-                } else {
-                    report.skip("config.json", text);
-                }
-            }
+            None => report.pass(
+                "config.json",
+                format!("{key} has no Fallback metadata (written by another exporter, e.g. Kong Enterprise's backup node): the signer hands it out with the sha256 of its bytes, revision 0, unsigned"),
+            ),
         },
         Some(None) => {
             let text = format!(
@@ -205,9 +255,9 @@ async fn write_probe(report: &mut Report, store: &dyn ConfigStore, url: &Storage
         .unwrap_or_default()
         .as_millis();
     let name = format!(".fallback-doctor/{node}-{millis}.json");
-    let probe = match url.prefix() {
-        "" => name,
-        prefix => format!("{prefix}/{name}"),
+    let probe = match url.key_of(&name) {
+        Ok(probe) => probe,
+        Err(e) => return report.fail("write permission", e.to_string()),
     };
     let body = Bytes::from_static(
         b"{\"_format_version\":\"3.0\",\"_comment\":\"fallback-companion doctor probe\"}",

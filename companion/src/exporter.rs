@@ -1,7 +1,7 @@
 //! The export role: every new valid document from the control plane ends up in storage.
 
 use crate::signing::SigningKey;
-use crate::source::{ControlPlane, Polled};
+use crate::source::{self, ConfigSource, Polled};
 use crate::storage::{ConfigStore, Precondition, StoreError};
 use bytes::Bytes;
 use fallback_core::backoff::Backoff;
@@ -24,17 +24,26 @@ pub struct PreparedDocument {
     pub body: Bytes,
     /// Their sha256.
     pub sha256: Sha256Digest,
-    /// Non-fatal findings: entity kinds Fallback ignores, and enabled plugins the filter does
-    /// not implement (it refuses the requests they apply to with 500 unless told to ignore
-    /// them).
+    /// Non-fatal findings: entity kinds Fallback ignores, migrated paths, deprecations, and
+    /// enabled plugins the filter does not implement (it skips observe-only ones and refuses
+    /// the requests the others apply to with 500 unless told to ignore them).
     pub warnings: Vec<Problem>,
 }
 
 /// Validates `value` and renders the canonical bytes to store. Invalid documents never get
 /// this far: the caller keeps whatever it had.
+///
+/// A document whose canonical JSON is larger than
+/// [`MAX_DOCUMENT_BYTES`](fallback_core::limits::MAX_DOCUMENT_BYTES) is refused: no filter
+/// would import it.
 pub fn prepare(value: &Value) -> Result<PreparedDocument, ValidationErrors> {
     let loaded = ConfigDocument::from_json(value)?;
     let body = canonical_json(value);
+    if let Some(problem) = fallback_core::document::size_problem(body.len()) {
+        return Err(ValidationErrors {
+            problems: vec![problem],
+        });
+    }
     let mut warnings = loaded.warnings;
     warnings.extend(fallback_core::plugins::unsupported_warnings(
         &loaded.document,
@@ -54,7 +63,15 @@ pub enum WriteOutcome {
         /// The store's tag for the new object.
         etag: String,
     },
-    /// The store already held these bytes.
+    /// The store already held these bytes, unsigned or signed by another key; they were
+    /// written again with this exporter's signature.
+    Resigned {
+        /// The store's tag for the rewritten object.
+        etag: String,
+        /// The revision written (never lower than the one it replaced).
+        revision: u64,
+    },
+    /// The store already held these bytes (with this exporter's signature, if it signs).
     AlreadyStored,
     /// The store holds a newer revision; nothing was written.
     Superseded {
@@ -67,7 +84,8 @@ pub enum WriteOutcome {
 const MAX_CAS_ROUNDS: usize = 8;
 
 /// Writes `body` under `key` unless that would replace a newer revision: read, plan, write
-/// with a precondition, and on a lost race read again.
+/// with a precondition, and on a lost race read again. The same bytes are written again only
+/// to sign them ([`WritePlan::Resign`]).
 pub async fn write_document(
     store: &dyn ConfigStore,
     key: &str,
@@ -76,16 +94,31 @@ pub async fn write_document(
 ) -> Result<WriteOutcome, StoreError> {
     for _ in 0..MAX_CAS_ROUNDS {
         let stored = store.head(key).await?;
-        let precondition = match plan_write(stored.as_ref(), metadata) {
+        let (precondition, resigned) = match plan_write(stored.as_ref(), metadata) {
             WritePlan::AlreadyStored => return Ok(WriteOutcome::AlreadyStored),
             WritePlan::Superseded { stored_revision } => {
                 return Ok(WriteOutcome::Superseded { stored_revision })
             }
-            WritePlan::Create => Precondition::Absent,
-            WritePlan::Replace { if_match } => Precondition::Matches(if_match),
+            WritePlan::Create => (Precondition::Absent, None),
+            WritePlan::Replace { if_match } => (Precondition::Matches(if_match), None),
+            WritePlan::Resign { if_match, revision } => {
+                (Precondition::Matches(if_match), Some(revision))
+            }
         };
-        match store.put(key, body.clone(), metadata, precondition).await {
-            Ok(etag) => return Ok(WriteOutcome::Stored { etag }),
+        let written = match resigned {
+            Some(revision) => std::borrow::Cow::Owned(ExportMetadata {
+                revision,
+                ..metadata.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(metadata),
+        };
+        match store.put(key, body.clone(), &written, precondition).await {
+            Ok(etag) => {
+                return Ok(match resigned {
+                    Some(revision) => WriteOutcome::Resigned { etag, revision },
+                    None => WriteOutcome::Stored { etag },
+                })
+            }
             Err(StoreError::PreconditionFailed { .. }) => {
                 debug!(key, "another exporter wrote first; reading again");
             }
@@ -135,8 +168,6 @@ pub struct ExportSettings {
     pub key: String,
     /// This exporter's name in the object's metadata.
     pub node_id: String,
-    /// How often the control plane is polled.
-    pub poll_interval: Duration,
     /// At most one upload per this interval (Kong's `cluster_fallback_export_delay`).
     pub export_delay: Duration,
     /// First retry delay after a failed upload.
@@ -145,6 +176,9 @@ pub struct ExportSettings {
     pub retry_max: Duration,
     /// Signs every export (the `signature` metadata) when set.
     pub signing_key: Option<SigningKey>,
+    /// Where every valid document is published at once (before the export delay), for
+    /// `GET /v1/config`.
+    pub live: Option<crate::live::LiveConfigSender>,
 }
 
 /// Unix time in milliseconds.
@@ -181,14 +215,15 @@ struct ExportLoop {
 /// Runs the export loop until `shutdown` turns true: poll, validate, pace, write, retry.
 pub async fn run(
     settings: ExportSettings,
-    mut source: ControlPlane,
+    source: Box<dyn ConfigSource>,
     store: Arc<dyn ConfigStore>,
     stats: Arc<ExportStats>,
     exported: watch::Sender<Option<ExportedRevision>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut source = source::spawn(source);
     info!(
-        control_plane = source.shown_url(),
+        control_plane = source.describe(),
         storage = %store.describe(),
         key = %settings.key,
         "export role started"
@@ -206,7 +241,7 @@ pub async fn run(
         exported,
     };
     let mut poll_failures_in_a_row = 0u32;
-    let mut next_poll = tokio::time::Instant::now();
+    let mut source_ended = false;
 
     loop {
         let export_sleep = state
@@ -214,9 +249,14 @@ pub async fn run(
             .due_at()
             .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())));
         tokio::select! {
-            _ = tokio::time::sleep_until(next_poll) => {
-                next_poll = tokio::time::Instant::now() + state.settings.poll_interval;
-                match source.poll().await {
+            event = source.recv(), if !source_ended => {
+                let Some(event) = event else {
+                    // Only a panic in the source ends it; what is waiting still gets exported.
+                    error!("the config source stopped; no new config will be exported");
+                    source_ended = true;
+                    continue;
+                };
+                match event {
                     Ok(Polled::NotModified) => {
                         state.stats.not_modified.fetch_add(1, Ordering::Relaxed);
                         poll_failures_in_a_row = 0;
@@ -224,7 +264,14 @@ pub async fn run(
                     Ok(Polled::Document(value)) => {
                         state.stats.documents_received.fetch_add(1, Ordering::Relaxed);
                         poll_failures_in_a_row = 0;
-                        state.offer(&value);
+                        let prepared = tokio::select! {
+                            prepared = tokio::task::spawn_blocking(move || prepare(&value)) => prepared,
+                            _ = shutdown.changed() => return state.shut_down().await,
+                        };
+                        match prepared {
+                            Ok(prepared) => state.offer(prepared),
+                            Err(e) => error!("validating the control plane's document stopped: {e}"),
+                        }
                     }
                     Err(e) => {
                         state.stats.poll_failures.fetch_add(1, Ordering::Relaxed);
@@ -242,17 +289,7 @@ pub async fn run(
                     state.attempt(sha256, candidate).await;
                 }
             }
-            _ = shutdown.changed() => {
-                if let Some((sha256, candidate)) = state.pacer.pending() {
-                    // The export delay only spaces uploads out; it must not lose the newest
-                    // document when the exporter is stopped.
-                    info!("shutting down: one last attempt to export the waiting document");
-                    let candidate = candidate.clone();
-                    state.attempt(sha256, candidate).await;
-                }
-                info!("export role stopped");
-                return;
-            }
+            _ = shutdown.changed() => return state.shut_down().await,
         }
     }
 }
@@ -265,8 +302,19 @@ async fn sleep_opt(duration: Option<Duration>) {
 }
 
 impl ExportLoop {
-    fn offer(&mut self, value: &Value) {
-        let prepared = match prepare(value) {
+    async fn shut_down(&mut self) {
+        if let Some((sha256, candidate)) = self.pacer.pending() {
+            // The export delay only spaces uploads out; it must not lose the newest
+            // document when the exporter is stopped.
+            info!("shutting down: one last attempt to export the waiting document");
+            let candidate = candidate.clone();
+            self.attempt(sha256, candidate).await;
+        }
+        info!("export role stopped");
+    }
+
+    fn offer(&mut self, prepared: Result<PreparedDocument, ValidationErrors>) {
+        let prepared = match prepared {
             Ok(p) => p,
             Err(errors) => {
                 self.stats.invalid_documents.fetch_add(1, Ordering::Relaxed);
@@ -276,6 +324,12 @@ impl ExportLoop {
         };
         for w in &prepared.warnings {
             warn!("config {w}");
+        }
+        if let Some(live) = &self.settings.live {
+            live.send_replace(Some(crate::live::LiveConfig {
+                body: prepared.body.clone(),
+                sha256: prepared.sha256,
+            }));
         }
         let candidate = Candidate {
             revision: self.revisions.next(unix_ms()),
@@ -318,6 +372,14 @@ impl ExportLoop {
                 self.pacer.stored(sha256, unix_ms());
                 info!(object = %format!("{}/{key}", self.store.describe()), revision = candidate.revision, %sha256, bytes = candidate.body.len(), "exported");
                 self.exported.send_replace(stored);
+            }
+            Ok(WriteOutcome::Resigned { revision, .. }) => {
+                self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+                self.backoff.reset();
+                self.pacer.stored(sha256, unix_ms());
+                info!(object = %format!("{}/{key}", self.store.describe()), revision, %sha256, "storage held this document without this exporter's signature; signed it");
+                self.exported
+                    .send_replace(Some(ExportedRevision { sha256, revision }));
             }
             Ok(WriteOutcome::AlreadyStored) => {
                 self.stats.unchanged.fetch_add(1, Ordering::Relaxed);
@@ -376,6 +438,27 @@ mod prepare_tests {
     use serde_json::json;
 
     #[test]
+    fn documents_larger_than_the_filters_limit_are_refused() {
+        use fallback_core::limits::MAX_DOCUMENT_BYTES;
+        let document = |filler: usize| {
+            json!({
+                "_format_version": "3.0",
+                "services": [{"name": "s", "host": "h", "tags": ["x".repeat(filler)]}]
+            })
+        };
+        let fits = prepare(&document(MAX_DOCUMENT_BYTES - 200)).unwrap();
+        assert!(fits.body.len() <= MAX_DOCUMENT_BYTES);
+        let err = prepare(&document(MAX_DOCUMENT_BYTES)).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(
+            err.problems[0].message.contains(&format!(
+                "more than the {MAX_DOCUMENT_BYTES} bytes (MAX_DOCUMENT_BYTES)"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn validation_warns_about_plugins_the_filter_refuses() {
         let prepared = prepare(&json!({
             "_format_version": "3.0",
@@ -390,6 +473,87 @@ mod prepare_tests {
             warnings[0]
                 .starts_with("services[0].routes[0].plugins[0]: plugin \"jwt\" is not supported"),
             "{warnings:?}"
+        );
+    }
+
+    /// `export` accepts every `_format_version` Kong 3.x accepts, and says what Kong's load
+    /// does to an older file; the stored bytes are the file's own.
+    #[test]
+    fn every_format_version_kong_3_accepts_is_exported() {
+        for version in ["1.1", "2.1", "3.0"] {
+            let value = json!({
+                "_format_version": version,
+                "services": [{"name": "s", "host": "h", "routes": [{"paths": ["/users/\\d+"]}]}],
+                "plugins": [{"name": "prometheus"}]
+            });
+            let prepared = prepare(&value).unwrap_or_else(|e| panic!("{version}: {e}"));
+            let warnings: Vec<String> = prepared.warnings.iter().map(|w| w.to_string()).collect();
+            let migrated = warnings
+                .iter()
+                .any(|w| w.contains("read as \"~/users/\\\\d+\""));
+            assert_eq!(migrated, version != "3.0", "{version}: {warnings:?}");
+            assert!(
+                warnings.iter().any(|w| w.contains("only observes traffic")),
+                "{warnings:?}"
+            );
+            assert_eq!(
+                prepared.body.as_ref(),
+                fallback_core::digest::canonical_json(&value).as_slice()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use super::*;
+    use crate::storage::file::FileStore;
+
+    /// A control plane that accepts connections and never answers: the poll in flight must not
+    /// hold up a shutdown until its own deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_does_not_wait_for_a_poll_in_flight() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/config", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ExportSettings {
+            key: "3.4.1.0/config.json".into(),
+            node_id: "test".into(),
+            export_delay: Duration::from_millis(50),
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_millis(100),
+            signing_key: None,
+            live: None,
+        };
+        let control_plane =
+            crate::source::ControlPlane::new(&url, Duration::from_secs(120)).unwrap();
+        let source = Box::new(crate::source::Polling::new(
+            control_plane,
+            Duration::from_millis(50),
+        ));
+        let (exported, _) = watch::channel(None);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(
+            settings,
+            source,
+            Arc::new(FileStore::new(dir.path().to_owned())),
+            Arc::new(ExportStats::default()),
+            exported,
+            stopped,
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(true).unwrap();
+        let finished = tokio::time::timeout(Duration::from_secs(20), task).await;
+        held.abort();
+        assert!(
+            finished.is_ok(),
+            "the exporter waited for the poll's 120 s deadline"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! `fallback-companion`: the native half of Fallback.
 //!
-//! - **export role**: polls the control plane, validates every new document with
+//! - **export role**: reads a [`source::ConfigSource`] (a polled URL, or a Kong control plane
+//!   through its cluster protocol, [`cluster`]), validates every new document with
 //!   `fallback-core`, and writes it to object storage as `<prefix>/<version>/config.json`.
 //! - **signer role**: serves filters short-lived signed URLs of the exported object
 //!   ([`signer::serve`]), and for `file://` storage the object itself behind such URLs.
@@ -10,9 +11,12 @@
 //!   one object, `doctor` to check a deployment's storage settings, `match` to see where a
 //!   request would go under a config.
 
+pub mod admin_api;
 pub mod cli;
+pub mod cluster;
 pub mod doctor;
 pub mod exporter;
+pub mod live;
 pub mod match_cmd;
 pub mod presign;
 pub mod secret;
@@ -21,3 +25,6 @@ pub mod signing;
 pub mod source;
 pub mod storage;
 pub mod transport;
+
+#[cfg(test)]
+mod signer_properties;

@@ -5,9 +5,12 @@
 use crate::source;
 use fallback_core::document::ConfigDocument;
 use fallback_core::plugins::{
-    MemoryCounters, PluginEngine, PluginOutcome, PluginRequest, UpstreamChanges,
+    LocalResponse, MemoryCounters, PluginEngine, PluginOutcome, PluginPolicy, PluginRequest,
+    UpstreamChanges,
 };
-use fallback_core::router::{RequestView, RouteOutcome, Router, HTTPS_REQUIRED_MESSAGE};
+use fallback_core::router::{
+    RequestView, RouteOutcome, Router, HTTPS_REQUIRED_MESSAGE, URI_TOO_LONG_MESSAGE,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,13 +44,20 @@ pub struct MatchArgs {
     /// `ignore_unsupported_plugins`); repeat for several.
     #[arg(long = "ignore-plugin", value_name = "NAME")]
     pub ignore_plugins: Vec<String>,
+
+    /// Refuse the requests observe-only plugins (prometheus, zipkin, http-log...) apply to,
+    /// instead of skipping those plugins (the filter's `refuse_observe_only_plugins`).
+    #[arg(long)]
+    pub refuse_observe_only_plugins: bool,
 }
 
 /// Prints one JSON object on stdout: `{"route", "service", "upstream_url", "upstream_host"}`
-/// for a forwarded request, with `"upstream_headers"` when plugins add headers upstream, or
+/// for a forwarded request, with `"upstream_headers"` when plugins add headers upstream and
+/// `"skipped_plugins"` when observe-only plugins that apply were skipped, or
 /// `"response": {"status", "body"}` when a plugin answers the request itself (401, 403, 429,
 /// a termination, a CORS preflight...); `{"route": null, "status": 404}` when nothing matches;
-/// `{"route", "status", "location"?, "message"?}` for an HTTPS redirect or a 503. Exit code 0
+/// `{"route", "status", "location"?, "message"?}` for an HTTPS redirect or a 503, or
+/// `{"route", "response"}` when a plugin answers before that 503 (as Kong). Exit code 0
 /// whenever an answer is printed, 2 when the file or the arguments are unusable.
 pub fn run(args: &MatchArgs) -> ExitCode {
     match answer(args) {
@@ -72,7 +82,14 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
     for skipped in router.unsupported() {
         eprintln!("warning: {}: {}", skipped.path, skipped.reason);
     }
-    let plugins = PluginEngine::compile(&loaded.document, &args.ignore_plugins);
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let policy = PluginPolicy {
+        ignore: args.ignore_plugins.clone(),
+        refuse_observe_only: args.refuse_observe_only_plugins,
+    };
+    let plugins = PluginEngine::compile(&loaded.document, &policy);
     for plugin in plugins.unsupported() {
         eprintln!("warning: {}: {}", plugin.path, plugin.reason);
     }
@@ -107,8 +124,13 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
         port: None,
     };
     let outcome = router.route(&view);
-    let RouteOutcome::Forward(forward) = &outcome else {
-        return Ok(describe(outcome));
+    // The plugins of the matched route run for a forwarded request, and before Kong's 503 for
+    // a route without a service or an upstream without targets (Kong answers those after the
+    // plugins' access phase).
+    let (route, service, upstream_path) = match &outcome {
+        RouteOutcome::Forward(f) => (f.route, Some(f.service), f.path.as_str()),
+        RouteOutcome::Unavailable { route, service, .. } => (*route, *service, path),
+        _ => return Ok(describe(outcome)),
     };
     if plugins.is_empty() {
         return Ok(describe(outcome));
@@ -117,11 +139,11 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
         method: &args.method,
         scheme,
         path,
-        upstream_path: &forward.path,
+        upstream_path,
         headers: &headers,
         client_ip: Some(args.client_ip),
-        route: Some(forward.route),
-        service: Some(forward.service),
+        route: Some(route),
+        service,
         now_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
@@ -134,21 +156,34 @@ fn answer(args: &MatchArgs) -> Result<String, String> {
 
 /// [`describe`] for a forwarded request, with the plugins' decision.
 fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome) -> String {
-    let RouteOutcome::Forward(mut f) = outcome else {
-        return describe(outcome);
+    let response = |answer: &LocalResponse| {
+        let body = match answer.body.as_deref() {
+            None => Value::Null,
+            Some(text) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
+        };
+        json!({"status": answer.status, "body": body})
+    };
+    let mut f = match outcome {
+        RouteOutcome::Forward(f) => f,
+        RouteOutcome::Unavailable { ref route_name, .. } => {
+            return match decision {
+                PluginOutcome::Respond(answer) => object(&[
+                    ("route", json!(route_name)),
+                    ("response", response(&answer)),
+                ]),
+                PluginOutcome::Forward(_) => describe(outcome),
+            };
+        }
+        other => return describe(other),
     };
     let changes = match decision {
         PluginOutcome::Respond(answer) => {
-            let body = match answer.body.as_deref() {
-                None => Value::Null,
-                Some(text) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
-            };
             return object(&[
                 ("route", json!(f.route_name)),
                 ("service", json!(f.service_name)),
                 ("upstream_url", json!(f.upstream_url())),
                 ("upstream_host", json!(f.host_header)),
-                ("response", json!({"status": answer.status, "body": body})),
+                ("response", response(&answer)),
             ]);
         }
         PluginOutcome::Forward(changes) => changes,
@@ -165,6 +200,9 @@ fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome) -> Stri
     let added = upstream_headers(&changes);
     if !added.is_empty() {
         fields.push(("upstream_headers", Value::Object(added)));
+    }
+    if !changes.skipped.is_empty() {
+        fields.push(("skipped_plugins", json!(changes.skipped)));
     }
     object(&fields)
 }
@@ -196,6 +234,11 @@ pub fn describe(outcome: RouteOutcome) -> String {
             ("upstream_host", json!(f.host_header)),
         ]),
         RouteOutcome::NoRoute => object(&[("route", Value::Null), ("status", json!(404))]),
+        RouteOutcome::UriTooLong => object(&[
+            ("route", Value::Null),
+            ("status", json!(414)),
+            ("message", json!(URI_TOO_LONG_MESSAGE)),
+        ]),
         RouteOutcome::HttpsRequired(h) => match h.location {
             Some(location) => object(&[
                 ("route", json!(h.route_name)),
@@ -211,6 +254,7 @@ pub fn describe(outcome: RouteOutcome) -> String {
         RouteOutcome::Unavailable {
             route_name,
             message,
+            ..
         } => object(&[
             ("route", json!(route_name)),
             ("status", json!(503)),
@@ -271,42 +315,71 @@ mod tests {
         );
     }
 
-    #[test]
-    fn plugins_answer_or_add_upstream_headers() {
-        let dir = std::env::temp_dir().join(format!("match-plugins-{}", std::process::id()));
+    /// `match`'s answer for `url` under `config` (written to a file of its own).
+    fn ask(config: &Value, url: &str, headers: &[&str]) -> String {
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("match-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("kong.json");
-        std::fs::write(
-            &config,
-            json!({
-                "_format_version": "3.0",
-                "services": [{"name": "s", "url": "http://up:8080", "routes": [
-                    {"name": "r", "paths": ["/r"], "plugins": [{"name": "key-auth"}]}
-                ]}],
-                "consumers": [{"username": "alice", "keyauth_credentials": [{"key": "k"}]}]
-            })
-            .to_string(),
-        )
-        .unwrap();
-        let args = |headers: &[&str]| MatchArgs {
-            config: config.clone(),
+        let file = dir.join("kong.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let args = MatchArgs {
+            config: file,
             method: "GET".into(),
-            url: "http://gw/r/x".into(),
+            url: url.into(),
             headers: headers.iter().map(|h| h.to_string()).collect(),
             client_ip: "127.0.0.1".parse().unwrap(),
             ignore_plugins: Vec::new(),
+            refuse_observe_only_plugins: false,
         };
-        let denied: Value = serde_json::from_str(&answer(&args(&[])).unwrap()).unwrap();
+        let out = answer(&args).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    #[test]
+    fn plugins_answer_or_add_upstream_headers() {
+        let config = json!({
+            "_format_version": "3.0",
+            "services": [{"name": "s", "url": "http://up:8080", "routes": [
+                {"name": "r", "paths": ["/r"], "plugins": [{"name": "key-auth"}]}
+            ]}],
+            "consumers": [{"username": "alice", "keyauth_credentials": [{"key": "k"}]}]
+        });
+        let denied: Value = serde_json::from_str(&ask(&config, "http://gw/r/x", &[])).unwrap();
         assert_eq!(denied["response"]["status"], 401);
         assert_eq!(
             denied["response"]["body"]["message"],
             "No API key found in request"
         );
-        let allowed: Value = serde_json::from_str(&answer(&args(&["apikey: k"])).unwrap()).unwrap();
+        let allowed: Value =
+            serde_json::from_str(&ask(&config, "http://gw/r/x", &["apikey: k"])).unwrap();
         assert_eq!(allowed.get("response"), None);
         assert_eq!(allowed["upstream_headers"]["x-consumer-username"], "alice");
         assert_eq!(allowed["upstream_url"], "http://up:8080/x");
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Kong 3.9.x answers an upstream without targets with 503 "failure to get a peer from
+    /// the ring-balancer" in the runloop's access.after, once the plugins' access phase has
+    /// run: key-auth's 401 comes first.
+    #[test]
+    fn an_upstream_without_targets_answers_after_the_plugins_as_kong() {
+        let config = json!({
+            "_format_version": "3.0",
+            "upstreams": [{"name": "empty.pool"}],
+            "services": [{"name": "s", "host": "empty.pool", "routes": [
+                {"name": "r", "paths": ["/r"], "plugins": [{"name": "key-auth"}]}
+            ]}],
+            "consumers": [{"username": "alice", "keyauth_credentials": [{"key": "k"}]}]
+        });
+        assert_eq!(
+            ask(&config, "http://gw/r", &[]),
+            r#"{"route": "r", "response": {"body":{"message":"No API key found in request"},"status":401}}"#
+        );
+        assert_eq!(
+            ask(&config, "http://gw/r", &["apikey: k"]),
+            r#"{"route": "r", "status": 503, "message": "failure to get a peer from the ring-balancer"}"#
+        );
     }
 
     #[test]

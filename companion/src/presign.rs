@@ -1,4 +1,5 @@
-//! `fallback-companion presign <s3://bucket/key | gcs://bucket/key | file:///path>`: prints a
+//! `fallback-companion presign <s3://bucket/key | gcs://bucket/key | azure://container/blob |
+//! file:///path>`: prints a
 //! signed GET URL, like `aws s3 presign` and `gsutil signurl`, with the credentials and settings
 //! of the same environment variables as `run`.
 
@@ -13,7 +14,8 @@ use std::time::{Duration, SystemTime};
 /// `presign` options.
 #[derive(Debug, Args)]
 pub struct PresignArgs {
-    /// The object: s3://bucket/key, gcs://bucket/key, or file:///path (a file below the
+    /// The object: s3://bucket/key, gcs://bucket/key, azure://container/blob (a read-only SAS),
+    /// or file:///path (a file below the
     /// file:// store of KONG_CLUSTER_FALLBACK_CONFIG_STORAGE, served by the signer role at
     /// FALLBACK_PUBLIC_URL with FALLBACK_URL_SIGNING_KEY).
     #[arg(value_name = "URL")]
@@ -53,6 +55,18 @@ pub async fn presign(args: PresignArgs) -> anyhow::Result<ExitCode> {
             let settings = environment_settings(&format!("{scheme}://{bucket}"))?;
             let bucket_url = settings.url()?;
             let store = storage::open(&bucket_url, settings.backend_settings(&bucket_url)?)?;
+            store.presign_get(prefix, args.expires_in, at).await?
+        }
+        StorageUrl::Azure { container, prefix } => {
+            if prefix.is_empty() {
+                bail!(
+                    "{} names a container, not a blob; add the blob name",
+                    args.object
+                );
+            }
+            let settings = environment_settings(&format!("azure://{container}"))?;
+            let container_url = settings.url()?;
+            let store = storage::open(&container_url, settings.backend_settings(&container_url)?)?;
             store.presign_get(prefix, args.expires_in, at).await?
         }
         StorageUrl::File { root: path } => file_url(path, args.expires_in, at).await?,

@@ -3,21 +3,33 @@
 //!
 //! Routes (see `docs/signer.md`):
 //! - `GET /v1/fallback-config?version=<v>` with `Authorization: Bearer <token>` →
-//!   [`SignedConfig`] JSON, or `{"message": ...}` with 400/401/404/409/502/503/500;
+//!   [`SignedConfig`] JSON, or `{"message": ...}` with 400/401/404/502/503/500;
 //! - `GET /v1/objects/<key>?expires=&signature=` (only for `file://` storage): the object itself,
 //!   behind an HMAC-signed expiring URL ([`UrlSigner`]);
 //! - `GET /healthz`, `/readyz`, `/metrics` (Prometheus text).
+//!
+//! Under abuse: `HEAD` metadata only, never the body, per signer request; `/readyz` answers
+//! from the last storage probe, at most one probe running at a time; object downloads are
+//! streamed, at most [`SignerSettings::object_concurrency`] at once, and stop when the client
+//! leaves; failed bearer tokens are limited per client address ([`auth_limit`]); on shutdown the
+//! listener closes at once and requests in flight get [`SignerSettings::shutdown_grace`].
+
+pub mod auth_limit;
 
 use crate::exporter::ExportStats;
 use crate::secret::Secret;
-use crate::storage::{ConfigStore, ObjectUrlError, StoreError, UrlSigner};
+use crate::storage::{ConfigStore, ObjectBody, ObjectUrlError, StoreError, UrlSigner};
+use auth_limit::{AuthLimit, AuthLimiter, AuthVerdict};
 use bytes::Bytes;
-use fallback_core::export::object_key;
+use fallback_core::export::{object_key_in, PrefixStyle};
 use fallback_core::wire::{redact_signed_url, ErrorBody, SignedConfig, OBJECTS_PATH, SIGNER_PATH};
-use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
@@ -26,12 +38,16 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 /// Default `FALLBACK_SIGNED_URL_TTL`.
@@ -42,12 +58,20 @@ pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(10);
 /// Time allowed for one readiness probe.
 const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+/// Default `FALLBACK_SHUTDOWN_GRACE`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Object downloads served at once by default.
+pub const DEFAULT_OBJECT_CONCURRENCY: usize = 32;
+/// Bytes read from a file per chunk of a download.
+const CHUNK: usize = 64 * 1024;
 
 /// What the signer serves and how.
 #[derive(Debug, Clone)]
 pub struct SignerSettings {
     /// The storage prefix objects are stored under (`StorageUrl::prefix`).
     pub prefix: String,
+    /// How the prefix starts object names (`StorageUrl::prefix_style`: byte for byte on GCS).
+    pub prefix_style: PrefixStyle,
     /// The version asked for when a request names none (`FALLBACK_CONFIG_VERSION`).
     pub default_version: String,
     /// The accepted bearer tokens.
@@ -61,6 +85,17 @@ pub struct SignerSettings {
     pub export_stats: Option<Arc<ExportStats>>,
     /// How long a storage probe result is trusted by `/readyz`.
     pub readiness_interval: Duration,
+    /// The export role's latest valid config, when it runs in the same process: enables
+    /// `GET /v1/config` ([`crate::live`]).
+    pub live_config: Option<crate::live::LiveConfigReceiver>,
+    /// On shutdown, how long requests in flight may take to finish before their connections
+    /// are closed (`FALLBACK_SHUTDOWN_GRACE`).
+    pub shutdown_grace: Duration,
+    /// Object downloads (`/v1/objects/`) served at once; more are answered `503` with
+    /// `Retry-After`.
+    pub object_concurrency: usize,
+    /// Failed bearer-token attempts allowed per client address.
+    pub auth_limit: AuthLimit,
 }
 
 impl SignerSettings {
@@ -68,12 +103,17 @@ impl SignerSettings {
     pub fn new(prefix: &str, default_version: &str, tokens: Arc<Tokens>) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            prefix_style: PrefixStyle::default(),
             default_version: default_version.to_owned(),
             tokens,
             ttl: DEFAULT_TTL,
             object_urls: None,
             export_stats: None,
             readiness_interval: DEFAULT_READINESS_INTERVAL,
+            live_config: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            object_concurrency: DEFAULT_OBJECT_CONCURRENCY,
+            auth_limit: AuthLimit::default(),
         }
     }
 }
@@ -216,16 +256,20 @@ impl Tokens {
     /// Whether `presented` is one of the accepted tokens (constant time per comparison, and
     /// every accepted token is compared).
     pub fn accepts(&self, presented: &str) -> bool {
+        self.accepts_digest(&digest(presented))
+    }
+
+    /// [`Tokens::accepts`] for a token's sha256 digest.
+    fn accepts_digest(&self, presented: &[u8; 32]) -> bool {
         self.refresh();
-        let presented = digest(presented);
         let mut matched = subtle::Choice::from(0u8);
         for accepted in &self.fixed {
-            matched |= accepted.ct_eq(&presented);
+            matched |= accepted.ct_eq(presented);
         }
         if let Some(file) = &self.file {
             if let Ok(state) = file.state.lock() {
                 for accepted in &state.digests {
-                    matched |= accepted.ct_eq(&presented);
+                    matched |= accepted.ct_eq(presented);
                 }
             }
         }
@@ -240,6 +284,8 @@ struct Metrics {
     object_requests: Mutex<BTreeMap<u16, u64>>,
     signing_micros: AtomicU64,
     signing_count: AtomicU64,
+    auth_failures: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 fn count(map: &Mutex<BTreeMap<u16, u64>>, status: StatusCode) {
@@ -255,32 +301,112 @@ struct Probe {
     result: Result<(), String>,
 }
 
+/// The last storage probe, shared by `/readyz`, `/metrics` and signer requests.
+struct Readiness {
+    last: watch::Sender<Option<Probe>>,
+    /// Whether a probe is running: at most one at a time, however many ask.
+    probing: AtomicBool,
+}
+
 struct Shared {
     settings: SignerSettings,
     store: Arc<dyn ConfigStore>,
     metrics: Metrics,
-    probe: tokio::sync::Mutex<Option<Probe>>,
+    readiness: Readiness,
+    auth: AuthLimiter,
+    /// One permit per object download in progress.
+    object_slots: Arc<Semaphore>,
     /// The configured key, or why there is none (a bad `FALLBACK_CONFIG_VERSION`).
     default_key: Result<String, String>,
+    /// The sha256 of the last object read for lack of our metadata, by key and store tag, so
+    /// such an object is read once per version, not once per request.
+    foreign_digest: Mutex<Option<(String, String, fallback_core::digest::Sha256Digest)>>,
 }
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, std::io::Error>;
 
-/// Serves the signer API on `listener` until `shutdown` turns true.
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A file sent in chunks as the client takes them, holding its download slot until it ends or
+/// is dropped (the client left): nothing is read that nobody waits for.
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = usize::try_from(self.remaining).map_or(CHUNK, |r| r.min(CHUNK));
+        let mut chunk = vec![0; want];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.file).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len();
+                if read == 0 {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the object file ended before its size",
+                    ))));
+                }
+                chunk.truncate(read);
+                self.remaining -= read as u64;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Serves the signer API on `listener` until `shutdown` turns true; then stops accepting
+/// connections at once, lets the requests in flight finish for up to
+/// [`SignerSettings::shutdown_grace`], and closes whatever is left.
 pub async fn serve(
     settings: SignerSettings,
     store: Arc<dyn ConfigStore>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let default_key =
-        object_key(&settings.prefix, &settings.default_version).map_err(|e| e.to_string());
+    let default_key = object_key_in(
+        settings.prefix_style,
+        &settings.prefix,
+        &settings.default_version,
+    )
+    .map_err(|e| e.to_string());
     let shared = Arc::new(Shared {
+        metrics: Metrics::default(),
+        readiness: Readiness {
+            last: watch::Sender::new(None),
+            probing: AtomicBool::new(false),
+        },
+        auth: AuthLimiter::new(settings.auth_limit),
+        object_slots: Arc::new(Semaphore::new(settings.object_concurrency.max(1))),
         settings,
         store,
-        metrics: Metrics::default(),
-        probe: tokio::sync::Mutex::new(None),
         default_key,
+        foreign_digest: Mutex::new(None),
     });
     let local = listener.local_addr()?;
     info!(
@@ -292,12 +418,8 @@ pub async fn serve(
         "signer role started"
     );
     // The start-up probe, in the background: the server answers at once.
-    {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _ = probe(&shared, true).await;
-        });
-    }
+    start_probe(&shared);
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -310,7 +432,8 @@ pub async fn serve(
                     }
                 };
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                let mut stopping = shutdown.clone();
+                connections.spawn(async move {
                     let service = service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(handle(&shared, req, remote).await) }
@@ -319,22 +442,54 @@ pub async fn serve(
                         .timer(TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(10))
                         .serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = conn.await {
+                    tokio::pin!(conn);
+                    let ended = tokio::select! {
+                        ended = conn.as_mut() => ended,
+                        _ = stopped(&mut stopping) => {
+                            // Finish the request in flight, take no other.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = ended {
                         debug!(%remote, "signer connection ended: {e}");
                     }
                 });
             }
-            _ = shutdown.changed() => {
-                info!("signer role stopped");
-                return Ok(());
-            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stopped(&mut shutdown) => break,
         }
     }
+    // New connections are refused from here on.
+    drop(listener);
+    let grace = shared.settings.shutdown_grace;
+    if !connections.is_empty() {
+        info!(connections = connections.len(), grace = ?grace, "signer role stopping: finishing the requests in flight");
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = connections.len(),
+            grace = ?grace,
+            "requests still in flight after the shutdown grace period (FALLBACK_SHUTDOWN_GRACE): closing their connections"
+        );
+        connections.shutdown().await;
+    }
+    info!("signer role stopped");
+    Ok(())
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(full(bytes));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -352,7 +507,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -370,10 +525,23 @@ fn method_not_allowed(method: &Method, path: &str) -> Response<Body> {
     r
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+/// `status` with `{"message": ...}` and `Retry-After: <retry_after, whole seconds>`.
+fn retry_later(status: StatusCode, message: String, retry_after: Duration) -> Response<Body> {
+    let mut r = error(status, message);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+    r
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let known = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics")
         || path == SIGNER_PATH
+        || (path == crate::live::LIVE_CONFIG_PATH && shared.settings.live_config.is_some())
         || (path.starts_with(OBJECTS_PATH) && shared.settings.object_urls.is_some());
     if !known {
         return error(
@@ -392,7 +560,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> 
     }
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => match probe(shared, false).await {
+        "/readyz" => match readiness(shared).await {
             Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
             Err(reason) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -404,11 +572,21 @@ async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> 
             "text/plain; version=0.0.4",
             metrics_text(shared).await,
         ),
+        p if p == crate::live::LIVE_CONFIG_PATH => {
+            let response = serve_live_config(shared, &req, remote);
+            info!(status = response.status().as_u16(), remote = %remote, "live config request");
+            response
+        }
         p if p == SIGNER_PATH => {
             let started = Instant::now();
-            let (response, outcome) = sign(shared, &req).await;
+            let (response, outcome) = sign(shared, &req, remote).await;
             let status = response.status();
             count(&shared.metrics.signer_requests, status);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                // Limited clients are many requests and no news: one line each would flood.
+                debug!(remote = %remote, "signer request refused: too many failed bearer tokens");
+                return response;
+            }
             if outcome.timed {
                 shared
                     .metrics
@@ -441,6 +619,25 @@ async fn handle(shared: &Shared, req: Request<Incoming>, remote: SocketAddr) -> 
     }
 }
 
+/// `GET /v1/config`, behind the same bearer tokens (and failed-attempt limit) as the signer API.
+fn serve_live_config(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
+    let Some(live) = &shared.settings.live_config else {
+        return error(StatusCode::NOT_FOUND, "no such route");
+    };
+    if let Some(refused) = authorise(shared, req, remote, &mut Outcome::default()) {
+        return refused;
+    }
+    let if_none_match = req
+        .headers()
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    crate::live::respond(live, if_none_match).map(full)
+}
+
 /// What the log line of a signer request shows.
 #[derive(Default)]
 struct Outcome {
@@ -453,7 +650,12 @@ struct Outcome {
 }
 
 fn bearer_token(req: &Request<Incoming>) -> Option<&str> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?.trim();
+    bearer_from(req.headers().get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (`pub(crate)` for the property tests).
+pub(crate) fn bearer_from(value: &str) -> Option<&str> {
+    let value = value.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -469,7 +671,12 @@ fn unauthorized(message: &str, challenge: &'static str) -> Response<Body> {
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+    query_value(req.uri().query().unwrap_or_default(), name)
+}
+
+/// The first value of `name` in a query string (`pub(crate)` for the property tests).
+pub(crate) fn query_value(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
@@ -491,27 +698,64 @@ fn unix_seconds(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-async fn sign(shared: &Shared, req: &Request<Incoming>) -> (Response<Body>, Outcome) {
+/// Checks the request's bearer token, within the failed-attempt limit of its address: `None`
+/// when it may be served, else the answer (401, or 429 with `Retry-After`).
+fn authorise(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+    outcome: &mut Outcome,
+) -> Option<Response<Body>> {
+    let token = bearer_token(req).map(digest);
+    let accepted = token.is_some_and(|t| shared.settings.tokens.accepts_digest(&t));
+    match shared
+        .auth
+        .decide(remote.ip(), token, accepted, Instant::now())
+    {
+        AuthVerdict::Pass => None,
+        AuthVerdict::Limited { retry_after } => {
+            shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            outcome.detail = Some("too many failed bearer tokens".into());
+            Some(retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed bearer-token attempts from {}; retry after {} s with one of the companion's FALLBACK_SIGNER_TOKENS / FALLBACK_SIGNER_TOKENS_FILE",
+                    remote.ip(),
+                    retry_after.as_secs().max(1)
+                ),
+                retry_after,
+            ))
+        }
+        AuthVerdict::Failed { now_limited } => {
+            shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            if now_limited {
+                warn!(remote = %remote.ip(), "failed bearer-token attempts from this address exceed the limit; it is answered 429 until its allowance refills");
+            }
+            Some(if token.is_none() {
+                outcome.detail = Some("no bearer token".into());
+                unauthorized(
+                    "missing bearer token: send Authorization: Bearer <token> (one of FALLBACK_SIGNER_TOKENS / FALLBACK_SIGNER_TOKENS_FILE)",
+                    "Bearer realm=\"fallback-companion\"",
+                )
+            } else {
+                outcome.detail = Some("bearer token not accepted".into());
+                unauthorized(
+                    "the bearer token is not accepted; use one of the companion's FALLBACK_SIGNER_TOKENS / FALLBACK_SIGNER_TOKENS_FILE",
+                    "Bearer realm=\"fallback-companion\", error=\"invalid_token\"",
+                )
+            })
+        }
+    }
+}
+
+async fn sign(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+) -> (Response<Body>, Outcome) {
     let mut outcome = Outcome::default();
-    let Some(token) = bearer_token(req) else {
-        outcome.detail = Some("no bearer token".into());
-        return (
-            unauthorized(
-                "missing bearer token: send Authorization: Bearer <token> (one of FALLBACK_SIGNER_TOKENS / FALLBACK_SIGNER_TOKENS_FILE)",
-                "Bearer realm=\"fallback-companion\"",
-            ),
-            outcome,
-        );
-    };
-    if !shared.settings.tokens.accepts(token) {
-        outcome.detail = Some("bearer token not accepted".into());
-        return (
-            unauthorized(
-                "the bearer token is not accepted; use one of the companion's FALLBACK_SIGNER_TOKENS / FALLBACK_SIGNER_TOKENS_FILE",
-                "Bearer realm=\"fallback-companion\", error=\"invalid_token\"",
-            ),
-            outcome,
-        );
+    if let Some(refused) = authorise(shared, req, remote, &mut outcome) {
+        return (refused, outcome);
     }
     let version =
         query_param(req, "version").unwrap_or_else(|| shared.settings.default_version.clone());
@@ -519,7 +763,12 @@ async fn sign(shared: &Shared, req: &Request<Incoming>) -> (Response<Body>, Outc
     let key = if version == shared.settings.default_version {
         shared.default_key.clone()
     } else {
-        object_key(&shared.settings.prefix, &version).map_err(|e| e.to_string())
+        object_key_in(
+            shared.settings.prefix_style,
+            &shared.settings.prefix,
+            &version,
+        )
+        .map_err(|e| e.to_string())
     };
     let key = match key {
         Ok(k) => k,
@@ -540,8 +789,7 @@ async fn sign(shared: &Shared, req: &Request<Incoming>) -> (Response<Body>, Outc
             Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),
         },
-    )
-    .await;
+    );
     let stored = match head {
         Ok(Some(stored)) => stored,
         Ok(None) => {
@@ -562,12 +810,17 @@ async fn sign(shared: &Shared, req: &Request<Incoming>) -> (Response<Body>, Outc
             return (error(status, message), outcome);
         }
     };
-    let Some(metadata) = stored.metadata else {
-        let message = format!(
-            "{object}: object has no sha256 metadata, so a filter could not verify it; re-export it with fallback-companion (`fallback-companion export` or the export role)"
-        );
-        outcome.detail = Some(message.clone());
-        return (error(StatusCode::CONFLICT, message), outcome);
+    let metadata = match stored.metadata {
+        Some(metadata) => metadata,
+        // Written by another exporter (Kong Enterprise's backup node stores the bare config):
+        // the sha256 the filter verifies is taken from the object itself, read now.
+        None => match foreign_export(shared, &key, &stored.etag, &object).await {
+            Ok(metadata) => metadata,
+            Err((status, message)) => {
+                outcome.detail = Some(message.clone());
+                return (error(status, message), outcome);
+            }
+        },
     };
     outcome.revision = Some(metadata.revision);
     // Whole seconds: S3's X-Amz-Date has no finer resolution, and expires_at must not promise
@@ -602,8 +855,52 @@ async fn sign(shared: &Shared, req: &Request<Incoming>) -> (Response<Body>, Outc
     (response, outcome)
 }
 
-/// Decodes `%XX` escapes of a path; `None` for bad escapes or non-UTF-8 results.
-fn percent_decode(text: &str) -> Option<String> {
+/// What the signer vouches for in an object without Fallback's metadata: the sha256 of its
+/// bytes as storage holds them now, revision 0, no signature (so filters with a `public_key`
+/// refuse it).
+async fn foreign_export(
+    shared: &Shared,
+    key: &str,
+    etag: &str,
+    object: &str,
+) -> Result<fallback_core::export::ExportMetadata, (StatusCode, String)> {
+    let metadata = |sha256| fallback_core::export::ExportMetadata {
+        sha256,
+        revision: 0,
+        node_id: String::new(),
+        exported_at: String::new(),
+        signature: None,
+    };
+    let cached = shared.foreign_digest.lock().ok().and_then(|c| {
+        c.as_ref()
+            .filter(|(k, e, _)| k == key && e == etag && !etag.is_empty())
+            .map(|(_, _, digest)| *digest)
+    });
+    if let Some(digest) = cached {
+        return Ok(metadata(digest));
+    }
+    match shared.store.get(key).await {
+        Ok(Some(fetched)) => {
+            let digest = fallback_core::digest::Sha256Digest::of(&fetched.body);
+            if let Ok(mut cache) = shared.foreign_digest.lock() {
+                *cache = Some((key.to_owned(), fetched.stored.etag.clone(), digest));
+            }
+            Ok(metadata(digest))
+        }
+        Ok(None) => Err((
+            StatusCode::NOT_FOUND,
+            format!("{object} disappeared while it was being read; retry"),
+        )),
+        Err(e) => Err((
+            store_status(&e),
+            format!("storage refused to read {object}: {e}"),
+        )),
+    }
+}
+
+/// Decodes `%XX` escapes of a path; `None` for bad escapes or non-UTF-8 results
+/// (`pub(crate)` for the property tests).
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -654,11 +951,33 @@ async fn serve_object(shared: &Shared, req: &Request<Incoming>) -> Response<Body
             ObjectUrlError::BadSignature.to_string(),
         );
     }
-    match shared.store.get(&key).await {
+    // At most `object_concurrency` downloads at once; the slot goes with the body, so it is
+    // free again as soon as the download ends or the client leaves.
+    let Ok(slot) = shared.object_slots.clone().try_acquire_owned() else {
+        return retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} object downloads are in progress, the most this companion serves at once; retry shortly",
+                shared.settings.object_concurrency
+            ),
+            Duration::from_secs(1),
+        );
+    };
+    match shared.store.open(&key).await {
         Ok(Some(object)) => {
-            let mut response = Response::new(Full::new(object.body));
+            let size = object.size;
+            let body = match object.body {
+                ObjectBody::Bytes(bytes) => full(bytes),
+                ObjectBody::File(file) => BodyExt::boxed(FileBody {
+                    file: tokio::fs::File::from_std(file),
+                    remaining: size,
+                    _slot: slot,
+                }),
+            };
+            let mut response = Response::new(body);
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
             if let Some(meta) = &object.stored.metadata {
                 if let Ok(v) = HeaderValue::from_str(&meta.sha256.to_hex()) {
                     headers.insert("x-fallback-sha256", v);
@@ -675,51 +994,76 @@ async fn serve_object(shared: &Shared, req: &Request<Incoming>) -> Response<Body
     }
 }
 
-async fn record_probe(shared: &Shared, result: Result<(), String>) {
-    let mut last = shared.probe.lock().await;
-    if let Err(reason) = &result {
-        if last.as_ref().is_none_or(|p| p.result.is_ok()) {
-            warn!("storage probe failed: {reason}");
-        }
-    }
-    *last = Some(Probe {
-        at: Instant::now(),
-        result,
-    });
-}
-
-/// The readiness verdict: the last probe when recent, else a fresh `head` of the configured key
-/// (found and not found both count as reachable).
-async fn probe(shared: &Shared, force: bool) -> Result<(), String> {
-    let mut last = shared.probe.lock().await;
-    if !force {
-        if let Some(p) = last.as_ref() {
-            if p.at.elapsed() < shared.settings.readiness_interval {
-                return p.result.clone();
-            }
-        }
-    }
-    let result = match &shared.default_key {
-        Err(e) => Err(e.clone()),
-        Ok(key) => match tokio::time::timeout(PROBE_DEADLINE, shared.store.head(key)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "{}: no answer from storage within {PROBE_DEADLINE:?}",
-                shared.store.describe()
-            )),
-        },
-    };
-    match (&result, last.as_ref().map(|p| p.result.is_ok())) {
+/// Records a storage probe's result (a signer request's `HEAD` counts as one), logging changes.
+fn record_probe(shared: &Shared, result: Result<(), String>) {
+    let was_ok = shared
+        .readiness
+        .last
+        .borrow()
+        .as_ref()
+        .map(|p| p.result.is_ok());
+    match (&result, was_ok) {
         (Err(reason), Some(true) | None) => warn!("storage probe failed: {reason}"),
         (Ok(()), Some(false)) => info!("storage reachable again"),
         _ => {}
     }
-    *last = Some(Probe {
+    shared.readiness.last.send_replace(Some(Probe {
         at: Instant::now(),
-        result: result.clone(),
+        result,
+    }));
+}
+
+/// Starts a probe (a `HEAD` of the configured key; found and not found both count as
+/// reachable) in the background, unless one is running. It runs to its end whether or not
+/// anyone still waits for it, and only one ever runs: callers who leave cost nothing.
+fn start_probe(shared: &Arc<Shared>) {
+    if shared.readiness.probing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let result = match &shared.default_key {
+            Err(e) => Err(e.clone()),
+            Ok(key) => match tokio::time::timeout(PROBE_DEADLINE, shared.store.head(key)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "{}: no answer from storage within {PROBE_DEADLINE:?}",
+                    shared.store.describe()
+                )),
+            },
+        };
+        record_probe(&shared, result);
+        shared.readiness.probing.store(false, Ordering::Release);
     });
-    result
+}
+
+/// The readiness verdict: the last probe when recent, else the result of a fresh one.
+async fn readiness(shared: &Arc<Shared>) -> Result<(), String> {
+    let interval = shared.settings.readiness_interval;
+    let fresh = move |last: &Option<Probe>| {
+        last.as_ref()
+            .filter(|p| p.at.elapsed() < interval)
+            .map(|p| p.result.clone())
+    };
+    let mut last = shared.readiness.last.subscribe();
+    if let Some(result) = fresh(&last.borrow_and_update()) {
+        return result;
+    }
+    let asked = Instant::now();
+    start_probe(shared);
+    let waited = tokio::time::timeout(
+        PROBE_DEADLINE + Duration::from_secs(1),
+        last.wait_for(|p| p.as_ref().is_some_and(|p| p.at >= asked)),
+    )
+    .await;
+    match waited {
+        Ok(Ok(probe)) => probe.as_ref().map_or(Ok(()), |p| p.result.clone()),
+        _ => Err(format!(
+            "{}: no answer from storage within {PROBE_DEADLINE:?}",
+            shared.store.describe()
+        )),
+    }
 }
 
 async fn metrics_text(shared: &Shared) -> String {
@@ -752,6 +1096,38 @@ async fn metrics_text(shared: &Shared) -> String {
             }
         }
     }
+    for (name, help, value) in [
+        (
+            "fallback_companion_signer_auth_failures_total",
+            "Signer requests refused 401: bearer token missing or not accepted.",
+            &m.auth_failures,
+        ),
+        (
+            "fallback_companion_signer_rate_limited_total",
+            "Signer requests refused 429: too many failed bearer tokens from their address.",
+            &m.rate_limited,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+    }
+    let name = "fallback_companion_object_downloads_in_progress";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Object downloads (/v1/objects/) being sent, at most {}.",
+        shared.settings.object_concurrency
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(
+        out,
+        "{name} {}",
+        shared
+            .settings
+            .object_concurrency
+            .max(1)
+            .saturating_sub(shared.object_slots.available_permits())
+    );
     let name = "fallback_companion_signing_duration_seconds";
     let _ = writeln!(
         out,
@@ -769,9 +1145,9 @@ async fn metrics_text(shared: &Shared) -> String {
         m.signing_count.load(Ordering::Relaxed)
     );
     let ready = shared
-        .probe
-        .lock()
-        .await
+        .readiness
+        .last
+        .borrow()
         .as_ref()
         .is_some_and(|p| p.result.is_ok());
     let _ = writeln!(
@@ -872,5 +1248,301 @@ mod tests {
         assert_eq!(percent_decode("3.4%20x").as_deref(), Some("3.4 x"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
+    }
+
+    use crate::storage::{FileStore, Precondition};
+    use fallback_core::digest::Sha256Digest;
+    use fallback_core::export::ExportMetadata;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const TOKEN: &str = "unit-test-token";
+    const KEY: &str = "1/config.json";
+
+    /// A signer on a loopback port serving a `file://` store.
+    struct Running {
+        addr: SocketAddr,
+        store: FileStore,
+        url_signer: Arc<UrlSigner>,
+        shutdown: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start(configure: impl FnOnce(&mut SignerSettings)) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url_signer = Arc::new(UrlSigner::new(
+            &format!("http://{addr}"),
+            Secret::new("url-key"),
+        ));
+        let store = FileStore::new(dir.path().join("store")).with_url_signer(url_signer.clone());
+        let tokens = Tokens::new(Some(&Secret::new(TOKEN)), None).unwrap();
+        let mut settings = SignerSettings::new("", "1", Arc::new(tokens));
+        settings.object_urls = Some(url_signer.clone());
+        configure(&mut settings);
+        let (shutdown, stop) = watch::channel(false);
+        let task = tokio::spawn(serve(settings, Arc::new(store.clone()), listener, stop));
+        Running {
+            addr,
+            store,
+            url_signer,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    impl Running {
+        /// Stores `size` bytes under the signer's key.
+        async fn export(&self, size: usize) -> Vec<u8> {
+            let body: Vec<u8> = (0..size).map(|i| b"0123456789abcdef"[i % 16]).collect();
+            let metadata = ExportMetadata {
+                sha256: Sha256Digest::of(&body),
+                revision: 7,
+                node_id: "n".into(),
+                exported_at: "2026-11-26T10:00:00.000Z".into(),
+                signature: None,
+            };
+            self.store
+                .put(
+                    KEY,
+                    Bytes::from(body.clone()),
+                    &metadata,
+                    Precondition::Absent,
+                )
+                .await
+                .unwrap();
+            body
+        }
+
+        /// The path and query of a valid object URL.
+        fn object_path(&self) -> String {
+            let url = self
+                .url_signer
+                .url(KEY, unix_seconds(SystemTime::now()) + 300);
+            url.split_once(&self.addr.to_string()).unwrap().1.to_owned()
+        }
+
+        /// Sends `GET path` on a new connection and returns it unread.
+        async fn send(&self, path: &str, token: Option<&str>) -> TcpStream {
+            let mut stream = TcpStream::connect(self.addr).await.unwrap();
+            let auth = token
+                .map(|t| format!("authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            let request =
+                format!("GET {path} HTTP/1.1\r\nhost: signer\r\n{auth}connection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            stream
+        }
+
+        async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+            let mut stream = self.send(path, token).await;
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).await.unwrap();
+            Answer::parse(&raw)
+        }
+
+        async fn metrics(&self) -> String {
+            String::from_utf8(self.get("/metrics", None).await.body).unwrap()
+        }
+    }
+
+    /// A response read whole.
+    struct Answer {
+        status: u16,
+        head: String,
+        body: Vec<u8>,
+    }
+
+    impl Answer {
+        fn parse(raw: &[u8]) -> Self {
+            let split = raw
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            Answer {
+                status: head[9..12].parse().unwrap(),
+                body: raw[split + 4..].to_vec(),
+                head,
+            }
+        }
+
+        fn header(&self, name: &str) -> Option<&str> {
+            self.head
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_and_signing_read_metadata_only_however_many_callers_leave() {
+        let signer = start(|s| s.readiness_interval = Duration::ZERO).await;
+        signer.export(4 << 20).await;
+        // Callers who send /readyz and leave at once, then callers who wait for the answer.
+        let mut abandoned = Vec::new();
+        for _ in 0..50 {
+            abandoned.push(signer.send("/readyz", None).await);
+        }
+        drop(abandoned);
+        for _ in 0..10 {
+            let answer = signer.get("/readyz", None).await;
+            assert_eq!(
+                answer.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        for _ in 0..10 {
+            let answer = signer.get(SIGNER_PATH, Some(TOKEN)).await;
+            assert_eq!(
+                answer.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        assert_eq!(
+            signer.store.seams().body_opens(),
+            0,
+            "the body is read by object downloads only"
+        );
+        let download = signer.get(&signer.object_path(), None).await;
+        assert_eq!(download.status, 200);
+        assert_eq!(signer.store.seams().body_opens(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_tokens_are_limited_per_address_and_good_tokens_are_not() {
+        let signer = start(|s| {
+            s.auth_limit = AuthLimit {
+                burst: 3,
+                refill_every: Duration::from_secs(60),
+            }
+        })
+        .await;
+        // The filter's token works (nothing exported yet: 404, not 401).
+        assert_eq!(signer.get(SIGNER_PATH, Some(TOKEN)).await.status, 404);
+        for _ in 0..3 {
+            assert_eq!(signer.get(SIGNER_PATH, Some("guess")).await.status, 401);
+        }
+        for token in [Some("guess"), None, Some("another-guess")] {
+            let answer = signer.get(SIGNER_PATH, token).await;
+            assert_eq!(answer.status, 429, "{token:?}");
+            let retry: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+            let message = String::from_utf8_lossy(&answer.body).into_owned();
+            assert!(
+                message.contains("too many failed bearer-token attempts"),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            signer.get(SIGNER_PATH, Some(TOKEN)).await.status,
+            404,
+            "a token that succeeded from this address is not limited"
+        );
+        let metrics = signer.metrics().await;
+        for line in [
+            "fallback_companion_signer_auth_failures_total 3",
+            "fallback_companion_signer_rate_limited_total 3",
+            "fallback_companion_signer_requests_total{code=\"429\"} 3",
+            "fallback_companion_signer_requests_total{code=\"401\"} 3",
+        ] {
+            assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+        }
+    }
+
+    /// Polls the object-downloads gauge until it shows `expected`.
+    async fn downloads_in_progress(signer: &Running, expected: u32) {
+        let line = format!("fallback_companion_object_downloads_in_progress {expected}\n");
+        for _ in 0..100 {
+            if signer.metrics().await.contains(&line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never {line}{}", signer.metrics().await);
+    }
+
+    /// Larger than what loopback socket buffers absorb, so an unread download stays open.
+    const LARGE: usize = 32 << 20;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn object_downloads_are_bounded_and_free_their_slot_when_the_client_leaves() {
+        let signer = start(|s| s.object_concurrency = 1).await;
+        let body = signer.export(LARGE).await;
+        let mut stalled = signer.send(&signer.object_path(), None).await;
+        let mut first = [0; 1024];
+        stalled.read_exact(&mut first).await.unwrap();
+        downloads_in_progress(&signer, 1).await;
+        let busy = signer.get(&signer.object_path(), None).await;
+        assert_eq!(busy.status, 503, "{}", String::from_utf8_lossy(&busy.body));
+        assert_eq!(busy.header("retry-after"), Some("1"));
+        drop(stalled);
+        downloads_in_progress(&signer, 0).await;
+        let whole = signer.get(&signer.object_path(), None).await;
+        assert_eq!(whole.status, 200);
+        assert_eq!(
+            whole.header("content-length"),
+            Some(LARGE.to_string().as_str())
+        );
+        assert!(whole.body == body, "the stored bytes, whole");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_finishes_a_download_in_flight_and_refuses_new_connections() {
+        let signer = start(|s| s.shutdown_grace = Duration::from_secs(20)).await;
+        let body = signer.export(LARGE).await;
+        let mut download = signer.send(&signer.object_path(), None).await;
+        let mut raw = vec![0; 64 * 1024];
+        download.read_exact(&mut raw).await.unwrap();
+        signer.shutdown.send(true).unwrap();
+        let mut refused = false;
+        for _ in 0..100 {
+            if TcpStream::connect(signer.addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "new connections are refused once stopping");
+        // The slow client now reads the rest: all of it arrives.
+        download.read_to_end(&mut raw).await.unwrap();
+        let answer = Answer::parse(&raw);
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.body == body,
+            "the whole object, {} bytes",
+            answer.body.len()
+        );
+        let stopped = tokio::time::timeout(Duration::from_secs(5), signer.task)
+            .await
+            .expect("the signer stops once its last request is done");
+        stopped.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_keeps_to_the_grace_period_whatever_a_client_does() {
+        let grace = Duration::from_secs(1);
+        let signer = start(|s| s.shutdown_grace = grace).await;
+        signer.export(LARGE).await;
+        let mut stalled = signer.send(&signer.object_path(), None).await;
+        let mut first = [0; 1024];
+        stalled.read_exact(&mut first).await.unwrap();
+        let asked = Instant::now();
+        signer.shutdown.send(true).unwrap();
+        let stopped = tokio::time::timeout(grace + Duration::from_secs(5), signer.task)
+            .await
+            .expect("the signer stops after the grace period");
+        stopped.unwrap().unwrap();
+        assert!(
+            asked.elapsed() >= grace,
+            "the download in flight had its grace period"
+        );
+        drop(stalled);
     }
 }

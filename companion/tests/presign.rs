@@ -1,5 +1,5 @@
-//! `fallback-companion presign`, the real binary, against the two published signing vectors:
-//! AWS's presigned-URL example and Google's V4 conformance case "Simple GET". The vectors'
+//! `fallback-companion presign`, the real binary, against published signing vectors: AWS's
+//! presigned-URL example and the GET cases of Google's V4 conformance suite. The vectors'
 //! values and their sources are in `tests/fixtures/`.
 
 use std::process::{Command, Output};
@@ -94,6 +94,41 @@ fn reproduces_googles_v4_simple_get_conformance_case() {
         &[("GCP_SERVICE_ACCOUNT", &v["service_account"].to_string())],
     );
     assert_eq!(stdout(&out).trim(), v["expectedUrl"].as_str().unwrap());
+}
+
+/// Every applicable case of Google's V4 conformance suite, "Forward Slashes should not be
+/// stripped" (the object `/path/with/...`, named as `gcs://test-bucket//path/with/...`)
+/// included: object names are signed byte for byte.
+#[test]
+fn reproduces_every_get_case_of_googles_v4_conformance_suite() {
+    let account = fixture("gcs-v4-simple-get.json")["service_account"].to_string();
+    let cases = fixture("gcs-v4-get-vectors.json");
+    let cases = cases["vectors"].as_array().unwrap();
+    assert!(cases.len() >= 5, "{cases:?}");
+    for case in cases {
+        let text = |k: &str| case[k].as_str().unwrap().to_owned();
+        let mut env = vec![("GCP_SERVICE_ACCOUNT", account.clone())];
+        if let Some(emulator) = case["emulatorHostname"].as_str() {
+            env.push(("STORAGE_EMULATOR_HOST", emulator.to_owned()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = presign(
+            &[
+                &format!("gcs://{}/{}", text("bucket"), text("object")),
+                "--expires-in",
+                &case["expiration"].to_string(),
+                "--at",
+                &text("timestamp"),
+            ],
+            &env,
+        );
+        assert_eq!(
+            stdout(&out).trim(),
+            text("expectedUrl"),
+            "{}",
+            text("description")
+        );
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! priority level) plus 10% that match nothing.
 
 use fallback_core::document::ConfigDocument;
+use fallback_core::limits::MAX_REQUEST_PATH_BYTES;
 use fallback_core::router::{RequestView, RouteOutcome, Router};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -199,4 +200,49 @@ fn main() {
             us(percentile(&regex_samples, 0.99)),
         );
     }
+    worst_case_regex();
+}
+
+/// The most a route regex can cost one request: the largest `(.*a){n}` that validation admits
+/// (`MAX_REGEX_NFA_BYTES`) on the longest path the router matches (`MAX_REQUEST_PATH_BYTES`),
+/// every NFA state alive at every byte; and the 414 answer to a longer path.
+fn worst_case_regex() {
+    let admitted = (1..200)
+        .take_while(|n| fallback_core::router::path_regex(&format!("/(.*a){{{n}}}$")).is_ok())
+        .last()
+        .expect("(.*a){1} is admitted");
+    let doc = json!({
+        "_format_version": "3.0",
+        "services": [{"name": "s", "host": "b", "routes": [
+            {"name": "worst", "paths": [format!("~/(.*a){{{admitted}}}$")]}
+        ]}]
+    });
+    let loaded = ConfigDocument::from_json(&doc).expect("admitted regex loads");
+    let router = Router::compile(&loaded.document);
+    let path = format!("/{}", "a".repeat(MAX_REQUEST_PATH_BYTES - 1));
+    let too_long = format!("{path}a");
+    let time = |path: &str| {
+        let view = RequestView {
+            method: "GET",
+            authority: "h",
+            path,
+            scheme: "http",
+            headers: &[],
+            sni: None,
+            port: None,
+        };
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            let started = Instant::now();
+            std::hint::black_box(router.route(&view));
+            best = best.min(started.elapsed());
+        }
+        best
+    };
+    println!(
+        "worst admitted regex ~/(.*a){{{admitted}}}$ on a {MAX_REQUEST_PATH_BYTES}-byte path: {:.2} ms; \
+         one byte longer (414): {:.2} µs",
+        time(&path).as_secs_f64() * 1e3,
+        time(&too_long).as_secs_f64() * 1e6,
+    );
 }

@@ -67,12 +67,8 @@ impl Sha256Digest {
 
     /// 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 0x0f)] as char);
-        }
+        push_hex(&mut s, &self.0);
         s
     }
 
@@ -87,6 +83,15 @@ impl Sha256Digest {
             out[i] = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
         }
         Some(Self(out))
+    }
+}
+
+/// Appends `bytes` as lowercase hex digits, two per byte.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
 }
 

@@ -1,5 +1,7 @@
-//! Kong 3.x declarative configuration (`_format_version: "3.0"`), loaded into one flat model and
-//! validated.
+//! Kong 3.x declarative configuration, loaded into one flat model and validated.
+//!
+//! `_format_version` is one of those Kong 3.x accepts: `"3.0"`, or `"1.1"` and `"2.1"` (Kong
+//! 2.x files), whose route paths are migrated on load as Kong does ([`migrate`]).
 //!
 //! Kong accepts the same configuration in several shapes: children nested under their parent
 //! (`services[].routes[]`, `consumers[].acls[]`...), or listed at the top level and pointing at
@@ -16,6 +18,10 @@
 //! - Ids only need to be non-empty strings; Kong requires UUIDs. Every exporter (Kong, decK)
 //!   writes UUIDs anyway, and refusing a fallback document over an id's spelling would leave a
 //!   data plane with no configuration at all.
+//! - An entity without an id gets the one Kong generates for it on load (a UUIDv5 of its name
+//!   or cache key); where Kong would draw a random one (e.g. key-auth credentials), a stable
+//!   UUIDv5 of its place in the input instead ([`IdSource`]). References resolve by the ids the
+//!   input gives, and by names.
 //! - Kong's defaults are filled in while loading (e.g. a route without `strip_path` gets `true`),
 //!   so later code never has to know them; each field's doc comment names its default.
 //! - Entity kinds Fallback does not enforce (certificates, vaults, other credentials...) are
@@ -24,17 +30,20 @@
 mod address;
 mod entities;
 mod fields;
+pub(crate) mod ids;
 mod load;
+mod migrate;
 mod read;
 mod refs;
 #[cfg(test)]
 mod tests;
 
 pub use entities::{
-    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, KeyAuthCredential, PathHandling,
-    Plugin, Protocol, Route, Service, Target, Upstream,
+    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, EntityId, IdSource, KeyAuthCredential,
+    PathHandling, Plugin, Protocol, Route, Service, Target, Upstream,
 };
 
+use crate::limits::MAX_DOCUMENT_BYTES;
 use serde_json::Value;
 use std::fmt;
 
@@ -46,7 +55,8 @@ use std::fmt;
 /// under consumers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigDocument {
-    /// `_format_version` as given; always `"3.0"` once loaded.
+    /// `_format_version` as given: `"3.0"`, or `"1.1"` / `"2.1"`, whose route paths were
+    /// migrated on load as Kong 3.x does (each change is a warning).
     pub format_version: String,
     /// Every service.
     pub services: Vec<Service>,
@@ -80,33 +90,36 @@ impl ConfigDocument {
     /// Parses and validates a JSON document from bytes.
     ///
     /// A JSON syntax error becomes a single problem at path `$` whose message gives the line
-    /// and column.
+    /// and column; a key repeated in one object, or nesting deeper than
+    /// [`MAX_NESTING_DEPTH`](crate::limits::MAX_NESTING_DEPTH), a problem at its path; a
+    /// document larger than [`MAX_DOCUMENT_BYTES`] is refused before it is parsed.
     pub fn from_slice(bytes: &[u8]) -> Result<Loaded, ValidationErrors> {
-        match serde_json::from_slice::<Value>(bytes) {
+        if let Some(problem) = size_problem(bytes.len()) {
+            return Err(ValidationErrors {
+                problems: vec![problem],
+            });
+        }
+        match crate::json::from_slice(bytes) {
             Ok(value) => Self::from_json(&value),
             Err(err) => Err(ValidationErrors {
-                problems: vec![Problem::new(
-                    "$",
-                    format!(
-                        "not valid JSON (line {}, column {}): {}",
-                        err.line(),
-                        err.column(),
-                        json_error_reason(&err)
-                    ),
-                )],
+                problems: vec![Problem::new(err.path(), err.message())],
             }),
         }
     }
 }
 
-/// serde_json's `Display` appends " at line L column C"; the position is already in our message.
-fn json_error_reason(err: &serde_json::Error) -> String {
-    let text = err.to_string();
-    let suffix = format!(" at line {} column {}", err.line(), err.column());
-    match text.strip_suffix(&suffix) {
-        Some(reason) => reason.to_owned(),
-        None => text,
-    }
+/// The problem with a document of `len` bytes, if it is larger than [`MAX_DOCUMENT_BYTES`].
+pub fn size_problem(len: usize) -> Option<Problem> {
+    (len > MAX_DOCUMENT_BYTES).then(|| {
+        Problem::new(
+            "$",
+            format!(
+                "the document is {len} bytes, more than the {MAX_DOCUMENT_BYTES} bytes \
+                 (MAX_DOCUMENT_BYTES) Fallback accepts: split the gateway's configuration, or \
+                 remove what it does not need"
+            ),
+        )
+    })
 }
 
 /// The result of a successful load: the document, and problems that did not prevent loading.

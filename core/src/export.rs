@@ -5,6 +5,7 @@
 //! replace what the store holds ([`plan_write`]), and when the next upload is due ([`ExportPacer`]).
 
 use crate::digest::Sha256Digest;
+use crate::signature::Signature;
 use std::fmt;
 
 /// Name of the object inside `<prefix>/<version>/`, the same as Kong Enterprise uses.
@@ -36,10 +37,58 @@ pub enum KeyError {
     /// A prefix segment is `.` or `..`.
     #[error("storage prefix {0:?} must not contain \".\" or \"..\" segments")]
     BadPrefix(String),
+    /// A prefix kept byte for byte holds a control character.
+    #[error("storage prefix {0:?} must not contain control characters: GCS object names cannot hold them")]
+    PrefixControl(String),
+}
+
+/// How a storage URL's prefix starts the names of the objects below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefixStyle {
+    /// By segments, empty ones dropped: `/a//b/` puts objects under `a/b/` (S3 and `file://`,
+    /// as Fallback always did).
+    #[default]
+    Segments,
+    /// Byte for byte (GCS, where `a//b/x` and `/a/x` are object names of their own): the
+    /// prefix as written, then one `/` unless it already ends with one. `a//b` puts objects
+    /// under `a//b/`, `/kong` under `/kong/`, `kong/` under `kong/`.
+    Verbatim,
+}
+
+/// `name` below `prefix`, the prefix read in `style`.
+pub fn prefixed_key(style: PrefixStyle, prefix: &str, name: &str) -> Result<String, KeyError> {
+    if prefix.split('/').any(|s| s == "." || s == "..") {
+        return Err(KeyError::BadPrefix(prefix.to_owned()));
+    }
+    let mut key = String::with_capacity(prefix.len() + name.len() + 1);
+    match style {
+        PrefixStyle::Segments => {
+            for segment in prefix.split('/').filter(|s| !s.is_empty()) {
+                key.push_str(segment);
+                key.push('/');
+            }
+        }
+        PrefixStyle::Verbatim => {
+            if prefix.chars().any(char::is_control) {
+                return Err(KeyError::PrefixControl(prefix.to_owned()));
+            }
+            key.push_str(prefix);
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                key.push('/');
+            }
+        }
+    }
+    key.push_str(name);
+    Ok(key)
 }
 
 /// `<prefix>/<version>/config.json`, with empty prefix segments dropped.
 pub fn object_key(prefix: &str, version: &str) -> Result<String, KeyError> {
+    object_key_in(PrefixStyle::Segments, prefix, version)
+}
+
+/// `<prefix>/<version>/config.json`, the prefix read in `style`.
+pub fn object_key_in(style: PrefixStyle, prefix: &str, version: &str) -> Result<String, KeyError> {
     if version.is_empty() {
         return Err(KeyError::EmptyVersion);
     }
@@ -51,18 +100,7 @@ pub fn object_key(prefix: &str, version: &str) -> Result<String, KeyError> {
     {
         return Err(KeyError::BadVersion(version.to_owned()));
     }
-    let mut key = String::new();
-    for segment in prefix.split('/').filter(|s| !s.is_empty()) {
-        if segment == "." || segment == ".." {
-            return Err(KeyError::BadPrefix(prefix.to_owned()));
-        }
-        key.push_str(segment);
-        key.push('/');
-    }
-    key.push_str(version);
-    key.push('/');
-    key.push_str(OBJECT_NAME);
-    Ok(key)
+    prefixed_key(style, prefix, &format!("{version}/{OBJECT_NAME}"))
 }
 
 /// What the exporter stores beside every object.
@@ -160,6 +198,16 @@ pub enum WritePlan {
         /// The tag of the object that was read.
         if_match: String,
     },
+    /// The store holds these exact bytes, but not under the candidate's signature (unsigned,
+    /// or signed by another key): write the same bytes again with the candidate's metadata,
+    /// at `revision`, replacing exactly the object that was read (`If-Match: <etag>`).
+    Resign {
+        /// The tag of the object that was read.
+        if_match: String,
+        /// The revision to write: the candidate's, or the stored one when that is higher, so
+        /// that re-signing never moves the stored revision back.
+        revision: u64,
+    },
 }
 
 /// Decides whether `candidate` may be written over `stored`.
@@ -167,18 +215,41 @@ pub enum WritePlan {
 /// Paired with a conditional write this is a compare-and-swap: if another exporter writes
 /// between our read and our write, the precondition fails and the caller reads and plans again,
 /// so an older revision can never land on top of a newer one.
+///
+/// The same bytes are not written again, unless the candidate is signed and the stored copy
+/// does not carry that signature ([`WritePlan::Resign`]): turning signing on, or rotating the
+/// key, must sign the document already stored, or filters requiring the signature refuse it
+/// until the control plane's config changes. Ed25519 signing (RFC 8032) is deterministic, so a
+/// stored signature verifies under the exporter's key over these bytes when it equals the
+/// candidate's; a signature that is missing, unreadable or another key's differs. An unsigned
+/// candidate keeps a stored signature: removing it would only make filters refuse the export.
 pub fn plan_write(stored: Option<&StoredObject>, candidate: &ExportMetadata) -> WritePlan {
     let Some(stored) = stored else {
         return WritePlan::Create;
     };
     match &stored.metadata {
-        Some(m) if m.sha256 == candidate.sha256 => WritePlan::AlreadyStored,
+        Some(m) if m.sha256 == candidate.sha256 => match &candidate.signature {
+            Some(ours) if !same_signature(m.signature.as_deref(), ours) => WritePlan::Resign {
+                if_match: stored.etag.clone(),
+                revision: m.revision.max(candidate.revision),
+            },
+            _ => WritePlan::AlreadyStored,
+        },
         Some(m) if m.revision >= candidate.revision => WritePlan::Superseded {
             stored_revision: m.revision,
         },
         _ => WritePlan::Replace {
             if_match: stored.etag.clone(),
         },
+    }
+}
+
+/// Whether a stored `signature` metadata is the same signature as `ours` (both base64, compared
+/// as the 64 bytes they decode to, so that padding or whitespace differences do not count).
+fn same_signature(stored: Option<&str>, ours: &str) -> bool {
+    match (stored.map(Signature::parse), Signature::parse(ours)) {
+        (Some(Ok(stored)), Ok(ours)) => stored == ours,
+        _ => false,
     }
 }
 
@@ -324,6 +395,9 @@ impl fmt::Display for WritePlan {
             }
             WritePlan::Create => f.write_str("create"),
             WritePlan::Replace { .. } => f.write_str("replace"),
+            WritePlan::Resign { revision, .. } => {
+                write!(f, "re-sign the stored bytes at revision {revision}")
+            }
         }
     }
 }
@@ -350,6 +424,38 @@ mod tests {
         );
         assert_eq!(object_key("/a//b/", "1").unwrap(), "a/b/1/config.json");
         assert_eq!(object_key("", "1").unwrap(), "1/config.json");
+    }
+
+    #[test]
+    fn verbatim_prefixes_keep_every_byte_but_add_one_separator() {
+        let key = |prefix| object_key_in(PrefixStyle::Verbatim, prefix, "3.4").unwrap();
+        assert_eq!(key(""), "3.4/config.json");
+        assert_eq!(key("kong"), "kong/3.4/config.json");
+        assert_eq!(key("kong/"), "kong/3.4/config.json");
+        assert_eq!(key("/kong"), "/kong/3.4/config.json");
+        assert_eq!(key("/"), "/3.4/config.json");
+        assert_eq!(key("a//b"), "a//b/3.4/config.json");
+        assert_eq!(key("a//b//"), "a//b//3.4/config.json");
+        assert_eq!(
+            object_key_in(PrefixStyle::Verbatim, "a/../b", "1"),
+            Err(KeyError::BadPrefix("a/../b".into()))
+        );
+        assert!(matches!(
+            object_key_in(PrefixStyle::Verbatim, "a\nb", "1"),
+            Err(KeyError::PrefixControl(_))
+        ));
+        assert!(matches!(
+            object_key_in(PrefixStyle::Verbatim, "p", "a/b"),
+            Err(KeyError::BadVersion(_))
+        ));
+        assert_eq!(
+            prefixed_key(PrefixStyle::Verbatim, "//x", ".probe/n.json").unwrap(),
+            "//x/.probe/n.json"
+        );
+        assert_eq!(
+            prefixed_key(PrefixStyle::Segments, "//x", ".probe/n.json").unwrap(),
+            "x/.probe/n.json"
+        );
     }
 
     #[test]
@@ -430,6 +536,75 @@ mod tests {
             plan_write(Some(&stored), &metadata(b"newest", 21)),
             WritePlan::Replace {
                 if_match: "\"e\"".into()
+            }
+        );
+    }
+
+    /// Two distinct, well-formed signatures (64 bytes each, base64).
+    const SIG_A: &str =
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
+    const SIG_B: &str =
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ==";
+
+    fn signed(body: &[u8], revision: u64, signature: Option<&str>) -> ExportMetadata {
+        ExportMetadata {
+            signature: signature.map(str::to_owned),
+            ..metadata(body, revision)
+        }
+    }
+
+    #[test]
+    fn plan_signs_the_stored_bytes_when_the_signature_is_missing_or_another_keys() {
+        let stored = |signature: Option<&str>, revision: u64| StoredObject {
+            etag: "\"e\"".into(),
+            metadata: Some(signed(b"doc", revision, signature)),
+        };
+        // Signing turned on: the stored copy is unsigned.
+        assert_eq!(
+            plan_write(Some(&stored(None, 5)), &signed(b"doc", 9, Some(SIG_A))),
+            WritePlan::Resign {
+                if_match: "\"e\"".into(),
+                revision: 9
+            }
+        );
+        // Key rotated: the stored signature is another key's; the stored revision is higher
+        // (another exporter saw the same bytes later) and is kept.
+        assert_eq!(
+            plan_write(
+                Some(&stored(Some(SIG_B), 20)),
+                &signed(b"doc", 9, Some(SIG_A))
+            ),
+            WritePlan::Resign {
+                if_match: "\"e\"".into(),
+                revision: 20
+            }
+        );
+        // A stored signature that is not even base64 is rewritten too.
+        assert!(matches!(
+            plan_write(
+                Some(&stored(Some("not base64!"), 5)),
+                &signed(b"doc", 9, Some(SIG_A))
+            ),
+            WritePlan::Resign { .. }
+        ));
+        // Already signed this way (however the base64 is spaced): nothing to write.
+        assert_eq!(
+            plan_write(
+                Some(&stored(Some(&format!(" {SIG_A}\n")), 5)),
+                &signed(b"doc", 9, Some(SIG_A))
+            ),
+            WritePlan::AlreadyStored
+        );
+        // An exporter without a key leaves a stored signature alone.
+        assert_eq!(
+            plan_write(Some(&stored(Some(SIG_B), 5)), &signed(b"doc", 9, None)),
+            WritePlan::AlreadyStored
+        );
+        // Other bytes follow the revision rules whatever the signatures.
+        assert_eq!(
+            plan_write(Some(&stored(None, 50)), &signed(b"other", 9, Some(SIG_A))),
+            WritePlan::Superseded {
+                stored_revision: 50
             }
         );
     }

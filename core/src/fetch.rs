@@ -33,6 +33,8 @@ use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
 use crate::filter_config::FilterConfig;
+use crate::json;
+use crate::limits::{MAX_DOCUMENT_BYTES, PROXY_RESPONSE_BUFFER_BYTES};
 use crate::signature::{self, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
@@ -580,6 +582,9 @@ impl FetchMachine {
             return;
         };
         let mut headers = vec![("accept".to_owned(), "application/json".to_owned())];
+        if let Some(token) = &cp.token {
+            headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+        }
         // Off the CP's document, a 304 would not say which document to serve: ask for it whole.
         let etag = poller.etag.as_ref().filter(|_| serving_cp);
         if let Some(etag) = etag {
@@ -961,15 +966,34 @@ impl FetchMachine {
         let detail = peer_message(&response.body);
         let url = &object.redacted_url;
         let why = match response.status {
+            Some(200) if response.body.len() > MAX_DOCUMENT_BYTES => {
+                // Not "unreachable": the store answered, with more than any exporter writes.
+                out.push(count(Stage::Storage, true));
+                out.push(count(Stage::Validate, false));
+                let why = format!(
+                    "object {} ({url}, revision {}) is too large: {} bytes, more than the {} \
+                     bytes (MAX_DOCUMENT_BYTES) the filter imports; not using it (Fallback's \
+                     exporter refuses such documents: another tool wrote it)",
+                    object.key,
+                    object.revision,
+                    response.body.len(),
+                    MAX_DOCUMENT_BYTES
+                );
+                self.import_failed(now_ms, why, out);
+                return;
+            }
             Some(200) => {
                 out.push(count(Stage::Storage, true));
                 self.on_object(now_ms, &object, response.body, out);
                 return;
             }
             None => format!(
-                "storage {} unreachable fetching {url} (connection failed or no answer within {} \
-                 ms)",
-                storage.upstream, storage.timeout_ms
+                "storage {} unreachable fetching {url} (connection failed, no answer within {} \
+                 ms, or a body larger than the proxy hands the filter: Envoy's runtime \
+                 http.async_response_buffer_limit, set to {} bytes in examples/envoy/bootstrap.yaml)",
+                storage.upstream,
+                storage.timeout_ms,
+                PROXY_RESPONSE_BUFFER_BYTES
             ),
             Some(403) => format!(
                 "storage refused the signed URL for {url} (HTTP 403{detail}): it may have expired \
@@ -1182,19 +1206,18 @@ fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, Stri
     if content_type.is_some_and(|t| t.to_ascii_lowercase().contains("yaml")) {
         return Err(format!("the answer is YAML ({YAML})"));
     }
-    let value = match serde_json::from_slice::<Value>(body) {
+    if let Some(problem) = crate::document::size_problem(body.len()) {
+        return Err(format!("the answer is too large: {}", problem.message));
+    }
+    let value = match json::from_slice(body) {
         Ok(value) => value,
-        Err(_) if looks_like_yaml(body) => {
+        Err(json::StrictError::Syntax(_)) if looks_like_yaml(body) => {
             return Err(format!("the answer looks like YAML; {YAML}"))
         }
-        Err(err) => {
-            return Err(format!(
-                "the answer is not JSON (line {}, column {}; {} bytes)",
-                err.line(),
-                err.column(),
-                body.len()
-            ))
+        Err(json::StrictError::Syntax(err)) => {
+            return Err(format!("the answer is {err} ({} bytes)", body.len()))
         }
+        Err(err) => return Err(format!("the answer is unusable: {err}")),
     };
     let wrapped = value
         .as_object()
@@ -1203,16 +1226,16 @@ fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, Stri
     match wrapped {
         None => Ok(value),
         Some(Value::Object(_)) => Ok(wrapped.cloned().unwrap_or(Value::Null)),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+        Some(Value::String(text)) => match json::from_str(text) {
             Ok(inner) => Ok(inner),
-            Err(_) if looks_like_yaml(text.as_bytes()) => Err(format!(
+            Err(json::StrictError::Syntax(_)) if looks_like_yaml(text.as_bytes()) => Err(format!(
                 "its Kong Admin API answer {{\"config\": ...}} holds YAML; {YAML}"
             )),
+            Err(json::StrictError::Syntax(err)) => Err(format!(
+                "its Kong Admin API answer {{\"config\": ...}} does not hold JSON: {err}"
+            )),
             Err(err) => Err(format!(
-                "its Kong Admin API answer {{\"config\": ...}} does not hold JSON (line {}, \
-                 column {})",
-                err.line(),
-                err.column()
+                "its Kong Admin API answer {{\"config\": ...}} is unusable: {err}"
             )),
         },
         Some(_) => {

@@ -78,13 +78,17 @@ pub struct FilterConfig {
     /// Kong plugins the filter does not implement that may be ignored instead of refusing the
     /// requests they apply to with 500 (e.g. `["prometheus", "zipkin"]`). Default: none.
     pub ignore_unsupported_plugins: Vec<String>,
+    /// Refuse the requests observe-only plugins (metrics, logs, traces:
+    /// [`crate::plugins::OBSERVE_ONLY`]) apply to, instead of skipping those plugins. Default:
+    /// false.
+    pub refuse_observe_only_plugins: bool,
     /// When set, an export is imported only with a valid Ed25519 signature by this key (see
     /// [`crate::signature`]); control plane documents are not signed and not checked.
     pub public_key: Option<PublicKey>,
 }
 
 /// The control plane's config endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ControlPlaneConfig {
     /// Envoy cluster name, or `host:port` in Kong's ngx_wasm_module.
     pub upstream: String,
@@ -94,6 +98,21 @@ pub struct ControlPlaneConfig {
     pub path: String,
     /// How long the host waits for an answer.
     pub timeout_ms: u64,
+    /// Sent as `Authorization: Bearer <token>` when set: the companion's `GET /v1/config`
+    /// wants one. Never logged: `Debug` shows it redacted.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("upstream", &self.upstream)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The companion's signer endpoint.
@@ -174,13 +193,22 @@ const TOP_KEYS: &[&str] = &[
     "upstream_variable",
     "allow_debug_header",
     "ignore_unsupported_plugins",
+    "refuse_observe_only_plugins",
     "public_key",
 ];
-const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms"];
+const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms", "token"];
 const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "timeout_ms"];
 const STORAGE_KEYS: &[&str] = &["upstream", "timeout_ms"];
 
 impl FilterConfig {
+    /// How the filter's plugin engine treats the plugins it does not implement.
+    pub fn plugin_policy(&self) -> crate::plugins::PluginPolicy {
+        crate::plugins::PluginPolicy {
+            ignore: self.ignore_unsupported_plugins.clone(),
+            refuse_observe_only: self.refuse_observe_only_plugins,
+        }
+    }
+
     /// Parses and checks the plugin configuration JSON; `Err` lists every problem found.
     pub fn parse(bytes: &[u8]) -> Result<FilterConfig, FilterConfigError> {
         let mut r = Reader::default();
@@ -215,18 +243,17 @@ impl Reader {
             );
             return None;
         }
-        let root = match serde_json::from_slice::<Value>(bytes) {
+        let root = match crate::json::from_slice(bytes) {
             Ok(root) => root,
-            Err(err) => {
+            Err(crate::json::StrictError::Syntax(err)) => {
                 self.problem(
                     "$",
-                    format!(
-                        "not valid JSON (line {}, column {}): the filter configuration must be a \
-                         JSON object",
-                        err.line(),
-                        err.column()
-                    ),
+                    format!("{err}: the filter configuration must be a JSON object"),
                 );
+                return None;
+            }
+            Err(err) => {
+                self.problem(err.path(), err.message());
                 return None;
             }
         };
@@ -375,18 +402,9 @@ impl Reader {
                 name
             }
         };
-        let allow_debug_header = match root.get("allow_debug_header") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => {
-                self.problem(
-                    "allow_debug_header",
-                    format!("expected true or false, got {}", kind_of(other)),
-                );
-                false
-            }
-        };
+        let allow_debug_header = self.flag(root, "allow_debug_header");
         let ignore_unsupported_plugins = self.plugin_names(root, "ignore_unsupported_plugins");
+        let refuse_observe_only_plugins = self.flag(root, "refuse_observe_only_plugins");
         let public_key = match root.get("public_key") {
             None | Some(Value::Null) => None,
             Some(Value::String(text)) => match PublicKey::parse(text) {
@@ -428,8 +446,24 @@ impl Reader {
             upstream_variable,
             allow_debug_header,
             ignore_unsupported_plugins,
+            refuse_observe_only_plugins,
             public_key,
         })
+    }
+
+    /// `true` or `false`; absent means false.
+    fn flag(&mut self, map: &Map<String, Value>, key: &str) -> bool {
+        match map.get(key) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected true or false, got {}", kind_of(other)),
+                );
+                false
+            }
+        }
     }
 
     /// A list of plugin names; a plugin the filter implements cannot be ignored.
@@ -476,37 +510,39 @@ impl Reader {
         let authority = self.authority(map, "control_plane");
         let path = self.path(map, "control_plane", DEFAULT_CP_PATH);
         let timeout_ms = self.positive_ms(map, "control_plane", "timeout_ms", DEFAULT_TIMEOUT_MS);
+        let token = match map.get("token") {
+            None | Some(Value::Null) => Some(None),
+            Some(_) => self.token(map, "control_plane").map(Some),
+        };
         Some(ControlPlaneConfig {
             upstream: upstream?,
             authority: authority?,
             path,
             timeout_ms,
+            token: token?,
         })
     }
 
-    fn companion(&mut self, value: &Value) -> Option<CompanionConfig> {
-        let map = self.object(value, "companion")?;
-        self.unknown_keys(map, "companion", COMPANION_KEYS);
-        let upstream = self.upstream(map, "companion");
-        let authority = self.authority(map, "companion");
-        let path = self.path(map, "companion", SIGNER_PATH);
-        // The token's value is never part of a message, not even when it has the wrong type.
-        let token = match map.get("token") {
+    /// `<section>.token`: a bearer token. Its value is never part of a message, not even when
+    /// it has the wrong type.
+    fn token(&mut self, map: &Map<String, Value>, section: &str) -> Option<String> {
+        let field = format!("{section}.token");
+        match map.get("token") {
             None | Some(Value::Null) => {
                 self.problem(
-                    "companion.token",
+                    &field,
                     "required: the bearer token the companion's signer role accepts",
                 );
                 None
             }
             Some(Value::String(token)) if token.is_empty() => {
-                self.problem("companion.token", "must not be empty");
+                self.problem(&field, "must not be empty");
                 None
             }
             Some(Value::String(token)) => {
                 if token.bytes().any(|b| !b.is_ascii_graphic()) {
                     self.problem(
-                        "companion.token",
+                        &field,
                         "must be printable ASCII without spaces (it is sent in an HTTP header); \
                          value not shown",
                     );
@@ -516,13 +552,19 @@ impl Reader {
                 }
             }
             Some(other) => {
-                self.problem(
-                    "companion.token",
-                    format!("expected a string, got {}", kind_of(other)),
-                );
+                self.problem(&field, format!("expected a string, got {}", kind_of(other)));
                 None
             }
-        };
+        }
+    }
+
+    fn companion(&mut self, value: &Value) -> Option<CompanionConfig> {
+        let map = self.object(value, "companion")?;
+        self.unknown_keys(map, "companion", COMPANION_KEYS);
+        let upstream = self.upstream(map, "companion");
+        let authority = self.authority(map, "companion");
+        let path = self.path(map, "companion", SIGNER_PATH);
+        let token = self.token(map, "companion");
         let timeout_ms = self.positive_ms(map, "companion", "timeout_ms", DEFAULT_TIMEOUT_MS);
         Some(CompanionConfig {
             upstream: upstream?,
@@ -824,6 +866,8 @@ mod tests {
         assert_eq!(c.upstream_variable, "fallback_upstream");
         assert!(!c.allow_debug_header);
         assert!(c.ignore_unsupported_plugins.is_empty());
+        assert!(!c.refuse_observe_only_plugins);
+        assert_eq!(c.plugin_policy(), crate::plugins::PluginPolicy::default());
         assert_eq!(c.public_key, None);
     }
 
@@ -841,7 +885,9 @@ mod tests {
             "tick_ms": 50,
             "leader_lease_ms": 101,
             "upstream_header": "x-up",
-            "allow_debug_header": true
+            "allow_debug_header": true,
+            "ignore_unsupported_plugins": ["jwt"],
+            "refuse_observe_only_plugins": true
         });
         let c = parse(&value).unwrap();
         assert_eq!(
@@ -851,6 +897,7 @@ mod tests {
                 authority: "cp.internal:8001".into(),
                 path: "/v2/config".into(),
                 timeout_ms: 1500,
+                token: None,
             })
         );
         assert_eq!(c.companion.upstream, "127.0.0.1:8280");
@@ -863,6 +910,35 @@ mod tests {
         assert_eq!(c.leader_lease_ms, 101);
         assert_eq!(c.upstream_header, "x-up");
         assert!(c.allow_debug_header);
+        assert_eq!(
+            c.plugin_policy(),
+            crate::plugins::PluginPolicy {
+                ignore: vec!["jwt".into()],
+                refuse_observe_only: true
+            }
+        );
+    }
+
+    #[test]
+    fn control_plane_token_is_optional_and_checked_like_the_companions() {
+        let mut value = minimal();
+        value["control_plane"] =
+            json!({"upstream": "c", "authority": "companion:8280", "token": TOKEN});
+        let cp = parse(&value).unwrap().control_plane.unwrap();
+        assert_eq!(cp.token.as_deref(), Some(TOKEN));
+        assert!(!format!("{cp:?}").contains(TOKEN));
+        value["control_plane"]["token"] = json!("has space");
+        let errors = parse(&value).unwrap_err().to_string();
+        assert!(
+            errors.contains("control_plane.token: must be printable ASCII"),
+            "{errors}"
+        );
+        assert!(!errors.contains("has space"), "{errors}");
+        value["control_plane"]["token"] = json!("");
+        assert!(parse(&value)
+            .unwrap_err()
+            .to_string()
+            .contains("control_plane.token: must not be empty"));
     }
 
     #[test]
@@ -1118,6 +1194,18 @@ mod tests {
         let err = FilterConfig::parse(b"{").unwrap_err().to_string();
         assert!(
             err.contains("$: not valid JSON (line 1, column 1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_path() {
+        let text = r#"{"version":"3.4","companion":{"upstream":"c","authority":"c","token":"a","token":"b"},"storage":{"upstream":"s"}}"#;
+        let err = FilterConfig::parse(text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("companion: key \"token\" appears twice"),
             "{err}"
         );
     }

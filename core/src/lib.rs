@@ -8,6 +8,10 @@
 //! - [`signature`]: Ed25519 signatures over exports: key and signature parsing, verification.
 //! - [`backoff`]: exponential backoff with jitter, shared by every retry loop.
 //! - [`filter_config`]: the filter's plugin configuration, parsed and checked.
+//! - [`json`]: strict reading of documents from outside (duplicate keys and excessive depth
+//!   refused, with their path).
+//! - [`limits`]: the sizes every party enforces alike (document, nesting depth, request path,
+//!   route regex).
 //! - [`fetch`]: the filter's sans-IO fetch state machine (control plane, companion, storage).
 //! - [`host`]: what differs between proxy hosts (Envoy, nginx with ngx_wasm_module, Kong), as
 //!   data and pure functions.
@@ -27,9 +31,14 @@ pub mod export;
 pub mod fetch;
 pub mod filter_config;
 pub mod host;
+pub mod json;
+pub mod limits;
 pub mod plugins;
 pub mod publication;
 pub mod router;
 pub mod shared_data;
 pub mod signature;
 pub mod wire;
+
+#[cfg(test)]
+mod properties;

@@ -14,14 +14,17 @@
 //!   `~*` regex matched against the lowercased value), `paths` (prefixes, or `~` regexes anchored at the start). `protocols` do not
 //!   take part in matching: an `https`-only route matched over plain HTTP answers with its
 //!   `https_redirect_status_code` (426 by default), as Kong's runloop does.
-//! - The request path is normalised first (RFC 3986: unreserved percent-escapes decoded, dot
-//!   segments removed, slashes merged), as Kong does before matching and proxying.
+//! - The request path is normalised first (RFC 3986: percent-escapes decoded except reserved
+//!   characters, dot segments removed, slashes merged), as Kong does before matching and
+//!   proxying.
 //! - Every path of a route competes on its own (Kong splits routes by path kind and length).
 //!   Priority, highest first, as Kong's `get_priority`: the number of fields set (methods,
 //!   hosts, headers, snis, paths); hosts all plain (no wildcard); the number of headers; regex
 //!   path; `regex_priority` (regex paths only); prefix length. Equal priorities: the greater
-//!   route id first, as Kong's ATC router; routes without ids after those with, in document
-//!   order.
+//!   id first, as Kong's ATC router: the route's id (given, or generated from its name as Kong
+//!   does), or for a route Kong splits (paths of several lengths, or regexes and prefixes) the
+//!   id Kong gives each group; routes whose id Kong would draw at random (no id, no name)
+//!   after those, in document order.
 //! - The upstream request: the service's `host:port`, or a target of the upstream the service
 //!   host names (smooth weighted round-robin); the path joined as Kong's `path_handling: v0`
 //!   (the only one `traditional_compatible` uses), the query string kept; `Host` is the target
@@ -43,25 +46,41 @@
 //! scheme's default.
 //!
 //! Not supported, on purpose: regexes `regex-lite` cannot compile (PCRE look-around,
-//! back-references, possessive quantifiers, Unicode classes): such a path never matches.
-//! [`Router::unsupported`] lists them so the caller can log them.
+//! back-references, possessive quantifiers, Unicode classes) or that compile to more than
+//! [`MAX_REGEX_NFA_BYTES`]. Document validation refuses them ([`check_path`],
+//! [`check_header_values`]), as Kong refuses regexes PCRE cannot compile; should one reach
+//! [`Router::compile`] anyway, its path never matches and [`Router::unsupported`] lists it.
+//!
+//! Cost per request: a `:path` longer than [`MAX_REQUEST_PATH_BYTES`] is answered 414 before
+//! anything else; a regex's search time is its compiled size times the path's length, both
+//! bounded.
 
-mod path;
+pub(crate) mod path;
 
+use crate::document::ids::split_route_id;
 use crate::document::{ConfigDocument, Protocol};
+use crate::limits::{MAX_REGEX_NFA_BYTES, MAX_REQUEST_PATH_BYTES};
 use regex_lite::Regex;
-use std::cell::Cell;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Kong's 503 message when the matched route has no service.
 pub const NO_SERVICE_MESSAGE: &str = "no Service found with those values";
 
+/// Kong's 503 message when the upstream a service names has no target to send to (Kong 3.9.x
+/// `kong/runloop/balancer/init.lua`: "No peers are available" from the ring-balancer).
+pub const NO_PEER_MESSAGE: &str = "failure to get a peer from the ring-balancer";
+
 /// Kong's 404 message when no route matches.
 pub const NO_ROUTE_MESSAGE: &str = "no Route matched with those values";
 
 /// Kong's 426 message when an `https`-only route is requested over plain HTTP.
 pub const HTTPS_REQUIRED_MESSAGE: &str = "Please use HTTPS protocol";
+
+/// Kong's 414 message (its error handler's wording) for a request path that is too long.
+pub const URI_TOO_LONG_MESSAGE: &str = "URI too long";
 
 /// What the router needs to know about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +100,7 @@ pub struct RequestView<'a> {
     /// without one.
     pub sni: Option<&'a str>,
     /// The port the request arrived on (Kong's `server_port`), for a `Host` without a port;
-    /// `None`: the scheme's default. Only read when some route host names a port
-    /// ([`Router::needs_port`]).
+    /// `None`: the scheme's default.
     pub port: Option<u16>,
 }
 
@@ -95,8 +113,19 @@ pub enum RouteOutcome {
     NoRoute,
     /// An `https`-only route matched a plain-HTTP request (Kong's `https_redirect_status_code`).
     HttpsRequired(HttpsRequired),
-    /// A route matched but the request cannot be served: answer 503 with `message`.
+    /// The `:path` is longer than [`MAX_REQUEST_PATH_BYTES`]: answer 414 with
+    /// [`URI_TOO_LONG_MESSAGE`], before any route is tried (as nginx, and so Kong, refuse a
+    /// request line longer than 8 KiB).
+    UriTooLong,
+    /// A route matched but the request cannot be served: answer 503 with `message`. Kong
+    /// answers so after the plugins' access phase (`Kong.access` for a route without a
+    /// service, the runloop's `access.after` for the balancer), so the plugins of `route` run
+    /// first and may answer instead (a 401 of `key-auth`).
     Unavailable {
+        /// Index of the matched route in [`ConfigDocument::routes`].
+        route: usize,
+        /// Index of its service, when it has one.
+        service: Option<usize>,
         /// The matched route's name, else its id, else its path in the input.
         route_name: String,
         /// The `message` of the `{"message": ...}` body.
@@ -206,7 +235,11 @@ pub struct Router {
     balancers: Vec<Balancer>,
     unsupported: Vec<Unsupported>,
     needs_headers: bool,
+    needs_sni: bool,
     needs_port: bool,
+    /// The candidate ranks of the request being routed, kept between requests so that
+    /// routing does not allocate for them.
+    scratch: RefCell<Vec<u32>>,
 }
 
 #[derive(Debug)]
@@ -290,7 +323,6 @@ enum HeaderValues {
 #[derive(Debug)]
 struct CompiledService {
     name: String,
-    enabled: bool,
     scheme: &'static str,
     /// Kong's `path`, `/` when unset.
     base_path: String,
@@ -307,7 +339,6 @@ enum Destination {
 /// Smooth weighted round-robin over an upstream's targets with weight > 0.
 #[derive(Debug)]
 struct Balancer {
-    name: String,
     host_header: Option<String>,
     targets: Vec<(String, u16, i64)>,
     current: Vec<Cell<i64>>,
@@ -335,6 +366,36 @@ impl Balancer {
 /// Kong's `get_priority` as a tuple: higher wins, compared field by field.
 type Priority = (u8, bool, usize, bool, i64, usize);
 
+/// A candidate and what orders it before compiling the index.
+struct Ranked {
+    priority: Priority,
+    /// The id Kong breaks ties with (the route's, or its split group's), lowercase.
+    tie: Option<String>,
+    /// Document order of the route, then of the path within it.
+    index: usize,
+    order: usize,
+    candidate: Candidate,
+}
+
+/// transform.lua `group_by_regex_or_length`: each path's group, numbered from 1 in order of
+/// first appearance; every regex is in one group, prefixes by length.
+fn path_groups(paths: &[String]) -> Vec<usize> {
+    let mut keys: Vec<Option<usize>> = Vec::new();
+    paths
+        .iter()
+        .map(|p| {
+            let key = (!p.starts_with('~')).then_some(p.len());
+            match keys.iter().position(|k| *k == key) {
+                Some(i) => i + 1,
+                None => {
+                    keys.push(key);
+                    keys.len()
+                }
+            }
+        })
+        .collect()
+}
+
 impl Router {
     /// Compiles every HTTP route of `doc`.
     pub fn compile(doc: &ConfigDocument) -> Router {
@@ -350,7 +411,6 @@ impl Router {
                     .map(|t| (t.host.clone(), t.port, i64::from(t.weight)))
                     .collect();
                 Balancer {
-                    name: upstream.name.clone(),
                     host_header: upstream
                         .extra
                         .get("host_header")
@@ -373,8 +433,7 @@ impl Router {
             .services
             .iter()
             .map(|s| CompiledService {
-                name: display_name(s.name.as_deref(), s.id.as_deref(), &s.path),
-                enabled: s.enabled,
+                name: display_name(s.name.as_deref(), s.id.given_id(), &s.path),
                 scheme: s.protocol.as_str(),
                 base_path: s.upstream_path.clone().unwrap_or_else(|| "/".to_owned()),
                 default_port: s.protocol.default_port(),
@@ -399,15 +458,22 @@ impl Router {
             balancers,
             unsupported: Vec::new(),
             needs_headers: false,
+            needs_sni: false,
             needs_port: false,
+            scratch: RefCell::new(Vec::new()),
         };
 
-        // (priority, document order, path order, candidate)
-        let mut ranked: Vec<(Priority, usize, usize, Candidate)> = Vec::new();
+        let mut ranked: Vec<Ranked> = Vec::new();
         for (index, route) in doc.routes.iter().enumerate() {
             let http = route.protocols.contains(&Protocol::Http);
             let https = route.protocols.contains(&Protocol::Https);
             if !http && !https {
+                continue;
+            }
+            // Kong builds its router without the routes of disabled services
+            // (runloop/handler.lua: "routes where the services.enabled == false are not put in
+            // router"): their requests go to another route, or get the 404.
+            if route.service.is_some_and(|s| !doc.services[s].enabled) {
                 continue;
             }
             let mut unsupported = |reason: String| {
@@ -422,13 +488,13 @@ impl Router {
             for (name, values) in &route.headers {
                 let values = match values.as_slice() {
                     // Kong lowercases the pattern too (compat.lua: `value:lower()`).
-                    [one] if one.starts_with("~*") => match Regex::new(&one[2..].to_lowercase()) {
+                    [one] if one.starts_with("~*") => match header_regex(&one[2..]) {
                         Ok(re) => HeaderValues::Regex(re),
                         Err(e) => {
                             bad_header = Some(format!(
-                                    "header {name} regex {one:?} is not supported ({}): the route never matches",
-                                    error_summary(&e.to_string())
-                                ));
+                                "header {name} regex {one:?} is not supported ({e}): the route \
+                                 never matches"
+                            ));
                             break;
                         }
                     },
@@ -443,22 +509,30 @@ impl Router {
                 unsupported(reason);
                 continue;
             }
+            // transform.lua `split_routes_and_services_by_path`: a route whose paths fall in
+            // several groups (all regexes; prefixes of one length) competes as one route per
+            // group, each with an id of its own.
+            let groups = path_groups(&route.paths);
+            let split = groups.iter().max().is_some_and(|&g| g > 1);
             let mut paths = Vec::new();
-            for p in &route.paths {
-                match p.strip_prefix('~') {
+            for (p, &group) in route.paths.iter().zip(&groups) {
+                let matcher = match p.strip_prefix('~') {
                     // compat.lua: "^" .. regex, with `(?<name>` spelled `(?P<name>`.
-                    Some(re) => match Regex::new(&format!("^{}", re.replace("?<", "?P<"))) {
-                        Ok(regex) => paths.push(PathMatcher::Regex {
+                    Some(re) => match path_regex(re) {
+                        Ok(regex) => PathMatcher::Regex {
                             regex,
                             literal: literal_prefix(re),
-                        }),
-                        Err(e) => unsupported(format!(
-                            "regex path {p:?} is not supported ({}): this path never matches",
-                            error_summary(&e.to_string())
-                        )),
+                        },
+                        Err(e) => {
+                            unsupported(format!(
+                                "regex path {p:?} is not supported ({e}): this path never matches"
+                            ));
+                            continue;
+                        }
                     },
-                    None => paths.push(PathMatcher::Prefix(p.clone())),
-                }
+                    None => PathMatcher::Prefix(p.clone()),
+                };
+                paths.push((split.then_some(group), matcher));
             }
             if !route.paths.is_empty() && paths.is_empty() {
                 continue;
@@ -466,6 +540,7 @@ impl Router {
             router.needs_headers |= !headers.is_empty();
 
             let hosts: Vec<HostMatcher> = route.hosts.iter().map(|h| host_matcher(h)).collect();
+            router.needs_sni |= !route.snis.is_empty();
             router.needs_port |= hosts.iter().any(|h| h.port.is_some());
             let match_weight = [
                 !route.methods.is_empty(),
@@ -484,11 +559,11 @@ impl Router {
             let slot = router.routes.len();
             router.routes.push(CompiledRoute {
                 index,
-                name: display_name(route.name.as_deref(), route.id.as_deref(), &route.path),
+                name: display_name(route.name.as_deref(), route.id.given_id(), &route.path),
                 debug: Rc::new(KongDebug {
-                    route_id: route.id.clone(),
+                    route_id: Some(route.id.to_string()),
                     route_name: route.name.clone(),
-                    service_id: route.service.and_then(|s| doc.services[s].id.clone()),
+                    service_id: route.service.map(|s| doc.services[s].id.to_string()),
                     service_name: route.service.and_then(|s| doc.services[s].name.clone()),
                 }),
                 service: route.service,
@@ -509,9 +584,9 @@ impl Router {
                 preserve_host: route.preserve_host,
             });
             if paths.is_empty() {
-                paths.push(PathMatcher::Any);
+                paths.push((None, PathMatcher::Any));
             }
-            for (order, path) in paths.into_iter().enumerate() {
+            for (order, (group, path)) in paths.into_iter().enumerate() {
                 let (regex, length) = match &path {
                     PathMatcher::Any => (false, 0),
                     PathMatcher::Prefix(p) => (false, p.len()),
@@ -525,30 +600,37 @@ impl Router {
                     if regex { route.regex_priority } else { 0 },
                     length,
                 );
-                ranked.push((priority, index, order, Candidate { route: slot, path }));
+                // Equal priorities: Kong's ATC router keeps matchers in a BTreeMap keyed by
+                // (priority, uuid) and tries them in reverse, so the greater id wins
+                // (canonical UUIDs order as their lowercase text). A route whose id Kong would
+                // draw at random has none here: such routes follow, in document order.
+                let tie = route.id.kong().map(|id| match group {
+                    Some(group) => split_route_id(id, group),
+                    None => id.to_ascii_lowercase(),
+                });
+                ranked.push(Ranked {
+                    priority,
+                    tie,
+                    index,
+                    order,
+                    candidate: Candidate { route: slot, path },
+                });
             }
         }
-        // Equal priorities: Kong's ATC router keeps matchers in a BTreeMap keyed by
-        // (priority, route uuid) and tries them in reverse, so the greater id wins (canonical
-        // UUIDs order as their lowercase text). Routes without an id follow, in document order.
-        let ids: Vec<Option<String>> = doc
-            .routes
-            .iter()
-            .map(|r| r.id.as_ref().map(|id| id.to_ascii_lowercase()))
-            .collect();
         ranked.sort_by(|a, b| {
-            b.0.cmp(&a.0)
-                .then_with(|| match (&ids[a.1], &ids[b.1]) {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| match (&a.tie, &b.tie) {
                     (Some(x), Some(y)) => y.cmp(x),
                     (Some(_), None) => std::cmp::Ordering::Less,
                     (None, Some(_)) => std::cmp::Ordering::Greater,
                     (None, None) => std::cmp::Ordering::Equal,
                 })
-                .then(a.1.cmp(&b.1))
-                .then(a.2.cmp(&b.2))
+                .then(a.index.cmp(&b.index))
+                .then(a.order.cmp(&b.order))
         });
 
-        for (rank, (_, _, _, candidate)) in ranked.into_iter().enumerate() {
+        for (rank, Ranked { candidate, .. }) in ranked.into_iter().enumerate() {
             let rank = rank as u32;
             let route = &router.routes[candidate.route];
             if route.hosts.is_empty() {
@@ -598,9 +680,14 @@ impl Router {
         self.needs_headers
     }
 
-    /// True when some route host names a port (`example.com:8000`): only then does
-    /// [`RequestView::port`] matter, so a host need not be asked for its listener's port on
-    /// every request.
+    /// True when some route has `snis`: only then does [`RequestView::sni`] need to carry the
+    /// TLS SNI (the filter reads it from the host, one call per request).
+    pub fn needs_sni(&self) -> bool {
+        self.needs_sni
+    }
+
+    /// True when some route host names a port: only then does [`RequestView::port`] (the
+    /// listener's port, for a `Host` without one) take part in matching.
     pub fn needs_port(&self) -> bool {
         self.needs_port
     }
@@ -612,14 +699,18 @@ impl Router {
 
     /// Decides where `request` goes. Advances the round-robin of the chosen upstream.
     pub fn route(&self, request: &RequestView<'_>) -> RouteOutcome {
+        // Before any work that grows with the path: normalising it, and regexes whose cost is
+        // their size times its length.
+        if request.path.len() > MAX_REQUEST_PATH_BYTES {
+            return RouteOutcome::UriTooLong;
+        }
         let https = request.scheme.eq_ignore_ascii_case("https");
         let (req_host, req_port) = split_authority(request.authority);
-        let req_host: std::borrow::Cow<'_, str> =
-            if req_host.bytes().any(|b| b.is_ascii_uppercase()) {
-                req_host.to_ascii_lowercase().into()
-            } else {
-                req_host.into()
-            };
+        let req_host: Cow<'_, str> = if req_host.bytes().any(|b| b.is_ascii_uppercase()) {
+            req_host.to_ascii_lowercase().into()
+        } else {
+            req_host.into()
+        };
         let req_port = req_port
             .or(request.port)
             .unwrap_or(if https { 443 } else { 80 });
@@ -629,7 +720,9 @@ impl Router {
         };
         let path = path::normalize(raw_path);
 
-        let mut ranks: Vec<u32> = Vec::new();
+        // Taken, not borrowed, so that a panic in between cannot poison later requests.
+        let mut ranks = std::mem::take(&mut *self.scratch.borrow_mut());
+        ranks.clear();
         self.gather(&req_host, &path, &mut ranks);
         ranks.sort_unstable();
         ranks.dedup();
@@ -642,7 +735,9 @@ impl Router {
                 continue;
             }
             let matched_len = match &candidate.path {
-                PathMatcher::Any => 0,
+                // atc.lua `set_upstream_uri`: without a matched path the prefix is "/", so the
+                // postfix of `/` is empty and `/service` stays `/service`.
+                PathMatcher::Any => 1,
                 PathMatcher::Prefix(p) => p.len(),
                 // atc.lua strips as many characters as the regex matched (`#matched_path`),
                 // from the start: the same as the match's end unless a top-level `|` left a
@@ -655,6 +750,7 @@ impl Router {
             winner = Some((route, matched_len));
             break;
         }
+        *self.scratch.borrow_mut() = ranks;
         let Some((route, matched_len)) = winner else {
             return RouteOutcome::NoRoute;
         };
@@ -671,17 +767,13 @@ impl Router {
 
         let Some(service_index) = route.service else {
             return RouteOutcome::Unavailable {
+                route: route.index,
+                service: None,
                 route_name: route.name.clone(),
                 message: NO_SERVICE_MESSAGE.to_owned(),
             };
         };
         let service = &self.services[service_index];
-        if !service.enabled {
-            return RouteOutcome::Unavailable {
-                route_name: route.name.clone(),
-                message: format!("service {} is disabled", service.name),
-            };
-        }
         let mut host_header_override = None;
         let (host, port) = match &service.destination {
             Destination::Direct { host, port } => (host.as_str(), *port),
@@ -692,11 +784,10 @@ impl Router {
                     Some(target) => target,
                     None => {
                         return RouteOutcome::Unavailable {
+                            route: route.index,
+                            service: Some(service_index),
                             route_name: route.name.clone(),
-                            message: format!(
-                                "no healthy upstream targets for upstream {}",
-                                balancer.name
-                            ),
+                            message: NO_PEER_MESSAGE.to_owned(),
                         }
                     }
                 }
@@ -704,12 +795,15 @@ impl Router {
         };
 
         let postfix = if route.strip_path {
-            path::sanitize_postfix(&path[matched_len..])
+            path::sanitize_postfix(path.get(matched_len..).unwrap_or(""))
         } else {
             ""
         };
         let joined = path::join_v0(&service.base_path, route.strip_path, postfix, &path);
-        let mut upstream_path = path::escape(&joined).into_owned();
+        let mut upstream_path = match path::escape(&joined) {
+            Cow::Owned(escaped) => escaped,
+            Cow::Borrowed(_) => joined,
+        };
         upstream_path.push_str(query);
 
         let host_header = if route.preserve_host {
@@ -875,7 +969,7 @@ fn parse_port(text: &str) -> Option<u16> {
 }
 
 /// IPv6 hosts in brackets, for `host:port` and `Host`.
-fn bracket(host: &str) -> std::borrow::Cow<'_, str> {
+fn bracket(host: &str) -> Cow<'_, str> {
     if host.contains(':') {
         format!("[{host}]").into()
     } else {
@@ -933,10 +1027,64 @@ fn has_top_level_alternation(regex: &str) -> bool {
     false
 }
 
-/// The last line of a `regex` error: the line saying what is wrong.
-fn error_summary(text: &str) -> &str {
-    text.lines().last().unwrap_or(text).trim()
+/// Compiles a route's regex path (the text after `~`) as Kong's `traditional_compatible`
+/// router does: anchored at the start (compat.lua: `"^" .. regex`), `(?<name>` spelled
+/// `(?P<name>`, and no larger than [`MAX_REGEX_NFA_BYTES`].
+pub fn path_regex(regex: &str) -> Result<Regex, String> {
+    bounded_regex(&format!("^{}", regex.replace("?<", "?P<")))
 }
 
+/// Compiles a route's `~*` header value regex (the text after `~*`), lowercased as Kong does
+/// (compat.lua: `value:lower()`), no larger than [`MAX_REGEX_NFA_BYTES`].
+pub fn header_regex(regex: &str) -> Result<Regex, String> {
+    bounded_regex(&regex.to_lowercase())
+}
+
+/// Why a route path (`/prefix` or `~regex`) cannot be used, if it cannot: the document's
+/// validation refuses such a path, as Kong does.
+pub fn check_path(path: &str) -> Result<(), String> {
+    match path.strip_prefix('~') {
+        Some(regex) => path_regex(regex).map(drop).map_err(|why| {
+            format!("invalid regex {path:?}: {why}; fix it or write the path as a prefix")
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why a route's header values cannot be used, if they cannot: a single `~*` value is a
+/// regex and must compile.
+pub fn check_header_values(values: &[String]) -> Result<(), String> {
+    match values {
+        [one] if one.starts_with("~*") => header_regex(&one[2..]).map(drop).map_err(|why| {
+            format!("invalid regex {one:?}: {why}; fix it or list the values to accept")
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn bounded_regex(pattern: &str) -> Result<Regex, String> {
+    regex_lite::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_NFA_BYTES)
+        .build()
+        .map_err(|e| {
+            let text = e.to_string();
+            if text.contains("exceeded size limit") {
+                format!(
+                    "it compiles to more than {MAX_REGEX_NFA_BYTES} bytes (MAX_REGEX_NFA_BYTES), \
+                     which would make every request it is tried on slow: use fewer or smaller \
+                     counted repetitions such as {{1,1000}}"
+                )
+            } else {
+                // regex-lite's message ends with the line saying what is wrong; it does not
+                // support look-around, back-references, possessive quantifiers or Unicode
+                // classes, which PCRE (Kong's engine) has.
+                let reason = text.lines().last().unwrap_or(&text).trim();
+                format!("{reason} (the filter's regex engine has no look-around, back-references, possessive quantifiers or Unicode classes)")
+            }
+        })
+}
+
+#[cfg(test)]
+mod kong_path_fixture;
 #[cfg(test)]
 mod tests;

@@ -53,6 +53,8 @@ struct Metrics {
     generation: Metric,
     success: [Metric; 5],
     failure: [Metric; 5],
+    /// Requests served without the observe-only plugins that apply to them.
+    observe_only_skipped: Metric,
 }
 
 const STAGES: [(&str, Stage); 5] = [
@@ -77,6 +79,10 @@ impl Metrics {
             generation: Metric::define(MetricType::Gauge, "fallback_generation"),
             success: STAGES.map(|(name, _)| counter("success", name)),
             failure: STAGES.map(|(name, _)| counter("failure", name)),
+            observe_only_skipped: Metric::define(
+                MetricType::Counter,
+                "fallback_observe_only_skipped",
+            ),
         }
     }
 
@@ -229,11 +235,15 @@ impl Worker {
                         &format!("fallback: {}: {}", skipped.path, skipped.reason),
                     );
                 }
-                let ignore = self
+                for warning in &loaded.warnings {
+                    log(LogLevel::Warn, &format!("fallback: {warning}"));
+                }
+                let policy = self
                     .config
                     .as_ref()
-                    .map_or(&[][..], |c| c.ignore_unsupported_plugins.as_slice());
-                let plugins = PluginEngine::compile(&loaded.document, ignore);
+                    .map(|c| c.plugin_policy())
+                    .unwrap_or_default();
+                let plugins = PluginEngine::compile(&loaded.document, &policy);
                 // Once per generation: the requests these plugins apply to answer 500 (or run
                 // without them, when listed in ignore_unsupported_plugins).
                 for plugin in plugins.unsupported() {
@@ -376,6 +386,7 @@ impl RootContext for Worker {
             self.active.borrow().clone(),
             config,
             self.profile,
+            self.metrics.as_ref().map(|m| m.observe_only_skipped),
         )))
     }
 

@@ -1,7 +1,7 @@
 //! Per request: route with the configuration in force, hand the upstream to the host, or answer.
 //! What to read and write where comes from the host profile; this module only sequences it.
 
-use crate::host::{self, HostSharedData};
+use crate::host::{self, HostSharedData, Metric};
 use crate::Active;
 use fallback_core::fetch::{LogLevel, Source};
 use fallback_core::filter_config::FilterConfig;
@@ -9,7 +9,7 @@ use fallback_core::host::{HandOverNames, HostProfile, HostWrite, ReadFrom, Upstr
 use fallback_core::plugins::{
     HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
-use fallback_core::router::{Forward, RequestView, RouteOutcome};
+use fallback_core::router::{RequestView, RouteOutcome};
 use fallback_core::shared_data::SharedCounters;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -19,6 +19,7 @@ use std::rc::Rc;
 const NO_CONFIG: &str = r#"{"message":"no configuration loaded yet: the gateway has not received a config from the control plane or from storage; retry shortly"}"#;
 const NO_ROUTE: &str = r#"{"message":"no Route matched with those values"}"#;
 const HTTPS_REQUIRED: &str = r#"{"message":"Please use HTTPS protocol"}"#;
+const URI_TOO_LONG: &str = r#"{"message":"URI too long"}"#;
 const HAND_OVER_FAILED: &str = r#"{"message":"An unexpected error occurred: the gateway's fallback filter could not hand the request to the proxy"}"#;
 
 thread_local! {
@@ -35,6 +36,8 @@ pub struct RequestFilter {
     debug: Option<Vec<(&'static str, String)>>,
     /// What the plugins change in the response's headers.
     response_plan: Option<ResponsePlan>,
+    /// Counts requests served without the observe-only plugins that apply to them.
+    observe_only_skipped: Option<Metric>,
 }
 
 impl RequestFilter {
@@ -43,6 +46,7 @@ impl RequestFilter {
         active: Option<Rc<Active>>,
         config: Rc<FilterConfig>,
         profile: &'static HostProfile,
+        observe_only_skipped: Option<Metric>,
     ) -> Self {
         Self {
             active,
@@ -50,7 +54,59 @@ impl RequestFilter {
             profile,
             debug: None,
             response_plan: None,
+            observe_only_skipped,
         }
+    }
+
+    /// Runs the plugins of the matched route for this request, and counts the request when
+    /// observe-only plugins that apply to it were skipped. `target` is the route, its service
+    /// and the upstream path (the request's own when nothing is proxied).
+    fn plugins(
+        &self,
+        active: &Active,
+        target: (Option<usize>, Option<usize>, &str),
+        method: &str,
+        path: &str,
+        scheme: &str,
+        headers: &[(&str, &str)],
+    ) -> PluginOutcome {
+        let (route, service, upstream_path) = target;
+        // Two host calls (the clock) each: only for the plugins that use them.
+        let random = if active.plugins.needs_random() {
+            (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64())
+        } else {
+            0
+        };
+        let request = PluginRequest {
+            method,
+            scheme,
+            path,
+            upstream_path,
+            headers,
+            client_ip: host::property(&["source", "address"])
+                .and_then(|raw| self.profile.client_ip(&raw)),
+            route,
+            service,
+            now_ms: host::now_ms(),
+            random,
+        };
+        let mut kv = HostSharedData;
+        let mut counters = SharedCounters::new(&mut kv);
+        let outcome = active.plugins.access(&request, &mut counters);
+        for key in &counters.contended {
+            crate::log(
+                LogLevel::Warn,
+                &format!("fallback: rate-limiting counter {key} could not be written; refusing"),
+            );
+        }
+        let skipped = match &outcome {
+            PluginOutcome::Respond(answer) => &answer.skipped,
+            PluginOutcome::Forward(changes) => &changes.skipped,
+        };
+        if let (false, Some(metric)) = (skipped.is_empty(), self.observe_only_skipped) {
+            metric.add(1);
+        }
+        outcome
     }
 }
 
@@ -96,21 +152,18 @@ impl HttpContext for RequestFilter {
             .collect();
         // The TLS SNI (routes' `snis` only apply to HTTPS requests, so plain HTTP skips the
         // read) and the listener's port, which Kong compares a route host's port with when the
-        // Host header names none.
-        let sni = if scheme.eq_ignore_ascii_case("https") {
-            host::property(&["connection", "requested_server_name"])
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .filter(|s| !s.is_empty())
-        } else {
-            None
-        };
-        // Read only when a route host names a port: the answer cannot change a match
-        // otherwise (a property read is one of the dearer host calls, see docs/hosts.md).
-        let port = if active.router.needs_port() {
-            host::property(profile.listener_port).and_then(|raw| profile.listener_port(&raw))
-        } else {
-            None
-        };
+        // Host header names none. Each is a host call: read only when some route uses it.
+        let sni = (active.router.needs_sni() && scheme.eq_ignore_ascii_case("https"))
+            .then(|| host::property(&["connection", "requested_server_name"]))
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .filter(|s| !s.is_empty());
+        let port = active
+            .router
+            .needs_port()
+            .then(|| host::property(profile.listener_port))
+            .flatten()
+            .and_then(|raw| profile.listener_port(&raw));
         let view = RequestView {
             method: &method,
             authority: &authority,
@@ -125,9 +178,8 @@ impl HttpContext for RequestFilter {
                 let changes = if active.plugins.is_empty() {
                     None
                 } else {
-                    match run_plugins(
-                        profile, &active, &forward, &method, &path, &scheme, &headers,
-                    ) {
+                    let target = (Some(forward.route), Some(forward.service), &*forward.path);
+                    match self.plugins(&active, target, &method, &path, &scheme, &headers) {
                         PluginOutcome::Respond(answer) => {
                             send_local(&answer);
                             return Action::Pause;
@@ -181,6 +233,10 @@ impl HttpContext for RequestFilter {
                 host::send_json(404, NO_ROUTE, &[]);
                 Action::Pause
             }
+            RouteOutcome::UriTooLong => {
+                host::send_json(414, URI_TOO_LONG, &[]);
+                Action::Pause
+            }
             RouteOutcome::HttpsRequired(required) => {
                 match &required.location {
                     Some(location) => host::send_empty(
@@ -195,9 +251,34 @@ impl HttpContext for RequestFilter {
                 }
                 Action::Pause
             }
-            RouteOutcome::Unavailable { message, .. } => {
+            RouteOutcome::Unavailable {
+                route,
+                service,
+                message,
+                ..
+            } => {
+                // Kong answers after the plugins' access phase: theirs comes first (a 401), and
+                // those that ran set their response headers on the 503.
+                let mut response = vec![(
+                    "content-type".to_owned(),
+                    fallback_core::plugins::JSON_CONTENT_TYPE.to_owned(),
+                )];
+                if !active.plugins.is_empty() {
+                    let target = (Some(route), service, &*path);
+                    match self.plugins(&active, target, &method, &path, &scheme, &headers) {
+                        PluginOutcome::Respond(answer) => {
+                            send_local(&answer);
+                            return Action::Pause;
+                        }
+                        PluginOutcome::Forward(changes) => changes.response.apply(&mut response),
+                    }
+                }
                 let body = serde_json::json!({ "message": message }).to_string();
-                host::send_json(503, &body, &[]);
+                let response: Vec<(&str, &str)> = response
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                host::send_response(503, &response, Some(body.as_bytes()));
                 Action::Pause
             }
         }
@@ -285,41 +366,6 @@ fn log_refusal(profile: &HostProfile, write: &HostWrite<'_>, status: u32) {
             ),
         );
     }
-}
-
-/// Runs the plugins of the matched route for this request.
-fn run_plugins(
-    profile: &HostProfile,
-    active: &Active,
-    forward: &Forward,
-    method: &str,
-    path: &str,
-    scheme: &str,
-    headers: &[(&str, &str)],
-) -> PluginOutcome {
-    let random = (u128::from(crate::random_u64()) << 64) | u128::from(crate::random_u64());
-    let request = PluginRequest {
-        method,
-        scheme,
-        path,
-        upstream_path: &forward.path,
-        headers,
-        client_ip: host::property(&["source", "address"]).and_then(|raw| profile.client_ip(&raw)),
-        route: Some(forward.route),
-        service: Some(forward.service),
-        now_ms: host::now_ms(),
-        random,
-    };
-    let mut kv = HostSharedData;
-    let mut counters = SharedCounters::new(&mut kv);
-    let outcome = active.plugins.access(&request, &mut counters);
-    for key in &counters.contended {
-        crate::log(
-            LogLevel::Warn,
-            &format!("fallback: rate-limiting counter {key} could not be written; refusing"),
-        );
-    }
-    outcome
 }
 
 /// Answers with a plugin's response (401, 403, 429, a termination, a preflight...).

@@ -24,8 +24,9 @@ use crate::tools::{binary, target_dir, workspace_root};
 /// takes well under a second on a warm machine, but much longer under a loaded CI runner).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The request header through which the filter hands `host:port` to the dynamic forward proxy
-/// (the route's `host_rewrite_header` in the bootstrap; stripped before the request leaves).
+/// The request header through which the filter hands `host:port` to Envoy (an `ORIGINAL_DST`
+/// cluster for IP literals, `set_filter_state` + the dynamic forward proxy for names; removed
+/// before the request leaves).
 pub const UPSTREAM_HEADER: &str = "x-fallback-upstream";
 
 /// What to run Envoy with. Unset upstreams point at a closed loopback port, so the clusters
@@ -47,6 +48,14 @@ pub struct EnvoyOptions {
     /// Extra Envoy command-line arguments, appended last
     /// (e.g. `["--component-log-level", "wasm:debug"]`).
     pub extra_args: Vec<String>,
+    /// The bootstrap template to render instead of [`bootstrap_template`]'s file (same
+    /// placeholders; e.g. the benchmark's variants). `None`: the project's example.
+    pub bootstrap: Option<String>,
+    /// Send every proxied request to this one `(host, port)` instead of the dynamic forward
+    /// proxy, with the filter's [`UPSTREAM_HEADER`] left on: the filter's whole decision (the
+    /// `host:port` it chose, `:authority`, `:path`, plugin headers) reaches an echo upstream
+    /// even for upstream hosts that do not resolve here (real configs name real hosts).
+    pub observer: Option<(String, u16)>,
 }
 
 impl Default for EnvoyOptions {
@@ -64,6 +73,8 @@ impl Default for EnvoyOptions {
             storage: None,
             wasm: None,
             extra_args: Vec::new(),
+            bootstrap: None,
+            observer: None,
         }
     }
 }
@@ -91,6 +102,45 @@ impl std::fmt::Display for StartFailure {
             self.reason, self.exit_status, self.stderr, tail
         )
     }
+}
+
+/// [`EnvoyOptions::observer`]: the bootstrap with its route sent to a static cluster at
+/// `host:port` and the hand-off header kept. Panics when the bootstrap no longer has the lines
+/// this rewrites.
+fn route_to_observer(bootstrap: &str, host: &str, port: u16) -> String {
+    const ROUTE: &str = "cluster: dynamic_forward_proxy_cluster\n";
+    const STRIP: &str = "request_headers_to_remove: [\"x-fallback-upstream\"]\n";
+    // IP-literal upstreams take the ORIGINAL_DST route, whose cluster removes the header.
+    const IP_ROUTE: &str = "cluster: fallback_original_dst\n";
+    assert_eq!(
+        bootstrap.matches(IP_ROUTE).count(),
+        1,
+        "the bootstrap's IP-literal route cluster"
+    );
+    assert_eq!(
+        bootstrap.matches(ROUTE).count(),
+        1,
+        "the bootstrap's route cluster"
+    );
+    assert_eq!(
+        bootstrap.matches(STRIP).count(),
+        1,
+        "the bootstrap's header removal"
+    );
+    let mut out = bootstrap
+        .replace(ROUTE, "cluster: fallback_observer\n")
+        .replace(IP_ROUTE, "cluster: fallback_observer\n")
+        .replace(STRIP, "request_headers_to_add: []\n");
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "    - name: fallback_observer\n      type: STATIC\n      connect_timeout: 2s\n      \
+         load_assignment:\n        cluster_name: fallback_observer\n        endpoints:\n          \
+         - lb_endpoints:\n              - endpoint:\n                  address:\n                    \
+         socket_address: {{ address: {host}, port_value: {port} }}\n"
+    ));
+    out
 }
 
 /// The filter built by `make wasm`:
@@ -237,12 +287,17 @@ impl Envoy {
             ("STORAGE_HOST", storage_host),
             ("STORAGE_PORT", storage_port.to_string()),
         ];
-        let template = std::fs::read_to_string(bootstrap_template()).unwrap_or_else(|e| {
-            panic!("read {}: {e}", bootstrap_template().display());
+        let template = options.bootstrap.clone().unwrap_or_else(|| {
+            std::fs::read_to_string(bootstrap_template()).unwrap_or_else(|e| {
+                panic!("read {}: {e}", bootstrap_template().display());
+            })
         });
+        let mut rendered = render_bootstrap(&template, &vars);
+        if let Some((host, port)) = &options.observer {
+            rendered = route_to_observer(&rendered, host, *port);
+        }
         let bootstrap = dir.path().join("bootstrap.yaml");
-        std::fs::write(&bootstrap, render_bootstrap(&template, &vars))
-            .expect("write the rendered Envoy bootstrap");
+        std::fs::write(&bootstrap, rendered).expect("write the rendered Envoy bootstrap");
 
         let mut envoy = Envoy {
             dir,
@@ -364,6 +419,11 @@ impl Envoy {
         self.admin_port
     }
 
+    /// The process id, while it runs (e.g. to read its CPU time from `/proc/<pid>/stat`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The `--base-id` this instance runs with.
     pub fn base_id(&self) -> u32 {
         self.base_id
@@ -473,6 +533,65 @@ mod tests {
         let out = render_bootstrap(&template, &vars);
         assert!(out.contains("filename: /x.wasm"));
         assert!(out.contains(UPSTREAM_HEADER));
+    }
+
+    /// The bootstrap's choice of cluster, decided by the regex of its first route on the
+    /// hand-off header, for each shape of upstream the router hands over.
+    #[test]
+    fn ip_literal_upstreams_take_the_original_dst_route_and_names_the_dfp() {
+        let template = std::fs::read_to_string(bootstrap_template()).expect("read template");
+        let line = template
+            .lines()
+            .find(|l| l.trim_start().starts_with("regex: '"))
+            .expect("the bootstrap's route regex");
+        let pattern = line
+            .trim()
+            .trim_start_matches("regex: '")
+            .trim_end_matches('\'');
+        // Envoy's string_match regex must match the whole value.
+        let re = regex_lite::Regex::new(&format!("^(?:{pattern})$")).expect("regex compiles");
+        let doc = serde_json::json!({"_format_version": "3.0", "services": [
+            {"name": "v4", "url": "http://10.0.0.7:8080", "routes": [{"paths": ["/v4"]}]},
+            {"name": "v6", "url": "http://[fd00::7]:8080", "routes": [{"paths": ["/v6"]}]},
+            {"name": "name", "url": "http://users.internal:8080", "routes": [{"paths": ["/name"]}]},
+            {"name": "ip-like", "url": "http://1.2.3.4.nip.io", "routes": [{"paths": ["/nip"]}]},
+            {"name": "local", "url": "http://localhost:9000", "routes": [{"paths": ["/local"]}]},
+        ]});
+        let loaded = fallback_core::document::ConfigDocument::from_json(&doc).expect("valid");
+        let router = fallback_core::router::Router::compile(&loaded.document);
+        for (path, ip_literal) in [
+            ("/v4", true),
+            ("/v6", true),
+            ("/name", false),
+            ("/nip", false),
+            ("/local", false),
+        ] {
+            let view = fallback_core::router::RequestView {
+                method: "GET",
+                authority: "gateway",
+                path,
+                scheme: "http",
+                headers: &[],
+                sni: None,
+                port: None,
+            };
+            let fallback_core::router::RouteOutcome::Forward(forward) = router.route(&view) else {
+                panic!("{path} must be forwarded");
+            };
+            assert_eq!(
+                re.is_match(&forward.upstream),
+                ip_literal,
+                "{}",
+                forward.upstream
+            );
+            // What the ORIGINAL_DST cluster parses: an IP address and a port.
+            assert_eq!(
+                forward.upstream.parse::<std::net::SocketAddr>().is_ok(),
+                ip_literal,
+                "{}",
+                forward.upstream
+            );
+        }
     }
 
     #[test]

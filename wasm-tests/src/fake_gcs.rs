@@ -25,6 +25,8 @@ pub struct FakeGcs {
     dir: tempfile::TempDir,
     port: u16,
     bucket: String,
+    /// The memory backend instead of the filesystem one.
+    in_memory: bool,
     child: Option<Child>,
 }
 
@@ -36,6 +38,17 @@ impl FakeGcs {
 
     /// Like [`FakeGcs::start`] with another bucket name.
     pub async fn start_with_bucket(bucket: &str) -> Self {
+        Self::start_with(bucket, false).await
+    }
+
+    /// Like [`FakeGcs::start`] with the memory backend, which keeps object names byte for byte
+    /// as GCS does (the filesystem backend files `/a`, `a` and `a//b`, `a/b` in one place).
+    /// Its objects go with the process.
+    pub async fn start_in_memory() -> Self {
+        Self::start_with(crate::DEFAULT_BUCKET, true).await
+    }
+
+    async fn start_with(bucket: &str, in_memory: bool) -> Self {
         let mut last_error = String::new();
         for attempt in 1..=3 {
             let dir = tempfile::Builder::new()
@@ -46,6 +59,7 @@ impl FakeGcs {
                 dir,
                 port: free_port(),
                 bucket: bucket.to_owned(),
+                in_memory,
                 child: None,
             };
             gcs.spawn();
@@ -92,7 +106,12 @@ impl FakeGcs {
             "-port".into(),
             p.to_string(),
             "-backend".into(),
-            "filesystem".into(),
+            if self.in_memory {
+                "memory"
+            } else {
+                "filesystem"
+            }
+            .into(),
             "-filesystem-root".into(),
             self.dir.path().join("data").display().to_string(),
             "-external-url".into(),

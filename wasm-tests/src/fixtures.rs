@@ -4,7 +4,7 @@
 use crate::{Credentials, SeaweedFs};
 use fallback_companion::exporter::{self, ExportSettings, ExportStats, ExportedRevision};
 use fallback_companion::secret::Secret;
-use fallback_companion::source::ControlPlane;
+use fallback_companion::source::{ConfigSource, ControlPlane, Polling};
 use fallback_companion::storage::{ConfigStore, S3Settings, S3Store};
 use serde_json::{json, Value};
 use std::future::Future;
@@ -56,16 +56,19 @@ pub fn s3_store(store: &SeaweedFs, identity: &Credentials) -> Arc<dyn ConfigStor
     )
 }
 
-/// Export settings tuned for tests: fast polls, short delays and retries.
+/// How often [`RunningExporter::start`] polls the mock CP.
+pub const FAST_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Export settings tuned for tests: short delays and retries.
 pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
     ExportSettings {
         key: key.to_owned(),
         node_id: node_id.to_owned(),
-        poll_interval: Duration::from_millis(100),
         export_delay: Duration::from_millis(300),
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_millis(500),
         signing_key: None,
+        live: None,
     }
 }
 
@@ -80,10 +83,21 @@ pub struct RunningExporter {
 }
 
 impl RunningExporter {
-    /// Starts the export loop polling `cp_url` and writing to `store`.
+    /// Starts the export loop polling `cp_url` every [`FAST_POLL_INTERVAL`] and writing to
+    /// `store`.
     pub fn start(settings: ExportSettings, cp_url: &str, store: Arc<dyn ConfigStore>) -> Self {
-        let source =
+        let control_plane =
             ControlPlane::new(cp_url, Duration::from_secs(2)).expect("mock CP URL is valid");
+        let source = Box::new(Polling::new(control_plane, FAST_POLL_INTERVAL));
+        Self::start_with_source(settings, source, store)
+    }
+
+    /// Starts the export loop reading `source` and writing to `store`.
+    pub fn start_with_source(
+        settings: ExportSettings,
+        source: Box<dyn ConfigSource>,
+        store: Arc<dyn ConfigStore>,
+    ) -> Self {
         let stats = Arc::new(ExportStats::default());
         let (exported_tx, exported) = watch::channel(None);
         let (shutdown, shutdown_rx) = watch::channel(false);

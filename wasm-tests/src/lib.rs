@@ -6,6 +6,8 @@
 //! - [`SeaweedFs`]: `weed mini` (S3 with real SigV4 checks), a writer and a reader identity and
 //!   a bucket; stop/restart; filer access behind S3's back ([`SeaweedFs::raw_object`],
 //!   [`SeaweedFs::corrupt_object`]).
+//! - [`azurite::Azurite`]: the Azure Storage emulator's blob service, one container, the
+//!   development account's keys checked.
 //! - [`MockCp`]: a scriptable control plane serving the config document with ETags.
 //! - [`fault_proxy`]: a loopback proxy in front of a server that answers errors or slowly on
 //!   demand; [`load`]: a bounded request loop that checks every answer.
@@ -20,11 +22,15 @@
 //! There is no logging dependency: harness diagnostics go to stderr (`eprintln!`, shown by
 //! cargo test for failing tests), and each external process logs to a file in its own dir.
 
+pub mod azurite;
+pub mod bench;
 pub mod companion_process;
 pub mod demo_cli;
 pub mod echo;
 pub mod envoy;
+pub mod fake_admin_api;
 pub mod fake_gcs;
+pub mod fake_kong_cp;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod http;

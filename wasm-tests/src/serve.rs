@@ -46,3 +46,40 @@ where
         }
     })
 }
+
+/// Binds `127.0.0.1:port`, retrying for a few seconds while a stopped instance releases it.
+pub async fn bind_loopback(name: &str, port: u16) -> TcpListener {
+    let mut attempt = 0;
+    loop {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => return listener,
+            Err(_) if attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{name}: cannot listen on 127.0.0.1:{port}: {e}"),
+        }
+    }
+}
+
+/// Like [`spawn_server`] for servers that are not plain HTTP (the fake Kong control plane's
+/// TLS WebSocket): each accepted connection goes to `serve`.
+pub fn spawn_stream_server<S, F>(listener: TcpListener, serve: S) -> JoinHandle<()>
+where
+    S: Fn(tokio::net::TcpStream) -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        connections.spawn(serve(stream));
+                    }
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
+}

@@ -133,30 +133,7 @@ impl ImportStack {
 
     /// The filter configuration wiring the three parties, with short intervals for tests.
     pub fn filter_config(&self) -> Value {
-        json!({
-            "version": VERSION,
-            "control_plane": {
-                "upstream": "fallback_cp",
-                "authority": self.cp.authority(),
-                "path": "/config",
-                "timeout_ms": 1000,
-            },
-            "companion": {
-                "upstream": "fallback_companion",
-                "authority": format!("127.0.0.1:{}", self.signer.port()),
-                "token": TOKEN,
-                "timeout_ms": 1000,
-            },
-            "storage": {"upstream": "fallback_storage", "timeout_ms": 2000},
-            "poll_interval_ms": 500,
-            "fallback_refresh_interval_ms": 2000,
-            "cp_failure_threshold": 2,
-            "retry_initial_ms": 200,
-            "retry_max_ms": 1000,
-            "tick_ms": 100,
-            "leader_lease_ms": 1000,
-            "allow_debug_header": true,
-        })
+        filter_config(&self.cp, &self.signer)
     }
 
     /// Envoy options pointing its clusters at this stack.
@@ -180,4 +157,33 @@ impl ImportStack {
             ..EnvoyOptions::default()
         }
     }
+}
+
+/// The filter configuration wiring a control plane and a signer (the storage upstream is
+/// `fallback_storage`), with short intervals for tests.
+pub fn filter_config(cp: &MockCp, signer: &CompanionProcess) -> Value {
+    json!({
+        "version": VERSION,
+        "control_plane": {
+            "upstream": "fallback_cp",
+            "authority": cp.authority(),
+            "path": "/config",
+            "timeout_ms": 1000,
+        },
+        "companion": {
+            "upstream": "fallback_companion",
+            "authority": format!("127.0.0.1:{}", signer.port()),
+            "token": TOKEN,
+            "timeout_ms": 1000,
+        },
+        "storage": {"upstream": "fallback_storage", "timeout_ms": 2000},
+        "poll_interval_ms": 500,
+        "fallback_refresh_interval_ms": 2000,
+        "cp_failure_threshold": 2,
+        "retry_initial_ms": 200,
+        "retry_max_ms": 1000,
+        "tick_ms": 100,
+        "leader_lease_ms": 1000,
+        "allow_debug_header": true,
+    })
 }

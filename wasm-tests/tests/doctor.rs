@@ -76,15 +76,22 @@ async fn export_a_config(seaweed: &SeaweedFs) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_passes_with_good_credentials_and_fails_read_only_and_wrong_ones() {
     let seaweed = SeaweedFs::start().await;
+    let cp = wasm_tests::MockCp::start().await;
+    cp.set_document(&wasm_tests::fixtures::document("v1"));
+    let cp_url = cp.url();
 
     // Exporter with the writer identity, nothing exported yet: all needed checks pass.
     let (code, report) = doctor(
         &seaweed,
         seaweed.writer(),
-        &[("KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", "on")],
+        &[
+            ("KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", "on"),
+            ("FALLBACK_CONTROL_PLANE_URL", &cp_url),
+        ],
     )
     .await;
     assert_eq!(code, 0, "{report}");
+    assert!(line(&report, "source").starts_with("[ ok ]"), "{report}");
     assert!(
         line(&report, "credentials").starts_with("[ ok ]"),
         "{report}"

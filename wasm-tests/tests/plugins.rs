@@ -50,7 +50,8 @@ fn document(alpha: u16) -> Value {
                         "remove": {"headers": ["content-type"]}}}
                 ])),
                 route("jwt", json!([{"name": "jwt"}])),
-                route("metrics", json!([{"name": "prometheus"}])),
+                route("metrics", json!([{"name": "prometheus"}, {"name": "http-log", "config": {"http_endpoint": "http://logs.internal/"}}])),
+                route("cached", json!([{"name": "proxy-cache"}])),
                 route("open", json!([])),
             ],
         }],
@@ -105,7 +106,7 @@ async fn start() -> (ImportStack, Envoy, tempfile::TempDir) {
     std::fs::write(dir.path().join("kong.json"), doc.to_string()).expect("config written");
     stack.cp.set_document(&doc);
     let mut options = stack.envoy_options(2);
-    options.filter_config["ignore_unsupported_plugins"] = json!(["prometheus"]);
+    options.filter_config["ignore_unsupported_plugins"] = json!(["proxy-cache"]);
     let envoy = Envoy::start(options).await;
     // Every worker applies the config on its own tick: several answers in a row, over as many
     // connections, spread over both workers.
@@ -174,10 +175,7 @@ async fn authentication_and_access_control() {
         &[("authorization", "Basic Ym9iOndyb25n")],
     )
     .await;
-    assert_eq!(
-        (r.status, message(&r).as_str()),
-        (401, "Invalid authentication credentials")
-    );
+    assert_eq!((r.status, message(&r).as_str()), (401, "Unauthorized"));
     let r = send(&envoy, "GET", "/basic", &[("authorization", BOB_BASIC)]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["headers"]["x-consumer-username"], "bob");
@@ -341,7 +339,22 @@ async fn an_unsupported_plugin_fails_closed_and_is_logged_once() {
         assert!(message(&r).contains("\"jwt\""), "{}", r.text());
     }
     // Listed in ignore_unsupported_plugins: served.
-    assert_eq!(send(&envoy, "GET", "/metrics", &[]).await.status, 200);
+    assert_eq!(send(&envoy, "GET", "/cached", &[]).await.status, 200);
+    // Observe-only plugins (metrics, logs) are skipped by default, and the requests served
+    // without them counted.
+    let skipped = "wasmcustom.fallback_observe_only_skipped";
+    let before = envoy.stat(skipped).await.unwrap_or(0);
+    for _ in 0..3 {
+        assert_eq!(send(&envoy, "GET", "/metrics", &[]).await.status, 200);
+    }
+    assert_eq!(send(&envoy, "GET", "/open", &[]).await.status, 200);
+    assert_eq!(envoy.stat(skipped).await, Some(before + 3));
+    let predicted = predict(&dir.path().join("kong.json"), "/metrics", &[]);
+    assert_eq!(
+        predicted["skipped_plugins"],
+        json!(["http-log", "prometheus"]),
+        "{predicted}"
+    );
     // Logged once per worker per generation (each of Envoy's 3 root contexts compiles it); the
     // log file is flushed every few seconds.
     let needle = "plugin \"jwt\" is not supported";

@@ -47,6 +47,13 @@ fn document(alpha: u16, beta: u16) -> Value {
                 "routes": [{"name": "admin-https-only", "paths": ["/admin"],
                             "protocols": ["https"]}],
             },
+            {
+                // A DNS name: Envoy resolves it (the dynamic forward proxy), where IP literals
+                // go straight to an ORIGINAL_DST cluster.
+                "name": "named",
+                "url": format!("http://localhost:{beta}/named"),
+                "routes": [{"name": "named-route", "paths": ["/by-name"]}],
+            },
         ],
         "routes": [
             // More fields (a header) than users-api: wins when the header is there.
@@ -155,6 +162,12 @@ async fn envoy_delivers_where_match_predicts() {
             &[],
             json!("admin-https-only"),
         ),
+        (
+            "GET",
+            "http://api.example.com/by-name/x?y=1",
+            &[],
+            json!("named-route"),
+        ),
         ("GET", "http://nowhere.test/else", &[], Value::Null),
     ];
     for (method, url, headers, route) in cases {
@@ -196,11 +209,30 @@ async fn envoy_delivers_where_match_predicts() {
             ),
             "{method} {url}: match predicted {predicted}, the upstream got {echoed}"
         );
+        assert_eq!(
+            echoed["headers"].get(wasm_tests::envoy::UPSTREAM_HEADER),
+            None,
+            "{method} {url}: the hand-off header must not reach the upstream: {echoed}"
+        );
         eprintln!(
             "{method} {url} -> {upstream_url} Host {}",
             predicted["upstream_host"]
         );
     }
+    // IP literals go straight to the ORIGINAL_DST cluster; only the name is resolved.
+    let stat = |cluster: &str| format!("cluster.{cluster}.upstream_rq_total");
+    let direct = envoy
+        .stat(&stat("fallback_original_dst"))
+        .await
+        .unwrap_or(0);
+    let resolved = envoy
+        .stat(&stat("dynamic_forward_proxy_cluster"))
+        .await
+        .unwrap_or(0);
+    assert!(
+        direct >= 8 && resolved == 1,
+        "requests through ORIGINAL_DST: {direct}, through the dynamic forward proxy: {resolved}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,12 @@
 //! Export signatures end to end in the real Envoy: a filter configured with `public_key`
 //! imports an export signed by the matching key, and refuses (stays 503, counts a verify
-//! failure, logs why) an unsigned export and one signed by another key.
+//! failure, logs why) an unsigned export and one signed by another key. An exporter restarted
+//! with a key signs the document it finds stored unsigned.
 
 use fallback_companion::signing::SigningKey;
 use std::time::Duration;
 use wasm_tests::envoy::EnvoyOptions;
-use wasm_tests::fixtures::wait_until;
+use wasm_tests::fixtures::{fast_settings, s3_store, wait_until, RunningExporter};
 use wasm_tests::http::{request, HttpResponse};
 use wasm_tests::stack::{routing_document, ImportStack};
 use wasm_tests::Envoy;
@@ -122,6 +123,64 @@ async fn an_export_signed_by_another_key_is_refused() {
         "signature does not verify with the configured public_key",
     )
     .await;
+}
+
+/// Issue 9, defect 3: turning signing on never signed the document already stored (the "same
+/// sha256, nothing to write" shortcut ignored the signature), so filters with `public_key`
+/// refused every import until the control plane's config changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exporter_restarted_with_a_key_signs_the_stored_document_and_filters_import_it() {
+    let mut stack = ImportStack::start().await;
+    stack
+        .cp
+        .set_document(&routing_document(&[("shop", stack.alpha.port())]));
+    let cp_url = format!("{}/config", stack.cp.url());
+    let store = s3_store(&stack.seaweed, stack.seaweed.writer());
+    let stored_signature = || async {
+        store
+            .head(&stack.key())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|o| o.metadata)
+            .map(|m| m.signature)
+    };
+
+    // Exported unsigned first.
+    let unsigned = RunningExporter::start(
+        fast_settings(&stack.key(), "exporter"),
+        &cp_url,
+        store.clone(),
+    );
+    wait_until("the unsigned export is stored", WAIT, || async {
+        stored_signature().await.is_some()
+    })
+    .await;
+    unsigned.stop().await;
+    assert_eq!(stored_signature().await, Some(None), "stored unsigned");
+
+    // The same exporter, restarted with a key; the control plane serves the same document.
+    let key = SigningKey::parse(EXPORTER_KEY).unwrap();
+    let mut settings = fast_settings(&stack.key(), "exporter");
+    settings.signing_key = Some(key.clone());
+    let signing = RunningExporter::start(settings, &cp_url, store.clone());
+    wait_until("the stored document is signed", WAIT, || async {
+        matches!(stored_signature().await, Some(Some(_)))
+    })
+    .await;
+    signing.stop().await;
+    let stored = store.get(&stack.key()).await.unwrap().unwrap();
+    let signature = stored.stored.metadata.unwrap().signature.unwrap();
+    assert!(key.verifies(&stored.body, &signature));
+
+    let envoy = envoy_requiring_signatures(&mut stack).await;
+    wait_until("the signed export is served", WAIT, || async {
+        get(&envoy, "/shop/x").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    let r = get(&envoy, "/shop/x").await.unwrap();
+    assert_eq!(r.json()["upstream"], "alpha");
+    assert_eq!(r.header("x-fallback-source"), Some("fallback"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

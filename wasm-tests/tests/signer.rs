@@ -352,20 +352,36 @@ async fn file_storage_is_served_by_the_companion_behind_signed_urls() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(message(&r).contains("expired"), "{}", r.text());
 
-    // An object some other tool wrote (no sha256 metadata): 409, re-export it.
+    // An object another exporter wrote (Kong Enterprise: the bare config, no metadata): the
+    // signer vouches for the sha256 of the bytes it reads, with revision 0 and no signature.
     let foreign = dir.path().join("kong-wrote-this/config.json");
     std::fs::create_dir_all(foreign.parent().unwrap()).unwrap();
-    std::fs::write(&foreign, b"{\"_format_version\":\"3.0\"}").unwrap();
+    let kong_body = b"{\"_format_version\": \"3.0\", \"_transform\": false}";
+    std::fs::write(&foreign, kong_body).unwrap();
     let r = ask(&signer, "?version=kong-wrote-this", Some(TOKEN)).await;
-    assert_eq!(r.status, 409, "{}", r.text());
-    assert!(message(&r).contains("re-export"), "{}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["sha256"], Sha256Digest::of(kong_body).to_hex());
+    assert_eq!(answer["revision"], 0);
+    assert!(
+        answer.get("signature").is_none_or(|s| s.is_null()),
+        "{answer}"
+    );
+    assert_eq!(
+        http::get(answer["url"].as_str().unwrap())
+            .await
+            .unwrap()
+            .body,
+        kong_body
+    );
 
     let metrics = http::get(&format!("{}/metrics", signer.url))
         .await
         .unwrap()
         .text();
     assert!(
-        metrics.contains("fallback_companion_object_requests_total{code=\"200\"} 1"),
+        // The exported object's and Kong's.
+        metrics.contains("fallback_companion_object_requests_total{code=\"200\"} 2"),
         "{metrics}"
     );
     assert!(
@@ -587,4 +603,242 @@ async fn a_store_refusing_the_read_is_502_naming_the_permission() {
     let r = http::get(&format!("{}/readyz", signer.url)).await.unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     signer.stop().await;
+}
+
+/// `fallback-companion run` in the signer role on `file://<store>`, on `port`, with `extra`
+/// environment; its log goes to `log`.
+fn spawn_file_signer(
+    store: &std::path::Path,
+    port: u16,
+    log: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> std::process::Child {
+    Command::new(companion_binary())
+        .env_clear()
+        .env(
+            "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+            format!("file://{}", store.display()),
+        )
+        .env("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", "on")
+        .env("FALLBACK_CONFIG_VERSION", VERSION)
+        .env("FALLBACK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FALLBACK_SIGNER_TOKENS", TOKEN)
+        .envs(extra.iter().copied())
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// `size` bytes (not a document: the object route serves bytes) and their metadata.
+fn large_object(size: usize, revision: u64) -> (Bytes, ExportMetadata) {
+    let body = Bytes::from(
+        (0..size)
+            .map(|i| b"0123456789abcdef"[(i + revision as usize) % 16])
+            .collect::<Vec<u8>>(),
+    );
+    let metadata = ExportMetadata {
+        sha256: Sha256Digest::of(&body),
+        revision,
+        node_id: "exporter-1".into(),
+        exported_at: "2026-11-26T10:00:00.000Z".into(),
+        signature: None,
+    };
+    (body, metadata)
+}
+
+/// Stores `size` bytes in the `file://` store at `store` as earlier versions of the exporter
+/// left them (the body, its metadata in `config.json.meta.json` beside it).
+fn export_bytes_in_plain_files(store: &std::path::Path, size: usize) {
+    let (body, metadata) = large_object(size, 1);
+    let object = store.join(object_key("", VERSION).unwrap());
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    std::fs::write(&object, &body).unwrap();
+    let pairs: std::collections::BTreeMap<&str, String> = metadata.to_pairs().into_iter().collect();
+    std::fs::write(
+        object.with_file_name("config.json.meta.json"),
+        serde_json::to_vec(&pairs).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Exports `size` bytes into the `file://` store at `store`, as the export role would, and
+/// returns them.
+async fn export_bytes(store: &std::path::Path, size: usize, revision: u64) -> Bytes {
+    let (body, metadata) = large_object(size, revision);
+    let files = FileStore::new(store.to_owned());
+    let outcome = write_document(&files, &object_key("", VERSION).unwrap(), &body, &metadata)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, WriteOutcome::Stored { .. }),
+        "{outcome:?}"
+    );
+    body
+}
+
+/// The peak resident memory (VmHWM) of process `pid`, in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"));
+    kib * 1024
+}
+
+async fn wait_for_health(base: &str) {
+    let healthz = format!("{base}/healthz");
+    wait_until("the companion answers /healthz", WAIT, || async {
+        http::get(&healthz).await.map(|r| r.status) == Ok(200)
+    })
+    .await;
+}
+
+/// Issue 9, defect 2: every signer request and `/readyz` read and hashed the whole object;
+/// 20 abandoned calls against a 200 MB `file://` object took the companion to 2.8 GB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_against_a_large_file_object_cost_no_memory() {
+    const OBJECT: usize = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // As an earlier exporter left it first, then as this one writes it.
+    export_bytes_in_plain_files(&store, OBJECT);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("companion.log");
+    let mut child = spawn_file_signer(&store, port, &log, &[]);
+    wait_for_health(&base).await;
+    assert_eq!(get_status(&format!("{base}/readyz")).await, 200);
+    let before = peak_memory(child.id());
+    abandon_requests(port).await;
+    let after_plain_files = peak_memory(child.id());
+    export_bytes(&store, OBJECT, 2).await;
+    abandon_requests(port).await;
+    let after_generation = peak_memory(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    for (layout, peak) in [
+        ("plain files", after_plain_files),
+        ("a generation", after_generation),
+    ] {
+        let grown = peak.saturating_sub(before);
+        assert!(
+            grown < (OBJECT as u64) / 2,
+            "{layout}: peak memory grew by {} MiB for a {} MiB object nobody downloaded",
+            grown >> 20,
+            OBJECT >> 20
+        );
+    }
+}
+
+/// 20 signer requests (each reads the object's metadata) and 20 `/readyz`, each caller leaving
+/// right after asking; then a signer request that waits for its answer, and time for whatever
+/// the others started to run.
+async fn abandon_requests(port: u16) {
+    let signer_request = format!(
+        "GET /v1/fallback-config HTTP/1.1\r\nhost: c\r\nauthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    let readyz_request = "GET /readyz HTTP/1.1\r\nhost: c\r\n\r\n".to_owned();
+    for request in [signer_request, readyz_request] {
+        for _ in 0..20 {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(stream);
+        }
+    }
+    let r = ask_bin(&format!("http://127.0.0.1:{port}"), TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+async fn ask_bin(base: &str, token: &str) -> HttpResponse {
+    let auth = format!("Bearer {token}");
+    http::request(
+        "GET",
+        &format!("{base}/v1/fallback-config"),
+        &[("authorization", auth.as_str())],
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_download_in_flight_finish_refuses_new_connections_then_exits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const OBJECT: usize = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let body = export_bytes(&store, OBJECT, 1).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("companion.log");
+    let mut child = spawn_file_signer(&store, port, &log, &[("FALLBACK_SHUTDOWN_GRACE", "20s")]);
+    wait_for_health(&base).await;
+    let config = signed(&ask_bin(&base, TOKEN).await);
+    let path = config.url.strip_prefix(&base).unwrap().to_owned();
+
+    // A slow client: asks for the object and reads 64 KiB of it.
+    let mut download = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    download
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = vec![0; 64 * 1024];
+    download.read_exact(&mut raw).await.unwrap();
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let signalled = std::time::Instant::now();
+    wait_until("new connections are refused", WAIT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running while a download is in flight"
+    );
+    download.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw[..split])
+    );
+    assert!(raw[split + 4..] == body[..], "the whole object arrived");
+
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(20),
+            "not stopped within FALLBACK_SHUTDOWN_GRACE"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}\n{logged}");
+    assert!(
+        logged.contains("finishing the requests in flight"),
+        "{logged}"
+    );
+    assert!(logged.contains("signer role stopped"), "{logged}");
 }

@@ -1,5 +1,6 @@
 //! One behaviour suite, run against every storage backend: `file://`, S3 (real SeaweedFS with
-//! real SigV4 checks) and GCS (fake-gcs-server). Then what only S3 can show: permissions, bad
+//! real SigV4 checks), GCS (fake-gcs-server) and Azure Blob (Azurite, which checks Shared Key
+//! signatures and SAS tokens). Then what only S3 can show: permissions, bad
 //! credentials, a store that is down, and the upload's checksum and metadata as the store itself
 //! holds them; and for GCS the metadata and generations as the emulator holds them.
 //!
@@ -12,11 +13,12 @@
 use bytes::Bytes;
 use fallback_companion::exporter::{write_document, WriteOutcome};
 use fallback_companion::storage::{
-    ConfigStore, FileStore, GcsSettings, GcsStore, Precondition, StoreError,
+    AzureStore, ConfigStore, FileStore, GcsSettings, GcsStore, Precondition, StoreError,
 };
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::ExportMetadata;
 use std::sync::Arc;
+use wasm_tests::azurite::Azurite;
 use wasm_tests::fake_gcs::FakeGcs;
 use wasm_tests::fixtures::s3_store;
 use wasm_tests::{Credentials, SeaweedFs};
@@ -241,6 +243,128 @@ async fn gcs_upload_carries_metadata_and_generation_as_the_emulator_sees_them() 
     store.delete(key).await.expect("deleting nothing is fine");
 }
 
+/// GCS object names are kept byte for byte: names that begin with `/` or hold `//` are objects
+/// of their own, written, listed, read and handed out as themselves; every upload carries the
+/// CRC32C GCS checks, in the form the store itself computes. (The emulator's memory backend,
+/// which keeps names apart as GCS does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_object_names_are_kept_byte_for_byte_and_uploads_carry_their_crc32c() {
+    let gcs = FakeGcs::start_in_memory().await;
+    let store = gcs_store(&gcs);
+    let names = [
+        "kong/3.4.1.0/config.json",
+        "/kong/3.4.1.0/config.json",
+        "kong//3.4.1.0/config.json",
+        "//kong/3.4.1.0/config.json",
+    ];
+    let body_of = |i: usize| Bytes::from(format!(r#"{{"_format_version":"3.0","n":{i}}}"#));
+    for (i, name) in names.iter().enumerate() {
+        let body = body_of(i);
+        store
+            .put(
+                name,
+                body.clone(),
+                &metadata(&body, 1, "n"),
+                Precondition::Absent,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let listing = wasm_tests::http::get(&format!(
+        "{}/storage/v1/b/{}/o",
+        gcs.endpoint(),
+        gcs.bucket()
+    ))
+    .await
+    .unwrap()
+    .json();
+    let mut stored: Vec<&str> = listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    stored.sort_unstable();
+    let mut expected = names.to_vec();
+    expected.sort_unstable();
+    assert_eq!(stored, expected, "four objects, named as written");
+    for (i, name) in names.iter().enumerate() {
+        let body = body_of(i);
+        let head = store.head(name).await.unwrap().expect(name);
+        assert_eq!(
+            head.metadata.unwrap().sha256,
+            Sha256Digest::of(&body),
+            "{name}"
+        );
+        assert_eq!(store.get(name).await.unwrap().unwrap().body, body, "{name}");
+        let url = store
+            .presign_get(
+                name,
+                std::time::Duration::from_secs(60),
+                std::time::SystemTime::now(),
+            )
+            .await
+            .unwrap();
+        let got = wasm_tests::http::get(&url).await.unwrap();
+        assert_eq!(
+            (got.status, got.body),
+            (200, body.to_vec()),
+            "{name}: {url}"
+        );
+        let raw = gcs.raw_resource(name).await.expect(name);
+        assert_eq!(
+            raw["crc32c"].as_str(),
+            Some(fallback_companion::storage::gcs::crc32c_base64(&body).as_str()),
+            "{name}: the store's own CRC32C of the body is the one the upload carried"
+        );
+    }
+    store.delete(names[1]).await.unwrap();
+    assert!(store.head(names[1]).await.unwrap().is_none());
+    assert!(
+        store.head(names[0]).await.unwrap().is_some(),
+        "deleting /kong/... leaves kong/... alone"
+    );
+}
+
+/// The storage URL's prefix reaches GCS byte for byte: `gcs://bucket//kong` exports to the
+/// object `/kong/<version>/config.json` (as Kong's own exporter names it), not `kong/...`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gcs_prefix_beginning_with_a_slash_names_the_objects_as_written() {
+    let gcs = FakeGcs::start_in_memory().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kong.json");
+    std::fs::write(
+        &config,
+        r#"{"_format_version":"3.0","services":[{"name":"s","host":"h"}]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(wasm_tests::companion_binary())
+        .env_clear()
+        .env("STORAGE_EMULATOR_HOST", gcs.endpoint())
+        .args(["export", "--config-version", "3.4.1.0", "--storage"])
+        .arg(format!("gcs://{}//kong", gcs.bucket()))
+        .arg("--config-file")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = format!("gs://{}//kong/3.4.1.0/config.json", gcs.bucket());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&stored),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(gcs
+        .raw_resource("/kong/3.4.1.0/config.json")
+        .await
+        .is_some());
+    assert!(gcs.raw_resource("kong/3.4.1.0/config.json").await.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_emulator_down_is_transient() {
     let mut gcs = FakeGcs::start().await;
@@ -395,4 +519,162 @@ async fn s3_store_down_is_transient_and_missing_bucket_is_not() {
     let err = missing.get("k").await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
+}
+
+fn azure_store(azurite: &Azurite) -> Arc<dyn ConfigStore> {
+    Arc::new(
+        AzureStore::new(azurite.container().to_owned(), azurite.settings())
+            .expect("Azurite settings are valid"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_backend_passes_the_suite_against_azurite() {
+    let azurite = Azurite::start().await;
+    behaviour_suite(azure_store(&azurite)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_upload_carries_checksum_and_metadata_and_its_sas_reads_but_never_writes() {
+    let azurite = Azurite::start().await;
+    let store = azure_store(&azurite);
+    let key = "kong/3.4.1.0/config.json";
+    let body = Bytes::from_static(br#"{"_format_version":"3.0"}"#);
+    let mut meta = metadata(&body, 42, "node-x");
+    meta.signature = Some("c2lnbmF0dXJl".into());
+    let tag = store
+        .put(key, body.clone(), &meta, Precondition::Absent)
+        .await
+        .unwrap();
+
+    // As Azurite holds it, behind the companion's back.
+    let raw = azurite
+        .raw_blob(key)
+        .await
+        .expect("blob visible in Azurite");
+    assert_eq!(raw.body, body);
+    assert_eq!(raw.header("etag"), Some(tag.as_str()));
+    assert_eq!(raw.header("content-type"), Some("application/json"));
+    use base64::Engine;
+    use md5::Digest;
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+    assert_eq!(
+        raw.header("content-md5"),
+        Some(md5.as_str()),
+        "the checksum Azure verified is stored with the blob"
+    );
+    assert_eq!(
+        raw.header("x-ms-meta-sha256"),
+        Some(Sha256Digest::of(&body).to_hex().as_str())
+    );
+    assert_eq!(raw.header("x-ms-meta-revision"), Some("42"));
+    assert_eq!(raw.header("x-ms-meta-node_id"), Some("node-x"));
+    assert_eq!(
+        raw.header("x-ms-meta-exported_at"),
+        Some("2026-11-26T10:00:00.000Z")
+    );
+    assert_eq!(raw.header("x-ms-meta-signature"), Some("c2lnbmF0dXJl"));
+
+    // The SAS handed to filters reads exactly that blob, Azurite checking its signature.
+    let url = store
+        .presign_get(
+            key,
+            std::time::Duration::from_secs(60),
+            std::time::SystemTime::now(),
+        )
+        .await
+        .unwrap();
+    assert!(url.contains("sp=r&") && url.contains("sr=b&"), "{url}");
+    let got = wasm_tests::http::get(&url).await.unwrap();
+    assert_eq!(got.status, 200, "{url}: {}", got.text());
+    assert_eq!(got.body, body);
+
+    // …and nothing else: no write, no delete, no other blob, no tampered signature.
+    let put = wasm_tests::http::request(
+        "PUT",
+        &url,
+        &[("x-ms-blob-type", "BlockBlob")],
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        put.status,
+        403,
+        "a read-only SAS must not write: {}",
+        put.text()
+    );
+    let delete = wasm_tests::http::request("DELETE", &url, &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(delete.status, 403, "{}", delete.text());
+    let other = wasm_tests::http::get(&url.replace("config.json?", "other.json?"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status,
+        403,
+        "the SAS names one blob: {}",
+        other.text()
+    );
+    assert_eq!(
+        azurite.raw_blob(key).await.unwrap().body,
+        body,
+        "refused writes changed nothing"
+    );
+
+    // An expired SAS is refused.
+    let old = store
+        .presign_get(
+            key,
+            std::time::Duration::from_secs(60),
+            std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wasm_tests::http::get(&old).await.unwrap().status, 403);
+
+    store.delete(key).await.unwrap();
+    assert!(store.head(key).await.unwrap().is_none());
+    store.delete(key).await.expect("deleting nothing is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_wrong_key_is_named_without_leaking_it_and_a_missing_container_is_not_transient() {
+    let azurite = Azurite::start().await;
+    // A well-formed key that is not the account's.
+    let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
+    let store: Arc<dyn ConfigStore> = Arc::new(
+        AzureStore::new(
+            azurite.container().to_owned(),
+            azurite.settings_with_key(wrong),
+        )
+        .unwrap(),
+    );
+    let err = failed_put(store.clone()).await;
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::BadCredentials { .. }), "{text}");
+    assert!(text.contains("AZURE_STORAGE_KEY"), "{text}");
+    assert!(!text.contains(wrong), "{text}");
+    assert!(!err.is_transient(), "{text}");
+    let err = store.head("k").await.unwrap_err();
+    assert!(matches!(err, StoreError::BadCredentials { .. }), "{err}");
+
+    let missing: Arc<dyn ConfigStore> =
+        Arc::new(AzureStore::new("no-such-container".into(), azurite.settings()).unwrap());
+    let err = missing.get("k").await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("no-such-container"), "{err}");
+    let err = failed_put(missing).await;
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_emulator_down_is_transient() {
+    let mut azurite = Azurite::start().await;
+    let store = azure_store(&azurite);
+    azurite.stop().await;
+    let err = store.head("k").await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("unreachable"), "{err}");
 }

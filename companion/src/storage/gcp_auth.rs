@@ -40,13 +40,13 @@ pub struct AuthError {
 }
 
 impl AuthError {
-    fn permanent(message: impl Into<String>) -> Self {
+    pub(crate) fn permanent(message: impl Into<String>) -> Self {
         Self {
             transient: false,
             message: message.into(),
         }
     }
-    fn transient(message: impl Into<String>) -> Self {
+    pub(crate) fn transient(message: impl Into<String>) -> Self {
         Self {
             transient: true,
             message: message.into(),

@@ -4,6 +4,10 @@
 //!   (`0` = only if absent), body and metadata in one request, so no reader sees one without
 //!   the other.
 //! - Metadata is the object's custom metadata (`x-goog-meta-*` in the XML API).
+//! - Uploads carry the body's CRC32C in the object resource, which GCS checks: a body corrupted
+//!   on the way is refused (`400`), never stored.
+//! - Object names are kept byte for byte (a name may begin with `/` or hold `//`): whole and
+//!   percent-encoded in JSON API paths, in the upload's resource, and by segment in signed URLs.
 //! - Signed GET URLs are V4 (`GOOG4-RSA-SHA256`), signed with the service-account key, or by IAM
 //!   Credentials `signBlob` with metadata-server credentials.
 //! - `STORAGE_EMULATOR_HOST` sends everything to an emulator, unauthenticated, as Google's
@@ -14,6 +18,7 @@ use super::{ConfigStore, FetchedObject, Precondition, StoreError};
 use crate::secret::Secret;
 use crate::transport::{self, HttpClient};
 use async_trait::async_trait;
+use base64::Engine;
 use bytes::Bytes;
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::{ExportMetadata, StoredObject};
@@ -348,6 +353,37 @@ impl V4Request<'_> {
     }
 }
 
+/// The CRC32C (Castagnoli) of `body` as GCS's JSON API writes it: standard base64 of the four
+/// bytes, big-endian.
+pub fn crc32c_base64(body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(body).to_be_bytes())
+}
+
+/// The `multipart/related` upload of `body` under the name `key` (byte for byte): its content
+/// type and bytes. The object resource carries the custom metadata and the CRC32C GCS checks
+/// the body against.
+fn multipart_upload(key: &str, body: &[u8], metadata: &ExportMetadata) -> (String, Vec<u8>) {
+    let custom: BTreeMap<&str, String> = metadata.to_pairs().into_iter().collect();
+    let resource = serde_json::json!({
+        "name": key,
+        "contentType": "application/json",
+        "metadata": custom,
+        "crc32c": crc32c_base64(body),
+    });
+    // The body would have to hold its own sha256 to hold the boundary.
+    let boundary = format!("fallback-{}", Sha256Digest::of(body).to_hex());
+    let mut multipart = Vec::with_capacity(body.len() + 512);
+    multipart.extend_from_slice(
+        format!(
+            "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n--{boundary}\r\ncontent-type: application/json\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    multipart.extend_from_slice(body);
+    multipart.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/related; boundary={boundary}"), multipart)
+}
+
 /// Each `/`-separated segment percent-encoded, the slashes kept.
 fn encode_path(key: &str) -> String {
     key.split('/')
@@ -446,34 +482,16 @@ impl ConfigStore for GcsStore {
                 })
             }
         };
-        let custom: BTreeMap<&str, String> = metadata.to_pairs().into_iter().collect();
-        let resource = serde_json::json!({
-            "name": key,
-            "contentType": "application/json",
-            "metadata": custom,
-        });
-        let boundary = format!("fallback-{}", Sha256Digest::of(&body).to_hex());
-        let mut multipart = Vec::with_capacity(body.len() + 512);
-        multipart.extend_from_slice(
-            format!(
-                "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n--{boundary}\r\ncontent-type: application/json\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        multipart.extend_from_slice(&body);
-        multipart.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let (content_type, multipart) = multipart_upload(key, &body, metadata);
         // Multipart, not media: fake-gcs-server ignores ifGenerationMatch on media uploads,
-        // and one request carries body and metadata together.
+        // and one request carries body, metadata and checksum together.
         let url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=multipart&ifGenerationMatch={generation}",
             self.endpoint,
             percent_encode(&self.bucket)
         );
         let headers = vec![
-            (
-                "content-type",
-                format!("multipart/related; boundary={boundary}"),
-            ),
+            ("content-type", content_type),
             ("content-length", multipart.len().to_string()),
         ];
         let response = self
@@ -616,7 +634,42 @@ mod tests {
             store.object_api_url("p/3.4 x/config.json"),
             "http://127.0.0.1:1/storage/v1/b/b/o/p%2F3.4%20x%2Fconfig.json"
         );
+        assert_eq!(
+            store.object_api_url("/p//x"),
+            "http://127.0.0.1:1/storage/v1/b/b/o/%2Fp%2F%2Fx"
+        );
         assert_eq!(encode_path("p/a&b/c"), "p/a%26b/c");
+        assert_eq!(encode_path("/p//c"), "/p//c");
+    }
+
+    #[test]
+    fn uploads_carry_the_crc32c_gcs_checks_and_the_name_byte_for_byte() {
+        // RFC 3720's check value: CRC32C("123456789") = 0xE3069283.
+        assert_eq!(crc32c_base64(b"123456789"), "4waSgw==");
+        let body = br#"{"_format_version":"3.0"}"#;
+        let metadata = ExportMetadata {
+            sha256: Sha256Digest::of(body),
+            revision: 3,
+            node_id: "n".into(),
+            exported_at: "2026-11-26T10:00:00.000Z".into(),
+            signature: None,
+        };
+        let (content_type, bytes) = multipart_upload("//kong//3.4/config.json", body, &metadata);
+        let boundary = content_type
+            .strip_prefix("multipart/related; boundary=")
+            .unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
+        assert_eq!(parts.len(), 4, "{text}");
+        let resource_json = parts[1].split("\r\n\r\n").nth(1).unwrap().trim_end();
+        let resource: serde_json::Value = serde_json::from_str(resource_json).unwrap();
+        assert_eq!(resource["name"], "//kong//3.4/config.json");
+        assert_eq!(resource["crc32c"], crc32c_base64(body));
+        assert_eq!(resource["metadata"]["revision"], "3");
+        assert_eq!(
+            parts[2].split_once("\r\n\r\n").unwrap().1,
+            format!("{}\r\n", std::str::from_utf8(body).unwrap())
+        );
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! exporter and the signer never need to know which one they talk to.
 
 pub mod aws_credentials;
+pub mod azure;
+pub mod azure_auth;
 pub mod file;
 pub mod gcp_auth;
 pub mod gcs;
 pub mod s3;
 
+pub use azure::{AzureSettings, AzureStore};
 pub use file::{FileStore, ObjectUrlError, UrlSigner};
 pub use gcs::{GcsSettings, GcsStore};
 pub use s3::{S3Store, ServerSideEncryption};
@@ -17,7 +20,7 @@ use crate::secret::Secret;
 use crate::transport::{self, HttpClient, SendError};
 use async_trait::async_trait;
 use bytes::Bytes;
-use fallback_core::export::{ExportMetadata, StoredObject};
+use fallback_core::export::{ExportMetadata, KeyError, PrefixStyle, StoredObject};
 use http_body_util::Full;
 use std::fmt;
 use std::path::PathBuf;
@@ -106,6 +109,26 @@ pub struct FetchedObject {
     pub stored: StoredObject,
 }
 
+/// An object opened to be served: what is known of it, and exactly those bytes.
+#[derive(Debug)]
+pub struct OpenedObject {
+    /// Tag and metadata.
+    pub stored: StoredObject,
+    /// The body's length in bytes.
+    pub size: u64,
+    /// The body.
+    pub body: ObjectBody,
+}
+
+/// The bytes of an [`OpenedObject`].
+#[derive(Debug)]
+pub enum ObjectBody {
+    /// Already in memory.
+    Bytes(Bytes),
+    /// An open file, read while it is sent (`file://`).
+    File(std::fs::File),
+}
+
 /// The operations Fallback needs from an object store.
 #[async_trait]
 pub trait ConfigStore: Send + Sync + fmt::Debug {
@@ -118,6 +141,16 @@ pub trait ConfigStore: Send + Sync + fmt::Debug {
     /// The object under `key`, or `None`.
     async fn get(&self, key: &str) -> Result<Option<FetchedObject>, StoreError>;
 
+    /// The object under `key`, opened to be served, or `None`. The default reads it whole
+    /// with [`ConfigStore::get`]; `file://` hands out the open file, read while it is sent.
+    async fn open(&self, key: &str) -> Result<Option<OpenedObject>, StoreError> {
+        Ok(self.get(key).await?.map(|object| OpenedObject {
+            size: object.body.len() as u64,
+            stored: object.stored,
+            body: ObjectBody::Bytes(object.body),
+        }))
+    }
+
     /// Writes `body` under `key` with `metadata`, only if `precondition` holds. Returns the new tag.
     async fn put(
         &self,
@@ -129,6 +162,7 @@ pub trait ConfigStore: Send + Sync + fmt::Debug {
 
     /// A URL granting a plain `GET` of exactly `key` until `now + expires_in`, to hand to a
     /// filter that holds no credentials. S3: a SigV4 presigned URL; GCS: a V4 signed URL;
+    /// Azure: a read-only SAS of the one blob;
     /// `file://`: a URL of the companion's own object route, HMAC-signed (see
     /// [`file::UrlSigner`]).
     async fn presign_get(
@@ -240,11 +274,19 @@ pub enum StorageUrl {
         /// Key prefix, without leading or trailing `/`.
         prefix: String,
     },
-    /// `gcs://bucket/prefix` (parsed so the error can be precise; not served by this build yet).
+    /// `gcs://bucket/prefix`.
     Gcs {
         /// Bucket name.
         bucket: String,
-        /// Key prefix.
+        /// The start of object names, byte for byte as written after `bucket/` (GCS names
+        /// may begin with `/` or hold `//`).
+        prefix: String,
+    },
+    /// `azure://container/prefix`: Azure Blob Storage.
+    Azure {
+        /// Container name.
+        container: String,
+        /// Blob name prefix.
         prefix: String,
     },
     /// `file:///dir/prefix`: the embedded default; objects are files below `dir`.
@@ -256,14 +298,15 @@ pub enum StorageUrl {
 
 /// A storage URL that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("storage URL {url:?} {problem}; expected s3://bucket/prefix, gcs://bucket/prefix or file:///absolute/dir")]
+#[error("storage URL {url:?} {problem}; expected s3://bucket/prefix, gcs://bucket/prefix, azure://container/prefix or file:///absolute/dir")]
 pub struct StorageUrlError {
     url: String,
     problem: String,
 }
 
 impl StorageUrl {
-    /// Parses `s3://bucket/prefix`, `gcs://bucket/prefix` (also `gs://`) or `file:///dir`.
+    /// Parses `s3://bucket/prefix`, `gcs://bucket/prefix` (also `gs://`),
+    /// `azure://container/prefix` or `file:///dir`.
     pub fn parse(text: &str) -> Result<Self, StorageUrlError> {
         let fail = |problem: &str| StorageUrlError {
             url: text.to_owned(),
@@ -286,11 +329,28 @@ impl StorageUrl {
                     ));
                 }
                 let bucket = bucket.to_owned();
-                let prefix = prefix.trim_matches('/').to_owned();
                 Ok(if scheme.eq_ignore_ascii_case("s3") {
-                    StorageUrl::S3 { bucket, prefix }
+                    StorageUrl::S3 {
+                        bucket,
+                        prefix: prefix.trim_matches('/').to_owned(),
+                    }
                 } else {
-                    StorageUrl::Gcs { bucket, prefix }
+                    StorageUrl::Gcs {
+                        bucket,
+                        prefix: prefix.to_owned(),
+                    }
+                })
+            }
+            "azure" => {
+                let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if !azure_container_name(container) {
+                    return Err(fail(
+                        "names no valid container (3 to 63 lowercase letters, digits and single hyphens)",
+                    ));
+                }
+                Ok(StorageUrl::Azure {
+                    container: container.to_owned(),
+                    prefix: prefix.trim_matches('/').to_owned(),
                 })
             }
             "file" => {
@@ -313,9 +373,32 @@ impl StorageUrl {
     /// The key prefix objects are stored under (empty for `file://`, whose root holds it).
     pub fn prefix(&self) -> &str {
         match self {
-            StorageUrl::S3 { prefix, .. } | StorageUrl::Gcs { prefix, .. } => prefix,
+            StorageUrl::S3 { prefix, .. }
+            | StorageUrl::Gcs { prefix, .. }
+            | StorageUrl::Azure { prefix, .. } => prefix,
             StorageUrl::File { .. } => "",
         }
+    }
+
+    /// How [`StorageUrl::prefix`] starts object names: byte for byte on GCS, by segments on
+    /// S3 (empty segments dropped, as Fallback always did there).
+    pub fn prefix_style(&self) -> PrefixStyle {
+        match self {
+            StorageUrl::Gcs { .. } => PrefixStyle::Verbatim,
+            StorageUrl::S3 { .. } | StorageUrl::Azure { .. } | StorageUrl::File { .. } => {
+                PrefixStyle::Segments
+            }
+        }
+    }
+
+    /// The object `name` below this URL's prefix.
+    pub fn key_of(&self, name: &str) -> Result<String, KeyError> {
+        fallback_core::export::prefixed_key(self.prefix_style(), self.prefix(), name)
+    }
+
+    /// `<prefix>/<version>/config.json` for this URL.
+    pub fn config_key(&self, version: &str) -> Result<String, KeyError> {
+        fallback_core::export::object_key_in(self.prefix_style(), self.prefix(), version)
     }
 }
 
@@ -324,6 +407,7 @@ impl fmt::Display for StorageUrl {
         match self {
             StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
             StorageUrl::Gcs { bucket, prefix } => write!(f, "gcs://{bucket}/{prefix}"),
+            StorageUrl::Azure { container, prefix } => write!(f, "azure://{container}/{prefix}"),
             StorageUrl::File { root } => write!(f, "file://{}", root.display()),
         }
     }
@@ -362,6 +446,8 @@ pub struct BackendSettings {
     pub s3: Option<S3Settings>,
     /// For `gcs://`.
     pub gcs: Option<GcsSettings>,
+    /// For `azure://`.
+    pub azure: Option<AzureSettings>,
 }
 
 /// Opens the store a URL names.
@@ -394,7 +480,23 @@ pub fn open_with_url_signer(
             let gcs = settings.gcs.unwrap_or_default();
             Box::new(gcs::GcsStore::new(bucket.clone(), gcs)?)
         }
+        StorageUrl::Azure { container, .. } => Box::new(azure::AzureStore::new(
+            container.clone(),
+            settings.azure.unwrap_or_default(),
+        )?),
     })
+}
+
+/// Azure's container name rule: 3 to 63 characters, lowercase letters, digits and hyphens,
+/// starting and ending with a letter or digit, no two hyphens in a row.
+fn azure_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 #[cfg(test)]
@@ -424,11 +526,46 @@ mod tests {
                 prefix: "p".into()
             }
         );
+        let azure = StorageUrl::parse("azure://kong-backup/dp/fallback/").unwrap();
+        assert_eq!(
+            azure,
+            StorageUrl::Azure {
+                container: "kong-backup".into(),
+                prefix: "dp/fallback".into()
+            }
+        );
+        assert_eq!(azure.prefix(), "dp/fallback");
+        assert_eq!(azure.to_string(), "azure://kong-backup/dp/fallback");
+        assert_eq!(
+            StorageUrl::parse("gs://b//p//q/").unwrap(),
+            StorageUrl::Gcs {
+                bucket: "b".into(),
+                prefix: "/p//q/".into()
+            }
+        );
         assert_eq!(
             StorageUrl::parse("file:///var/lib/fallback").unwrap(),
             StorageUrl::File {
                 root: "/var/lib/fallback".into()
             }
+        );
+    }
+
+    #[test]
+    fn gcs_keeps_object_names_byte_for_byte_and_s3_keeps_its_segments() {
+        let key = |url: &str| StorageUrl::parse(url).unwrap().config_key("3.4").unwrap();
+        assert_eq!(key("gcs://b/kong"), "kong/3.4/config.json");
+        assert_eq!(key("gcs://b/kong/"), "kong/3.4/config.json");
+        assert_eq!(key("gcs://b"), "3.4/config.json");
+        assert_eq!(key("gcs://b//kong"), "/kong/3.4/config.json");
+        assert_eq!(key("gcs://b/a//b"), "a//b/3.4/config.json");
+        assert_eq!(key("s3://b//a//b/"), "a/b/3.4/config.json");
+        assert_eq!(key("file:///var/lib/x"), "3.4/config.json");
+        let url = StorageUrl::parse("gcs://b//kong").unwrap();
+        assert_eq!(url.to_string(), "gcs://b//kong");
+        assert_eq!(
+            url.key_of(".fallback-doctor/n.json").unwrap(),
+            "/kong/.fallback-doctor/n.json"
         );
     }
 
@@ -454,6 +591,10 @@ mod tests {
             "file://relative",
             "ftp://x/y",
             "file:///a/../b",
+            "azure://",
+            "azure://ab/p",
+            "azure://Upper/p",
+            "azure://a--b/p",
         ] {
             let err = StorageUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");

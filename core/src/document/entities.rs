@@ -148,6 +148,9 @@ impl Algorithm {
 }
 
 /// How a route joins its matched path with the service's path (Kong's `path_handling`).
+///
+/// Kong's `traditional_compatible` router joins every route's paths as `v0`; `v1` loads with
+/// Kong's deprecation warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PathHandling {
     /// `v0` (Kong's default)
@@ -166,6 +169,74 @@ impl PathHandling {
     }
 }
 
+/// Where an entity's [`EntityId`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdSource {
+    /// The input's own `id`.
+    Given,
+    /// Generated from the entity's fields as Kong 3.x does on load: the id Kong gives it.
+    Kong,
+    /// Generated from the entity's place in the input where Kong would pick a random id on
+    /// each load: stable across workers and reloads, but not Kong's.
+    Local,
+}
+
+/// An entity's id: the input's, or the one the loader generated (see `ids.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntityId {
+    value: String,
+    source: IdSource,
+}
+
+impl EntityId {
+    /// The input's own id.
+    pub fn given(value: impl Into<String>) -> EntityId {
+        EntityId {
+            value: value.into(),
+            source: IdSource::Given,
+        }
+    }
+
+    /// An id the loader generated.
+    pub(super) fn generated(value: String, source: IdSource) -> EntityId {
+        EntityId { value, source }
+    }
+
+    /// The id read from the input, or a placeholder the loader replaces before returning.
+    pub(super) fn read(given: Option<String>) -> EntityId {
+        match given {
+            Some(value) => EntityId::given(value),
+            None => EntityId::generated(String::new(), IdSource::Local),
+        }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+
+    /// Where it comes from.
+    pub fn source(&self) -> IdSource {
+        self.source
+    }
+
+    /// The id when the input gave it.
+    pub fn given_id(&self) -> Option<&str> {
+        (self.source == IdSource::Given).then_some(self.value.as_str())
+    }
+
+    /// The id when it is the one Kong has for this entity (given, or generated as Kong does).
+    pub fn kong(&self) -> Option<&str> {
+        (self.source != IdSource::Local).then_some(self.value.as_str())
+    }
+}
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.value)
+    }
+}
+
 /// A stream route's source or destination: an IP or CIDR, a port, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -180,8 +251,8 @@ pub struct Endpoint {
 pub struct Service {
     /// Where this entity appeared in the input, e.g. `services[0]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `name`, if given.
     pub name: Option<String>,
     /// The `url` shorthand exactly as given; its parts are already in protocol/host/port/
@@ -219,8 +290,8 @@ pub struct Service {
 pub struct Route {
     /// Where this entity appeared in the input, e.g. `services[0].routes[1]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `name`, if given.
     pub name: Option<String>,
     /// Index into [`ConfigDocument::services`](super::ConfigDocument::services); `None` for a
@@ -267,8 +338,8 @@ pub struct Route {
 pub struct Consumer {
     /// Where this entity appeared in the input, e.g. `consumers[2]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `username`, unique in the document.
     pub username: Option<String>,
     /// `custom_id`, unique in the document.
@@ -285,8 +356,8 @@ pub struct Consumer {
 pub struct Plugin {
     /// Where this entity appeared in the input, e.g. `routes[0].plugins[1]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `name`: the plugin's name, e.g. `key-auth`.
     pub name: String,
     /// `instance_name`, unique in the document when set.
@@ -314,8 +385,8 @@ pub struct Plugin {
 pub struct Upstream {
     /// Where this entity appeared in the input, e.g. `upstreams[0]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `name`: the hostname services use to reach this upstream.
     pub name: String,
     /// `algorithm`; default round-robin.
@@ -338,8 +409,8 @@ pub struct Upstream {
 pub struct Target {
     /// Where this entity appeared in the input, e.g. `upstreams[0].targets[1]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `target` exactly as given: `host`, `host:port` or `[ipv6]:port`.
     pub target: String,
     /// The host part of `target`, IPv6 without brackets.
@@ -361,8 +432,8 @@ pub struct Target {
 pub struct KeyAuthCredential {
     /// Where this entity appeared in the input, e.g. `consumers[0].keyauth_credentials[0]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `key`: the API key, unique in the document. Never echoed in problem messages.
     pub key: String,
     /// Index into `consumers`; always set.
@@ -380,8 +451,8 @@ pub struct KeyAuthCredential {
 pub struct BasicAuthCredential {
     /// Where this entity appeared in the input, e.g. `consumers[0].basicauth_credentials[0]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `username`, unique in the document.
     pub username: String,
     /// `password` as stored: Kong's exports hold `sha1(password .. consumer_id)` in lowercase
@@ -401,8 +472,8 @@ pub struct BasicAuthCredential {
 pub struct Acl {
     /// Where this entity appeared in the input, e.g. `consumers[0].acls[0]`.
     pub path: String,
-    /// `id`, if given.
-    pub id: Option<String>,
+    /// `id` as given, else generated as Kong does on load (see [`IdSource`]).
+    pub id: EntityId,
     /// `group`.
     pub group: String,
     /// Index into `consumers`; always set.

@@ -7,6 +7,7 @@
 use super::fields::{type_error, Fields, Sink};
 use super::read;
 use super::refs::{link, Index, Keys};
+use super::{ids, migrate};
 use super::{ConfigDocument, Loaded, Problem, ValidationErrors};
 use serde_json::{Map, Value};
 
@@ -61,6 +62,14 @@ pub(super) fn load(root: &Value) -> Result<Loaded, ValidationErrors> {
     };
     let mut sink = Sink::default();
     let format_version = check_format_version(root, &mut sink);
+    // Kong 3.x migrates older files' route paths before anything else reads them.
+    let migrated;
+    let root = if matches!(format_version.as_str(), "1.1" | "2.1") {
+        migrated = migrate::route_paths(root, &format_version, &mut sink);
+        &migrated
+    } else {
+        root
+    };
     warn_unsupported_kinds(root, &mut sink);
 
     let raw = collect(root, &mut sink);
@@ -78,32 +87,28 @@ pub(super) fn load(root: &Value) -> Result<Loaded, ValidationErrors> {
     }
 }
 
+/// Kong 3.x's `_format_version`: one of "1.1", "2.1" and "3.0"
+/// (`kong/db/schema/others/declarative_config.lua`, `one_of = {"1.1", "2.1", "3.0"}`).
 fn check_format_version(root: &Map<String, Value>, sink: &mut Sink) -> String {
     const PATH: &str = "_format_version";
+    const ACCEPTED: &str =
+        "Kong 3.x reads \"3.0\", and \"1.1\" or \"2.1\" (route paths migrated on load)";
     let Some(value) = root.get(PATH).filter(|v| !v.is_null()) else {
         sink.error(
             PATH,
-            "required; Fallback reads Kong 3.x declarative config (\"_format_version\": \"3.0\")",
+            format!("required; {ACCEPTED}: add \"_format_version\": \"3.0\""),
         );
         return String::new();
     };
     let Some(version) = value.as_str() else {
-        sink.error(PATH, type_error("the string \"3.0\"", value));
+        sink.error(PATH, type_error("a string such as \"3.0\"", value));
         return String::new();
     };
-    match version {
-        "3.0" => {}
-        "1.1" | "2.1" => sink.error(
+    if !matches!(version, "1.1" | "2.1" | "3.0") {
+        sink.error(
             PATH,
-            format!(
-                "format version \"{version}\" is from Kong 2.x or older; convert the file with \
-                 `deck file convert --from kong-gateway-2.x --to kong-gateway-3.x`"
-            ),
-        ),
-        other => sink.error(
-            PATH,
-            format!("unsupported format version {other:?}; expected \"3.0\""),
-        ),
+            format!("unsupported format version {version:?}; {ACCEPTED}"),
+        );
     }
     version.to_owned()
 }
@@ -138,6 +143,40 @@ pub(super) enum Parent {
     Upstream(usize),
 }
 
+impl Parent {
+    /// The service this entity is nested under.
+    pub(super) fn service(self) -> Option<usize> {
+        match self {
+            Parent::Service(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The route this entity is nested under.
+    pub(super) fn route(self) -> Option<usize> {
+        match self {
+            Parent::Route(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The consumer this entity is nested under.
+    pub(super) fn consumer(self) -> Option<usize> {
+        match self {
+            Parent::Consumer(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The upstream this entity is nested under.
+    pub(super) fn upstream(self) -> Option<usize> {
+        match self {
+            Parent::Upstream(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
 /// An entity's JSON object before its fields are read.
 pub(super) struct Raw<'a> {
     pub(super) path: String,
@@ -156,16 +195,16 @@ impl Raw<'_> {
 
 /// Every entity object of the input, per kind, in final (flattened) order.
 #[derive(Default)]
-struct RawDocument<'a> {
-    services: Vec<Raw<'a>>,
-    routes: Vec<Raw<'a>>,
-    consumers: Vec<Raw<'a>>,
-    plugins: Vec<Raw<'a>>,
-    upstreams: Vec<Raw<'a>>,
-    targets: Vec<Raw<'a>>,
-    keyauth_credentials: Vec<Raw<'a>>,
-    basicauth_credentials: Vec<Raw<'a>>,
-    acls: Vec<Raw<'a>>,
+pub(super) struct RawDocument<'a> {
+    pub(super) services: Vec<Raw<'a>>,
+    pub(super) routes: Vec<Raw<'a>>,
+    pub(super) consumers: Vec<Raw<'a>>,
+    pub(super) plugins: Vec<Raw<'a>>,
+    pub(super) upstreams: Vec<Raw<'a>>,
+    pub(super) targets: Vec<Raw<'a>>,
+    pub(super) keyauth_credentials: Vec<Raw<'a>>,
+    pub(super) basicauth_credentials: Vec<Raw<'a>>,
+    pub(super) acls: Vec<Raw<'a>>,
 }
 
 /// Appends the objects of the array `value` (absent or `null`: nothing) found at `path`.
@@ -334,7 +373,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         "name",
         services.iter().map(|s| Keys {
             path: &s.path,
-            id: s.id.as_deref(),
+            id: s.id.given_id(),
             name: s.name.as_deref(),
             custom_id: None,
         }),
@@ -344,11 +383,12 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
     let mut routes = Vec::with_capacity(raw.routes.len());
     for r in &raw.routes {
         let (mut route, service_ref) = read::route(r, sink);
-        let nested_in = match r.parent {
-            Parent::Service(i) => Some(i),
-            _ => None,
-        };
-        route.service = link(service_ref.as_ref(), nested_in, &service_index, sink);
+        route.service = link(
+            service_ref.as_ref(),
+            r.parent.service(),
+            &service_index,
+            sink,
+        );
         routes.push(route);
     }
     let route_index = Index::new(
@@ -356,7 +396,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         "name",
         routes.iter().map(|r| Keys {
             path: &r.path,
-            id: r.id.as_deref(),
+            id: r.id.given_id(),
             name: r.name.as_deref(),
             custom_id: None,
         }),
@@ -373,7 +413,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         "username",
         consumers.iter().map(|c| Keys {
             path: &c.path,
-            id: c.id.as_deref(),
+            id: c.id.given_id(),
             name: c.username.as_deref(),
             custom_id: c.custom_id.as_deref(),
         }),
@@ -390,7 +430,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         "name",
         upstreams.iter().map(|u| Keys {
             path: &u.path,
-            id: u.id.as_deref(),
+            id: u.id.given_id(),
             name: Some(u.name.as_str()).filter(|n| !n.is_empty()),
             custom_id: None,
         }),
@@ -411,7 +451,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         sink,
     );
 
-    ConfigDocument {
+    let mut document = ConfigDocument {
         format_version,
         services,
         routes,
@@ -422,5 +462,7 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         keyauth_credentials,
         basicauth_credentials,
         acls,
-    }
+    };
+    ids::assign(raw, &mut document, sink);
+    document
 }

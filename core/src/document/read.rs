@@ -3,15 +3,22 @@
 
 use super::address::{check_host, parse_url, protocol_named, split_host_port};
 use super::entities::{
-    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, KeyAuthCredential, PathHandling,
-    Plugin, Protocol, Route, Service, Target, Upstream,
+    Acl, Algorithm, BasicAuthCredential, Consumer, Endpoint, EntityId, KeyAuthCredential,
+    PathHandling, Plugin, Protocol, Route, Service, Target, Upstream,
 };
 use super::fields::{strings_at, type_error, Fields, Sink};
-use super::load::{Parent, Raw};
+use super::load::Raw;
 use super::refs::{claim, link, reference, required_link, unique_ids, Claims, Index, Reference};
 use std::collections::BTreeMap;
 
 const TIMEOUT_MAX: i64 = 2_147_483_646;
+/// Kong 3.9.x's deprecation of `path_handling: v1` under `traditional_compatible`
+/// (`kong/db/schema/entities/routes.lua` `PATH_V1_DEPRECATION_MSG`, raised with
+/// `{ after = "3.0" }`), and what it means here.
+const PATH_HANDLING_V1_DEPRECATION: &str = "path_handling='v1' is deprecated and will not work \
+     under 'expressions' or 'traditional_compatible' router_flavor, please use \
+     path_handling='v0' instead (deprecated after 3.0); Fallback routes as Kong's \
+     traditional_compatible router does and joins the paths of this route as v0";
 const HTTPS_REDIRECT_CODES: [i64; 5] = [426, 301, 302, 307, 308];
 const HASH_ON: [&str; 8] = [
     "none",
@@ -30,8 +37,8 @@ const PLUGIN_DEFAULT_PROTOCOLS: [Protocol; 4] = [
     Protocol::Https,
 ];
 
-fn entity_id(f: Fields<'_>, sink: &mut Sink) -> Option<String> {
-    f.text("id", sink)
+fn entity_id(f: Fields<'_>, sink: &mut Sink) -> EntityId {
+    EntityId::read(f.text("id", sink))
 }
 
 fn tags(f: Fields<'_>, sink: &mut Sink) -> Vec<String> {
@@ -215,6 +222,8 @@ pub(super) fn route(raw: &Raw<'_>, sink: &mut Sink) -> (Route, Option<Reference>
                 format!("{}[{i}]", f.at("paths")),
                 "path must start with \"/\" or \"~\" (regex)",
             );
+        } else if let Err(why) = crate::router::check_path(p) {
+            sink.error(format!("{}[{i}]", f.at("paths")), why);
         }
     }
     let headers = headers(f, sink);
@@ -238,7 +247,10 @@ pub(super) fn route(raw: &Raw<'_>, sink: &mut Sink) -> (Route, Option<Reference>
 
     let path_handling = match f.string("path_handling", sink).as_deref() {
         None | Some("v0") => PathHandling::V0,
-        Some("v1") => PathHandling::V1,
+        Some("v1") => {
+            sink.warn(f.at("path_handling"), PATH_HANDLING_V1_DEPRECATION);
+            PathHandling::V1
+        }
         Some(other) => {
             sink.error(
                 f.at("path_handling"),
@@ -359,7 +371,11 @@ fn headers(f: Fields<'_>, sink: &mut Sink) -> BTreeMap<String, Vec<String>> {
             sink.error(path, "header name must not be empty");
             continue;
         }
-        out.insert(name.clone(), strings_at(values, &path, sink));
+        let values = strings_at(values, &path, sink);
+        if let Err(why) = crate::router::check_header_values(&values) {
+            sink.error(path, why);
+        }
+        out.insert(name.clone(), values);
     }
     out
 }
@@ -505,10 +521,7 @@ pub(super) fn targets(raws: &[Raw<'_>], upstreams: &Index, sink: &mut Sink) -> V
         let f = raw.fields();
         let id = entity_id(f, sink);
         let upstream_ref = reference(f, "upstream", false, sink);
-        let nested_in = match raw.parent {
-            Parent::Upstream(i) => Some(i),
-            _ => None,
-        };
+        let nested_in = raw.parent.upstream();
         let upstream = required_link(
             f,
             "upstream",
@@ -556,7 +569,7 @@ pub(super) fn targets(raws: &[Raw<'_>], upstreams: &Index, sink: &mut Sink) -> V
             extra: f.extra(TARGET_FIELDS),
         });
     }
-    unique_ids(out.iter().map(|t| (t.path.as_str(), t.id.as_deref())), sink);
+    unique_ids(out.iter().map(|t| (t.path.as_str(), t.id.given_id())), sink);
     out
 }
 
@@ -564,7 +577,7 @@ pub(super) fn targets(raws: &[Raw<'_>], upstreams: &Index, sink: &mut Sink) -> V
 struct ConsumerOwned<'r> {
     raw: &'r Raw<'r>,
     f: Fields<'r>,
-    id: Option<String>,
+    id: EntityId,
     /// `None` when the consumer is missing or unresolved: that problem is recorded, so the
     /// document is never returned.
     consumer: Option<usize>,
@@ -594,7 +607,7 @@ fn consumer_owned<T>(
             f,
             "consumer",
             consumer_ref.as_ref(),
-            parent_consumer(raw.parent),
+            raw.parent.consumer(),
             consumers,
             sink,
         );
@@ -647,7 +660,7 @@ pub(super) fn keyauth_credentials(
                 extra: f.extra(KEYAUTH_FIELDS),
             }
         },
-        |k| (k.path.as_str(), k.id.as_deref()),
+        |k| (k.path.as_str(), k.id.given_id()),
     )
 }
 
@@ -689,7 +702,7 @@ pub(super) fn basicauth_credentials(
                 extra: f.extra(BASICAUTH_FIELDS),
             }
         },
-        |c| (c.path.as_str(), c.id.as_deref()),
+        |c| (c.path.as_str(), c.id.given_id()),
     )
 }
 
@@ -723,15 +736,8 @@ pub(super) fn acls(raws: &[Raw<'_>], consumers: &Index, sink: &mut Sink) -> Vec<
                 extra: f.extra(ACL_FIELDS),
             }
         },
-        |a| (a.path.as_str(), a.id.as_deref()),
+        |a| (a.path.as_str(), a.id.given_id()),
     )
-}
-
-pub(super) fn parent_consumer(parent: Parent) -> Option<usize> {
-    match parent {
-        Parent::Consumer(i) => Some(i),
-        _ => None,
-    }
 }
 
 const PLUGIN_FIELDS: &[&str] = &[
@@ -760,31 +766,14 @@ pub(super) fn plugins(
     for raw in raws {
         let f = raw.fields();
         let id = entity_id(f, sink);
-        let nested = |want: fn(Parent) -> Option<usize>| want(raw.parent);
         let service_ref = reference(f, "service", false, sink);
         let route_ref = reference(f, "route", false, sink);
         let consumer_ref = reference(f, "consumer", true, sink);
-        let service = link(
-            service_ref.as_ref(),
-            nested(|p| match p {
-                Parent::Service(i) => Some(i),
-                _ => None,
-            }),
-            services,
-            sink,
-        );
-        let route = link(
-            route_ref.as_ref(),
-            nested(|p| match p {
-                Parent::Route(i) => Some(i),
-                _ => None,
-            }),
-            routes,
-            sink,
-        );
+        let service = link(service_ref.as_ref(), raw.parent.service(), services, sink);
+        let route = link(route_ref.as_ref(), raw.parent.route(), routes, sink);
         let consumer = link(
             consumer_ref.as_ref(),
-            nested(parent_consumer),
+            raw.parent.consumer(),
             consumers,
             sink,
         );
@@ -836,7 +825,7 @@ pub(super) fn plugins(
             extra: f.extra(PLUGIN_FIELDS),
         });
     }
-    unique_ids(out.iter().map(|p| (p.path.as_str(), p.id.as_deref())), sink);
+    unique_ids(out.iter().map(|p| (p.path.as_str(), p.id.given_id())), sink);
     out
 }
 

@@ -161,7 +161,7 @@ fn flat_shape_resolves_ids() {
     })))
     .document;
     assert_eq!(d.routes[0].service, Some(0));
-    assert_eq!(d.services[0].id.as_deref(), Some(sid));
+    assert_eq!(d.services[0].id.given_id(), Some(sid));
     assert_eq!(d.acls[0].consumer, 0);
     assert_eq!(d.targets[0].upstream, 0);
     assert_eq!(
@@ -527,7 +527,7 @@ fn type_problems_name_expected_and_found() {
 #[test]
 fn many_problems_are_reported_together() {
     let err = ConfigDocument::from_json(&json!({
-        "_format_version": "2.1",
+        "_format_version": "4.0",
         "routes": [{"service": "billing", "paths": ["x"]}],
         "plugins": [{}]
     }))
@@ -537,7 +537,7 @@ fn many_problems_are_reported_together() {
     let text = err.to_string();
     assert!(
         text.starts_with(
-            "config is invalid (4 problems):\n  _format_version: format version \"2.1\" is from Kong 2.x"
+            "config is invalid (4 problems):\n  _format_version: unsupported format version \"4.0\""
         ),
         "{text}"
     );
@@ -550,24 +550,99 @@ fn many_problems_are_reported_together() {
 fn format_version_is_required_and_checked() {
     assert_problem(
         json!({}),
-        "_format_version: required; Fallback reads Kong 3.x declarative config (\"_format_version\": \"3.0\")",
-    );
-    assert_problem(
-        json!({"_format_version": "1.1"}),
-        "_format_version: format version \"1.1\" is from Kong 2.x or older; convert the file with \
-         `deck file convert --from kong-gateway-2.x --to kong-gateway-3.x`",
+        "_format_version: required; Kong 3.x reads \"3.0\", and \"1.1\" or \"2.1\" (route paths \
+         migrated on load): add \"_format_version\": \"3.0\"",
     );
     assert_problem(
         json!({"_format_version": "4.0"}),
-        "_format_version: unsupported format version \"4.0\"; expected \"3.0\"",
+        "_format_version: unsupported format version \"4.0\"; Kong 3.x reads \"3.0\", and \"1.1\" \
+         or \"2.1\" (route paths migrated on load)",
+    );
+    assert_problem(
+        json!({"_format_version": "2.0"}),
+        "_format_version: unsupported format version \"2.0\"; Kong 3.x reads \"3.0\", and \"1.1\" \
+         or \"2.1\" (route paths migrated on load)",
     );
     assert_problem(
         json!({"_format_version": 3.0}),
-        "_format_version: expected the string \"3.0\", found a decimal number",
+        "_format_version: expected a string such as \"3.0\", found a decimal number",
     );
-    let d = load(json!({"_format_version": "3.0"})).document;
-    assert_eq!(d.format_version, "3.0");
-    assert!(d.services.is_empty());
+    for version in ["1.1", "2.1", "3.0"] {
+        let d = load(json!({ "_format_version": version })).document;
+        assert_eq!(d.format_version, version);
+        assert!(d.services.is_empty());
+    }
+}
+
+/// Kong 3.9.x `kong/db/declarative/migrations/route_path.lua`, as
+/// `spec/01-unit/01-db/01-schema/11-declarative_config/04-on-the-fly-migration_spec.lua` checks
+/// it: the same routes, top-level or nested in a service, in a 1.1, 2.1 and 3.0 file.
+#[test]
+fn older_format_versions_have_their_route_paths_migrated_as_kong_does() {
+    for version in ["1.1", "2.1", "3.0"] {
+        let top_level = json!({
+            "_format_version": version,
+            "services": [{"name": "foo", "host": "example.com", "protocol": "https"}],
+            "routes": [{"name": "foo", "protocols": ["https"], "paths": ["/regex.+", "/prefix"],
+                        "snis": ["example.com"], "service": "foo"}],
+        });
+        let nested = json!({
+            "_format_version": version,
+            "services": [{"name": "foo", "host": "example.com", "protocol": "https", "routes": [
+                {"name": "foo", "protocols": ["https"], "paths": ["/regex.+", "/prefix"],
+                 "snis": ["example.com"]}
+            ]}],
+        });
+        for (shape, value) in [("top-level", top_level), ("nested", nested)] {
+            let loaded = load(value);
+            let paths = &loaded.document.routes[0].paths;
+            if version == "3.0" {
+                assert_eq!(paths, &["/regex.+", "/prefix"], "{version} {shape}");
+                assert!(loaded.warnings.is_empty());
+            } else {
+                assert_eq!(paths, &["~/regex.+", "/prefix"], "{version} {shape}");
+                let at = if shape == "nested" {
+                    "services[0].routes[0].paths[0]"
+                } else {
+                    "routes[0].paths[0]"
+                };
+                assert_eq!(
+                    loaded.warnings,
+                    vec![Problem::new(
+                        at,
+                        format!(
+                            "\"/regex.+\" read as \"~/regex.+\": Kong 3.x migrates the paths of \
+                             _format_version \"{version}\" files on load (a path with characters \
+                             outside [a-zA-Z0-9.-_~/%] was a regex, now marked with \"~\")"
+                        )
+                    )]
+                );
+            }
+        }
+    }
+    // Plain paths are normalised; the route then matches what Kong's does.
+    let loaded = load(json!({
+        "_format_version": "1.1",
+        "services": [{"name": "s", "host": "h", "routes": [{"paths": ["/a//b/%7Ec"]}]}],
+    }));
+    assert_eq!(loaded.document.routes[0].paths, ["/a/b/~c"]);
+    assert!(loaded.warnings[0]
+        .message
+        .contains("plain paths are normalised"));
+    // "validation should happens after migration" (the same spec file): a 2.x path that is
+    // not a valid regex is refused once migrated.
+    let found = problems(json!({
+        "_format_version": "2.1",
+        "services": [{"name": "bar", "host": "example.test", "routes": [
+            {"name": "foo", "paths": ["/regex.+(", "/prefix"]}
+        ]}],
+    }));
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("services[0].routes[0].paths[0]: invalid regex \"~/regex.+(\"")),
+        "{found:#?}"
+    );
 }
 
 #[test]
@@ -641,6 +716,57 @@ fn top_level_must_be_an_object() {
 }
 
 #[test]
+fn duplicate_keys_are_validation_errors_at_their_path() {
+    // Last-one-wins would load zero routes without a word.
+    let err = ConfigDocument::from_slice(
+        br#"{"_format_version":"3.0","routes":[{"paths":["/"]}],"routes":[]}"#,
+    )
+    .expect_err("duplicate routes");
+    assert_eq!(err.len(), 1);
+    assert_eq!(err.problems[0].path, "$");
+    assert!(
+        err.problems[0]
+            .message
+            .starts_with("key \"routes\" appears twice"),
+        "{}",
+        err.problems[0].message
+    );
+    let err = ConfigDocument::from_slice(
+        br#"{"_format_version":"3.0","services":[{"host":"a","routes":[{"paths":["/"],"strip_path":true,"strip_path":false}]}]}"#,
+    )
+    .expect_err("duplicate field");
+    assert_eq!(err.problems[0].path, "services[0].routes[0]");
+    assert!(err.problems[0].message.contains("\"strip_path\""));
+}
+
+#[test]
+fn from_slice_refuses_oversized_and_overdeep_documents() {
+    let deep = format!(
+        "{{\"_format_version\":\"3.0\",\"x\":{}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let err = ConfigDocument::from_slice(deep.as_bytes()).expect_err("too deep");
+    assert!(err.problems[0].path.starts_with("x[0][0]"), "{err}");
+    assert!(
+        err.problems[0].message.contains("deeper than 64 levels"),
+        "{err}"
+    );
+
+    let big = vec![b' '; crate::limits::MAX_DOCUMENT_BYTES + 1];
+    let err = ConfigDocument::from_slice(&big).expect_err("too large");
+    assert_eq!(err.problems[0].path, "$");
+    assert!(
+        err.problems[0].message.starts_with(&format!(
+            "the document is {} bytes, more than the {} bytes (MAX_DOCUMENT_BYTES)",
+            big.len(),
+            crate::limits::MAX_DOCUMENT_BYTES
+        )),
+        "{err}"
+    );
+}
+
+#[test]
 fn from_slice_reports_syntax_errors_with_position() {
     let err = ConfigDocument::from_slice(b"{\n  \"_format_version\": \"3.0\",\n  oops\n}")
         .expect_err("invalid");
@@ -704,7 +830,7 @@ fn basicauth_credentials_load_nested_and_flat_like_keyauth() {
     assert_eq!(d.basicauth_credentials.len(), 2);
     assert_eq!(d.basicauth_credentials[0].username, "bob");
     assert_eq!(d.basicauth_credentials[0].consumer, 1);
-    assert_eq!(d.basicauth_credentials[0].id.as_deref(), Some("b-1"));
+    assert_eq!(d.basicauth_credentials[0].id.given_id(), Some("b-1"));
     assert_eq!(
         d.basicauth_credentials[1].path,
         "consumers[0].basicauth_credentials[0]"
@@ -734,4 +860,155 @@ fn basicauth_credentials_need_a_unique_username_and_a_consumer() {
         .iter()
         .any(|p| p.starts_with("basicauth_credentials[2].username")));
     assert!(found.iter().all(|p| !p.contains("hunter2")));
+}
+
+/// Kong 3.9.x `generate_ids` (declarative_config.lua): the ids Kong gives entities without
+/// one. The expected UUIDs are UUIDv5 of Kong's names for them, computed apart (Python's
+/// `uuid.uuid5`); the consumer's is go-kong's published vector for "some.username".
+#[test]
+fn entities_without_ids_get_the_ones_kong_generates() {
+    let d = load(doc(json!({
+        "services": [{
+            "name": "billing", "host": "billing.internal",
+            "routes": [{
+                "name": "invoices", "paths": ["/invoices"],
+                "plugins": [{"name": "rate-limiting", "config": {"minute": 5}}]
+            }],
+            "plugins": [{"name": "key-auth"}]
+        }],
+        "consumers": [{
+            "username": "some.username",
+            "keyauth_credentials": [{"key": "secret-a"}],
+            "basicauth_credentials": [{"username": "alice-basic", "password": "p"}],
+            "acls": [{"group": "admins"}],
+            "plugins": [{"name": "request-termination"}]
+        }],
+        "upstreams": [{"name": "billing.internal", "targets": [{"target": "10.0.0.1:9000"}]}],
+        "targets": [{"upstream": "billing.internal", "target": "10.0.0.2"}],
+        "plugins": [
+            {"name": "cors"},
+            {"name": "acl", "route": "invoices", "service": "billing", "config": {"allow": ["a"]}}
+        ]
+    })))
+    .document;
+    let plugin = |name: &str| &d.plugins.iter().find(|p| p.name == name).expect(name).id;
+    let expected: [(&str, &EntityId, &str); 13] = [
+        (
+            "service",
+            &d.services[0].id,
+            "aa93ac78-2b4d-59d0-9897-62a161ae6928",
+        ),
+        (
+            "route",
+            &d.routes[0].id,
+            "547be8f9-eaa0-5dbf-b884-2c9df761d0fe",
+        ),
+        (
+            "consumer",
+            &d.consumers[0].id,
+            "782780c4-d345-5682-bdf6-722dccaf93e0",
+        ),
+        (
+            "upstream",
+            &d.upstreams[0].id,
+            "e667294d-15f9-5a0c-826d-820b5d19bf6c",
+        ),
+        // targets:*:<upstream as written>:<target>; nested: the upstream's id.
+        (
+            "top-level target",
+            &d.targets[0].id,
+            "54b2a24b-2fb0-5aa0-aee7-9d2aa9a66d07",
+        ),
+        (
+            "nested target",
+            &d.targets[1].id,
+            "d0d2f635-8b34-55aa-96d4-baf8eff2b02d",
+        ),
+        // plugins:*:<name>:<route>:<service>:<consumer>.
+        (
+            "global plugin",
+            plugin("cors"),
+            "48ee727e-8b90-5faa-bda1-a3c6bc3c9daa",
+        ),
+        (
+            "plugin naming its scope",
+            plugin("acl"),
+            "8da96d15-3b13-5a32-b69b-5044eb0a8b17",
+        ),
+        (
+            "service plugin",
+            plugin("key-auth"),
+            "b6bce088-61bd-5149-b5c9-7178770b80d5",
+        ),
+        (
+            "route plugin",
+            plugin("rate-limiting"),
+            "830f49ab-3c50-5ed5-ac39-96fc5ed76fdd",
+        ),
+        (
+            "consumer plugin",
+            plugin("request-termination"),
+            "e83b367b-9b76-5cca-b579-490dd6781439",
+        ),
+        (
+            "basic-auth",
+            &d.basicauth_credentials[0].id,
+            "a979480a-0f9c-5e3d-ba73-aca9a8c03e39",
+        ),
+        ("acl", &d.acls[0].id, "dd8c6812-96c0-5200-af3c-92537f7458c6"),
+    ];
+    for (what, id, uuid) in expected {
+        assert_eq!((id.source(), id.as_str()), (IdSource::Kong, uuid), "{what}");
+    }
+    // key-auth's cache key is its generated-if-absent key: Kong draws a random id.
+    assert_eq!(d.keyauth_credentials[0].id.source(), IdSource::Local);
+}
+
+#[test]
+fn where_kong_draws_random_ids_the_loader_gives_stable_local_ones() {
+    let body = doc(json!({
+        "services": [{"host": "anonymous.internal", "routes": [
+            {"paths": ["/a"], "plugins": [{"name": "cors"}]}
+        ]}],
+        "consumers": [
+            {"custom_id": "c-1", "acls": [{"group": "g"}]},
+            {"id": "given-consumer", "username": "u", "keyauth_credentials": [{"key": "k"}]}
+        ],
+    }));
+    let first = load(body.clone()).document;
+    let again = load(body).document;
+    let ids = |d: &ConfigDocument| {
+        vec![
+            d.services[0].id.clone(),
+            d.routes[0].id.clone(),
+            d.plugins[0].id.clone(),
+            d.consumers[0].id.clone(),
+            d.acls[0].id.clone(),
+            d.keyauth_credentials[0].id.clone(),
+        ]
+    };
+    for id in ids(&first) {
+        // No name, no username, a parent without Kong's id, or an auto key.
+        assert_eq!(id.source(), IdSource::Local, "{id}");
+        assert_eq!(id.kong(), None);
+        assert_eq!(id.as_str().len(), 36);
+    }
+    assert_eq!(ids(&first), ids(&again));
+    assert_eq!(first.consumers[1].id.given_id(), Some("given-consumer"));
+}
+
+#[test]
+fn a_generated_id_equal_to_a_given_one_is_refused_as_kong_does() {
+    // Kong's id for a service named "a" is given to another service.
+    let taken = crate::document::ids::kong_id("services", "a");
+    assert_problem(
+        doc(json!({"services": [
+            {"name": "a", "host": "h"},
+            {"id": taken, "name": "b", "host": "h"},
+        ]})),
+        &format!(
+            "services[0]: has no id, and the one Kong generates for it ({taken}) is the id of \
+             services[1]; give this entity its own id"
+        ),
+    );
 }

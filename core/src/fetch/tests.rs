@@ -264,6 +264,7 @@ fn first_tick_polls_the_cp_and_a_valid_200_is_published() {
     assert_eq!(poll.timeout_ms, 2000);
     assert_eq!(header(&poll, "accept"), Some("application/json"));
     assert_eq!(header(&poll, "if-none-match"), None);
+    assert_eq!(header(&poll, "authorization"), None, "no token configured");
 
     let a = d.answer(Party::ControlPlane, ok_with_etag(&doc(1), "\"v1\""));
     let p = published(&a).expect("published");
@@ -283,6 +284,25 @@ fn first_tick_polls_the_cp_and_a_valid_200_is_published() {
     ));
     assert_eq!(d.m.mode(), Mode::ControlPlane);
     assert_eq!(d.m.current(), Some(&p));
+}
+
+/// The companion's `GET /v1/config` as the control plane: its bearer token goes with every poll
+/// and shows nowhere else.
+#[test]
+fn a_control_plane_token_is_sent_as_bearer_and_never_shown() {
+    let mut value = config_json(true);
+    value["control_plane"]["token"] = json!(TOKEN);
+    value["control_plane"]["path"] = json!("/v1/config");
+    let mut d = Driver::with_config(config(&value));
+    let a = d.tick(0);
+    let poll = dispatch_to(&a, Party::ControlPlane).expect("CP poll");
+    assert_eq!(poll.path, "/v1/config");
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(header(&poll, "authorization"), Some(bearer.as_str()));
+    assert_no_secrets(&a);
+    let a = d.answer(Party::ControlPlane, status(401));
+    assert_no_secrets(&a);
+    assert!(!format!("{:?}", config(&value)).contains(TOKEN));
 }
 
 #[test]
@@ -593,6 +613,23 @@ fn kong_admin_api_shape_is_unwrapped() {
 }
 
 #[test]
+fn duplicate_keys_in_a_cp_answer_are_refused_with_their_path() {
+    let inner = r#"{"_format_version":"3.0","routes":[{"paths":["/"]}],"routes":[]}"#;
+    let admin = serde_json::to_vec(&json!({ "config": inner })).unwrap();
+    for body in [inner.as_bytes().to_vec(), admin] {
+        let mut d = Driver::new(true);
+        d.tick(0);
+        let a = d.answer(Party::ControlPlane, ok(&body));
+        assert_eq!(published(&a), None);
+        assert!(
+            has_log(&a, LogLevel::Warn, "$: key \"routes\" appears twice"),
+            "{:#?}",
+            logs(&a)
+        );
+    }
+}
+
+#[test]
 fn yaml_gets_a_clear_error() {
     let yaml_admin = serde_json::to_vec(&json!({
         "config": "_format_version: \"3.0\"\nservices:\n- name: s\n  host: h\n"
@@ -786,6 +823,39 @@ fn storage_errors_say_what_to_do() {
         assert_no_secrets(&a);
         assert!(d.import_due().is_some());
     }
+}
+
+#[test]
+fn an_object_too_large_to_import_is_logged_as_too_large_not_unreachable() {
+    let big = vec![b' '; crate::limits::MAX_DOCUMENT_BYTES + 1];
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body(&big, 1)));
+    let a = d.answer(Party::Storage, ok(&big));
+    assert_eq!(
+        counts(&a),
+        [(Stage::Storage, true), (Stage::Validate, false)]
+    );
+    let expected = format!(
+        "object kong/3.4.1.0/config.json (http://127.0.0.1:8333/bucket/kong/3.4.1.0/config.json, \
+         revision 1) is too large: {} bytes, more than the {} bytes (MAX_DOCUMENT_BYTES)",
+        big.len(),
+        crate::limits::MAX_DOCUMENT_BYTES
+    );
+    assert!(has_log(&a, LogLevel::Error, &expected), "{:#?}", logs(&a));
+    assert!(!has_log(&a, LogLevel::Error, "unreachable"));
+    assert!(d.import_due().is_some(), "retried later");
+
+    // A failed call may be a body larger than the proxy buffers: the log says where to look.
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body(&doc(1), 1)));
+    let a = d.answer(Party::Storage, down());
+    assert!(
+        has_log(&a, LogLevel::Error, "http.async_response_buffer_limit"),
+        "{:#?}",
+        logs(&a)
+    );
 }
 
 /// What Envoy hands the filter when the peer did not answer: its own local reply.

@@ -1,9 +1,11 @@
 //! `basic-auth`: `Authorization: Basic base64(username:password)` (or `Proxy-Authorization`)
 //! names a consumer's credential.
 //!
-//! Kong 3.x: `anonymous`, `hide_credentials` (false), `realm`. No header: 401 "Unauthorized"
-//! with `WWW-Authenticate: Basic realm="kong"` (or the configured realm); a wrong username or
-//! password: 401 "Invalid authentication credentials". Passwords: Kong stores
+//! Kong 3.9.x (`kong/plugins/basic-auth/access.lua`): `anonymous`, `hide_credentials` (false),
+//! `realm`. No header, a header that does not parse, a wrong username or password: 401
+//! "Unauthorized" with `WWW-Authenticate: Basic realm="kong"` (or the configured realm; one
+//! message for every failure since Kong 3.6). Upstream, `X-Credential-Identifier` is the
+//! credential's `username` (its `set_consumer`), not its id. Passwords: Kong stores
 //! `sha1(password .. consumer_id)` in hex, and that is what its exports hold; a stored value that
 //! is not 40 hex digits is a clear password from a hand-written file (Kong would hash it when
 //! loading), compared as is.
@@ -20,28 +22,25 @@ pub(super) use crate::wire::decode_base64;
 pub(super) struct Credential {
     username: String,
     consumer: usize,
-    identity: String,
     stored: Stored,
 }
 
 #[derive(Debug)]
 enum Stored {
-    /// Kong's hash and the consumer id it is salted with (`None`: the consumer has no id, so
-    /// no password can match).
+    /// Kong's hash and the consumer id it is salted with.
     Sha1 {
         hex: String,
-        consumer_id: Option<String>,
+        consumer_id: String,
     },
     Clear(String),
 }
 
 impl Credential {
-    pub(super) fn new(c: &BasicAuthCredential, consumer_id: Option<String>) -> Credential {
+    pub(super) fn new(c: &BasicAuthCredential, consumer_id: String) -> Credential {
         let is_hash = c.password.len() == 40 && c.password.bytes().all(|b| b.is_ascii_hexdigit());
         Credential {
             username: c.username.clone(),
             consumer: c.consumer,
-            identity: c.id.clone().unwrap_or_else(|| c.path.clone()),
             stored: if is_hash {
                 Stored::Sha1 {
                     hex: c.password.to_ascii_lowercase(),
@@ -56,9 +55,6 @@ impl Credential {
     fn accepts(&self, password: &str) -> bool {
         match &self.stored {
             Stored::Sha1 { hex, consumer_id } => {
-                let Some(consumer_id) = consumer_id else {
-                    return false;
-                };
                 let given = kong_hash(consumer_id, password);
                 constant_time_eq(given.as_bytes(), hex.as_bytes())
             }
@@ -73,7 +69,9 @@ pub(super) fn kong_hash(consumer_id: &str, password: &str) -> String {
         .chain_update(password.as_bytes())
         .chain_update(consumer_id.as_bytes())
         .finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(40);
+    crate::digest::push_hex(&mut hex, &digest);
+    hex
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -129,12 +127,11 @@ impl BasicAuth {
                     engine,
                     ex,
                     credential.consumer,
-                    Some(credential.identity.clone()),
+                    Some(credential.username.clone()),
                 );
-                ex.set_header("x-credential-username", &credential.username);
                 Ok(())
             }
-            _ => Err(Exit::error(401, "Invalid authentication credentials")
+            _ => Err(Exit::error(401, "Unauthorized")
                 .with_header("WWW-Authenticate", self.www_authenticate.clone())),
         }
     }

@@ -26,6 +26,11 @@
 //! `config` it cannot read) makes every request it applies to answer 500 with a message naming
 //! it, unless its name is listed in the filter's `ignore_unsupported_plugins`.
 //! [`unsupported_plugins`] lists them for the companion's validation and the filter's log.
+//!
+//! **Observe-only plugins** ([`OBSERVE_ONLY`]: metrics, logging, tracing) change nothing a
+//! client sees, so they are skipped rather than refused (unless
+//! [`PluginPolicy::refuse_observe_only`]): listed with a warning, and named per request in
+//! the outcome's `skipped` so the filter can count the requests served without them.
 
 mod acl;
 mod basic_auth;
@@ -64,6 +69,36 @@ pub const SUPPORTED: [(&str, u32); 10] = [
     ("response-transformer", 800),
     ("request-termination", 2),
 ];
+
+/// Kong plugins that only observe traffic: metrics (`prometheus`, `statsd`, `datadog`),
+/// tracing (`zipkin`, `opentelemetry`) and logging (`file-log`, `http-log`, `tcp-log`,
+/// `udp-log`, `syslog`, `loggly`). None of them changes a request or a response (they run in
+/// Kong's `log` phase, or only add their own trace headers upstream), so skipping them changes
+/// nothing a client sees; every other plugin decides or changes traffic and fails closed.
+pub const OBSERVE_ONLY: [&str; 11] = [
+    "prometheus",
+    "statsd",
+    "datadog",
+    "zipkin",
+    "opentelemetry",
+    "file-log",
+    "http-log",
+    "tcp-log",
+    "udp-log",
+    "syslog",
+    "loggly",
+];
+
+/// How the engine treats the plugins it does not implement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginPolicy {
+    /// Names of unsupported plugins to let requests through without (the filter's
+    /// `ignore_unsupported_plugins`).
+    pub ignore: Vec<String>,
+    /// Refuse the requests observe-only plugins apply to, as any unsupported plugin, instead
+    /// of skipping them (the filter's `refuse_observe_only_plugins`).
+    pub refuse_observe_only: bool,
+}
 
 /// Names the plugins that may be scoped to a consumer (Kong's `no_consumer` is false).
 fn consumer_scoped(name: &str) -> bool {
@@ -107,7 +142,8 @@ pub struct PluginRequest<'a> {
     pub service: Option<usize>,
     /// Unix time in milliseconds.
     pub now_ms: u64,
-    /// Fresh random bits from the host (correlation ids).
+    /// Fresh random bits from the host (correlation ids); any value when
+    /// [`PluginEngine::needs_random`] is false.
     pub random: u128,
 }
 
@@ -131,6 +167,8 @@ pub struct LocalResponse {
     pub body: Option<String>,
     /// The plugin that answered.
     pub plugin: &'static str,
+    /// Observe-only plugins that apply to the request and were not run ([`OBSERVE_ONLY`]).
+    pub skipped: Vec<&'static str>,
 }
 
 /// A request header change, applied in order.
@@ -154,6 +192,8 @@ pub struct UpstreamChanges {
     pub method: Option<String>,
     /// Response header changes.
     pub response: ResponsePlan,
+    /// Observe-only plugins that apply to the request and were not run ([`OBSERVE_ONLY`]).
+    pub skipped: Vec<&'static str>,
 }
 
 impl UpstreamChanges {
@@ -215,6 +255,10 @@ impl ResponsePlan {
         for (name, _) in &mut after {
             name.make_ascii_lowercase();
         }
+        let before: Vec<(&str, &str)> = before
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         diff_headers(&before, &after)
     }
 
@@ -272,16 +316,17 @@ pub struct UnsupportedPlugin {
     pub ignored: bool,
 }
 
-/// The enabled plugins of `doc` that fail closed (or are ignored, per `ignore`), for
-/// validation warnings and logs. Features of a supported plugin that are not applied (e.g.
+/// The enabled plugins of `doc` that fail closed, or are skipped or ignored under `policy`,
+/// for validation warnings and logs. Features of a supported plugin that are not applied (e.g.
 /// response-transformer's JSON body changes) are listed too, with `ignored: true`.
-pub fn unsupported_plugins(doc: &ConfigDocument, ignore: &[String]) -> Vec<UnsupportedPlugin> {
-    PluginEngine::compile(doc, ignore).unsupported
+pub fn unsupported_plugins(doc: &ConfigDocument, policy: &PluginPolicy) -> Vec<UnsupportedPlugin> {
+    PluginEngine::compile(doc, policy).unsupported
 }
 
-/// The same list as validation problems (`plugins[2]: plugin "jwt" is not supported ...`).
+/// The same list as validation problems (`plugins[2]: plugin "jwt" is not supported ...`),
+/// under the filter's default policy.
 pub fn unsupported_warnings(doc: &ConfigDocument) -> Vec<Problem> {
-    unsupported_plugins(doc, &[])
+    unsupported_plugins(doc, &PluginPolicy::default())
         .into_iter()
         .map(|u| Problem::new(u.path, u.reason))
         .collect()
@@ -290,12 +335,12 @@ pub fn unsupported_warnings(doc: &ConfigDocument) -> Vec<Problem> {
 /// A consumer as the plugins see it.
 #[derive(Debug, Clone)]
 struct ConsumerInfo {
-    id: Option<String>,
+    /// Its id (generated as Kong does when the input gives none): `X-Consumer-ID`, and its
+    /// identity in counters and logs.
+    id: String,
     username: Option<String>,
     custom_id: Option<String>,
     groups: Vec<String>,
-    /// The consumer's identity in counters and logs: id, else username, else custom_id.
-    key: String,
 }
 
 /// Who the authentication plugins identified.
@@ -321,6 +366,8 @@ enum Compiled {
     RequestTermination(request_termination::RequestTermination),
     /// Fails closed with this message.
     Refuse(String),
+    /// An observe-only plugin, not run.
+    Skip,
 }
 
 #[derive(Debug)]
@@ -335,9 +382,21 @@ type Scope = (Option<usize>, Option<usize>, Option<usize>);
 #[derive(Debug)]
 struct Chain {
     name: String,
+    /// For an observe-only plugin that is skipped, its name in [`OBSERVE_ONLY`].
+    skipped: Option<&'static str>,
     priority: u32,
     consumer_scoped: bool,
     instances: HashMap<Scope, Instance>,
+    /// Bit [`shape`] of every scope in `instances`: a lookup whose shape no instance has is
+    /// skipped (most configs use one or two shapes, and each lookup hashes).
+    shapes: u8,
+}
+
+/// Which of route, service, consumer a scope sets, as a bit of [`Chain::shapes`].
+fn shape(scope: &Scope) -> u8 {
+    1 << (u8::from(scope.0.is_some())
+        | u8::from(scope.1.is_some()) << 1
+        | u8::from(scope.2.is_some()) << 2)
 }
 
 impl Chain {
@@ -369,7 +428,7 @@ impl Chain {
         ];
         combos
             .iter()
-            .filter(|(possible, _)| *possible)
+            .filter(|(possible, scope)| *possible && self.shapes & shape(scope) != 0)
             .find_map(|(_, scope)| self.instances.get(scope))
     }
 }
@@ -393,9 +452,9 @@ pub struct PluginEngine {
 }
 
 impl PluginEngine {
-    /// Compiles the enabled plugins of `doc`. `ignore` names unsupported plugins that must not
-    /// fail closed (the filter's `ignore_unsupported_plugins`).
-    pub fn compile(doc: &ConfigDocument, ignore: &[String]) -> PluginEngine {
+    /// Compiles the enabled plugins of `doc`; `policy` says which unsupported plugins do not
+    /// fail closed.
+    pub fn compile(doc: &ConfigDocument, policy: &PluginPolicy) -> PluginEngine {
         let mut groups: Vec<Vec<String>> = vec![Vec::new(); doc.consumers.len()];
         for acl in &doc.acls {
             if let Some(g) = groups.get_mut(acl.consumer) {
@@ -407,25 +466,16 @@ impl PluginEngine {
             .iter()
             .zip(groups)
             .map(|(c, groups)| ConsumerInfo {
-                id: c.id.clone(),
+                id: c.id.to_string(),
                 username: c.username.clone(),
                 custom_id: c.custom_id.clone(),
                 groups,
-                key: c
-                    .id
-                    .clone()
-                    .or_else(|| c.username.clone())
-                    .or_else(|| c.custom_id.clone())
-                    .unwrap_or_else(|| c.path.clone()),
             })
             .collect();
         let keys = doc
             .keyauth_credentials
             .iter()
-            .map(|k| {
-                let identity = k.id.clone().unwrap_or_else(|| k.path.clone());
-                (k.key.clone(), (k.consumer, identity))
-            })
+            .map(|k| (k.key.clone(), (k.consumer, k.id.to_string())))
             .collect();
         let basic = doc
             .basicauth_credentials
@@ -434,39 +484,26 @@ impl PluginEngine {
                 let consumer_id = doc
                     .consumers
                     .get(c.consumer)
-                    .and_then(|consumer| consumer.id.clone());
+                    .map_or_else(String::new, |consumer| consumer.id.to_string());
                 (
                     c.username.clone(),
                     basic_auth::Credential::new(c, consumer_id),
                 )
             })
             .collect();
-        let key_of = |id: &Option<String>, name: &Option<String>, path: &str| {
-            id.clone()
-                .or_else(|| name.clone())
-                .unwrap_or_else(|| path.to_owned())
-        };
         let mut engine = PluginEngine {
             chains: Vec::new(),
             consumers,
             keys,
             basic,
-            route_keys: doc
-                .routes
-                .iter()
-                .map(|r| key_of(&r.id, &r.name, &r.path))
-                .collect(),
-            service_keys: doc
-                .services
-                .iter()
-                .map(|s| key_of(&s.id, &s.name, &s.path))
-                .collect(),
+            route_keys: doc.routes.iter().map(|r| r.id.to_string()).collect(),
+            service_keys: doc.services.iter().map(|s| s.id.to_string()).collect(),
             unsupported: Vec::new(),
             counter: Cell::new(0),
             worker_uuid: RefCell::new(None),
         };
         for plugin in doc.plugins.iter().filter(|p| p.enabled) {
-            engine.add(doc, plugin, ignore);
+            engine.add(doc, plugin, policy);
         }
         engine
             .chains
@@ -474,12 +511,27 @@ impl PluginEngine {
         engine
     }
 
-    fn add(&mut self, doc: &ConfigDocument, plugin: &Plugin, ignore: &[String]) {
+    fn add(&mut self, doc: &ConfigDocument, plugin: &Plugin, policy: &PluginPolicy) {
         let name = plugin.name.as_str();
-        let ignored = ignore.iter().any(|i| i == name);
+        let ignored = policy.ignore.iter().any(|i| i == name);
         let priority = SUPPORTED.iter().find(|(n, _)| *n == name).map(|(_, p)| *p);
-        let compiled = match priority {
-            None => {
+        let observer = OBSERVE_ONLY.iter().find(|n| **n == name).copied();
+        let compiled = match (priority, observer) {
+            (None, Some(_)) if !ignored && !policy.refuse_observe_only => {
+                self.unsupported.push(UnsupportedPlugin {
+                    name: name.to_owned(),
+                    path: plugin.path.clone(),
+                    reason: format!(
+                        "plugin {name:?} only observes traffic (metrics, logs or traces) and is \
+                         not run by the Fallback filter: requests go through without it, \
+                         counted in fallback_observe_only_skipped (set the filter's \
+                         refuse_observe_only_plugins to refuse them instead)"
+                    ),
+                    ignored: true,
+                });
+                Compiled::Skip
+            }
+            (None, _) => {
                 self.unsupported.push(UnsupportedPlugin {
                     name: name.to_owned(),
                     path: plugin.path.clone(),
@@ -505,7 +557,7 @@ impl PluginEngine {
                      gateway's fallback filter"
                 ))
             }
-            Some(_) => match self.compile_one(doc, plugin) {
+            (Some(_), _) => match self.compile_one(doc, plugin) {
                 Ok((compiled, notes)) => {
                     for note in notes {
                         self.unsupported.push(UnsupportedPlugin {
@@ -538,16 +590,27 @@ impl PluginEngine {
         let index = match self.chains.iter().position(|c| c.name == name) {
             Some(i) => i,
             None => {
+                let skipped = matches!(compiled, Compiled::Skip)
+                    .then_some(observer)
+                    .flatten();
                 self.chains.push(Chain {
                     name: name.to_owned(),
-                    // Unsupported plugins are checked before any plugin runs.
-                    priority: priority.unwrap_or(u32::MAX),
+                    skipped,
+                    // Unsupported plugins are checked before any plugin runs; skipped ones
+                    // are only looked up.
+                    priority: match (priority, skipped) {
+                        (Some(p), _) => p,
+                        (None, Some(_)) => 0,
+                        (None, None) => u32::MAX,
+                    },
                     consumer_scoped: consumer_scoped(name),
                     instances: HashMap::new(),
+                    shapes: 0,
                 });
                 self.chains.len() - 1
             }
         };
+        self.chains[index].shapes |= shape(&scope);
         self.chains[index].instances.insert(
             scope,
             Instance {
@@ -597,6 +660,12 @@ impl PluginEngine {
         self.chains.is_empty()
     }
 
+    /// True when some plugin uses [`PluginRequest::random`] (`correlation-id`): otherwise the
+    /// caller need not draw random bits for each request.
+    pub fn needs_random(&self) -> bool {
+        self.chains.iter().any(|c| c.name == "correlation-id")
+    }
+
     /// The enabled plugins this engine refuses (or ignores), to log once per revision.
     pub fn unsupported(&self) -> &[UnsupportedPlugin] {
         &self.unsupported
@@ -611,6 +680,7 @@ impl PluginEngine {
             // An unsupported consumer-scoped plugin is found once the consumer is known.
             if ex.identity.consumer != consumer_checked {
                 consumer_checked = ex.identity.consumer;
+                self.note_skipped(req, protocol, &mut ex);
                 if let Some(refusal) = self.refusal(req, ex.identity.consumer, &mut ex) {
                     return refusal;
                 }
@@ -633,17 +703,34 @@ impl PluginEngine {
                 Compiled::ResponseTransformer(p) => p.access(&mut ex),
                 Compiled::RequestTermination(p) => p.access(&mut ex),
                 Compiled::Refuse(message) => Err(Exit::error(500, message)),
+                Compiled::Skip => Ok(()),
             };
             if let Err(exit) = step {
+                self.note_skipped(req, protocol, &mut ex);
                 return ex.respond(exit, &chain.name);
             }
         }
+        self.note_skipped(req, protocol, &mut ex);
         if ex.identity.consumer != consumer_checked {
             if let Some(refusal) = self.refusal(req, ex.identity.consumer, &mut ex) {
                 return refusal;
             }
         }
         PluginOutcome::Forward(ex.finish(req))
+    }
+
+    /// Records the observe-only plugins that apply to this request (with the consumer known
+    /// so far), whether it is forwarded or answered: Kong would log both.
+    fn note_skipped(&self, req: &PluginRequest<'_>, protocol: Protocol, ex: &mut Exchange) {
+        ex.skipped = self
+            .chains
+            .iter()
+            .filter_map(|chain| {
+                let name = chain.skipped?;
+                let instance = chain.resolve(req.route, req.service, ex.identity.consumer)?;
+                instance.protocols.contains(&protocol).then_some(name)
+            })
+            .collect();
     }
 
     /// The 500 of an unsupported plugin that applies to this request, if any.
@@ -678,7 +765,7 @@ impl PluginEngine {
     fn find_consumer(&self, reference: &str) -> Option<usize> {
         self.consumers
             .iter()
-            .position(|c| c.id.as_deref() == Some(reference))
+            .position(|c| c.id == reference)
             .or_else(|| {
                 self.consumers
                     .iter()
@@ -719,7 +806,6 @@ struct Exchange {
     method: String,
     /// Upstream request headers as they stand, names lowercase.
     headers: Vec<(String, String)>,
-    original_headers: Vec<(String, String)>,
     query: request_transformer::Query,
     upstream_path: String,
     path_changed: bool,
@@ -731,6 +817,8 @@ struct Exchange {
     service: Option<usize>,
     identity: Identity,
     response: ResponsePlan,
+    /// Observe-only plugins that apply and were not run.
+    skipped: Vec<&'static str>,
 }
 
 impl Exchange {
@@ -747,7 +835,6 @@ impl Exchange {
         };
         Exchange {
             method: req.method.to_owned(),
-            original_headers: headers.clone(),
             headers,
             query: request_transformer::Query::parse(query),
             upstream_path: path.to_owned(),
@@ -760,6 +847,7 @@ impl Exchange {
             service: req.service,
             identity: Identity::default(),
             response: ResponsePlan::default(),
+            skipped: Vec::new(),
         }
     }
 
@@ -795,6 +883,7 @@ impl Exchange {
                 .iter()
                 .find(|(n, _)| *n == plugin)
                 .map_or("unsupported", |(n, _)| n),
+            skipped: self.skipped,
         })
     }
 
@@ -809,40 +898,47 @@ impl Exchange {
             None
         };
         UpstreamChanges {
-            request_headers: diff_headers(&self.original_headers, &self.headers),
+            request_headers: diff_headers(req.headers, &self.headers),
             path,
             method: Some(self.method).filter(|_| self.method_changed),
             response: self.response,
+            skipped: self.skipped,
         }
     }
 }
 
-/// The changes that turn `before` into `after`: for each header whose values differ, remove
-/// it, then add its new values.
-fn diff_headers(before: &[(String, String)], after: &[(String, String)]) -> Vec<HeaderOp> {
-    let mut names: Vec<&str> = Vec::new();
-    for (name, _) in before.iter().chain(after) {
-        if !names.contains(&name.as_str()) {
-            names.push(name);
-        }
-    }
-    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
-        list.iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
+/// The changes that turn the client's headers `before` (pseudo-headers ignored, names in any
+/// case) into `after` (names lowercase): for each header whose values differ, remove it, then
+/// add its new values. Allocates only for the changes: it runs on every request.
+fn diff_headers(before: &[(&str, &str)], after: &[(String, String)]) -> Vec<HeaderOp> {
+    let before = || before.iter().filter(|(n, _)| !n.starts_with(':'));
+    let names = before()
+        .map(|(n, _)| *n)
+        .chain(after.iter().map(|(n, _)| n.as_str()));
     let mut ops = Vec::new();
-    for name in names {
-        let old = values(before, name);
-        let new = values(after, name);
-        if old == new {
+    for (i, name) in names.clone().enumerate() {
+        // Each name once, at its first appearance (a few headers: quadratic is cheapest).
+        if names.clone().take(i).any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        if !old.is_empty() {
-            ops.push(HeaderOp::Remove(name.to_owned()));
+        let old = before()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v);
+        let mut new = after
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        if old.clone().eq(new.clone()) {
+            continue;
         }
-        ops.extend(new.into_iter().map(|v| HeaderOp::Add(name.to_owned(), v)));
+        let name = name.to_ascii_lowercase();
+        if old.clone().next().is_some() {
+            ops.push(HeaderOp::Remove(name.clone()));
+        }
+        ops.extend(
+            new.by_ref()
+                .map(|v| HeaderOp::Add(name.clone(), v.to_owned())),
+        );
     }
     ops
 }
@@ -881,7 +977,7 @@ fn authenticate(
 ) {
     let info = engine.consumer(consumer);
     let fields = [
-        ("x-consumer-id", info.and_then(|c| c.id.clone())),
+        ("x-consumer-id", info.map(|c| c.id.clone())),
         (
             "x-consumer-custom-id",
             info.and_then(|c| c.custom_id.clone()),

@@ -17,13 +17,25 @@ use super::{Counters, Exchange, Exit, PluginEngine, Step};
 use crate::document::Plugin;
 use std::collections::HashMap;
 
-const PERIODS: [(&str, &str, u64); 6] = [
-    ("second", "Second", 1),
-    ("minute", "Minute", 60),
-    ("hour", "Hour", 3600),
-    ("day", "Day", 86_400),
-    ("month", "Month", 2_592_000),
-    ("year", "Year", 31_536_000),
+/// Kong's periods: config field and counter key, length in seconds.
+const PERIODS: [(&str, u64); 6] = [
+    ("second", 1),
+    ("minute", 60),
+    ("hour", 3600),
+    ("day", 86_400),
+    ("month", 2_592_000),
+    ("year", 31_536_000),
+];
+
+/// `X-RateLimit-Limit-<Period>` and `X-RateLimit-Remaining-<Period>`, per entry of
+/// [`PERIODS`] (written out: these go on every response).
+const HEADER_NAMES: [(&str, &str); 6] = [
+    ("X-RateLimit-Limit-Second", "X-RateLimit-Remaining-Second"),
+    ("X-RateLimit-Limit-Minute", "X-RateLimit-Remaining-Minute"),
+    ("X-RateLimit-Limit-Hour", "X-RateLimit-Remaining-Hour"),
+    ("X-RateLimit-Limit-Day", "X-RateLimit-Remaining-Day"),
+    ("X-RateLimit-Limit-Month", "X-RateLimit-Remaining-Month"),
+    ("X-RateLimit-Limit-Year", "X-RateLimit-Remaining-Year"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +68,7 @@ impl RateLimiting {
         _notes: &mut Vec<String>,
     ) -> Result<RateLimiting, String> {
         let mut limits = Vec::new();
-        for (i, (name, _, _)) in PERIODS.iter().enumerate() {
+        for (i, (name, _)) in PERIODS.iter().enumerate() {
             if let Some(n) = c.number(name)? {
                 if n <= 0.0 {
                     return Err(format!("config.{name} must be greater than 0"));
@@ -123,7 +135,7 @@ impl RateLimiting {
             ex.identity
                 .consumer
                 .and_then(|i| engine.consumer(i))
-                .map(|c| c.key.clone())
+                .map(|c| c.id.clone())
         };
         let found = match &self.limit_by {
             LimitBy::Consumer => consumer().or_else(|| ex.identity.credential.clone()),
@@ -157,10 +169,16 @@ impl RateLimiting {
             })
             .collect();
         // Kong reads every period's usage, refuses when one is spent, else counts the request.
-        let mut usage: Vec<u64> = windows
-            .iter()
-            .map(|(_, _, start, key)| counters.usage(key, *start))
-            .collect();
+        // With one period the increment alone decides (it refuses at the limit and counts
+        // nothing then): one counter round trip per request instead of two.
+        let mut usage: Vec<u64> = if windows.len() == 1 {
+            vec![0]
+        } else {
+            windows
+                .iter()
+                .map(|(_, _, start, key)| counters.usage(key, *start))
+                .collect()
+        };
         let mut stop = windows
             .iter()
             .zip(&usage)
@@ -179,7 +197,7 @@ impl RateLimiting {
             }
         }
 
-        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut headers: Vec<(&'static str, String)> = Vec::new();
         let mut best: Option<(u64, u64, u64)> = None; // (remaining, window, limit)
         let mut reset = 1;
         for (i, (period, limit, start, _)) in windows.iter().enumerate() {
@@ -187,7 +205,7 @@ impl RateLimiting {
             if stop.is_none() || stop == Some(i) {
                 remaining = remaining.saturating_sub(1);
             }
-            let window = PERIODS[*period].2;
+            let window = PERIODS[*period].1;
             let better = match best {
                 None => true,
                 Some((r, w, _)) => remaining < r || (remaining == r && window > w),
@@ -197,30 +215,31 @@ impl RateLimiting {
                 let elapsed = (ex.now_ms.saturating_sub(*start)) / 1000;
                 reset = window.saturating_sub(elapsed).max(1);
             }
-            let label = PERIODS[*period].1;
-            headers.push((format!("X-RateLimit-Limit-{label}"), limit.to_string()));
-            headers.push((
-                format!("X-RateLimit-Remaining-{label}"),
-                remaining.to_string(),
-            ));
+            let (limit_name, remaining_name) = HEADER_NAMES[*period];
+            headers.push((limit_name, limit.to_string()));
+            headers.push((remaining_name, remaining.to_string()));
         }
         if let Some((remaining, _, limit)) = best {
-            headers.push(("RateLimit-Limit".into(), limit.to_string()));
-            headers.push(("RateLimit-Remaining".into(), remaining.to_string()));
-            headers.push(("RateLimit-Reset".into(), reset.to_string()));
+            headers.push(("RateLimit-Limit", limit.to_string()));
+            headers.push(("RateLimit-Remaining", remaining.to_string()));
+            headers.push(("RateLimit-Reset", reset.to_string()));
         }
         if self.hide_client_headers {
             headers.clear();
         }
+        if stop.is_none() {
+            for (name, value) in headers {
+                ex.response.set(name, value);
+            }
+            return Ok(());
+        }
         for (name, value) in &headers {
             ex.response.set(name, value.clone());
         }
-        if stop.is_some() {
-            let mut exit = Exit::error(self.error_code, &self.error_message);
-            exit.headers.extend(headers);
-            return Err(exit.with_header("Retry-After", reset.to_string()));
-        }
-        Ok(())
+        let mut exit = Exit::error(self.error_code, &self.error_message);
+        exit.headers
+            .extend(headers.into_iter().map(|(n, v)| (n.to_owned(), v)));
+        Err(exit.with_header("Retry-After", reset.to_string()))
     }
 }
 

@@ -9,6 +9,14 @@ fn engine(body: Value) -> PluginEngine {
 }
 
 fn engine_ignoring(body: Value, ignore: &[&str]) -> PluginEngine {
+    let policy = PluginPolicy {
+        ignore: ignore.iter().map(|s| s.to_string()).collect(),
+        refuse_observe_only: false,
+    };
+    engine_with(body, &policy)
+}
+
+fn engine_with(body: Value, policy: &PluginPolicy) -> PluginEngine {
     let mut map = body.as_object().cloned().unwrap_or_default();
     map.insert("_format_version".into(), json!("3.0"));
     map.entry("services").or_insert(json!([
@@ -21,8 +29,7 @@ fn engine_ignoring(body: Value, ignore: &[&str]) -> PluginEngine {
         ]}
     ]));
     let loaded = ConfigDocument::from_json(&Value::Object(map)).expect("valid document");
-    let ignore: Vec<String> = ignore.iter().map(|s| s.to_string()).collect();
-    PluginEngine::compile(&loaded.document, &ignore)
+    PluginEngine::compile(&loaded.document, policy)
 }
 
 /// A request builder: route r1 of service svc unless told otherwise.
@@ -150,6 +157,32 @@ fn consumers() -> Value {
 }
 
 // ---- key-auth ----
+
+/// A file without ids (Kong's `kong config init` template, decK files): Kong generates the
+/// consumer's id on load (UUIDv5 of its username; go-kong's published vector for
+/// "some.username"), so `X-Consumer-ID` carries it; the credential's id Kong draws at random,
+/// so here it is a stable UUID of its own, never the credential's place in the file.
+#[test]
+fn key_auth_headers_carry_the_ids_kong_generates() {
+    let body = json!({
+        "consumers": [{"username": "some.username",
+                       "keyauth_credentials": [{"key": "the-key"}]}],
+        "plugins": [{"name": "key-auth"}]
+    });
+    let credential = |e: &PluginEngine| {
+        let f = forward(req("/one").header("apikey", "the-key").run(e));
+        assert_eq!(
+            upstream(&f, "x-consumer-id").as_deref(),
+            Some("782780c4-d345-5682-bdf6-722dccaf93e0")
+        );
+        upstream(&f, "x-credential-identifier").expect("a credential id")
+    };
+    let id = credential(&engine(body.clone()));
+    assert_eq!(id.len(), 36, "{id}");
+    assert!(!id.contains("keyauth_credentials"), "{id}");
+    // Every worker, every reload: the same id.
+    assert_eq!(credential(&engine(body)), id);
+}
 
 #[test]
 fn key_auth_kong_documented_answers() {
@@ -298,9 +331,11 @@ fn basic_auth_checks_kong_hashed_and_clear_passwords() {
             .header("Authorization", &basic("alice", "wrong"))
             .run(&e),
     );
+    // Kong 3.9.x: one message for every failure.
+    assert_eq!((r.status, message(&r).as_str()), (401, "Unauthorized"));
     assert_eq!(
-        (r.status, message(&r).as_str()),
-        (401, "Invalid authentication credentials")
+        header(&r.headers, "WWW-Authenticate"),
+        Some("Basic realm=\"kong\"")
     );
     // The stored hash itself is not a password.
     let r = respond(
@@ -321,10 +356,12 @@ fn basic_auth_checks_kong_hashed_and_clear_passwords() {
         upstream(&f, "x-consumer-username").as_deref(),
         Some("alice")
     );
+    // basic-auth's set_consumer: the credential's username, not its id ("b-1").
     assert_eq!(
         upstream(&f, "x-credential-identifier").as_deref(),
-        Some("b-1")
+        Some("alice")
     );
+    assert_eq!(upstream(&f, "x-credential-username"), None);
     assert!(f
         .request_headers
         .contains(&HeaderOp::Remove("authorization".into())));
@@ -629,6 +666,52 @@ fn rate_limiting_a_lost_race_is_a_refusal() {
         header(&r.headers, "X-RateLimit-Remaining-Minute"),
         Some("0")
     );
+}
+
+/// Memory counters that count the calls made to them (each one a shared-data round trip in
+/// the filter).
+#[derive(Default)]
+struct CountedCounters {
+    inner: MemoryCounters,
+    usage_calls: usize,
+    increment_calls: usize,
+}
+
+impl Counters for CountedCounters {
+    fn usage(&mut self, key: &str, window_start_ms: u64) -> u64 {
+        self.usage_calls += 1;
+        self.inner.usage(key, window_start_ms)
+    }
+    fn increment(&mut self, key: &str, window_start_ms: u64, limit: u64) -> Option<u64> {
+        self.increment_calls += 1;
+        self.inner.increment(key, window_start_ms, limit)
+    }
+}
+
+#[test]
+fn rate_limiting_one_period_costs_one_counter_operation_per_request() {
+    let e = engine(json!({"plugins": [{"name": "rate-limiting", "config": {"minute": 2}}]}));
+    let mut counters = CountedCounters::default();
+    for remaining in ["1", "0"] {
+        let f = forward(req("/one").run_with(&e, &mut counters));
+        let h = response_headers(&f.response, &[]);
+        assert_eq!(header(&h, "X-RateLimit-Remaining-Minute"), Some(remaining));
+        assert_eq!(header(&h, "RateLimit-Remaining"), Some(remaining));
+    }
+    let r = respond(req("/one").run_with(&e, &mut counters));
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        header(&r.headers, "X-RateLimit-Remaining-Minute"),
+        Some("0")
+    );
+    assert_eq!((counters.usage_calls, counters.increment_calls), (0, 3));
+
+    // Two periods: Kong reads both before counting in either.
+    let e =
+        engine(json!({"plugins": [{"name": "rate-limiting", "config": {"minute": 2, "hour": 5}}]}));
+    let mut counters = CountedCounters::default();
+    forward(req("/one").run_with(&e, &mut counters));
+    assert_eq!((counters.usage_calls, counters.increment_calls), (2, 2));
 }
 
 // ---- request-termination ----
@@ -1028,13 +1111,73 @@ fn an_unsupported_consumer_plugin_fails_once_the_consumer_is_known() {
 
 #[test]
 fn listed_unsupported_plugins_are_ignored() {
-    let e = engine_ignoring(
-        json!({"plugins": [{"name": "prometheus"}]}),
-        &["prometheus"],
-    );
+    let e = engine_ignoring(json!({"plugins": [{"name": "jwt"}]}), &["jwt"]);
     assert!(matches!(req("/one").run(&e), PluginOutcome::Forward(_)));
     assert!(e.unsupported()[0].ignored);
     assert!(e.unsupported()[0].reason.contains("ignored"));
+}
+
+/// The plugins that only observe (metrics, logs, traces) are skipped: the request goes
+/// through, the outcome names them (the filter counts such requests), and the engine lists
+/// them with a warning. Every plugin that decides or changes traffic still fails closed.
+#[test]
+fn observe_only_plugins_are_skipped_and_named_per_request() {
+    let mut plugins: Vec<Value> = OBSERVE_ONLY
+        .iter()
+        .map(|name| json!({"name": name, "route": "r1"}))
+        .collect();
+    plugins.push(json!({"name": "key-auth", "route": "r2"}));
+    plugins.push(json!({"name": "prometheus", "route": "r2"}));
+    plugins.push(json!({"name": "jwt", "route": "r3"}));
+    plugins.push(json!({"name": "http-log", "route": "r3"}));
+    let e = engine(json!({"consumers": consumers(), "plugins": plugins}));
+
+    let f = forward(req("/one").run(&e));
+    let mut all = OBSERVE_ONLY.to_vec();
+    all.sort_unstable();
+    assert_eq!(f.skipped, all);
+    assert!(f.request_headers.is_empty());
+    // An answer from another plugin names them too: Kong would have logged it.
+    let r = respond(req("/two").route(1, 0).run(&e));
+    assert_eq!((r.status, r.skipped.clone()), (401, vec!["prometheus"]));
+    let f = forward(
+        req("/two")
+            .route(1, 0)
+            .header("apikey", "alice-key")
+            .run(&e),
+    );
+    assert_eq!(f.skipped, ["prometheus"]);
+    // A plugin that decides traffic still refuses the request.
+    let r = respond(req("/three").route(2, 1).run(&e));
+    assert_eq!((r.status, r.skipped.clone()), (500, vec!["http-log"]));
+
+    let skipped: Vec<&UnsupportedPlugin> =
+        e.unsupported().iter().filter(|u| u.name != "jwt").collect();
+    assert_eq!(skipped.len(), OBSERVE_ONLY.len() + 2);
+    for u in skipped {
+        assert!(u.ignored, "{u:?}");
+        assert!(u.reason.contains("only observes traffic"), "{u:?}");
+    }
+}
+
+#[test]
+fn observe_only_plugins_can_be_refused_like_any_unsupported_plugin() {
+    let policy = PluginPolicy {
+        ignore: Vec::new(),
+        refuse_observe_only: true,
+    };
+    let e = engine_with(json!({"plugins": [{"name": "prometheus"}]}), &policy);
+    let r = respond(req("/one").run(&e));
+    assert_eq!(r.status, 500);
+    assert!(message(&r).contains("\"prometheus\""), "{}", message(&r));
+    assert!(!e.unsupported()[0].ignored);
+    // Listed in `ignore`, it is let through without a count.
+    let policy = PluginPolicy {
+        ignore: vec!["prometheus".into()],
+        refuse_observe_only: true,
+    };
+    let e = engine_with(json!({"plugins": [{"name": "prometheus"}]}), &policy);
+    assert!(forward(req("/one").run(&e)).skipped.is_empty());
 }
 
 #[test]
@@ -1210,4 +1353,45 @@ fn edits_without_headers_change_what_the_plan_changes_and_no_more() {
     );
     let f = forward(req("/one").run(&e));
     assert_eq!(f.response.edits_without_headers(), None);
+}
+
+#[test]
+fn header_diff_names_only_what_changed() {
+    let before = [
+        (":path", "/x"),
+        ("X-Keep", "1"),
+        ("ApiKey", "secret"),
+        ("x-multi", "a"),
+        ("X-Multi", "b"),
+    ];
+    let after: Vec<(String, String)> = [
+        ("x-keep", "1"),
+        ("x-multi", "a"),
+        ("x-multi", "c"),
+        ("x-consumer-id", "c-1"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        diff_headers(&before, &after),
+        vec![
+            HeaderOp::Remove("apikey".into()),
+            HeaderOp::Remove("x-multi".into()),
+            HeaderOp::Add("x-multi".into(), "a".into()),
+            HeaderOp::Add("x-multi".into(), "c".into()),
+            HeaderOp::Add("x-consumer-id".into(), "c-1".into()),
+        ]
+    );
+    let same: Vec<(String, String)> = vec![("x-keep".into(), "1".into())];
+    assert!(diff_headers(&[("X-Keep", "1"), (":authority", "a")], &same).is_empty());
+}
+
+#[test]
+fn random_bits_are_needed_only_by_correlation_id() {
+    assert!(!engine(json!({"consumers": consumers(), "plugins": [
+        {"name": "key-auth"}, {"name": "rate-limiting", "config": {"minute": 5}}
+    ]}))
+    .needs_random());
+    assert!(engine(json!({"plugins": [{"name": "correlation-id", "route": "r1"}]})).needs_random());
 }

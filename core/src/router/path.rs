@@ -3,15 +3,24 @@
 use crate::digest::hex_value;
 use std::borrow::Cow;
 
-/// Kong's `kong.tools.uri.normalize(path, true)` (RFC 3986 §6.2.2): percent-encoded unreserved
-/// characters are decoded, other triplets get upper-case hex digits, runs of `/` collapse to
-/// one (Kong merges slashes) and dot segments are removed (§5.2.4). `path` has no query.
+/// Kong's `kong.tools.uri.normalize(path, true)` (Kong 3.9.x `kong/tools/uri.lua`, RFC 3986
+/// §6.2.2): percent-encoded triplets are decoded except reserved characters
+/// (`!*'();:@&=+$,/?%#[]`), which keep an upper-case triplet; runs of `/` collapse to one (Kong
+/// merges slashes) and dot segments are removed (§5.2.4). `path` has no query.
+///
+/// Kong works on bytes; here a path stays UTF-8: when decoding would leave bytes that are not
+/// UTF-8 (`%FF`), only the ASCII triplets are decoded. [`escape`] encodes the same bytes again
+/// on the way upstream, so the upstream request line is Kong's either way.
+///
+/// Unlike Kong, a `%` that starts no valid triplet becomes `%25`: Kong leaves it, which makes
+/// its normalisation read `/%4%41` as `/%4A`, a path that normalises (and that an upstream
+/// decodes) to `/J`. Here normalising twice gives what normalising once gives.
 pub fn normalize(path: &str) -> Cow<'_, str> {
     // Every segment follows a '/', so a path without "%", "//" and "/." is already normal.
     if !path.contains('%') && !path.contains("//") && !path.contains("/.") {
         return path.into();
     }
-    let decoded = decode_unreserved(path);
+    let decoded = decode_triplets(path);
     let merged = merge_slashes(&decoded);
     if !merged.contains('.') {
         return merged.into();
@@ -19,33 +28,62 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
     remove_dot_segments(&merged).into()
 }
 
-fn decode_unreserved(path: &str) -> String {
+/// Characters whose meaning changes when decoded: `kong/tools/uri.lua`'s `RESERVED_CHARS`
+/// (`migrate_path_280_300.lua`'s `RESERVED_CHARACTERS` is the same set).
+pub(crate) const RESERVED: &[u8] = b"!*'();:@&=+$,/?%#[]";
+
+fn decode_triplets(path: &str) -> String {
     if !path.contains('%') {
         return path.to_owned();
     }
-    let bytes = path.as_bytes();
+    let decode = |ascii_only: bool| {
+        rewrite_triplets(path, |c, out| {
+            if RESERVED.contains(&c) || (ascii_only && !c.is_ascii()) {
+                push_triplet(out, c);
+            } else {
+                out.push(c);
+            }
+        })
+    };
+    String::from_utf8(decode(false)).unwrap_or_else(|_| {
+        // Only ASCII bytes were decoded, so valid UTF-8 stays valid.
+        String::from_utf8(decode(true))
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    })
+}
+
+/// `text` with each `%XX` triplet replaced by what `write` appends for its byte; a `%` not
+/// followed by two hex digits becomes `%25` (see [`normalize`]).
+pub(crate) fn rewrite_triplets(text: &str, write: impl Fn(u8, &mut Vec<u8>)) -> Vec<u8> {
+    let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
             if let (Some(h), Some(l)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
-                let c = h * 16 + l;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c);
-                } else {
-                    out.push(b'%');
-                    out.push(bytes[i + 1].to_ascii_uppercase());
-                    out.push(bytes[i + 2].to_ascii_uppercase());
-                }
+                write(h * 16 + l, &mut out);
                 i += 3;
                 continue;
             }
         }
-        out.push(bytes[i]);
+        if bytes[i] == b'%' {
+            // A '%' that starts no triplet is a literal percent sign (RFC 3986 §2.4: always
+            // encoded). Left raw, it could pair with what follows once that is decoded
+            // ("/%4%41" → "/%4A"), so a second normalisation, or the upstream's own decoding,
+            // would read another path ("/J") than the one routed.
+            out.extend_from_slice(b"%25");
+        } else {
+            out.push(bytes[i]);
+        }
         i += 1;
     }
-    // Only ASCII bytes were decoded, so valid UTF-8 stays valid.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    out
+}
+
+/// Appends `%XX` with upper-case hex digits.
+pub(crate) fn push_triplet(out: &mut Vec<u8>, c: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.extend([b'%', HEX[usize::from(c >> 4)], HEX[usize::from(c & 15)]]);
 }
 
 fn merge_slashes(path: &str) -> String {
@@ -188,7 +226,15 @@ mod tests {
             ("/a%2fb", "/a%2Fb"),
             ("/a%2e%2e/x", "/a../x"),
             ("/x/%2e%2e/y", "/y"),
-            ("/100%", "/100%"),
+            ("/100%", "/100%25"),
+            ("/%4%41", "/%254A"),
+            ("/%zz/%2", "/%25zz/%252"),
+            // Kong decodes every triplet but the reserved characters' ("others" too).
+            ("/a%20b", "/a b"),
+            ("/q%22%3c", "/q\"<"),
+            ("/caf%c3%a9", "/caf\u{e9}"),
+            ("/a%3b%40", "/a%3B%40"),
+            ("/bad%FF%41", "/bad%FFA"),
             ("/.hidden/x", "/.hidden/x"),
         ] {
             assert_eq!(normalize(input), expected, "{input}");
@@ -200,5 +246,56 @@ mod tests {
         assert_eq!(escape("/a b/%2F?x"), "/a%20b/%2F?x");
         assert_eq!(escape("/caf\u{e9}"), "/caf%C3%A9");
         assert_eq!(escape("/plain/path"), "/plain/path");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from what normalisation treats specially.
+        fn odd_path() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "/", "//", ".", "..", "%2e", "%2E", "%2f", "%7e", "%41", "%", "%4", "%zz", "a",
+                    "b~", "é", "%C3%A9", "?", ";", " ",
+                ]),
+                0..12,
+            )
+            .prop_map(|parts| format!("/{}", parts.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(crate::properties::config())]
+
+            #[test]
+            fn normalisation_never_panics_and_is_idempotent(path in prop_oneof![odd_path(), "/.{0,40}"]) {
+                let once = normalize(&path).into_owned();
+                prop_assert_eq!(normalize(&once), once.as_str(), "from {:?}", path);
+                prop_assert!(once.starts_with('/'), "{once:?} from {path:?}");
+                prop_assert!(!once.contains("//"), "{once:?} from {path:?}");
+                prop_assert!(
+                    !once.split('/').any(|s| s == "." || s == ".."),
+                    "{once:?} from {path:?}"
+                );
+                // At most a stray '%' becomes "%25": the 414 check on the raw path bounds
+                // what regexes see.
+                prop_assert!(once.len() <= 3 * path.len().max(1), "{once:?} from {path:?}");
+            }
+
+            #[test]
+            fn escaping_keeps_a_request_target_valid_and_is_idempotent(path in ".{0,40}") {
+                let escaped = escape(&path).into_owned();
+                prop_assert!(escaped.bytes().all(|b| b.is_ascii_graphic()), "{escaped:?}");
+                prop_assert_eq!(escape(&escaped), escaped.as_str());
+            }
+
+            #[test]
+            fn joining_never_panics(base in "/[a-z/]{0,8}", strip in any::<bool>(), request in "/[a-z./]{0,12}", cut in 0usize..14) {
+                let at = request.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(request.len());
+                let postfix = sanitize_postfix(&request[at..]);
+                let joined = join_v0(&base, strip, postfix, &request);
+                prop_assert!(joined.starts_with('/'), "{joined:?}");
+            }
+        }
     }
 }

@@ -1,14 +1,15 @@
 use super::*;
+use crate::document::ids::kong_id;
 use serde_json::{json, Value};
 
-fn router(body: Value) -> Router {
+pub(super) fn router(body: Value) -> Router {
     let mut map = body.as_object().cloned().expect("object");
     map.insert("_format_version".into(), json!("3.0"));
     let loaded = ConfigDocument::from_json(&Value::Object(map)).expect("valid document");
     Router::compile(&loaded.document)
 }
 
-fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) -> RequestView<'a> {
+pub(super) fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) -> RequestView<'a> {
     RequestView {
         method,
         authority,
@@ -20,7 +21,7 @@ fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) -> RequestVie
     }
 }
 
-fn forward(router: &Router, req: RequestView<'_>) -> Forward {
+pub(super) fn forward(router: &Router, req: RequestView<'_>) -> Forward {
     match router.route(&req) {
         RouteOutcome::Forward(f) => f,
         other => panic!("expected a forward for {req:?}, got {other:?}"),
@@ -32,6 +33,7 @@ fn matched(router: &Router, method: &str, authority: &str, path: &str) -> String
     match router.route(&request(method, authority, path)) {
         RouteOutcome::Forward(f) => f.route_name,
         RouteOutcome::NoRoute => "-".to_owned(),
+        RouteOutcome::UriTooLong => "414".to_owned(),
         RouteOutcome::Unavailable { message, .. } => format!("503 {message}"),
         RouteOutcome::HttpsRequired(h) => format!("{} {}", h.status, h.route_name),
     }
@@ -171,16 +173,60 @@ fn longer_prefix_then_regex_priority_then_document_order() {
     let r = routes(json!([
         {"name": "short", "paths": ["/a"], "regex_priority": 10},
         {"name": "long", "paths": ["/a/b"]},
-        {"name": "first", "paths": ["/c"]},
-        {"name": "second", "paths": ["/c"]},
-        {"name": "low", "paths": ["/d"], "regex_priority": 1},
-        {"name": "high", "paths": ["/d"], "regex_priority": 2},
+        {"paths": ["/c"], "tags": ["first"]},
+        {"paths": ["/c"], "tags": ["second"]},
+        {"name": "low", "paths": ["/d"], "regex_priority": 1,
+         "id": "00000000-0000-4000-8000-000000000002"},
+        {"name": "high", "paths": ["/d"], "regex_priority": 2,
+         "id": "00000000-0000-4000-8000-000000000001"},
     ]));
     assert_eq!(matched(&r, "GET", "x", "/a/b/c"), "long");
     assert_eq!(matched(&r, "GET", "x", "/a/c"), "short");
-    assert_eq!(matched(&r, "GET", "x", "/c"), "first");
-    // Kong's get_priority counts regex_priority for regex paths only.
+    // Routes without a name or id (Kong would draw random ids): document order.
+    assert_eq!(matched(&r, "GET", "x", "/c"), "services[0].routes[2]");
+    // Kong's get_priority counts regex_priority for regex paths only: "low" and "high" tie,
+    // and the greater id wins.
     assert_eq!(matched(&r, "GET", "x", "/d"), "low");
+}
+
+#[test]
+fn equal_priorities_go_to_the_greater_id_kong_generates_from_the_name() {
+    // Kong 3.9.x: "first" gets 2ccad8ae-…, "second" 8b279206-… (UUIDv5 of the names).
+    assert!(kong_id("routes", "second") > kong_id("routes", "first"));
+    let r = routes(json!([
+        {"name": "first", "paths": ["/c"]},
+        {"name": "second", "paths": ["/c"]},
+    ]));
+    assert_eq!(matched(&r, "GET", "x", "/c"), "second");
+    let r = routes(json!([
+        {"name": "second", "paths": ["/c"]},
+        {"name": "first", "paths": ["/c"]},
+    ]));
+    assert_eq!(matched(&r, "GET", "x", "/c"), "second");
+}
+
+#[test]
+fn split_routes_break_ties_with_the_ids_kong_gives_each_path_group() {
+    // transform.lua splits a route whose paths have different lengths: group 1 is "/ab",
+    // group 2 "/x"; each competes with the id uuid_v5(7f145bf9-…, "<route id>#<group>").
+    let a = "00000000-0000-4000-8000-00000000000a";
+    let b = "00000000-0000-4000-8000-00000000000b";
+    let (a1, a2) = (split_route_id(a, 1), split_route_id(a, 2));
+    let r = routes(json!([
+        {"name": "a", "id": a, "paths": ["/ab", "/x"]},
+        {"name": "b", "id": b, "paths": ["/x"]},
+    ]));
+    // "/x" of route a competes as group 2 against route b: the greater of a2 and b wins,
+    // not the greater of a and b.
+    assert!(a2.as_str() > b && b > a);
+    assert_eq!(matched(&r, "GET", "x", "/x"), "a");
+    assert_ne!(a1, a2);
+    // Without a split (one group), the route's own id competes.
+    let r = routes(json!([
+        {"name": "a", "id": a, "paths": ["/x", "/y"]},
+        {"name": "b", "id": b, "paths": ["/x"]},
+    ]));
+    assert_eq!(matched(&r, "GET", "x", "/x"), "b");
 }
 
 #[test]
@@ -358,29 +404,34 @@ fn upstream_without_usable_targets_is_unavailable() {
             {"name": "empty"},
         ],
     }));
-    for (path, name) in [("/pool", "pool"), ("/empty", "empty")] {
+    // Kong 3.9.x balancer/init.lua: "failure to get a peer from the ring-balancer", 503.
+    for (path, service) in [("/pool", 0), ("/empty", 1)] {
         assert_eq!(
             r.route(&request("GET", "a", path)),
             RouteOutcome::Unavailable {
-                route_name: format!("services[{}].routes[0]", usize::from(name == "empty")),
-                message: format!("no healthy upstream targets for upstream {name}")
+                route: service,
+                service: Some(service),
+                route_name: format!("services[{service}].routes[0]"),
+                message: "failure to get a peer from the ring-balancer".into()
             }
         );
     }
 }
 
+/// Kong leaves the routes of a disabled service out of its router (runloop/handler.lua;
+/// spec/02-integration/09-hybrid_mode/01-sync_spec.lua expects a 404 once the service is
+/// disabled): another route may take the request.
 #[test]
-fn disabled_service_is_unavailable() {
+fn routes_of_a_disabled_service_do_not_exist() {
+    let r = router(json!({"services": [
+        {"name": "off", "url": "http://b", "enabled": false, "routes": [{"paths": ["/api"]}]},
+        {"name": "on", "url": "http://c", "routes": [{"name": "root", "paths": ["/"]}]},
+    ]}));
+    assert_eq!(matched(&r, "GET", "a", "/api/x"), "root");
     let r = router(json!({"services": [
         {"name": "off", "url": "http://b", "enabled": false, "routes": [{"paths": ["/"]}]}
     ]}));
-    assert_eq!(
-        r.route(&request("GET", "a", "/")),
-        RouteOutcome::Unavailable {
-            route_name: "services[0].routes[0]".into(),
-            message: "service off is disabled".into()
-        }
-    );
+    assert_eq!(r.route(&request("GET", "a", "/")), RouteOutcome::NoRoute);
 }
 
 #[test]
@@ -389,6 +440,8 @@ fn route_without_service_is_unavailable() {
     assert_eq!(
         r.route(&request("GET", "a", "/")),
         RouteOutcome::Unavailable {
+            route: 0,
+            service: None,
             route_name: "lonely".into(),
             message: NO_SERVICE_MESSAGE.into()
         }
@@ -445,6 +498,7 @@ fn describe(outcome: RouteOutcome) -> String {
     match outcome {
         RouteOutcome::Forward(f) => f.route_name,
         RouteOutcome::NoRoute => "-".to_owned(),
+        RouteOutcome::UriTooLong => "414".to_owned(),
         RouteOutcome::Unavailable { message, .. } => format!("503 {message}"),
         RouteOutcome::HttpsRequired(h) => match h.location {
             Some(location) => format!("{} {} {location}", h.status, h.route_name),
@@ -506,9 +560,12 @@ fn kong_documented_router_rules() {
         Rule {
             doc: "Route object, hosts: a host may carry a port; it then matches that port only \
                   (compat.lua: `http.host == h && net.dst.port == p`)",
+            // Both match example.com:8000 with equal priorities: the greater id wins.
             routes: json!([
-                {"name": "with-port", "hosts": ["example.com:8000"]},
-                {"name": "any-port", "hosts": ["example.com"]},
+                {"name": "with-port", "hosts": ["example.com:8000"],
+                 "id": "00000000-0000-4000-8000-000000000002"},
+                {"name": "any-port", "hosts": ["example.com"],
+                 "id": "00000000-0000-4000-8000-000000000001"},
                 {"name": "wild-port", "hosts": ["*.example.net:9000"]},
             ]),
             cases: &[
@@ -812,17 +869,101 @@ fn kong_documented_upstream_requests() {
 
 #[test]
 fn unsupported_regexes_are_listed_and_never_match() {
-    let r = routes(json!([
-        {"name": "lookaround", "paths": ["~/users/(?=\\d)"]},
-        {"name": "mixed", "paths": ["~/re/(?!x)", "/plain"]},
-        {"name": "backref", "paths": ["~/(a)\\1"]},
-    ]));
+    // Validation refuses these (see `regexes_the_filter_cannot_run_are_refused`); a document
+    // built another way still compiles, without them.
+    let loaded = ConfigDocument::from_json(&json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": "http://backend:8080", "routes": [
+            {"name": "lookaround", "paths": ["/a"]},
+            {"name": "mixed", "paths": ["/b", "/plain"]},
+            {"name": "backref", "paths": ["/c"]},
+            {"name": "huge", "paths": ["/d"]},
+        ]}]
+    }))
+    .unwrap();
+    let mut doc = loaded.document;
+    doc.routes[0].paths = vec!["~/users/(?=\\d)".into()];
+    doc.routes[1].paths = vec!["~/re/(?!x)".into(), "/plain".into()];
+    doc.routes[2].paths = vec!["~/(a)\\1".into()];
+    doc.routes[3].paths = vec!["~/(.*a){100}$".into()];
+    let r = Router::compile(&doc);
     assert_eq!(r.len(), 1);
     assert_eq!(matched(&r, "GET", "a", "/users/1"), "-");
     assert_eq!(matched(&r, "GET", "a", "/plain/1"), "mixed");
     let notes: Vec<usize> = r.unsupported().iter().map(|u| u.route).collect();
-    assert_eq!(notes, [0, 1, 2]);
+    assert_eq!(notes, [0, 1, 2, 3]);
     assert!(r.unsupported()[0].reason.contains("never matches"));
+    assert!(r.unsupported()[3].reason.contains("MAX_REGEX_NFA_BYTES"));
+}
+
+#[test]
+fn regexes_the_filter_cannot_run_are_refused() {
+    let cases = [
+        ("~/(unclosed", "found open group without closing ')'"),
+        (
+            "~/users/(?<=x)y",
+            "the filter's regex engine has no look-around",
+        ),
+        ("~/(a)\\1", "backreferences are not supported"),
+        (
+            "~/(.*a){100}$",
+            "more than 10240 bytes (MAX_REGEX_NFA_BYTES)",
+        ),
+    ];
+    for (path, reason) in cases {
+        let err = ConfigDocument::from_json(&json!({
+            "_format_version": "3.0",
+            "services": [{"name": "svc", "url": "http://b", "routes": [
+                {"name": "ok", "paths": ["~/fine/\\d+$"]},
+                {"name": "bad", "paths": ["/x", path]},
+            ]}]
+        }))
+        .unwrap_err();
+        assert_eq!(err.len(), 1, "{path}: {err}");
+        let problem = &err.problems[0];
+        assert_eq!(problem.path, "services[0].routes[1].paths[1]", "{path}");
+        assert!(
+            problem
+                .message
+                .starts_with(&format!("invalid regex {path:?}: ")),
+            "{path}: {}",
+            problem.message
+        );
+        assert!(
+            problem.message.contains(reason),
+            "{path}: {}",
+            problem.message
+        );
+    }
+    let err = ConfigDocument::from_json(&json!({
+        "_format_version": "3.0",
+        "routes": [{"headers": {"x-v": ["~*(unclosed"]}}]
+    }))
+    .unwrap_err();
+    assert_eq!(err.problems[0].path, "routes[0].headers.x-v");
+    assert!(err.problems[0]
+        .message
+        .starts_with("invalid regex \"~*(unclosed\""));
+}
+
+#[test]
+fn paths_longer_than_the_limit_get_414_before_any_route_runs() {
+    let r = routes(
+        json!([{"name": "regex", "paths": ["~/(.*a){40}$"]}, {"name": "all", "paths": ["/"]}]),
+    );
+    let at_limit = format!("/{}", "a".repeat(MAX_REQUEST_PATH_BYTES - 1));
+    assert_eq!(matched(&r, "GET", "a", &at_limit), "regex");
+    let over = format!("{at_limit}a");
+    assert_eq!(
+        r.route(&request("GET", "a", &over)),
+        RouteOutcome::UriTooLong
+    );
+    // The query string counts: the limit is on the request line's target.
+    let with_query = format!("/?q={}", "x".repeat(MAX_REQUEST_PATH_BYTES));
+    assert_eq!(
+        r.route(&request("GET", "a", &with_query)),
+        RouteOutcome::UriTooLong
+    );
 }
 
 #[test]
@@ -959,4 +1100,70 @@ fn regex_literal_prefixes_index_regex_paths() {
     // ASCII digits only, as PCRE without UCP.
     assert_eq!(matched(&r, "GET", "x", "/n/\u{663}"), "-");
     assert_eq!(matched(&r, "GET", "x", "/n/42"), "digits");
+}
+
+#[test]
+fn sni_and_listener_port_are_needed_only_by_routes_that_use_them() {
+    let plain = routes(json!([
+        {"name": "a", "hosts": ["a.example", "*.b.example"], "paths": ["/a"]},
+        {"name": "b", "paths": ["/b"], "protocols": ["https"]}
+    ]));
+    assert!(!plain.needs_sni() && !plain.needs_port());
+    // Without them, the request's SNI and listener port change nothing: the filter may skip
+    // reading them.
+    for (scheme, authority, path) in [
+        ("http", "a.example", "/a/x"),
+        ("https", "x.b.example", "/a"),
+        ("https", "other", "/b"),
+        ("http", "a.example:8443", "/a"),
+    ] {
+        let mut bare = request("GET", authority, path);
+        bare.scheme = scheme;
+        let full = RequestView {
+            sni: Some("a.example"),
+            port: Some(8443),
+            ..bare
+        };
+        assert_eq!(
+            plain.route(&bare),
+            plain.route(&full),
+            "{scheme} {authority}{path}"
+        );
+    }
+
+    let sni = routes(json!([{"name": "s", "snis": ["a.example"], "protocols": ["https"]}]));
+    assert!(sni.needs_sni() && !sni.needs_port());
+    let port = routes(json!([{"name": "p", "hosts": ["a.example:8443"]}]));
+    assert!(port.needs_port() && !port.needs_sni());
+    let mut on_8443 = request("GET", "a.example", "/");
+    assert_eq!(matched(&port, "GET", "a.example", "/"), "-");
+    on_8443.port = Some(8443);
+    assert_eq!(forward(&port, on_8443).route_name, "p");
+}
+
+/// Kong's traditional_compatible router ignores `path_handling: v1` (it only has
+/// `get_upstream_uri_v0`) and Kong warns about it on load: row 17 of Kong's path-handling
+/// fixture, whose v1 answer (/srvroureq) only the `traditional` router gives.
+#[test]
+fn path_handling_v1_is_joined_as_v0_with_kongs_deprecation_warning() {
+    let value = json!({"_format_version": "3.0", "services": [{
+        "name": "s", "host": "backend", "path": "/srv",
+        "routes": [{"name": "r", "paths": ["/rou"], "strip_path": false, "path_handling": "v1"}]
+    }]});
+    let loaded = ConfigDocument::from_json(&value).expect("valid");
+    assert_eq!(
+        loaded.warnings,
+        vec![crate::document::Problem::new(
+            "services[0].routes[0].path_handling",
+            "path_handling='v1' is deprecated and will not work under 'expressions' or \
+             'traditional_compatible' router_flavor, please use path_handling='v0' instead \
+             (deprecated after 3.0); Fallback routes as Kong's traditional_compatible router \
+             does and joins the paths of this route as v0"
+        )]
+    );
+    let r = Router::compile(&loaded.document);
+    assert_eq!(
+        forward(&r, request("GET", "a", "/roureq")).path,
+        "/srv/roureq"
+    );
 }
