@@ -911,10 +911,14 @@ impl Exchange {
 /// case) into `after` (names lowercase): for each header whose values differ, remove it, then
 /// add its new values. Allocates only for the changes: it runs on every request.
 fn diff_headers(before: &[(&str, &str)], after: &[(String, String)]) -> Vec<HeaderOp> {
+    // Pseudo-headers (`:status`, `:path`) are the host's, on both sides: never edited.
     let before = || before.iter().filter(|(n, _)| !n.starts_with(':'));
-    let names = before()
-        .map(|(n, _)| *n)
-        .chain(after.iter().map(|(n, _)| n.as_str()));
+    let names = before().map(|(n, _)| *n).chain(
+        after
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !n.starts_with(':')),
+    );
     let mut ops = Vec::new();
     for (i, name) in names.clone().enumerate() {
         // Each name once, at its first appearance (a few headers: quadratic is cheapest).
