@@ -58,15 +58,17 @@ pub fn dispatch(
     proxy_wasm::hostcalls::dispatch_http_call(upstream, headers, None, vec![], timeout)
 }
 
+/// Bytes from the host as text: valid UTF-8 (nearly always) keeps its buffer, anything else
+/// is decoded lossily.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+}
+
 fn lossy(pairs: abi::Pairs) -> Vec<(String, String)> {
     pairs
         .into_iter()
-        .map(|(name, value)| {
-            (
-                String::from_utf8_lossy(&name).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
-            )
-        })
+        .map(|(name, value)| (text(name), text(value)))
         .collect()
 }
 
@@ -85,10 +87,7 @@ pub fn call_response_body(size: usize) -> Vec<u8> {
 
 /// One request header, decoded lossily.
 pub fn request_header(name: &str) -> Option<String> {
-    abi::header(Map::Request, name)
-        .ok()
-        .flatten()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
+    abi::header(Map::Request, name).ok().flatten().map(text)
 }
 
 /// Every request header, decoded lossily (a header may repeat); empty when the host refuses.
@@ -105,9 +104,7 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
 pub fn read(from: ReadFrom) -> Option<String> {
     match from {
         ReadFrom::Header(name) => request_header(name),
-        ReadFrom::Property(path) => {
-            property(path).map(|v| String::from_utf8_lossy(&v).into_owned())
-        }
+        ReadFrom::Property(path) => property(path).map(text),
     }
 }
 
@@ -140,6 +137,11 @@ pub fn response_headers() -> Vec<(String, String)> {
 /// Adds a response header.
 pub fn add_response_header(name: &str, value: &str) {
     let _ = abi::add_header(Map::Response, name, value);
+}
+
+/// Replaces every value of a response header with one (adds it when absent).
+pub fn replace_response_header(name: &str, value: &str) {
+    let _ = abi::replace_header(Map::Response, name, value);
 }
 
 /// Removes every value of a response header.

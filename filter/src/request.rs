@@ -5,7 +5,7 @@ use crate::host::{self, HostSharedData, Metric};
 use crate::Active;
 use fallback_core::fetch::{LogLevel, Source};
 use fallback_core::filter_config::FilterConfig;
-use fallback_core::host::{HandOverNames, HostProfile, HostWrite, UpstreamTarget};
+use fallback_core::host::{HandOverNames, HostProfile, HostWrite, ReadFrom, UpstreamTarget};
 use fallback_core::plugins::{
     HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
@@ -119,23 +119,35 @@ impl HttpContext for RequestFilter {
             return Action::Pause;
         };
         let profile = self.profile;
-        let method = host::request_header(":method").unwrap_or_default();
+        // Reading every header costs a copy of each: only when a route or a plugin needs them.
+        // Then the single headers below come from that copy rather than from one host call
+        // each (every host's map carries the pseudo-headers too).
+        let owned = (active.router.needs_headers() || !active.plugins.is_empty())
+            .then(host::request_headers);
+        let header = |name: &str| -> Option<String> {
+            match &owned {
+                Some(all) => all
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone()),
+                None => host::request_header(name),
+            }
+        };
+        let method = header(":method").unwrap_or_default();
         let authority = profile
             .host_headers
             .iter()
-            .find_map(|name| host::request_header(name))
+            .find_map(|name| header(name))
             .unwrap_or_default();
-        let path = host::read(profile.path).unwrap_or_else(|| "/".into());
-        let scheme = host::request_header(":scheme").unwrap_or_else(|| "http".into());
-        // Reading every header costs an allocation per header: only when a route or a plugin
-        // needs them.
-        let owned = if active.router.needs_headers() || !active.plugins.is_empty() {
-            host::request_headers()
-        } else {
-            Vec::new()
-        };
+        let path = match profile.path {
+            ReadFrom::Header(name) => header(name),
+            from => host::read(from),
+        }
+        .unwrap_or_else(|| "/".into());
+        let scheme = header(":scheme").unwrap_or_else(|| "http".into());
         let headers: Vec<(&str, &str)> = owned
             .iter()
+            .flatten()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         // The TLS SNI (routes' `snis` only apply to HTTPS requests, so plain HTTP skips the
@@ -275,11 +287,17 @@ impl HttpContext for RequestFilter {
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         if let Some(plan) = self.response_plan.take() {
             // One header at a time: replacing the whole map keeps `Content-Type` in
-            // ngx_wasm_module.
-            for op in plan.edits(&host::response_headers()) {
-                match op {
-                    HeaderOp::Remove(name) => host::remove_response_header(&name),
-                    HeaderOp::Add(name, value) => host::add_response_header(&name, &value),
+            // ngx_wasm_module. The whole map is read only for a plan that needs it.
+            let edits = plan
+                .edits_without_headers()
+                .unwrap_or_else(|| plan.edits(&host::response_headers()));
+            for call in response_calls(&edits) {
+                match call {
+                    ResponseCall::Replace(name, value) => {
+                        host::replace_response_header(name, value)
+                    }
+                    ResponseCall::Remove(name) => host::remove_response_header(name),
+                    ResponseCall::Add(name, value) => host::add_response_header(name, value),
                 }
             }
         }
@@ -290,6 +308,38 @@ impl HttpContext for RequestFilter {
         }
         Action::Continue
     }
+}
+
+/// One host call changing a response header.
+#[derive(Debug, PartialEq, Eq)]
+enum ResponseCall<'a> {
+    /// Every value of the header replaced by one (`proxy_replace_header_map_value`).
+    Replace(&'a str, &'a str),
+    /// Every value removed.
+    Remove(&'a str),
+    /// One value added.
+    Add(&'a str, &'a str),
+}
+
+/// The host calls for `edits`: a `Remove` directly followed by an `Add` of the same header is
+/// one replace (every host replaces every value: Envoy's `setCopy`, ngx_wasm_module's
+/// `HEADERS_SET`), so setting a header costs one call, not two.
+fn response_calls(edits: &[HeaderOp]) -> Vec<ResponseCall<'_>> {
+    let mut calls = Vec::with_capacity(edits.len());
+    let mut ops = edits.iter().peekable();
+    while let Some(op) = ops.next() {
+        match op {
+            HeaderOp::Remove(name) => match ops.peek() {
+                Some(HeaderOp::Add(next, value)) if next == name => {
+                    ops.next();
+                    calls.push(ResponseCall::Replace(name, value));
+                }
+                _ => calls.push(ResponseCall::Remove(name)),
+            },
+            HeaderOp::Add(name, value) => calls.push(ResponseCall::Add(name, value)),
+        }
+    }
+    calls
 }
 
 /// Logs, once per worker and target, that the host refused a hand-over write.
@@ -342,5 +392,39 @@ fn apply_upstream_changes(changes: &UpstreamChanges) {
     }
     if let Some(method) = &changes.method {
         host::set_request_header(":method", Some(method));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_followed_by_an_addition_of_the_same_header_is_one_replace() {
+        let op = |name: &str, value: Option<&str>| match value {
+            Some(v) => HeaderOp::Add(name.into(), v.into()),
+            None => HeaderOp::Remove(name.into()),
+        };
+        let edits = [
+            op("ratelimit-limit", None),
+            op("ratelimit-limit", Some("5")),
+            op("vary", Some("Origin")),
+            op("x-gone", None),
+            op("x-other", Some("1")),
+            op("x-multi", None),
+            op("x-multi", Some("a")),
+            op("x-multi", Some("b")),
+        ];
+        assert_eq!(
+            response_calls(&edits),
+            [
+                ResponseCall::Replace("ratelimit-limit", "5"),
+                ResponseCall::Add("vary", "Origin"),
+                ResponseCall::Remove("x-gone"),
+                ResponseCall::Add("x-other", "1"),
+                ResponseCall::Replace("x-multi", "a"),
+                ResponseCall::Add("x-multi", "b"),
+            ]
+        );
     }
 }

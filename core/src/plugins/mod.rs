@@ -262,6 +262,32 @@ impl ResponsePlan {
         diff_headers(&before, &after)
     }
 
+    /// The same changes as [`ResponsePlan::edits`], worked out without the response's headers,
+    /// or `None` when a step needs them (response-transformer's header transforms). A header
+    /// the plan sets becomes `Remove` then `Add` (removing an absent header changes nothing),
+    /// an added one `Add`, a removed one `Remove`, names lowercased, in the plan's order: the
+    /// same values per header as [`ResponsePlan::apply`]. Reading the whole response header map
+    /// costs the filter a host call and a copy of every header; a plan that only sets, adds or
+    /// removes named headers (rate-limiting's, CORS's, correlation-id's) needs neither.
+    pub fn edits_without_headers(&self) -> Option<Vec<HeaderOp>> {
+        let mut ops = Vec::with_capacity(self.steps.len() * 2);
+        for step in &self.steps {
+            match step {
+                ResponseStep::Set(name, value) => {
+                    let name = name.to_ascii_lowercase();
+                    ops.push(HeaderOp::Remove(name.clone()));
+                    ops.push(HeaderOp::Add(name, value.clone()));
+                }
+                ResponseStep::Add(name, value) => {
+                    ops.push(HeaderOp::Add(name.to_ascii_lowercase(), value.clone()));
+                }
+                ResponseStep::Remove(name) => ops.push(HeaderOp::Remove(name.to_ascii_lowercase())),
+                ResponseStep::Transform(_) => return None,
+            }
+        }
+        Some(ops)
+    }
+
     fn set(&mut self, name: &str, value: impl Into<String>) {
         self.steps
             .push(ResponseStep::Set(name.to_owned(), value.into()));
@@ -885,10 +911,14 @@ impl Exchange {
 /// case) into `after` (names lowercase): for each header whose values differ, remove it, then
 /// add its new values. Allocates only for the changes: it runs on every request.
 fn diff_headers(before: &[(&str, &str)], after: &[(String, String)]) -> Vec<HeaderOp> {
+    // Pseudo-headers (`:status`, `:path`) are the host's, on both sides: never edited.
     let before = || before.iter().filter(|(n, _)| !n.starts_with(':'));
-    let names = before()
-        .map(|(n, _)| *n)
-        .chain(after.iter().map(|(n, _)| n.as_str()));
+    let names = before().map(|(n, _)| *n).chain(
+        after
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !n.starts_with(':')),
+    );
     let mut ops = Vec::new();
     for (i, name) in names.clone().enumerate() {
         // Each name once, at its first appearance (a few headers: quadratic is cheapest).

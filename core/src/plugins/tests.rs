@@ -1273,6 +1273,88 @@ fn configs_as_kong_exports_them_with_every_default_spelt_out() {
     );
 }
 
+/// `ops` made one by one, as a host does: `Remove` every value (any case), `Add` one.
+fn perform(headers: &[(String, String)], ops: &[HeaderOp]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect();
+    for op in ops {
+        match op {
+            HeaderOp::Remove(name) => out.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+            HeaderOp::Add(name, value) => out.push((name.clone(), value.clone())),
+        }
+    }
+    out
+}
+
+/// Each header's values, in order, by lowercased name.
+fn by_name(headers: &[(String, String)]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut map = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (name, value) in headers {
+        map.entry(name.to_ascii_lowercase())
+            .or_default()
+            .push(value.clone());
+    }
+    map
+}
+
+#[test]
+fn edits_without_headers_change_what_the_plan_changes_and_no_more() {
+    let plans = [
+        json!({"plugins": [{"name": "rate-limiting", "config": {"minute": 3, "hour": 10}}]}),
+        json!({"plugins": [{"name": "cors", "config": {"origins": ["https://a.example"],
+            "credentials": true, "max_age": 60}}]}),
+        json!({"plugins": [{"name": "correlation-id", "config": {"echo_downstream": true}}]}),
+        json!({"plugins": [
+            {"name": "correlation-id", "config": {"echo_downstream": true}},
+            {"name": "rate-limiting", "config": {"second": 5}}
+        ]}),
+    ];
+    // The upstream's own values of those headers, repeated, in other cases, must all go.
+    let responses: Vec<Vec<(String, String)>> = vec![
+        vec![],
+        vec![
+            (":status".into(), "200".into()),
+            ("Content-Type".into(), "text/html".into()),
+        ],
+        vec![
+            ("x-ratelimit-limit-minute".into(), "upstream".into()),
+            ("X-RateLimit-Limit-Minute".into(), "again".into()),
+            ("Access-Control-Allow-Origin".into(), "*".into()),
+            ("Vary".into(), "Accept".into()),
+            ("Kong-Request-ID".into(), "upstream-id".into()),
+            ("Content-Type".into(), "text/html".into()),
+        ],
+    ];
+    for body in plans {
+        let e = engine(body.clone());
+        let f = forward(req("/one").header("Origin", "https://a.example").run(&e));
+        assert!(!f.response.is_empty(), "{body}");
+        let ops = f.response.edits_without_headers().expect("no transform");
+        for before in &responses {
+            let mut expected = before.clone();
+            f.response.apply(&mut expected);
+            assert_eq!(
+                by_name(&perform(before, &ops)),
+                by_name(&expected),
+                "{body} on {before:?}"
+            );
+            assert_eq!(
+                by_name(&perform(before, &f.response.edits(before))),
+                by_name(&expected)
+            );
+        }
+    }
+    // response-transformer's transforms need the headers.
+    let e = engine(
+        json!({"plugins": [{"name": "response-transformer", "config": {
+        "rename": {"headers": ["x-a:x-b"]}}}]}),
+    );
+    let f = forward(req("/one").run(&e));
+    assert_eq!(f.response.edits_without_headers(), None);
+}
+
 #[test]
 fn header_diff_names_only_what_changed() {
     let before = [

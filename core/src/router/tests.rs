@@ -1035,6 +1035,30 @@ fn a_host_port_falls_back_to_the_listener_port() {
         ..request("GET", "example.com:9000", "/")
     };
     assert_eq!(r.route(&explicit), RouteOutcome::NoRoute);
+    assert!(r.needs_port());
+}
+
+#[test]
+fn the_listener_port_is_needed_only_when_a_route_host_names_a_port() {
+    // Without a host port, the listener's port cannot change a match: the filter skips the
+    // host call that reads it.
+    let r = routes(json!([
+        {"name": "plain", "hosts": ["example.com", "*.example.org"], "paths": ["/a"]},
+        {"name": "any", "paths": ["/b"]},
+    ]));
+    assert!(!r.needs_port());
+    for port in [None, Some(80), Some(8000)] {
+        let view = RequestView {
+            port,
+            ..request("GET", "example.com", "/a")
+        };
+        assert_eq!(forward(&r, view).route_name, "plain");
+    }
+    let r = routes(json!([
+        {"name": "plain", "hosts": ["example.com"]},
+        {"name": "ported", "hosts": ["example.org:8443"]},
+    ]));
+    assert!(r.needs_port());
 }
 
 #[test]
