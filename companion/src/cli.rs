@@ -471,11 +471,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 retry_initial: args.retry_initial,
                 retry_max: args.retry_max,
                 signing_key,
+                version: args.storage.config_version.clone(),
             };
             match &settings.signing_key {
                 Some(k) => info!(
                     public_key = %k.public_key_base64(),
-                    "exports are signed (Ed25519)"
+                    key_id = %k.key_id(),
+                    "exports are signed (Ed25519, over a manifest naming this key id)"
                 ),
                 None => info!("exports are not signed (no FALLBACK_SIGNING_KEY_FILE)"),
             }
@@ -692,14 +694,20 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         revision: args.revision.unwrap_or_else(exporter::unix_ms),
         node_id: args.storage.node_id(),
         exported_at: exporter::rfc3339_now(),
-        signature: signing_key.as_ref().map(|k| k.sign(&prepared.body)),
+        signature: None,
+        key_id: None,
     };
+    let signing = signing_key.as_ref().map(|key| exporter::ExportSigning {
+        key,
+        version: &args.storage.config_version,
+    });
     let object = format!("{}/{key}", store.describe());
     let outcome = exporter::export_once(
         store.as_ref(),
         &key,
         &prepared,
         &metadata,
+        signing,
         args.attempts.max(1),
         Backoff::new(500, 8_000),
     )
@@ -811,18 +819,31 @@ mod tests {
             panic!("parsed another command")
         };
         let (_, key, store) = args.storage.open().unwrap();
+        let version = args.storage.config_version.clone();
         let code = export(args).await.unwrap();
         assert_eq!(code, ExitCode::SUCCESS);
         let fetched = store.get(&key).await.unwrap().expect("stored");
+        let metadata = fetched.stored.metadata.expect("our metadata");
         FetchedExport {
             body: fetched.body.to_vec(),
-            signature: fetched.stored.metadata.expect("our metadata").signature,
+            signature: metadata.signature.clone(),
+            metadata,
+            version,
         }
     }
 
     struct FetchedExport {
         body: Vec<u8>,
         signature: Option<String>,
+        metadata: ExportMetadata,
+        version: String,
+    }
+
+    impl FetchedExport {
+        /// Whether `key` signed this export's manifest.
+        fn signed_by(&self, key: &SigningKey) -> bool {
+            self.metadata.is_signed_by(&self.version, &key.public_key())
+        }
     }
 
     /// A new signing key written to `dir/name`: the file's path and the key.
@@ -842,10 +863,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (key_file, key) = new_key_file(dir.path(), "signing.pem");
         let signed = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
-        let signature = signed.signature.expect("a signature");
-        assert!(key.verifies(&signed.body, &signature));
+        assert!(signed.signature.is_some());
+        assert_eq!(signed.metadata.key_id, Some(key.key_id()));
+        assert!(signed.signed_by(&key));
         let other = SigningKey::parse(&SigningKey::generate_pem().unwrap()).unwrap();
-        assert!(!other.verifies(&signed.body, &signature));
+        assert!(!signed.signed_by(&other));
     }
 
     #[tokio::test]
@@ -856,17 +878,20 @@ mod tests {
         let (key_file, key) = new_key_file(dir.path(), "signing.pem");
         let signed = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
         assert_eq!(signed.body, unsigned.body, "the same document");
-        let signature = signed
-            .signature
-            .expect("the stored copy is signed now, not left unsigned as already stored");
-        assert!(key.verifies(&signed.body, &signature));
+        assert!(
+            signed.signed_by(&key),
+            "the stored copy is signed now, not left unsigned as already stored"
+        );
+        // Exporting it again with the same key writes nothing: the stored manifest verifies.
+        let same = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
+        assert_eq!(same.metadata, signed.metadata);
 
         // Key rotation: the next key's exporter signs it again.
         let (rotated_file, rotated) = new_key_file(dir.path(), "rotated.pem");
         let again = export_to_file_store(dir.path(), &["--signing-key-file", &rotated_file]).await;
-        let signature = again.signature.expect("signed");
-        assert!(rotated.verifies(&again.body, &signature));
-        assert!(!key.verifies(&again.body, &signature));
+        assert!(again.signed_by(&rotated));
+        assert!(!again.signed_by(&key));
+        assert!(again.metadata.revision >= signed.metadata.revision);
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use fallback_core::backoff::Backoff;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::document::{ConfigDocument, Problem, ValidationErrors};
 use fallback_core::export::{
-    plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, WritePlan,
+    plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, SignedBy, WritePlan,
 };
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,18 +74,37 @@ pub enum WriteOutcome {
 /// How many times a write re-reads after losing a race before giving up for this round.
 const MAX_CAS_ROUNDS: usize = 8;
 
+/// The key an export is signed with, and the version it is the export of (both are part of
+/// the signed manifest).
+#[derive(Debug, Clone, Copy)]
+pub struct ExportSigning<'a> {
+    /// The exporter's key.
+    pub key: &'a SigningKey,
+    /// The `<version>` of `<prefix>/<version>/config.json`.
+    pub version: &'a str,
+}
+
 /// Writes `body` under `key` unless that would replace a newer revision: read, plan, write
 /// with a precondition, and on a lost race read again. The same bytes are written again only
-/// to sign them ([`WritePlan::Resign`]).
+/// to sign them ([`WritePlan::Resign`]). With `signing`, the metadata written is signed once
+/// its revision is settled (a re-signed export keeps the higher stored revision).
 pub async fn write_document(
     store: &dyn ConfigStore,
     key: &str,
     body: &Bytes,
     metadata: &ExportMetadata,
+    signing: Option<ExportSigning<'_>>,
 ) -> Result<WriteOutcome, StoreError> {
+    let public_key = signing.map(|s| s.key.public_key());
+    let signed_by = signing
+        .zip(public_key.as_ref())
+        .map(|(s, public_key)| SignedBy {
+            public_key,
+            version: s.version,
+        });
     for _ in 0..MAX_CAS_ROUNDS {
         let stored = store.head(key).await?;
-        let (precondition, resigned) = match plan_write(stored.as_ref(), metadata) {
+        let (precondition, resigned) = match plan_write(stored.as_ref(), metadata, signed_by) {
             WritePlan::AlreadyStored => return Ok(WriteOutcome::AlreadyStored),
             WritePlan::Superseded { stored_revision } => {
                 return Ok(WriteOutcome::Superseded { stored_revision })
@@ -96,13 +115,19 @@ pub async fn write_document(
                 (Precondition::Matches(if_match), Some(revision))
             }
         };
-        let written = match resigned {
-            Some(revision) => std::borrow::Cow::Owned(ExportMetadata {
-                revision,
-                ..metadata.clone()
-            }),
-            None => std::borrow::Cow::Borrowed(metadata),
+        let mut written = ExportMetadata {
+            revision: resigned.unwrap_or(metadata.revision),
+            ..metadata.clone()
         };
+        if let Some(signing) = signing {
+            signing
+                .key
+                .sign_export(&mut written, signing.version)
+                .map_err(|e| StoreError::Rejected {
+                    key: key.to_owned(),
+                    detail: format!("{e:#}"),
+                })?;
+        }
         match store.put(key, body.clone(), &written, precondition).await {
             Ok(etag) => {
                 return Ok(match resigned {
@@ -167,8 +192,10 @@ pub struct ExportSettings {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
-    /// Signs every export (the `signature` metadata) when set.
+    /// Signs every export (the `signature` and `key-id` metadata) when set.
     pub signing_key: Option<SigningKey>,
+    /// The `<version>` exported (part of the signed manifest).
+    pub version: String,
 }
 
 /// Unix time in milliseconds.
@@ -324,18 +351,27 @@ impl ExportLoop {
             revision: candidate.revision,
             node_id: self.settings.node_id.clone(),
             exported_at: rfc3339_now(),
-            signature: self
-                .settings
-                .signing_key
-                .as_ref()
-                .map(|k| k.sign(&candidate.body)),
+            signature: None,
+            key_id: None,
         };
+        let signing = self.settings.signing_key.as_ref().map(|key| ExportSigning {
+            key,
+            version: &self.settings.version,
+        });
         let key = &self.settings.key;
         let stored = Some(ExportedRevision {
             sha256,
             revision: candidate.revision,
         });
-        match write_document(self.store.as_ref(), key, &candidate.body, &metadata).await {
+        match write_document(
+            self.store.as_ref(),
+            key,
+            &candidate.body,
+            &metadata,
+            signing,
+        )
+        .await
+        {
             Ok(WriteOutcome::Stored { .. }) => {
                 self.stats.uploads.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
@@ -385,13 +421,14 @@ pub async fn export_once(
     key: &str,
     prepared: &PreparedDocument,
     metadata: &ExportMetadata,
+    signing: Option<ExportSigning<'_>>,
     attempts: u32,
     mut backoff: Backoff,
 ) -> Result<WriteOutcome, StoreError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match write_document(store, key, &prepared.body, metadata).await {
+        match write_document(store, key, &prepared.body, metadata, signing).await {
             Err(e) if e.is_transient() && tries < attempts => {
                 let delay = backoff.next_delay_ms(rand::random());
                 warn!(attempt = tries, retry_in_ms = delay, "{e}");

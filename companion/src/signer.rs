@@ -798,6 +798,8 @@ async fn sign(
         sha256: metadata.sha256.to_hex(),
         revision: metadata.revision,
         signature: metadata.signature,
+        key_id: metadata.key_id,
+        exported_at: Some(metadata.exported_at),
     };
     let mut response = json_response(StatusCode::OK, &body);
     // The URL is a credential: no cache may keep it.
@@ -1212,6 +1214,7 @@ mod tests {
                 node_id: "n".into(),
                 exported_at: "2026-11-26T10:00:00.000Z".into(),
                 signature: None,
+                key_id: None,
             };
             self.store
                 .put(

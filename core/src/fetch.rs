@@ -3,10 +3,12 @@
 //!
 //! One machine runs in the leader worker's root context. It polls the control plane (CP) and,
 //! when the CP is unusable, imports the fallback config: a signed URL from the companion, then the
-//! object from storage, verified (sha256, and its Ed25519 signature when `public_key` is
-//! configured) and validated before it is published. It never unpublishes: a failure anywhere
-//! keeps the last good config in place. Control plane documents come straight from the CP and
-//! carry no signature: `public_key` does not apply to them.
+//! object from storage, verified (sha256, and the Ed25519 signature over its manifest when
+//! `public_keys` are configured) and validated before it is published. It never unpublishes: a
+//! failure anywhere keeps the last good config in place, and it never goes back to a storage
+//! revision lower than the highest it verified since it started (rollback protection). Control
+//! plane documents come straight from the CP and carry no signature: `public_keys` does not
+//! apply to them.
 //!
 //! Modes ([`Mode`]):
 //! - `Starting` → `ControlPlane`: the CP serves a valid document.
@@ -33,7 +35,7 @@ use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
 use crate::filter_config::FilterConfig;
-use crate::signature::{self, PublicKey, Signature};
+use crate::signature::{verify_manifest, ExportManifest, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
 use std::fmt;
@@ -226,6 +228,9 @@ pub enum Stage {
     Verify,
     /// A document's validation, from either source.
     Validate,
+    /// The export's revision against the highest verified since start: a failure is an older
+    /// export refused (rollback protection).
+    Revision,
 }
 
 impl Stage {
@@ -237,6 +242,7 @@ impl Stage {
             Stage::Storage => "storage",
             Stage::Verify => "verify",
             Stage::Validate => "validate",
+            Stage::Revision => "revision",
         }
     }
 }
@@ -337,11 +343,17 @@ enum ImportState {
 /// What the companion said the object is.
 #[derive(Debug)]
 struct ObjectRef {
+    /// The `<version>` the export is stored under (part of its signed manifest).
+    version: String,
     key: String,
     revision: u64,
     sha256: Sha256Digest,
     /// The export's Ed25519 signature (base64), as the companion handed it on.
     signature: Option<String>,
+    /// The id of the key that made `signature`.
+    key_id: Option<String>,
+    /// The `exported-at` metadata.
+    exported_at: Option<String>,
     /// The URL without its query, for logs.
     redacted_url: String,
 }
@@ -358,6 +370,8 @@ pub struct FetchMachine {
     next_call: CallId,
     /// The latest clock reading, to notice the clock going backwards.
     last_now_ms: Option<u64>,
+    /// The highest storage revision verified since start: a lower one is never imported.
+    highest_revision: u64,
 }
 
 impl fmt::Debug for FetchMachine {
@@ -398,6 +412,7 @@ impl FetchMachine {
             rng: SplitMix64(entropy_seed),
             next_call: 1,
             last_now_ms: None,
+            highest_revision: 0,
         }
     }
 
@@ -407,6 +422,10 @@ impl FetchMachine {
     /// Calls already in flight stay tracked.
     pub fn adopt(&mut self, current: Option<&PublishedConfig>) {
         self.current = current.cloned();
+        if let Some(c) = current.filter(|c| c.source == Source::Fallback) {
+            // Another worker verified it: what it refused to go back from holds here too.
+            self.highest_revision = self.highest_revision.max(c.revision);
+        }
         if let Some(poller) = &mut self.poller {
             poller.etag = None;
             poller.failures = 0;
@@ -997,14 +1016,31 @@ impl FetchMachine {
             self.import_failed(now_ms, why, out);
             return;
         }
-        if let Some(key) = &self.config.public_key {
-            if let Err(why) = check_signature(key, object, &body) {
-                out.push(count(Stage::Verify, false));
-                self.import_failed(now_ms, why, out);
-                return;
+        let signed_by = if self.config.public_keys.is_empty() {
+            None
+        } else {
+            match check_signature(&self.config.public_keys, object) {
+                Ok(key_id) => Some(key_id),
+                Err(why) => {
+                    out.push(count(Stage::Verify, false));
+                    self.import_failed(now_ms, why, out);
+                    return;
+                }
             }
-        }
+        };
         out.push(count(Stage::Verify, true));
+        if object.revision < self.highest_revision {
+            out.push(count(Stage::Revision, false));
+            let why = format!(
+                "object {} holds revision {}, lower than revision {} already verified since this \
+                 filter started: refusing to go back (an old export restored or replayed; \
+                 export the current config again to move storage forward)",
+                object.key, object.revision, self.highest_revision
+            );
+            self.import_failed(now_ms, why, out);
+            return;
+        }
+        out.push(count(Stage::Revision, true));
         let loaded = match ConfigDocument::from_slice(&body) {
             Ok(loaded) => loaded,
             Err(errors) => {
@@ -1020,6 +1056,7 @@ impl FetchMachine {
             }
         };
         out.push(count(Stage::Validate, true));
+        self.highest_revision = object.revision;
         self.backoff.reset();
         if self.mode == Mode::Starting {
             self.mode = Mode::Fallback;
@@ -1035,13 +1072,14 @@ impl FetchMachine {
             document: body.into(),
         };
         if self.publish(published, &loaded, out) {
+            let signed = signed_by.map_or_else(String::new, |id| format!(", signed by key {id}"));
             log(
                 out,
                 LogLevel::Info,
                 format!(
-                    "imported revision {} (sha256 {actual}) from storage: serving the fallback \
-                     config; next check in {refresh} ms",
-                    object.revision
+                    "imported revision {} (sha256 {actual}, version {}{signed}) from storage: \
+                     serving the fallback config; next check in {refresh} ms",
+                    object.revision, object.version
                 ),
             );
         } else {
@@ -1286,32 +1324,65 @@ fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
         path,
         tls,
         object: ObjectRef {
+            version: signed.version,
             key: signed.key,
             revision: signed.revision,
             sha256,
             signature: signed.signature,
+            key_id: signed.key_id,
+            exported_at: signed.exported_at,
             redacted_url,
         },
     })
 }
 
-/// Why `body` may not be imported under `key`, if it may not.
-fn check_signature(key: &PublicKey, object: &ObjectRef, body: &[u8]) -> Result<(), String> {
+/// The id of the configured key whose signature over `object`'s manifest verifies, or why
+/// none does. The body itself is covered by the manifest's sha256, checked before this.
+fn check_signature(keys: &[PublicKey], object: &ObjectRef) -> Result<String, String> {
     let what = format!("object {} (revision {})", object.key, object.revision);
     let Some(text) = &object.signature else {
         return Err(format!(
-            "{what} carries no signature but public_key is configured: not using it (set \
-             FALLBACK_SIGNING_KEY_FILE on the exporter, or remove public_key)"
+            "{what} carries no signature but public_keys is configured: not using it (set \
+             FALLBACK_SIGNING_KEY_FILE on the exporter, or remove public_keys)"
         ));
     };
     let signature = Signature::parse(text)
         .map_err(|why| format!("{what} has an unusable signature ({why}): not using it"))?;
-    signature::verify(key, body, &signature).map_err(|_| {
-        format!(
-            "{what}'s signature does not verify with the configured public_key: not using it \
-             (signed by another key, or altered after signing)"
-        )
-    })
+    let Some(key_id) = &object.key_id else {
+        return Err(format!(
+            "{what} carries a signature without a key-id (an exporter older than signed \
+             manifests wrote it): not using it; run the exporter of this release, which signs \
+             the stored export again"
+        ));
+    };
+    if !keys.iter().any(|k| k.key_id() == *key_id) {
+        let ids: Vec<String> = keys.iter().map(PublicKey::key_id).collect();
+        return Err(format!(
+            "{what} carries a signature by key id {}, which is none of the configured \
+             public_keys ({}): \
+             not using it (during a key rotation, add the new key to public_keys before the \
+             exporter switches to it)",
+            quote(key_id),
+            ids.join(", ")
+        ));
+    }
+    let manifest = ExportManifest {
+        version: &object.version,
+        revision: object.revision,
+        sha256: object.sha256,
+        exported_at: object.exported_at.as_deref().unwrap_or(""),
+        key_id,
+    };
+    verify_manifest(keys, &manifest, &signature)
+        .map(PublicKey::key_id)
+        .map_err(|_| {
+            format!(
+                "{what}'s signature does not verify with the configured public key {}: not \
+                 using it (its revision, version, sha256 or export time differ from what was \
+                 signed: altered or replayed after signing)",
+                quote(key_id)
+            )
+        })
 }
 
 /// `": <message>"` from a peer's `{"message": ...}` error body, or nothing.

@@ -78,9 +78,11 @@ pub struct FilterConfig {
     /// Kong plugins the filter does not implement that may be ignored instead of refusing the
     /// requests they apply to with 500 (e.g. `["prometheus", "zipkin"]`). Default: none.
     pub ignore_unsupported_plugins: Vec<String>,
-    /// When set, an export is imported only with a valid Ed25519 signature by this key (see
-    /// [`crate::signature`]); control plane documents are not signed and not checked.
-    pub public_key: Option<PublicKey>,
+    /// When not empty, an export is imported only with a valid Ed25519 signature over its
+    /// manifest by one of these keys (see [`crate::signature`]); control plane documents are not
+    /// signed and not checked. From `public_keys` (a list) and `public_key` (one key, kept as
+    /// an alias), in that order, without duplicates.
+    pub public_keys: Vec<PublicKey>,
 }
 
 /// The control plane's config endpoint.
@@ -175,6 +177,7 @@ const TOP_KEYS: &[&str] = &[
     "allow_debug_header",
     "ignore_unsupported_plugins",
     "public_key",
+    "public_keys",
 ];
 const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms"];
 const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "timeout_ms"];
@@ -387,29 +390,33 @@ impl Reader {
             }
         };
         let ignore_unsupported_plugins = self.plugin_names(root, "ignore_unsupported_plugins");
-        let public_key = match root.get("public_key") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(text)) => match PublicKey::parse(text) {
-                Ok(key) => Some(key),
-                Err(why) => {
-                    self.problem(
-                        "public_key",
-                        format!(
-                            "{why}: give the exporter's Ed25519 public key as base64 of its 32 \
-                             bytes or as the PEM block `openssl pkey -pubout` prints"
-                        ),
-                    );
-                    None
+        let mut public_keys = Vec::new();
+        match root.get("public_keys") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(key) = self.public_key(item, &format!("public_keys[{i}]")) {
+                        if !public_keys.contains(&key) {
+                            public_keys.push(key);
+                        }
+                    }
                 }
-            },
-            Some(other) => {
-                self.problem(
-                    "public_key",
-                    format!("expected a string (base64 or PEM), got {}", kind_of(other)),
-                );
-                None
             }
-        };
+            Some(other) => self.problem(
+                "public_keys",
+                format!(
+                    "expected an array of public keys (base64 or PEM), got {}",
+                    kind_of(other)
+                ),
+            ),
+        }
+        if let Some(value) = root.get("public_key").filter(|v| !v.is_null()) {
+            if let Some(key) = self.public_key(value, "public_key") {
+                if !public_keys.contains(&key) {
+                    public_keys.push(key);
+                }
+            }
+        }
 
         Some(FilterConfig {
             host,
@@ -428,8 +435,34 @@ impl Reader {
             upstream_variable,
             allow_debug_header,
             ignore_unsupported_plugins,
-            public_key,
+            public_keys,
         })
+    }
+
+    /// One Ed25519 public key at `path`.
+    fn public_key(&mut self, value: &Value, path: &str) -> Option<PublicKey> {
+        match value {
+            Value::String(text) => match PublicKey::parse(text) {
+                Ok(key) => Some(key),
+                Err(why) => {
+                    self.problem(
+                        path,
+                        format!(
+                            "{why}: give the exporter's Ed25519 public key as base64 of its 32 \
+                             bytes or as the PEM block `openssl pkey -pubout` prints"
+                        ),
+                    );
+                    None
+                }
+            },
+            other => {
+                self.problem(
+                    path,
+                    format!("expected a string (base64 or PEM), got {}", kind_of(other)),
+                );
+                None
+            }
+        }
     }
 
     /// A list of plugin names; a plugin the filter implements cannot be ignored.
@@ -824,7 +857,7 @@ mod tests {
         assert_eq!(c.upstream_variable, "fallback_upstream");
         assert!(!c.allow_debug_header);
         assert!(c.ignore_unsupported_plugins.is_empty());
-        assert_eq!(c.public_key, None);
+        assert!(c.public_keys.is_empty());
     }
 
     #[test]
@@ -1000,13 +1033,14 @@ mod tests {
         let raw = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
         let from_pem = parse(&with(minimal(), "public_key", json!(pem))).unwrap();
         let from_raw = parse(&with(minimal(), "public_key", json!(raw))).unwrap();
-        assert_eq!(from_pem.public_key, from_raw.public_key);
-        assert_eq!(from_raw.public_key.unwrap().to_base64(), raw);
+        assert_eq!(from_pem.public_keys, from_raw.public_keys);
+        assert_eq!(from_raw.public_keys.len(), 1);
+        assert_eq!(from_raw.public_keys[0].to_base64(), raw);
         assert_eq!(
             parse(&with(minimal(), "public_key", json!(null)))
                 .unwrap()
-                .public_key,
-            None
+                .public_keys,
+            Vec::new()
         );
         for bad in ["", "not-a-key", "AAAA", "-----BEGIN PUBLIC KEY-----\nMCow"] {
             let found = problems(&with(minimal(), "public_key", json!(bad)));
@@ -1017,6 +1051,42 @@ mod tests {
         assert_problem(
             &with(minimal(), "public_key", json!(32)),
             "public_key: expected a string (base64 or PEM), got a number",
+        );
+    }
+
+    #[test]
+    fn public_keys_is_a_list_and_public_key_joins_it_without_duplicates() {
+        let a = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        // RFC 8032 TEST 2's public key.
+        let b = "PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw=";
+        let both = with(minimal(), "public_keys", json!([a, b]));
+        let keys = parse(&both).unwrap().public_keys;
+        assert_eq!(
+            keys.iter().map(PublicKey::to_base64).collect::<Vec<_>>(),
+            [a, b]
+        );
+        let plus_alias = with(
+            with(minimal(), "public_keys", json!([b])),
+            "public_key",
+            json!(a),
+        );
+        assert_eq!(parse(&plus_alias).unwrap().public_keys.len(), 2);
+        let same_twice = with(
+            with(minimal(), "public_keys", json!([a, a])),
+            "public_key",
+            json!(a),
+        );
+        assert_eq!(parse(&same_twice).unwrap().public_keys.len(), 1);
+        let found = problems(&with(minimal(), "public_keys", json!([a, "nope", 3])));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("public_keys[1]: "), "{found:?}");
+        assert_eq!(
+            found[1],
+            "public_keys[2]: expected a string (base64 or PEM), got a number"
+        );
+        assert_problem(
+            &with(minimal(), "public_keys", json!(a)),
+            "public_keys: expected an array of public keys (base64 or PEM), got a string",
         );
     }
 

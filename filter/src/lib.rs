@@ -51,16 +51,17 @@ struct Metrics {
     source: Metric,
     revision: Metric,
     generation: Metric,
-    success: [Metric; 5],
-    failure: [Metric; 5],
+    success: [Metric; 6],
+    failure: [Metric; 6],
 }
 
-const STAGES: [(&str, Stage); 5] = [
+const STAGES: [(&str, Stage); 6] = [
     ("control_plane", Stage::ControlPlane),
     ("companion", Stage::Companion),
     ("storage", Stage::Storage),
     ("verify", Stage::Verify),
     ("validate", Stage::Validate),
+    ("revision", Stage::Revision),
 ];
 
 impl Metrics {

@@ -56,8 +56,10 @@ pub fn s3_store(store: &SeaweedFs, identity: &Credentials) -> Arc<dyn ConfigStor
     )
 }
 
-/// Export settings tuned for tests: fast polls, short delays and retries.
+/// Export settings tuned for tests: fast polls, short delays and retries. The version is the
+/// one `key` (`<prefix>/<version>/config.json`) names.
 pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
+    let version = key.rsplit('/').nth(1).unwrap_or_default().to_owned();
     ExportSettings {
         key: key.to_owned(),
         node_id: node_id.to_owned(),
@@ -66,6 +68,7 @@ pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_millis(500),
         signing_key: None,
+        version,
     }
 }
 

@@ -61,6 +61,7 @@ async fn export_a_config(seaweed: &SeaweedFs) {
         node_id: "exporter-1".into(),
         exported_at: "2026-11-26T10:00:00.000Z".into(),
         signature: None,
+        key_id: None,
     };
     s3_store(seaweed, seaweed.writer())
         .put(
