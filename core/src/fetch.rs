@@ -197,6 +197,9 @@ pub struct PublishedConfig {
     pub revision: u64,
     /// sha256 of `document`.
     pub sha256: Sha256Digest,
+    /// When a fallback config was exported (Unix ms, from its `exported-at`), when known: its
+    /// age counts from there ([`crate::freshness`]). `None` for control plane documents.
+    pub exported_at_ms: Option<u64>,
     /// The bytes exactly as validated: `ConfigDocument::from_slice(document)` succeeds. Control
     /// plane documents are stored as canonical JSON (see [`crate::digest`]), like exports, so the
     /// same config has the same sha256 from either source.
@@ -210,6 +213,7 @@ impl fmt::Debug for PublishedConfig {
             .field("source", &self.source)
             .field("revision", &self.revision)
             .field("sha256", &self.sha256)
+            .field("exported_at_ms", &self.exported_at_ms)
             .field("document_bytes", &self.document.len())
             .finish()
     }
@@ -231,6 +235,9 @@ pub enum Stage {
     /// The export's revision against the highest verified since start: a failure is an older
     /// export refused (rollback protection).
     Revision,
+    /// The fallback config in force against `max_fallback_age_ms`: a failure is counted with
+    /// each "stale" log line, once per [`crate::freshness::STALE_LOG_EVERY_MS`].
+    Age,
 }
 
 impl Stage {
@@ -243,6 +250,7 @@ impl Stage {
             Stage::Verify => "verify",
             Stage::Validate => "validate",
             Stage::Revision => "revision",
+            Stage::Age => "age",
         }
     }
 }
@@ -372,6 +380,8 @@ pub struct FetchMachine {
     last_now_ms: Option<u64>,
     /// The highest storage revision verified since start: a lower one is never imported.
     highest_revision: u64,
+    /// When the "stale config" line was last logged, while the config in force is stale.
+    stale_logged_ms: Option<u64>,
 }
 
 impl fmt::Debug for FetchMachine {
@@ -413,6 +423,7 @@ impl FetchMachine {
             next_call: 1,
             last_now_ms: None,
             highest_revision: 0,
+            stale_logged_ms: None,
         }
     }
 
@@ -448,7 +459,53 @@ impl FetchMachine {
         self.observe_clock(now_ms);
         self.give_up_lost_calls(now_ms, &mut out);
         self.start_due_calls(now_ms, &mut out);
+        self.watch_age(now_ms, &mut out);
         out
+    }
+
+    /// Past `max_fallback_age_ms`, says so once per [`crate::freshness::STALE_LOG_EVERY_MS`]
+    /// and counts it; quiet again once a fresher config is in force.
+    fn watch_age(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let max = self.config.max_fallback_age_ms;
+        let age = crate::freshness::assess(
+            current.source,
+            current.revision,
+            current.exported_at_ms,
+            now_ms,
+            max,
+        );
+        if !age.stale {
+            self.stale_logged_ms = None;
+            return;
+        }
+        let due = self
+            .stale_logged_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= crate::freshness::STALE_LOG_EVERY_MS);
+        if !due {
+            return;
+        }
+        self.stale_logged_ms = Some(now_ms);
+        out.push(count(Stage::Age, false));
+        let policy = match self.config.stale_policy {
+            crate::freshness::StalePolicy::Serve => "still serving it (stale_policy serve)",
+            crate::freshness::StalePolicy::FailClosed => {
+                "requests are answered 503 (stale_policy fail_closed)"
+            }
+        };
+        log(
+            out,
+            LogLevel::Warn,
+            format!(
+                "the fallback config in force (revision {}) is {} s old, past \
+                 max_fallback_age_ms ({} s): {policy}; check the exporter and the control plane",
+                current.revision,
+                age.age_ms.unwrap_or(0) / 1000,
+                max.unwrap_or(0) / 1000
+            ),
+        );
     }
 
     /// The answer to a call. Answers to unknown or abandoned calls are ignored. A reply Envoy
@@ -724,6 +781,7 @@ impl FetchMachine {
             source: Source::ControlPlane,
             revision: 0,
             sha256: Sha256Digest::of(&document),
+            exported_at_ms: None,
             document: document.into(),
         };
         if let Some(poller) = &mut self.poller {
@@ -1069,6 +1127,10 @@ impl FetchMachine {
             source: Source::Fallback,
             revision: object.revision,
             sha256: actual,
+            exported_at_ms: object
+                .exported_at
+                .as_deref()
+                .and_then(crate::freshness::parse_rfc3339_ms),
             document: body.into(),
         };
         if self.publish(published, &loaded, out) {

@@ -6,6 +6,7 @@
 //! one, and the companion token's value never appears in an error or in `Debug` output.
 
 use crate::document::Problem;
+use crate::freshness::StalePolicy;
 use crate::host::HostKind;
 use crate::signature::PublicKey;
 use crate::wire::SIGNER_PATH;
@@ -83,6 +84,13 @@ pub struct FilterConfig {
     /// signed and not checked. From `public_keys` (a list) and `public_key` (one key, kept as
     /// an alias), in that order, without duplicates.
     pub public_keys: Vec<PublicKey>,
+    /// The staleness budget of a fallback config, from its export time; `None`: no budget.
+    pub max_fallback_age_ms: Option<u64>,
+    /// What to do with a fallback config past `max_fallback_age_ms` (default: serve it).
+    pub stale_policy: StalePolicy,
+    /// A request path the filter answers itself with its readiness ([`crate::freshness`]),
+    /// never proxied; `None`: no such path.
+    pub health_path: Option<String>,
 }
 
 /// The control plane's config endpoint.
@@ -178,6 +186,9 @@ const TOP_KEYS: &[&str] = &[
     "ignore_unsupported_plugins",
     "public_key",
     "public_keys",
+    "max_fallback_age_ms",
+    "stale_policy",
+    "health_path",
 ];
 const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms"];
 const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "timeout_ms"];
@@ -418,6 +429,40 @@ impl Reader {
             }
         }
 
+        let max_fallback_age_ms = match root.get("max_fallback_age_ms") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(self.positive_ms(root, "", "max_fallback_age_ms", 0)),
+        };
+        let stale_policy = match self.string(root, "", "stale_policy") {
+            None => StalePolicy::default(),
+            Some(text) => StalePolicy::parse(&text).unwrap_or_else(|| {
+                self.problem(
+                    "stale_policy",
+                    format!("unknown policy {text:?}: use \"serve\" or \"fail_closed\""),
+                );
+                StalePolicy::default()
+            }),
+        };
+        if stale_policy == StalePolicy::FailClosed && max_fallback_age_ms.is_none() {
+            self.problem(
+                "stale_policy",
+                "\"fail_closed\" needs max_fallback_age_ms: the budget past which a fallback \
+                 config is refused",
+            );
+        }
+        let health_path = self.string(root, "", "health_path");
+        if let Some(path) = &health_path {
+            if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic() || b == b'?') {
+                self.problem(
+                    "health_path",
+                    format!(
+                        "{path:?} is not a request path: give one starting with '/', without a \
+                         query or spaces (e.g. \"/.fallback/ready\")"
+                    ),
+                );
+            }
+        }
+
         Some(FilterConfig {
             host,
             version: version?,
@@ -436,6 +481,9 @@ impl Reader {
             allow_debug_header,
             ignore_unsupported_plugins,
             public_keys,
+            max_fallback_age_ms,
+            stale_policy,
+            health_path,
         })
     }
 
@@ -1088,6 +1136,39 @@ mod tests {
             &with(minimal(), "public_keys", json!(a)),
             "public_keys: expected an array of public keys (base64 or PEM), got a string",
         );
+    }
+
+    #[test]
+    fn staleness_budget_policy_and_health_path_are_read_and_checked() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(
+            (c.max_fallback_age_ms, c.stale_policy, c.health_path),
+            (None, StalePolicy::Serve, None)
+        );
+        let mut v = with(minimal(), "max_fallback_age_ms", json!(3_600_000));
+        v = with(v, "stale_policy", json!("fail_closed"));
+        v = with(v, "health_path", json!("/.fallback/ready"));
+        let c = parse(&v).unwrap();
+        assert_eq!(c.max_fallback_age_ms, Some(3_600_000));
+        assert_eq!(c.stale_policy, StalePolicy::FailClosed);
+        assert_eq!(c.health_path.as_deref(), Some("/.fallback/ready"));
+        assert_problem(
+            &with(minimal(), "stale_policy", json!("fail_closed")),
+            "stale_policy: \"fail_closed\" needs max_fallback_age_ms: the budget past which a \
+             fallback config is refused",
+        );
+        assert_problem(
+            &with(minimal(), "stale_policy", json!("drop")),
+            "stale_policy: unknown policy \"drop\": use \"serve\" or \"fail_closed\"",
+        );
+        assert_problem(
+            &with(minimal(), "max_fallback_age_ms", json!(0)),
+            "max_fallback_age_ms: must be greater than 0, got 0",
+        );
+        for bad in ["ready", "/a b", "/ready?x=1", ""] {
+            let found = problems(&with(minimal(), "health_path", json!(bad)));
+            assert!(found[0].starts_with("health_path: "), "{bad}: {found:?}");
+        }
     }
 
     #[test]

@@ -1328,6 +1328,34 @@ fn never_more_than_one_call_in_flight_per_party() {
     }
 }
 
+// ---- staleness budget ----
+
+#[test]
+fn past_the_budget_the_leader_logs_and_counts_once_a_minute_until_a_fresher_import() {
+    let (_, pair) = key_pair(1);
+    let mut c = config_json(false);
+    c["max_fallback_age_ms"] = json!(60_000);
+    let mut d = Driver::with_config(config(&c));
+    let exported = crate::freshness::parse_rfc3339_ms(EXPORTED_AT).unwrap();
+    d.tick(exported);
+    d.answer(Party::Companion, ok(&signed_export(&pair, &doc(1), 1)));
+    let p = published(&d.answer(Party::Storage, ok(&doc(1)))).unwrap();
+    assert_eq!(p.exported_at_ms, Some(exported));
+    let stale_lines = |a: &[Action]| {
+        logs(a)
+            .iter()
+            .filter(|(_, m)| m.contains("past max_fallback_age_ms (60 s): still serving it"))
+            .count()
+    };
+    assert_eq!(stale_lines(&d.tick(exported + 60_000)), 0, "within budget");
+    let a = d.tick(exported + 61_000);
+    assert_eq!(stale_lines(&a), 1, "{:#?}", logs(&a));
+    assert!(has_log(&a, LogLevel::Warn, "(revision 1) is 61 s old"));
+    assert!(counts(&a).contains(&(Stage::Age, false)));
+    assert_eq!(stale_lines(&d.tick(exported + 120_000)), 0, "once a minute");
+    assert_eq!(stale_lines(&d.tick(exported + 121_000)), 1);
+}
+
 // ---- adopt ----
 
 #[test]
@@ -1337,6 +1365,7 @@ fn adopting_a_fallback_config_keeps_serving_it_and_rechecks_storage() {
         source: Source::Fallback,
         revision: 12,
         sha256: Sha256Digest::of(&doc(6)),
+        exported_at_ms: None,
         document: doc(6).into(),
     };
     d.m.adopt(Some(&adopted));
@@ -1360,6 +1389,7 @@ fn adopting_a_cp_config_applies_the_threshold_before_falling_back() {
         source: Source::ControlPlane,
         revision: 0,
         sha256: Sha256Digest::of(&doc(6)),
+        exported_at_ms: None,
         document: doc(6).into(),
     };
     d.m.adopt(Some(&adopted));
