@@ -382,6 +382,9 @@ pub struct FetchMachine {
     highest_revision: u64,
     /// When the "stale config" line was last logged, while the config in force is stale.
     stale_logged_ms: Option<u64>,
+    /// Which version the import asks the companion for: 0 is `version`, then
+    /// `accept_versions` in order. Every import round starts from 0.
+    version_choice: usize,
 }
 
 impl fmt::Debug for FetchMachine {
@@ -424,6 +427,7 @@ impl FetchMachine {
             last_now_ms: None,
             highest_revision: 0,
             stale_logged_ms: None,
+            version_choice: 0,
         }
     }
 
@@ -888,8 +892,21 @@ impl FetchMachine {
 
     // ---- import ----
 
+    /// The version the import asks for now.
+    fn asked_version(&self) -> &str {
+        match self.version_choice.checked_sub(1) {
+            None => &self.config.version,
+            Some(i) => self
+                .config
+                .accept_versions
+                .get(i)
+                .unwrap_or(&self.config.version),
+        }
+    }
+
     fn ask_companion(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let companion = self.config.companion.clone();
+        let version = self.asked_version().to_owned();
         let flight = self.new_call(now_ms, companion.timeout_ms);
         let separator = if companion.path.contains('?') {
             '&'
@@ -899,14 +916,14 @@ impl FetchMachine {
         let path = format!(
             "{}{separator}version={}",
             companion.path,
-            percent_encode(&self.config.version)
+            percent_encode(&version)
         );
         log(
             out,
             LogLevel::Debug,
             format!(
-                "asking companion {} for a signed URL of the config for version {}",
-                companion.upstream, self.config.version
+                "asking companion {} for a signed URL of the config for version {version}",
+                companion.upstream
             ),
         );
         self.import = ImportState::AskingCompanion { call: flight };
@@ -935,6 +952,7 @@ impl FetchMachine {
             return false;
         }
         self.import = ImportState::Idle { due_ms: None };
+        self.restart_version_choice();
         log(
             out,
             LogLevel::Debug,
@@ -952,10 +970,33 @@ impl FetchMachine {
         if self.import_abandoned(out) {
             return;
         }
+        let asked = self.asked_version().to_owned();
+        if response.status == Some(404) && self.version_choice < self.config.accept_versions.len() {
+            // Version skew: no export for this version yet; the next accepted one, at once.
+            self.version_choice += 1;
+            log(
+                out,
+                LogLevel::Info,
+                format!(
+                    "no export for version {asked} (companion: HTTP 404); trying version {} \
+                     from accept_versions",
+                    self.asked_version()
+                ),
+            );
+            self.import = ImportState::Idle {
+                due_ms: Some(now_ms),
+            };
+            return;
+        }
         let companion = &self.config.companion;
         let detail = peer_message(&response.body);
         let why = match response.status {
             Some(200) => match read_signed_config(&response.body) {
+                Ok(signed) if signed.object.version != asked => format!(
+                    "companion {} answered with an export of version {} when asked for {asked}",
+                    companion.upstream,
+                    quote(&signed.object.version)
+                ),
                 Ok(signed) => {
                     out.push(count(Stage::Companion, true));
                     self.import = ImportState::Signed(signed);
@@ -977,10 +1018,15 @@ impl FetchMachine {
                  signer's token",
                 companion.upstream
             ),
+            Some(404) if self.config.accept_versions.is_empty() => format!(
+                "nothing exported for version {asked} (companion: HTTP 404{detail}); check that \
+                 an exporter runs with the same version"
+            ),
             Some(404) => format!(
-                "nothing exported for version {} (companion: HTTP 404{detail}); check that an \
-                 exporter runs with the same version",
-                self.config.version
+                "nothing exported for version {} nor any of accept_versions ({}) (companion: \
+                 HTTP 404{detail}); check that an exporter runs with one of them",
+                self.config.version,
+                self.config.accept_versions.join(", ")
             ),
             Some(503) => format!(
                 "companion {} cannot reach storage (HTTP 503{detail})",
@@ -990,6 +1036,11 @@ impl FetchMachine {
         };
         out.push(count(Stage::Companion, false));
         self.import_failed(now_ms, why, out);
+    }
+
+    /// The import round ended (imported or failed): the next one asks for `version` first.
+    fn restart_version_choice(&mut self) {
+        self.version_choice = 0;
     }
 
     fn fetch_object(&mut self, now_ms: u64, signed: SignedObject, out: &mut Vec<Action>) {
@@ -1115,6 +1166,15 @@ impl FetchMachine {
         };
         out.push(count(Stage::Validate, true));
         self.highest_revision = object.revision;
+        let skew = if self.version_choice > 0 {
+            format!(
+                " in place of version {} (accept_versions)",
+                self.config.version
+            )
+        } else {
+            String::new()
+        };
+        self.restart_version_choice();
         self.backoff.reset();
         if self.mode == Mode::Starting {
             self.mode = Mode::Fallback;
@@ -1139,8 +1199,8 @@ impl FetchMachine {
                 out,
                 LogLevel::Info,
                 format!(
-                    "imported revision {} (sha256 {actual}, version {}{signed}) from storage: \
-                     serving the fallback config; next check in {refresh} ms",
+                    "imported revision {} (sha256 {actual}, version {}{skew}{signed}) from \
+                     storage: serving the fallback config; next check in {refresh} ms",
                     object.revision, object.version
                 ),
             );
@@ -1157,6 +1217,7 @@ impl FetchMachine {
     }
 
     fn import_failed(&mut self, now_ms: u64, why: String, out: &mut Vec<Action>) {
+        self.restart_version_choice();
         let delay = self.backoff.next_delay_ms(self.rng.next());
         self.import = ImportState::Idle {
             due_ms: Some(now_ms.saturating_add(delay)),

@@ -84,6 +84,9 @@ pub struct FilterConfig {
     /// signed and not checked. From `public_keys` (a list) and `public_key` (one key, kept as
     /// an alias), in that order, without duplicates.
     pub public_keys: Vec<PublicKey>,
+    /// Versions whose export may be imported, in order, when the signer has none for
+    /// `version` (a data plane one release ahead starting from the previous release's export).
+    pub accept_versions: Vec<String>,
     /// The staleness budget of a fallback config, from its export time; `None`: no budget.
     pub max_fallback_age_ms: Option<u64>,
     /// What to do with a fallback config past `max_fallback_age_ms` (default: serve it).
@@ -189,6 +192,7 @@ const TOP_KEYS: &[&str] = &[
     "max_fallback_age_ms",
     "stale_policy",
     "health_path",
+    "accept_versions",
 ];
 const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms"];
 const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "timeout_ms"];
@@ -450,6 +454,7 @@ impl Reader {
                  config is refused",
             );
         }
+        let accept_versions = self.accept_versions(root, version.as_deref());
         let health_path = self.string(root, "", "health_path");
         if let Some(path) = &health_path {
             if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic() || b == b'?') {
@@ -484,7 +489,37 @@ impl Reader {
             max_fallback_age_ms,
             stale_policy,
             health_path,
+            accept_versions,
         })
+    }
+
+    /// `accept_versions`: plain version strings, without `version` itself or duplicates.
+    fn accept_versions(&mut self, root: &Map<String, Value>, version: Option<&str>) -> Vec<String> {
+        let items = match root.get("accept_versions") {
+            None | Some(Value::Null) => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.problem(
+                    "accept_versions",
+                    format!("expected an array of versions, got {}", kind_of(other)),
+                );
+                return Vec::new();
+            }
+        };
+        let mut versions: Vec<String> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("accept_versions[{i}]");
+            match item.as_str() {
+                Some(v) if crate::export::object_key("", v).is_err() => self.problem(
+                    path,
+                    format!("{v:?} cannot name an object: use a plain version string such as \"3.4.1.0\""),
+                ),
+                Some(v) if Some(v) == version || versions.iter().any(|known| known == v) => {}
+                Some(v) => versions.push(v.to_owned()),
+                None => self.problem(path, format!("expected a version string, got {}", kind_of(item))),
+            }
+        }
+        versions
     }
 
     /// One Ed25519 public key at `path`.
@@ -1169,6 +1204,33 @@ mod tests {
             let found = problems(&with(minimal(), "health_path", json!(bad)));
             assert!(found[0].starts_with("health_path: "), "{bad}: {found:?}");
         }
+    }
+
+    #[test]
+    fn accept_versions_is_a_list_of_plain_versions_without_the_version_itself() {
+        let c = parse(&with(
+            minimal(),
+            "accept_versions",
+            json!(["3.3.0.0", "3.3.0.0", c_version(), "3.2.0.0"]),
+        ))
+        .unwrap();
+        assert_eq!(c.accept_versions, ["3.3.0.0", "3.2.0.0"]);
+        assert!(parse(&minimal()).unwrap().accept_versions.is_empty());
+        let found = problems(&with(minimal(), "accept_versions", json!(["a/b", 3])));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("accept_versions[0]: \"a/b\" cannot name an object"));
+        assert_eq!(
+            found[1],
+            "accept_versions[1]: expected a version string, got a number"
+        );
+        assert_problem(
+            &with(minimal(), "accept_versions", json!("3.3.0.0")),
+            "accept_versions: expected an array of versions, got a string",
+        );
+    }
+
+    fn c_version() -> String {
+        minimal()["version"].as_str().unwrap().to_owned()
     }
 
     #[test]

@@ -113,6 +113,16 @@ impl ImportStack {
     /// Like [`ImportStack::export`], with the `signature` and `key-id` metadata of
     /// `signing_key` when given (as an exporter with `FALLBACK_SIGNING_KEY_FILE` writes it).
     pub async fn export_signed(&self, document: &Value, signing_key: Option<&SigningKey>) -> u64 {
+        self.export_as(VERSION, document, signing_key).await
+    }
+
+    /// Like [`ImportStack::export_signed`], as the export of `version`.
+    pub async fn export_as(
+        &self,
+        version: &str,
+        document: &Value,
+        signing_key: Option<&SigningKey>,
+    ) -> u64 {
         let body = Bytes::from(canonical_json(document));
         let revision = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -125,12 +135,10 @@ impl ImportStack {
             signature: None,
             key_id: None,
         };
-        let signing = signing_key.map(|key| ExportSigning {
-            key,
-            version: VERSION,
-        });
+        let signing = signing_key.map(|key| ExportSigning { key, version });
         let store = s3_store(&self.seaweed, self.seaweed.writer());
-        match write_document(store.as_ref(), &self.key(), &body, &metadata, signing).await {
+        let key = object_key("kong", version).expect("valid key");
+        match write_document(store.as_ref(), &key, &body, &metadata, signing).await {
             Ok(WriteOutcome::Stored { .. } | WriteOutcome::Resigned { .. }) => revision,
             other => panic!("export failed: {other:?}"),
         }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 use wasm_tests::fixtures::wait_until;
-use wasm_tests::http::{request, HttpResponse};
+use wasm_tests::http::{self, HttpResponse};
 use wasm_tests::stack::{routing_document, ImportStack};
 use wasm_tests::Envoy;
 
@@ -13,13 +13,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const READY: &str = "/.fallback/ready";
 
 async fn get(envoy: &Envoy, path: &str) -> Result<HttpResponse, String> {
-    request(
-        "GET",
-        &format!("{}{path}", envoy.listener_url()),
-        &[],
-        Vec::new(),
-    )
-    .await
+    http::get(&format!("{}{path}", envoy.listener_url())).await
 }
 
 /// Envoy on `stack` with the CP down and `settings` added to the filter configuration.

@@ -1328,6 +1328,84 @@ fn never_more_than_one_call_in_flight_per_party() {
     }
 }
 
+// ---- version skew ----
+
+/// A companion answer for `object` exported under `version`.
+fn signed_body_of_version(object: &[u8], revision: u64, version: &str) -> Vec<u8> {
+    signed_body_with(object, revision, json!({"version": version}))
+}
+
+#[test]
+fn without_an_export_for_version_the_accepted_versions_are_tried_in_order_and_logged() {
+    let mut c = config_json(false);
+    c["accept_versions"] = json!(["3.4.0.0", "3.3.0.0"]);
+    let mut d = Driver::with_config(config(&c));
+    let asked = |a: &[Action]| {
+        dispatch_to(a, Party::Companion)
+            .map(|r| r.path.rsplit("version=").next().unwrap().to_owned())
+    };
+    assert_eq!(asked(&d.tick(0)).as_deref(), Some(VERSION));
+    let a = d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    assert!(
+        has_log(
+            &a,
+            LogLevel::Info,
+            "no export for version 3.4.1.0 (companion: HTTP 404); trying version 3.4.0.0"
+        ),
+        "{:#?}",
+        logs(&a)
+    );
+    assert_eq!(counts(&a), [], "a skew step is not a failure");
+    // Asked at once, at the same tick.
+    assert_eq!(asked(&a).as_deref(), Some("3.4.0.0"));
+    let a = d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    assert_eq!(asked(&a).as_deref(), Some("3.3.0.0"));
+    d.answer(
+        Party::Companion,
+        ok(&signed_body_of_version(&doc(1), 3, "3.3.0.0")),
+    );
+    let a = d.answer(Party::Storage, ok(&doc(1)));
+    assert_eq!(published(&a).unwrap().revision, 3);
+    assert!(
+        has_log(
+            &a,
+            LogLevel::Info,
+            "version 3.3.0.0 in place of version 3.4.1.0 (accept_versions)"
+        ),
+        "{:#?}",
+        logs(&a)
+    );
+    // The next round asks for the release's own version first again.
+    let due = d.import_due().unwrap();
+    assert_eq!(asked(&d.tick(due)).as_deref(), Some(VERSION));
+    // All of them missing: one failure, retried with backoff from the top.
+    d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    let a = d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    assert_eq!(counts(&a), [(Stage::Companion, false)]);
+    assert!(has_log(
+        &a,
+        LogLevel::Warn,
+        "nothing exported for version 3.4.1.0 nor any of accept_versions (3.4.0.0, 3.3.0.0)"
+    ));
+}
+
+#[test]
+fn an_answer_for_another_version_than_asked_is_refused() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    let a = d.answer(
+        Party::Companion,
+        ok(&signed_body_of_version(&doc(1), 3, "3.3.0.0")),
+    );
+    assert_eq!(counts(&a), [(Stage::Companion, false)]);
+    assert!(has_log(
+        &a,
+        LogLevel::Error,
+        "answered with an export of version 3.3.0.0 when asked for 3.4.1.0"
+    ));
+}
+
 // ---- staleness budget ----
 
 #[test]
