@@ -73,6 +73,18 @@ pub struct StorageArgs {
     )]
     pub storage: String,
 
+    /// Mirror storage URLs, comma-separated (any mix of s3://, gcs://, file://): the export
+    /// role writes every export to the primary storage and then to each mirror; the signer
+    /// hands out a signed URL for every store holding the current revision, primary first.
+    /// Mirrors use the same credential variables as the primary.
+    #[arg(
+        long = "mirror-storage",
+        env = "FALLBACK_MIRROR_STORAGES",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub mirror_storages: Vec<String>,
+
     /// The `<version>` in `<prefix>/<version>/config.json`; exporter and importers must agree
     /// (Kong uses its full version, e.g. 3.4.1.0).
     #[arg(long, env = "FALLBACK_CONFIG_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
@@ -362,6 +374,33 @@ impl StorageArgs {
         Ok((url, key, store))
     }
 
+    /// The mirror stores (`FALLBACK_MIRROR_STORAGES`), opened with the usual credential
+    /// variables; `file://` mirrors hand out URLs signed by `url_signer`.
+    pub fn open_mirrors(
+        &self,
+        url_signer: Option<Arc<crate::storage::UrlSigner>>,
+    ) -> anyhow::Result<Vec<(StorageUrl, Arc<dyn ConfigStore>)>> {
+        let mut mirrors = Vec::new();
+        for (i, text) in self
+            .mirror_storages
+            .iter()
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .enumerate()
+        {
+            let url = StorageUrl::parse(text)
+                .with_context(|| format!("FALLBACK_MIRROR_STORAGES entry {}", i + 1))?;
+            let store = storage::open_with_url_signer(
+                &url,
+                self.backend_settings(&url)?,
+                url_signer.clone(),
+            )
+            .with_context(|| format!("mirror {url}"))?;
+            mirrors.push((url, Arc::from(store)));
+        }
+        Ok(mirrors)
+    }
+
     /// `--node-id`, else the host name.
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
@@ -457,6 +496,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.storage.backend_settings(&url)?,
         signer.as_ref().and_then(|s| s.0.object_urls.clone()),
     )?);
+    let mirrors = args
+        .storage
+        .open_mirrors(signer.as_ref().and_then(|s| s.0.object_urls.clone()))?;
+    for (mirror, _) in &mirrors {
+        info!(mirror = %mirror, "mirror storage");
+    }
     let stats = Arc::new(ExportStats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -472,6 +517,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 retry_max: args.retry_max,
                 signing_key,
                 version: args.storage.config_version.clone(),
+                mirrors: mirrors
+                    .iter()
+                    .map(|(url, store)| {
+                        Ok(exporter::ExportMirror {
+                            key: args.storage.key(url)?,
+                            store: store.clone(),
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             };
             match &settings.signing_key {
                 Some(k) => info!(
@@ -499,6 +553,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 settings.export_stats = Some(stats.clone());
             }
             let listener = tokio::net::TcpListener::from_std(listener)?;
+            let mut settings = settings;
+            settings.mirrors = mirrors
+                .iter()
+                .map(|(url, store)| signer::MirrorStore {
+                    store: store.clone(),
+                    prefix: url.prefix().to_owned(),
+                    prefix_style: url.prefix_style(),
+                })
+                .collect();
             Some(tokio::spawn(signer::serve(
                 settings,
                 store.clone(),

@@ -196,6 +196,17 @@ pub struct ExportSettings {
     pub signing_key: Option<SigningKey>,
     /// The `<version>` exported (part of the signed manifest).
     pub version: String,
+    /// Mirror stores, written after the primary with the same conditional-write rules.
+    pub mirrors: Vec<ExportMirror>,
+}
+
+/// A mirror store and the key the export goes to there.
+#[derive(Debug, Clone)]
+pub struct ExportMirror {
+    /// The object key in this store.
+    pub key: String,
+    /// The store.
+    pub store: Arc<dyn ConfigStore>,
 }
 
 /// Unix time in milliseconds.
@@ -316,6 +327,30 @@ async fn sleep_opt(duration: Option<Duration>) {
 }
 
 impl ExportLoop {
+    /// Writes the export to every mirror; the first failure is returned (the others are
+    /// still tried). Superseded or already stored mirrors are fine.
+    async fn write_mirrors(
+        &self,
+        body: &Bytes,
+        metadata: &ExportMetadata,
+        signing: Option<ExportSigning<'_>>,
+    ) -> Result<(), StoreError> {
+        let mut first_error = None;
+        for mirror in &self.settings.mirrors {
+            match write_document(mirror.store.as_ref(), &mirror.key, body, metadata, signing).await
+            {
+                Ok(outcome) => {
+                    debug!(mirror = %mirror.store.describe(), ?outcome, "mirror written")
+                }
+                Err(e) => {
+                    warn!(mirror = %mirror.store.describe(), "mirror export failed: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     fn offer(&mut self, value: &Value) {
         let prepared = match prepare(value) {
             Ok(p) => p,
@@ -363,15 +398,33 @@ impl ExportLoop {
             sha256,
             revision: candidate.revision,
         });
-        match write_document(
+        let written = write_document(
             self.store.as_ref(),
             key,
             &candidate.body,
             &metadata,
             signing,
         )
-        .await
-        {
+        .await;
+        // Mirrors get what the primary holds now (a re-signed export keeps its higher
+        // revision); a mirror that fails fails the attempt, retried like any failed upload.
+        let written = match written {
+            Ok(outcome) => {
+                let revision = match &outcome {
+                    WriteOutcome::Resigned { revision, .. } => *revision,
+                    _ => metadata.revision,
+                };
+                let mirrored = ExportMetadata {
+                    revision,
+                    ..metadata.clone()
+                };
+                self.write_mirrors(&candidate.body, &mirrored, signing)
+                    .await
+                    .map(|()| outcome)
+            }
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(WriteOutcome::Stored { .. }) => {
                 self.stats.uploads.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();

@@ -296,6 +296,30 @@ pub fn plan_write(
     }
 }
 
+/// Which stores (primary first, then mirrors) hold the current export: the bytes (sha256) of
+/// the highest revision any of them holds, the first such store's on a tie. A store holding
+/// those bytes under another revision (written before a re-signing) still serves them: the
+/// answer's metadata, and so its signed manifest, comes from the highest one. Returns their
+/// indexes in order; empty when none holds an export of ours. A mirror behind (other bytes, or
+/// missing the object) is left out, so a filter is never sent to it.
+pub fn current_holders(stored: &[Option<&ExportMetadata>]) -> Vec<usize> {
+    let Some(best) =
+        stored
+            .iter()
+            .flatten()
+            .copied()
+            .reduce(|best, m| if m.revision > best.revision { m } else { best })
+    else {
+        return Vec::new();
+    };
+    stored
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.is_some_and(|m| m.sha256 == best.sha256))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Hands out revisions: the wall-clock time in milliseconds at which a document was first seen,
 /// never less than one more than the last revision handed out.
 ///
@@ -696,6 +720,30 @@ mod tests {
         assert_eq!(back, m);
         assert!(back.is_signed_by("3.4.1.0", &key_pair(1).1));
         assert!(!back.is_signed_by("3.4.1.0", &key_pair(2).1));
+    }
+
+    #[test]
+    fn the_current_holders_are_the_stores_with_the_highest_revision_in_order() {
+        let (a5, b7, b7_again, c7) = (
+            metadata(b"a", 5),
+            metadata(b"b", 7),
+            metadata(b"b", 7),
+            metadata(b"c", 7),
+        );
+        assert_eq!(
+            current_holders(&[Some(&a5), None, Some(&b7), Some(&b7_again)]),
+            [2, 3]
+        );
+        assert_eq!(
+            current_holders(&[Some(&b7), Some(&a5), Some(&b7_again)]),
+            [0, 2]
+        );
+        // Same revision, other bytes (should not happen): the first such store's bytes win.
+        assert_eq!(current_holders(&[Some(&b7), Some(&c7)]), [0]);
+        // The same bytes under an older revision are served too.
+        let b3 = metadata(b"b", 3);
+        assert_eq!(current_holders(&[Some(&b3), Some(&a5), Some(&b7)]), [0, 2]);
+        assert!(current_holders(&[None, None]).is_empty());
     }
 
     #[test]

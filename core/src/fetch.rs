@@ -34,7 +34,7 @@ mod tests;
 use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
-use crate::filter_config::FilterConfig;
+use crate::filter_config::{CompanionConfig, FilterConfig};
 use crate::signature::{verify_manifest, ExportManifest, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
@@ -345,7 +345,12 @@ enum ImportState {
     /// The companion answered: the object is fetched at the next tick.
     Signed(SignedObject),
     /// Waiting for the object.
-    FetchingObject { call: InFlight, object: ObjectRef },
+    FetchingObject {
+        call: InFlight,
+        object: ObjectRef,
+        /// The mirrors still to try, in order, should this fetch fail.
+        rest: Vec<Location>,
+    },
 }
 
 /// What the companion said the object is.
@@ -385,6 +390,9 @@ pub struct FetchMachine {
     /// Which version the import asks the companion for: 0 is `version`, then
     /// `accept_versions` in order. Every import round starts from 0.
     version_choice: usize,
+    /// Which companion the import asks: 0 is `companion`, then `backup_companions` in order.
+    /// Every import round starts from 0.
+    companion_choice: usize,
 }
 
 impl fmt::Debug for FetchMachine {
@@ -428,6 +436,7 @@ impl FetchMachine {
             highest_revision: 0,
             stale_logged_ms: None,
             version_choice: 0,
+            companion_choice: 0,
         }
     }
 
@@ -893,19 +902,25 @@ impl FetchMachine {
     // ---- import ----
 
     /// The version the import asks for now.
-    fn asked_version(&self) -> &str {
-        match self.version_choice.checked_sub(1) {
-            None => &self.config.version,
-            Some(i) => self
-                .config
-                .accept_versions
-                .get(i)
-                .unwrap_or(&self.config.version),
-        }
+    fn asked_version(&self) -> &String {
+        nth_choice(
+            &self.config.version,
+            &self.config.accept_versions,
+            self.version_choice,
+        )
+    }
+
+    /// The companion the import asks now.
+    fn asked_companion(&self) -> &CompanionConfig {
+        nth_choice(
+            &self.config.companion,
+            &self.config.backup_companions,
+            self.companion_choice,
+        )
     }
 
     fn ask_companion(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let companion = self.config.companion.clone();
+        let companion = self.asked_companion().clone();
         let version = self.asked_version().to_owned();
         let flight = self.new_call(now_ms, companion.timeout_ms);
         let separator = if companion.path.contains('?') {
@@ -988,7 +1003,7 @@ impl FetchMachine {
             };
             return;
         }
-        let companion = &self.config.companion;
+        let companion = self.asked_companion();
         let detail = peer_message(&response.body);
         let why = match response.status {
             Some(200) => match read_signed_config(&response.body) {
@@ -1035,21 +1050,45 @@ impl FetchMachine {
             Some(s) => format!("companion {} answered HTTP {s}{detail}", companion.upstream),
         };
         out.push(count(Stage::Companion, false));
+        if self.companion_choice < self.config.backup_companions.len() {
+            self.companion_choice += 1;
+            self.version_choice = 0;
+            let next = self.asked_companion().upstream.clone();
+            log(
+                out,
+                LogLevel::Warn,
+                format!("{why}; trying the next companion, {next}"),
+            );
+            self.import = ImportState::Idle {
+                due_ms: Some(now_ms),
+            };
+            return;
+        }
         self.import_failed(now_ms, why, out);
     }
 
-    /// The import round ended (imported or failed): the next one asks for `version` first.
+    /// The import round ended (imported or failed): the next one asks the first companion for
+    /// `version` first.
     fn restart_version_choice(&mut self) {
         self.version_choice = 0;
+        self.companion_choice = 0;
     }
 
     fn fetch_object(&mut self, now_ms: u64, signed: SignedObject, out: &mut Vec<Action>) {
         let SignedObject {
-            object,
+            mut object,
+            mut locations,
+        } = signed;
+        if locations.is_empty() {
+            return;
+        }
+        let Location {
             authority,
             path,
             tls,
-        } = signed;
+            redacted_url,
+        } = locations.remove(0);
+        object.redacted_url = redacted_url;
         let storage = self.config.storage.clone();
         let flight = self.new_call(now_ms, storage.timeout_ms);
         log(
@@ -1063,6 +1102,7 @@ impl FetchMachine {
         self.import = ImportState::FetchingObject {
             call: flight,
             object,
+            rest: locations,
         };
         out.push(Action::Dispatch(HttpRequest {
             call: flight.call,
@@ -1082,7 +1122,7 @@ impl FetchMachine {
             return;
         }
         let state = std::mem::replace(&mut self.import, ImportState::Idle { due_ms: None });
-        let ImportState::FetchingObject { object, .. } = state else {
+        let ImportState::FetchingObject { object, rest, .. } = state else {
             return;
         };
         let storage = &self.config.storage;
@@ -1091,7 +1131,7 @@ impl FetchMachine {
         let why = match response.status {
             Some(200) => {
                 out.push(count(Stage::Storage, true));
-                self.on_object(now_ms, &object, response.body, out);
+                self.on_object(now_ms, object, rest, response.body, out);
                 return;
             }
             None => format!(
@@ -1110,10 +1150,45 @@ impl FetchMachine {
             Some(s) => format!("storage answered HTTP {s}{detail} for {url}"),
         };
         out.push(count(Stage::Storage, false));
-        self.import_failed(now_ms, why, out);
+        self.try_next_location(now_ms, object, rest, why, out);
     }
 
-    fn on_object(&mut self, now_ms: u64, object: &ObjectRef, body: Vec<u8>, out: &mut Vec<Action>) {
+    /// After a fetch that failed at one store: the next mirror at the next tick, or the
+    /// import's failure when none is left.
+    fn try_next_location(
+        &mut self,
+        now_ms: u64,
+        object: ObjectRef,
+        rest: Vec<Location>,
+        why: String,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(next) = rest.first() else {
+            self.import_failed(now_ms, why, out);
+            return;
+        };
+        log(
+            out,
+            LogLevel::Warn,
+            format!(
+                "{why}; trying the next store holding it: {}",
+                next.redacted_url
+            ),
+        );
+        self.import = ImportState::Signed(SignedObject {
+            object,
+            locations: rest,
+        });
+    }
+
+    fn on_object(
+        &mut self,
+        now_ms: u64,
+        object: ObjectRef,
+        rest: Vec<Location>,
+        body: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
         let actual = Sha256Digest::of(&body);
         if actual != object.sha256 {
             out.push(count(Stage::Verify, false));
@@ -1122,9 +1197,10 @@ impl FetchMachine {
                  corrupted or concurrently replaced object)",
                 object.key, object.redacted_url, object.sha256
             );
-            self.import_failed(now_ms, why, out);
+            self.try_next_location(now_ms, object, rest, why, out);
             return;
         }
+        let object = &object;
         let signed_by = if self.config.public_keys.is_empty() {
             None
         } else {
@@ -1280,6 +1356,11 @@ impl FetchMachine {
     }
 }
 
+/// Choice `n` of `first` then `rest` (0 is `first`; past the end, `first` again).
+fn nth_choice<'a, T>(first: &'a T, rest: &'a [T], n: usize) -> &'a T {
+    n.checked_sub(1).and_then(|i| rest.get(i)).unwrap_or(first)
+}
+
 fn source_phrase(source: Source) -> &'static str {
     match source {
         Source::ControlPlane => "control plane",
@@ -1398,25 +1479,50 @@ fn looks_like_yaml(body: &[u8]) -> bool {
         || first_line.ends_with(':')
 }
 
-/// A signed URL, split for the storage call.
-struct SignedObject {
-    object: ObjectRef,
+/// One store's signed URL, split for the storage call.
+struct Location {
     authority: String,
     /// Holds the signature: never shown.
     path: String,
     /// `https://`.
     tls: bool,
+    /// The URL without its query, for logs.
+    redacted_url: String,
 }
 
-/// Shows the object and its redacted URL, never the signed path.
-impl fmt::Debug for SignedObject {
+/// Shows the redacted URL, never the signed path.
+impl fmt::Debug for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SignedObject")
-            .field("object", &self.object)
-            .field("authority", &self.authority)
+        f.debug_struct("Location")
+            .field("url", &self.redacted_url)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
+}
+
+/// What the companion handed out: the object and where to fetch it, in order.
+#[derive(Debug)]
+struct SignedObject {
+    object: ObjectRef,
+    /// Never empty when built by [`read_signed_config`].
+    locations: Vec<Location>,
+}
+
+/// `url` split into a [`Location`].
+fn locate(url: &str) -> Result<Location, String> {
+    let redacted_url = redact_signed_url(url).to_owned();
+    let (authority, path, tls) = signed_url::split(url).ok_or_else(|| {
+        format!(
+            "its URL {} is not an http(s)://host/path URL",
+            quote(&redacted_url)
+        )
+    })?;
+    Ok(Location {
+        authority: authority.to_owned(),
+        path,
+        tls,
+        redacted_url,
+    })
 }
 
 /// A companion `200` body, checked and split into the storage call's `:authority` and `:path`.
@@ -1435,17 +1541,22 @@ fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
     }
     let sha256 = Sha256Digest::from_hex(&signed.sha256)
         .ok_or_else(|| format!("its sha256 {} is not 64 hex digits", quote(&signed.sha256)))?;
-    let redacted_url = redact_signed_url(&signed.url).to_owned();
-    let (authority, path, tls) = signed_url::split(&signed.url).ok_or_else(|| {
-        format!(
-            "its URL {} is not an http(s)://host/path URL",
-            quote(&redacted_url)
-        )
-    })?;
+    let mut locations = Vec::new();
+    if signed.urls.is_empty() {
+        locations.push(locate(&signed.url)?);
+    }
+    for entry in &signed.urls {
+        if !entry.method.eq_ignore_ascii_case("GET") {
+            return Err(format!(
+                "a signed URL in urls is for {}, not GET",
+                quote(&entry.method)
+            ));
+        }
+        locations.push(locate(&entry.url)?);
+    }
+    let redacted_url = locations[0].redacted_url.clone();
     Ok(SignedObject {
-        authority: authority.to_owned(),
-        path,
-        tls,
+        locations,
         object: ObjectRef {
             version: signed.version,
             key: signed.key,

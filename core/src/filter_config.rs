@@ -52,6 +52,9 @@ pub struct FilterConfig {
     pub control_plane: Option<ControlPlaneConfig>,
     /// The companion's signer role, which hands out signed storage URLs.
     pub companion: CompanionConfig,
+    /// Further signers, tried in order when `companion` fails (`companion` given as a list:
+    /// its first entry is `companion`, the rest are these).
+    pub backup_companions: Vec<CompanionConfig>,
     /// The object storage the signed URLs point at.
     pub storage: StorageConfig,
     /// How often the control plane is polled, also while on the fallback config.
@@ -287,6 +290,7 @@ impl Reader {
             None | Some(Value::Null) => None,
             Some(value) => self.control_plane(value),
         };
+        let mut backup_companions = Vec::new();
         let companion = match root.get("companion") {
             None | Some(Value::Null) => {
                 self.problem(
@@ -295,7 +299,24 @@ impl Reader {
                 );
                 None
             }
-            Some(value) => self.companion(value),
+            Some(Value::Array(items)) if items.is_empty() => {
+                self.problem(
+                    "companion",
+                    "must list at least one companion signer endpoint",
+                );
+                None
+            }
+            Some(Value::Array(items)) => {
+                let mut all: Vec<Option<CompanionConfig>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.companion(item, &format!("companion[{i}]")))
+                    .collect();
+                let first = all.remove(0);
+                backup_companions = all.into_iter().flatten().collect();
+                first
+            }
+            Some(value) => self.companion(value, "companion"),
         };
         let storage = match root.get("storage") {
             None | Some(Value::Null) => {
@@ -473,6 +494,7 @@ impl Reader {
             version: version?,
             control_plane,
             companion: companion?,
+            backup_companions,
             storage: storage?,
             poll_interval_ms,
             fallback_refresh_interval_ms,
@@ -600,29 +622,29 @@ impl Reader {
         })
     }
 
-    fn companion(&mut self, value: &Value) -> Option<CompanionConfig> {
-        let map = self.object(value, "companion")?;
-        self.unknown_keys(map, "companion", COMPANION_KEYS);
-        let upstream = self.upstream(map, "companion");
-        let authority = self.authority(map, "companion");
-        let path = self.path(map, "companion", SIGNER_PATH);
+    fn companion(&mut self, value: &Value, at: &str) -> Option<CompanionConfig> {
+        let map = self.object(value, at)?;
+        self.unknown_keys(map, at, COMPANION_KEYS);
+        let upstream = self.upstream(map, at);
+        let authority = self.authority(map, at);
+        let path = self.path(map, at, SIGNER_PATH);
         // The token's value is never part of a message, not even when it has the wrong type.
         let token = match map.get("token") {
             None | Some(Value::Null) => {
                 self.problem(
-                    "companion.token",
+                    join(at, "token"),
                     "required: the bearer token the companion's signer role accepts",
                 );
                 None
             }
             Some(Value::String(token)) if token.is_empty() => {
-                self.problem("companion.token", "must not be empty");
+                self.problem(join(at, "token"), "must not be empty");
                 None
             }
             Some(Value::String(token)) => {
                 if token.bytes().any(|b| !b.is_ascii_graphic()) {
                     self.problem(
-                        "companion.token",
+                        join(at, "token"),
                         "must be printable ASCII without spaces (it is sent in an HTTP header); \
                          value not shown",
                     );
@@ -633,13 +655,13 @@ impl Reader {
             }
             Some(other) => {
                 self.problem(
-                    "companion.token",
+                    join(at, "token"),
                     format!("expected a string, got {}", kind_of(other)),
                 );
                 None
             }
         };
-        let timeout_ms = self.positive_ms(map, "companion", "timeout_ms", DEFAULT_TIMEOUT_MS);
+        let timeout_ms = self.positive_ms(map, at, "timeout_ms", DEFAULT_TIMEOUT_MS);
         Some(CompanionConfig {
             upstream: upstream?,
             authority: authority?,
@@ -1231,6 +1253,27 @@ mod tests {
 
     fn c_version() -> String {
         minimal()["version"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn companion_may_be_a_list_tried_in_order() {
+        let one = minimal()["companion"].clone();
+        let mut two = one.clone();
+        two["upstream"] = json!("companion_b");
+        let c = parse(&with(minimal(), "companion", json!([one, two]))).unwrap();
+        assert_eq!(c.companion.upstream, one["upstream"].as_str().unwrap());
+        assert_eq!(c.backup_companions.len(), 1);
+        assert_eq!(c.backup_companions[0].upstream, "companion_b");
+        let mut bad = two.clone();
+        bad["token"] = json!("");
+        assert_problem(
+            &with(minimal(), "companion", json!([one, bad])),
+            "companion[1].token: must not be empty",
+        );
+        assert_problem(
+            &with(minimal(), "companion", json!([])),
+            "companion: must list at least one companion signer endpoint",
+        );
     }
 
     #[test]

@@ -38,6 +38,21 @@ pub struct SignedConfig {
     /// manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exported_at: Option<String>,
+    /// Every store holding this revision, primary first (mirrors after it), `url` among them;
+    /// the filter tries them in order. Empty from a signer without mirrors: `url` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<SignedUrl>,
+}
+
+/// One place a signed export can be fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedUrl {
+    /// A URL granting `GET` of the object until `expires_at`: never log it whole.
+    pub url: String,
+    /// Always `GET`.
+    pub method: String,
+    /// RFC 3339 UTC time after which the URL no longer works.
+    pub expires_at: String,
 }
 
 /// The body of every error answer, Kong-style: `{"message": "..."}`.
@@ -122,6 +137,7 @@ mod tests {
             signature: None,
             key_id: None,
             exported_at: None,
+            urls: Vec::new(),
         };
         let text = serde_json::to_string(&c).unwrap();
         assert!(!text.contains("signature\":"), "{text}");

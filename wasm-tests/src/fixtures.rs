@@ -69,6 +69,7 @@ pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
         retry_max: Duration::from_millis(500),
         signing_key: None,
         version,
+        mirrors: Vec::new(),
     }
 }
 

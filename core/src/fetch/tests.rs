@@ -1328,6 +1328,134 @@ fn never_more_than_one_call_in_flight_per_party() {
     }
 }
 
+// ---- mirrors ----
+
+/// A companion answer for `object` listing the primary store, then a mirror.
+fn signed_body_with_mirror(object: &[u8], revision: u64) -> Vec<u8> {
+    let url = |host: &str| {
+        json!({
+            "url": format!("http://{host}/bucket/kong/{VERSION}/config.json?{SIGNATURE}"),
+            "method": "GET",
+            "expires_at": "2026-11-26T10:05:00Z",
+        })
+    };
+    signed_body_with(
+        object,
+        revision,
+        json!({"urls": [url("primary:8333"), url("mirror:9000")]}),
+    )
+}
+
+#[test]
+fn a_failing_store_hands_over_to_the_next_mirror_holding_the_export() {
+    for primary_answer in [
+        HttpResponse::new(404, Vec::new()),
+        HttpResponse::transport_failure(),
+        ok(&doc(9)), // another body than the export's sha256: a corrupted copy
+    ] {
+        let mut d = Driver::new(false);
+        d.tick(0);
+        let a = d.answer(Party::Companion, ok(&signed_body_with_mirror(&doc(1), 4)));
+        assert_eq!(
+            dispatch_to(&a, Party::Storage).unwrap().authority,
+            "primary:8333"
+        );
+        let a = d.answer(Party::Storage, primary_answer.clone());
+        assert_eq!(published(&a), None);
+        assert!(
+            has_log(
+                &a,
+                LogLevel::Warn,
+                "trying the next store holding it: http://mirror:9000/bucket/kong/"
+            ),
+            "{:#?}",
+            logs(&a)
+        );
+        assert_no_secrets(&a);
+        let mirror = dispatch_to(&a, Party::Storage).expect("the mirror, at the same tick");
+        assert_eq!(mirror.authority, "mirror:9000");
+        let a = d.answer(Party::Storage, ok(&doc(1)));
+        assert_eq!(published(&a).unwrap().revision, 4, "{primary_answer:?}");
+    }
+}
+
+#[test]
+fn when_every_store_fails_the_import_fails_once_and_retries_from_the_primary() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body_with_mirror(&doc(1), 4)));
+    d.answer(Party::Storage, HttpResponse::new(404, Vec::new()));
+    let a = d.answer(Party::Storage, HttpResponse::new(404, Vec::new()));
+    assert!(has_log(
+        &a,
+        LogLevel::Error,
+        "fallback import failed: storage has no object"
+    ));
+    let due = d.import_due().expect("retried");
+    let a = d.tick(due);
+    assert!(dispatch_to(&a, Party::Companion).is_some());
+}
+
+#[test]
+fn a_signed_url_list_with_a_non_get_entry_is_refused() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    let body = signed_body_with(
+        &doc(1),
+        1,
+        json!({"urls": [{"url": "http://h/k", "method": "PUT", "expires_at": "x"}]}),
+    );
+    let a = d.answer(Party::Companion, ok(&body));
+    assert!(has_log(
+        &a,
+        LogLevel::Error,
+        "a signed URL in urls is for PUT, not GET"
+    ));
+}
+
+#[test]
+fn a_failing_companion_hands_over_to_the_next_one_listed() {
+    let mut c = config_json(false);
+    let first = c["companion"].clone();
+    let mut second = first.clone();
+    second["upstream"] = json!("companion_b");
+    c["companion"] = json!([first, second]);
+    let mut d = Driver::with_config(config(&c));
+    let a = d.tick(0);
+    assert_eq!(
+        dispatch_to(&a, Party::Companion).unwrap().upstream,
+        "fallback_companion"
+    );
+    let a = d.answer(Party::Companion, HttpResponse::transport_failure());
+    assert!(
+        has_log(&a, LogLevel::Warn, "trying the next companion, companion_b"),
+        "{:#?}",
+        logs(&a)
+    );
+    assert_eq!(counts(&a), [(Stage::Companion, false)]);
+    assert_eq!(
+        dispatch_to(&a, Party::Companion).unwrap().upstream,
+        "companion_b"
+    );
+    d.answer(Party::Companion, ok(&signed_body(&doc(1), 2)));
+    assert!(published(&d.answer(Party::Storage, ok(&doc(1)))).is_some());
+    // The next round starts from the first companion again; both failing is one import failure.
+    let due = d.import_due().unwrap();
+    let a = d.tick(due);
+    assert_eq!(
+        dispatch_to(&a, Party::Companion).unwrap().upstream,
+        "fallback_companion"
+    );
+    d.answer(Party::Companion, HttpResponse::new(500, Vec::new()));
+    let a = d.answer(Party::Companion, HttpResponse::new(500, Vec::new()));
+    assert!(has_log(
+        &a,
+        LogLevel::Warn,
+        "fallback import failed: companion companion_b answered HTTP 500"
+    ));
+    assert!(dispatch_to(&a, Party::Companion).is_none(), "backoff");
+}
+
 // ---- version skew ----
 
 /// A companion answer for `object` exported under `version`.
