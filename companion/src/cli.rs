@@ -60,8 +60,21 @@ pub enum Command {
     Keygen(KeygenArgs),
 }
 
+/// The variables a mirror may set for itself as `FALLBACK_MIRROR_<n>_<VARIABLE>`, `<n>` its
+/// place in `FALLBACK_MIRROR_STORAGES` from 1 (e.g. `FALLBACK_MIRROR_1_AWS_ACCESS_KEY_ID`).
+pub const MIRROR_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_CONFIG_STORAGE_ENDPOINT",
+    "GCP_SERVICE_ACCOUNT",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "STORAGE_EMULATOR_HOST",
+];
+
 /// Where exports live and with which credentials.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StorageArgs {
     /// Storage URL: s3://bucket/prefix, gcs://bucket/prefix (the prefix kept byte for byte, as
     /// GCS object names are: gcs://b//kong stores /kong/...), or file:///dir for the embedded
@@ -390,15 +403,53 @@ impl StorageArgs {
         {
             let url = StorageUrl::parse(text)
                 .with_context(|| format!("FALLBACK_MIRROR_STORAGES entry {}", i + 1))?;
+            let own = self.mirror_args(i + 1, |name| std::env::var(name).ok());
             let store = storage::open_with_url_signer(
                 &url,
-                self.backend_settings(&url)?,
+                own.backend_settings(&url)?,
                 url_signer.clone(),
             )
             .with_context(|| format!("mirror {url}"))?;
             mirrors.push((url, Arc::from(store)));
         }
         Ok(mirrors)
+    }
+
+    /// The settings mirror `n` (from 1) is opened with: these, with its own credentials where
+    /// `FALLBACK_MIRROR_<n>_<VARIABLE>` sets them (see [`MIRROR_VARIABLES`]). A mirror giving
+    /// its own AWS access key, or its own GCS credentials, takes none of the primary's for that
+    /// backend (no session token or key file carried over from another account).
+    pub fn mirror_args(&self, n: usize, lookup: impl Fn(&str) -> Option<String>) -> StorageArgs {
+        let var =
+            |name: &str| lookup(&format!("FALLBACK_MIRROR_{n}_{name}")).filter(|v| !v.is_empty());
+        let mut args = self.clone();
+        if let Some(id) = var("AWS_ACCESS_KEY_ID") {
+            args.aws_access_key_id = Some(id);
+            args.aws_secret_access_key = None;
+            args.aws_session_token = None;
+        }
+        if let Some(secret) = var("AWS_SECRET_ACCESS_KEY") {
+            args.aws_secret_access_key = Some(Secret::new(secret));
+        }
+        if let Some(token) = var("AWS_SESSION_TOKEN") {
+            args.aws_session_token = Some(Secret::new(token));
+        }
+        if let Some(region) = var("AWS_REGION") {
+            args.aws_region = Some(region);
+        }
+        if let Some(endpoint) = var("AWS_CONFIG_STORAGE_ENDPOINT") {
+            args.aws_endpoint = Some(endpoint);
+        }
+        let gcp_json = var("GCP_SERVICE_ACCOUNT");
+        let gcp_file = var("GOOGLE_APPLICATION_CREDENTIALS");
+        if gcp_json.is_some() || gcp_file.is_some() {
+            args.gcp_service_account = gcp_json.map(Secret::new);
+            args.google_application_credentials = gcp_file.map(PathBuf::from);
+        }
+        if let Some(host) = var("STORAGE_EMULATOR_HOST") {
+            args.storage_emulator_host = Some(host);
+        }
+        args
     }
 
     /// `--node-id`, else the host name.
@@ -858,6 +909,72 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("is not on or off"), "{err}");
+    }
+
+    #[test]
+    fn a_mirror_takes_its_own_credentials_from_its_numbered_variables() {
+        let cli = Cli::try_parse_from([
+            "fallback-companion",
+            "run",
+            "--storage",
+            "s3://primary/kong",
+            "--mirror-storage",
+            "s3://mirror-a/kong,gcs://mirror-b/kong",
+            "--aws-access-key-id",
+            "PRIMARY",
+            "--aws-secret-access-key",
+            "primary-secret",
+            "--aws-session-token",
+            "primary-token",
+            "--aws-region",
+            "us-east-1",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        let storage = &args.storage;
+        assert_eq!(
+            storage.mirror_storages,
+            ["s3://mirror-a/kong", "gcs://mirror-b/kong"]
+        );
+        let env = |name: &str| match name {
+            "FALLBACK_MIRROR_1_AWS_ACCESS_KEY_ID" => Some("MIRROR".to_owned()),
+            "FALLBACK_MIRROR_1_AWS_SECRET_ACCESS_KEY" => Some("mirror-secret".to_owned()),
+            "FALLBACK_MIRROR_1_AWS_REGION" => Some("eu-west-1".to_owned()),
+            "FALLBACK_MIRROR_2_GOOGLE_APPLICATION_CREDENTIALS" => Some("/k.json".to_owned()),
+            _ => None,
+        };
+        let first = storage.mirror_args(1, env);
+        assert_eq!(first.aws_access_key_id.as_deref(), Some("MIRROR"));
+        assert_eq!(
+            first.aws_secret_access_key.as_ref().map(Secret::expose),
+            Some("mirror-secret")
+        );
+        assert!(first.aws_session_token.is_none(), "not the primary's token");
+        assert_eq!(first.aws_region.as_deref(), Some("eu-west-1"));
+        let second = storage.mirror_args(2, env);
+        assert_eq!(
+            second.aws_access_key_id.as_deref(),
+            Some("PRIMARY"),
+            "the usual ones"
+        );
+        assert_eq!(
+            second.google_application_credentials,
+            Some(PathBuf::from("/k.json"))
+        );
+        // Every variable named in MIRROR_VARIABLES is read.
+        for name in MIRROR_VARIABLES {
+            let seen = std::cell::RefCell::new(Vec::new());
+            storage.mirror_args(3, |n| {
+                seen.borrow_mut().push(n.to_owned());
+                None
+            });
+            assert!(
+                seen.borrow().contains(&format!("FALLBACK_MIRROR_3_{name}")),
+                "{name}"
+            );
+        }
     }
 
     /// Runs the one-shot export of a small config to `file://<dir>/store`, with the extra flags.
