@@ -34,8 +34,14 @@ pub struct DoctorArgs {
     pub import: bool,
 
     /// A public key the filters trust (base64 or PEM, as in the filter's `public_keys`); the
-    /// stored export's signature is checked against it. Repeat for several keys.
-    #[arg(long = "public-key", value_name = "KEY")]
+    /// stored export's signature is checked against it. Repeat for several keys (in the
+    /// environment: comma-separated).
+    #[arg(
+        long = "public-key",
+        env = "FALLBACK_PUBLIC_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
     pub public_keys: Vec<String>,
 }
 
