@@ -7,7 +7,6 @@
 //! [`StalePolicy::FailClosed`] requests are answered 503 instead of being served by it.
 
 use crate::fetch::Source;
-use serde_json::json;
 
 /// How often the leader repeats the "config is stale" line while it stays stale.
 pub const STALE_LOG_EVERY_MS: u64 = 60_000;
@@ -76,41 +75,41 @@ pub fn refuse_stale(age: &ConfigAge, policy: StalePolicy) -> bool {
     age.stale && policy == StalePolicy::FailClosed
 }
 
-/// The 503 body for a request refused under [`StalePolicy::FailClosed`].
+/// The 503 body for a request refused under [`StalePolicy::FailClosed`]. Written by hand (only
+/// numbers vary): serializing a `serde_json::Value` would add its encoder to the filter.
 pub fn stale_body(age: &ConfigAge, max_age_ms: Option<u64>) -> String {
-    json!({
-        "message": format!(
-            "the gateway's fallback config (revision {}) is {} s old, past its staleness budget \
-             of {} s (stale_policy fail_closed): refusing to serve it until a newer export or \
-             the control plane is reached",
-            age.revision,
-            age.age_ms.unwrap_or(0) / 1000,
-            max_age_ms.unwrap_or(0) / 1000
-        )
-    })
-    .to_string()
+    format!(
+        "{{\"message\":\"the gateway's fallback config (revision {}) is {} s old, past its \
+         staleness budget of {} s (stale_policy fail_closed): refusing to serve it until a newer \
+         export or the control plane is reached\"}}",
+        age.revision,
+        age.age_ms.unwrap_or(0) / 1000,
+        max_age_ms.unwrap_or(0) / 1000
+    )
 }
 
 /// The readiness path's answer: 200 with `{source, revision, age_seconds}` when a verified config
 /// is in force and may be served, 503 with the reason otherwise.
 pub fn readiness(age: Option<&ConfigAge>, policy: StalePolicy) -> (u16, String) {
-    match age {
-        None => (
+    let Some(age) = age else {
+        return (
             503,
-            json!({"ready": false, "message": "no configuration loaded yet"}).to_string(),
-        ),
-        Some(age) => {
-            let body = json!({
-                "ready": !refuse_stale(age, policy),
-                "source": age.source.as_str(),
-                "revision": age.revision,
-                "age_seconds": age.age_ms.map(|ms| ms / 1000),
-                "stale": age.stale,
-            });
-            let status = if refuse_stale(age, policy) { 503 } else { 200 };
-            (status, body.to_string())
-        }
-    }
+            r#"{"ready":false,"message":"no configuration loaded yet"}"#.to_owned(),
+        );
+    };
+    let refused = refuse_stale(age, policy);
+    let age_seconds = age
+        .age_ms
+        .map_or_else(|| "null".to_owned(), |ms| (ms / 1000).to_string());
+    // By hand, as in `stale_body`: every value is a number, a boolean or a fixed name.
+    let body = format!(
+        r#"{{"ready":{},"source":"{}","revision":{},"age_seconds":{age_seconds},"stale":{}}}"#,
+        !refused,
+        age.source.as_str(),
+        age.revision,
+        age.stale
+    );
+    (if refused { 503 } else { 200 }, body)
 }
 
 /// Unix ms of an RFC 3339 UTC-or-offset time (`2026-11-26T10:00:00.000Z`,
@@ -253,9 +252,23 @@ mod tests {
         let stale = assess(Source::Fallback, 7, Some(0), 120_000, Some(60_000));
         assert_eq!(readiness(Some(&stale), StalePolicy::Serve).0, 200);
         assert_eq!(readiness(Some(&stale), StalePolicy::FailClosed).0, 503);
+        let v: serde_json::Value =
+            serde_json::from_str(&readiness(Some(&stale), StalePolicy::FailClosed).1).unwrap();
+        assert_eq!(
+            (v["ready"].as_bool(), v["stale"].as_bool()),
+            (Some(false), Some(true))
+        );
+        let unknown = assess(Source::Fallback, 7, None, 10, Some(1));
+        let v: serde_json::Value =
+            serde_json::from_str(&readiness(Some(&unknown), StalePolicy::Serve).1).unwrap();
+        assert!(v["age_seconds"].is_null());
         let body = stale_body(&stale, Some(60_000));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(
-            body.contains("is 120 s old, past its staleness budget of 60 s"),
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("is 120 s old, past its staleness budget of 60 s"),
             "{body}"
         );
     }
