@@ -60,8 +60,21 @@ pub enum Command {
     Keygen(KeygenArgs),
 }
 
+/// The variables a mirror may set for itself as `FALLBACK_MIRROR_<n>_<VARIABLE>`, `<n>` its
+/// place in `FALLBACK_MIRROR_STORAGES` from 1 (e.g. `FALLBACK_MIRROR_1_AWS_ACCESS_KEY_ID`).
+pub const MIRROR_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_CONFIG_STORAGE_ENDPOINT",
+    "GCP_SERVICE_ACCOUNT",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "STORAGE_EMULATOR_HOST",
+];
+
 /// Where exports live and with which credentials.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StorageArgs {
     /// Storage URL: s3://bucket/prefix, gcs://bucket/prefix (the prefix kept byte for byte, as
     /// GCS object names are: gcs://b//kong stores /kong/...), azure://container/prefix, or
@@ -72,6 +85,18 @@ pub struct StorageArgs {
         value_name = "URL"
     )]
     pub storage: String,
+
+    /// Mirror storage URLs, comma-separated (any mix of s3://, gcs://, file://): the export
+    /// role writes every export to the primary storage and then to each mirror; the signer
+    /// hands out a signed URL for every store holding the current revision, primary first.
+    /// Mirrors use the same credential variables as the primary.
+    #[arg(
+        long = "mirror-storage",
+        env = "FALLBACK_MIRROR_STORAGES",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub mirror_storages: Vec<String>,
 
     /// The `<version>` in `<prefix>/<version>/config.json`; exporter and importers must agree
     /// (Kong uses its full version, e.g. 3.4.1.0).
@@ -447,6 +472,71 @@ impl StorageArgs {
         Ok((url, key, store))
     }
 
+    /// The mirror stores (`FALLBACK_MIRROR_STORAGES`), opened with the usual credential
+    /// variables; `file://` mirrors hand out URLs signed by `url_signer`.
+    pub fn open_mirrors(
+        &self,
+        url_signer: Option<Arc<crate::storage::UrlSigner>>,
+    ) -> anyhow::Result<Vec<(StorageUrl, Arc<dyn ConfigStore>)>> {
+        let mut mirrors = Vec::new();
+        for (i, text) in self
+            .mirror_storages
+            .iter()
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .enumerate()
+        {
+            let url = StorageUrl::parse(text)
+                .with_context(|| format!("FALLBACK_MIRROR_STORAGES entry {}", i + 1))?;
+            let own = self.mirror_args(i + 1, |name| std::env::var(name).ok());
+            let store = storage::open_with_url_signer(
+                &url,
+                own.backend_settings(&url)?,
+                url_signer.clone(),
+            )
+            .with_context(|| format!("mirror {url}"))?;
+            mirrors.push((url, Arc::from(store)));
+        }
+        Ok(mirrors)
+    }
+
+    /// The settings mirror `n` (from 1) is opened with: these, with its own credentials where
+    /// `FALLBACK_MIRROR_<n>_<VARIABLE>` sets them (see [`MIRROR_VARIABLES`]). A mirror giving
+    /// its own AWS access key, or its own GCS credentials, takes none of the primary's for that
+    /// backend (no session token or key file carried over from another account).
+    pub fn mirror_args(&self, n: usize, lookup: impl Fn(&str) -> Option<String>) -> StorageArgs {
+        let var =
+            |name: &str| lookup(&format!("FALLBACK_MIRROR_{n}_{name}")).filter(|v| !v.is_empty());
+        let mut args = self.clone();
+        if let Some(id) = var("AWS_ACCESS_KEY_ID") {
+            args.aws_access_key_id = Some(id);
+            args.aws_secret_access_key = None;
+            args.aws_session_token = None;
+        }
+        if let Some(secret) = var("AWS_SECRET_ACCESS_KEY") {
+            args.aws_secret_access_key = Some(Secret::new(secret));
+        }
+        if let Some(token) = var("AWS_SESSION_TOKEN") {
+            args.aws_session_token = Some(Secret::new(token));
+        }
+        if let Some(region) = var("AWS_REGION") {
+            args.aws_region = Some(region);
+        }
+        if let Some(endpoint) = var("AWS_CONFIG_STORAGE_ENDPOINT") {
+            args.aws_endpoint = Some(endpoint);
+        }
+        let gcp_json = var("GCP_SERVICE_ACCOUNT");
+        let gcp_file = var("GOOGLE_APPLICATION_CREDENTIALS");
+        if gcp_json.is_some() || gcp_file.is_some() {
+            args.gcp_service_account = gcp_json.map(Secret::new);
+            args.google_application_credentials = gcp_file.map(PathBuf::from);
+        }
+        if let Some(host) = var("STORAGE_EMULATOR_HOST") {
+            args.storage_emulator_host = Some(host);
+        }
+        args
+    }
+
     /// `--node-id`, else the host name.
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
@@ -545,6 +635,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.storage.backend_settings(&url)?,
         signer.as_ref().and_then(|s| s.0.object_urls.clone()),
     )?);
+    let mirrors = args
+        .storage
+        .open_mirrors(signer.as_ref().and_then(|s| s.0.object_urls.clone()))?;
+    for (mirror, _) in &mirrors {
+        info!(mirror = %mirror, "mirror storage");
+    }
     let stats = Arc::new(ExportStats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // With both roles in one process, filters can poll the live config: GET /v1/config.
@@ -560,11 +656,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 retry_max: args.retry_max,
                 signing_key,
                 live: args.import.then(|| live_tx.clone()),
+                version: args.storage.config_version.clone(),
+                mirrors: mirrors
+                    .iter()
+                    .map(|(url, store)| {
+                        Ok(exporter::ExportMirror {
+                            key: args.storage.key(url)?,
+                            store: store.clone(),
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             };
             match &settings.signing_key {
                 Some(k) => info!(
                     public_key = %k.public_key_base64(),
-                    "exports are signed (Ed25519)"
+                    key_id = %k.key_id(),
+                    "exports are signed (Ed25519, over a manifest naming this key id)"
                 ),
                 None => info!("exports are not signed (no FALLBACK_SIGNING_KEY_FILE)"),
             }
@@ -611,6 +718,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             settings.admin_token = args.admin_token.clone();
             let listener = tokio::net::TcpListener::from_std(listener)?;
+            let mut settings = settings;
+            settings.mirrors = mirrors
+                .iter()
+                .map(|(url, store)| signer::MirrorStore {
+                    store: store.clone(),
+                    prefix: url.prefix().to_owned(),
+                    prefix_style: url.prefix_style(),
+                })
+                .collect();
             Some(tokio::spawn(signer::serve(
                 settings,
                 store.clone(),
@@ -843,14 +959,20 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         revision: args.revision.unwrap_or_else(exporter::unix_ms),
         node_id: args.storage.node_id(),
         exported_at: exporter::rfc3339_now(),
-        signature: signing_key.as_ref().map(|k| k.sign(&prepared.body)),
+        signature: None,
+        key_id: None,
     };
+    let signing = signing_key.as_ref().map(|key| exporter::ExportSigning {
+        key,
+        version: &args.storage.config_version,
+    });
     let object = format!("{}/{key}", store.describe());
     let outcome = exporter::export_once(
         store.as_ref(),
         &key,
         &prepared,
         &metadata,
+        signing,
         args.attempts.max(1),
         Backoff::new(500, 8_000),
     )
@@ -940,6 +1062,72 @@ mod tests {
         assert!(err.to_string().contains("is not on or off"), "{err}");
     }
 
+    #[test]
+    fn a_mirror_takes_its_own_credentials_from_its_numbered_variables() {
+        let cli = Cli::try_parse_from([
+            "fallback-companion",
+            "run",
+            "--storage",
+            "s3://primary/kong",
+            "--mirror-storage",
+            "s3://mirror-a/kong,gcs://mirror-b/kong",
+            "--aws-access-key-id",
+            "PRIMARY",
+            "--aws-secret-access-key",
+            "primary-secret",
+            "--aws-session-token",
+            "primary-token",
+            "--aws-region",
+            "us-east-1",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed another command")
+        };
+        let storage = &args.storage;
+        assert_eq!(
+            storage.mirror_storages,
+            ["s3://mirror-a/kong", "gcs://mirror-b/kong"]
+        );
+        let env = |name: &str| match name {
+            "FALLBACK_MIRROR_1_AWS_ACCESS_KEY_ID" => Some("MIRROR".to_owned()),
+            "FALLBACK_MIRROR_1_AWS_SECRET_ACCESS_KEY" => Some("mirror-secret".to_owned()),
+            "FALLBACK_MIRROR_1_AWS_REGION" => Some("eu-west-1".to_owned()),
+            "FALLBACK_MIRROR_2_GOOGLE_APPLICATION_CREDENTIALS" => Some("/k.json".to_owned()),
+            _ => None,
+        };
+        let first = storage.mirror_args(1, env);
+        assert_eq!(first.aws_access_key_id.as_deref(), Some("MIRROR"));
+        assert_eq!(
+            first.aws_secret_access_key.as_ref().map(Secret::expose),
+            Some("mirror-secret")
+        );
+        assert!(first.aws_session_token.is_none(), "not the primary's token");
+        assert_eq!(first.aws_region.as_deref(), Some("eu-west-1"));
+        let second = storage.mirror_args(2, env);
+        assert_eq!(
+            second.aws_access_key_id.as_deref(),
+            Some("PRIMARY"),
+            "the usual ones"
+        );
+        assert_eq!(
+            second.google_application_credentials,
+            Some(PathBuf::from("/k.json"))
+        );
+        // Every variable named in MIRROR_VARIABLES is read.
+        for name in MIRROR_VARIABLES {
+            let seen = std::cell::RefCell::new(Vec::new());
+            storage.mirror_args(3, |n| {
+                seen.borrow_mut().push(n.to_owned());
+                None
+            });
+            assert!(
+                seen.borrow().contains(&format!("FALLBACK_MIRROR_3_{name}")),
+                "{name}"
+            );
+        }
+    }
+
     /// Runs the one-shot export of a small config to `file://<dir>/store`, with the extra flags.
     async fn export_to_file_store(dir: &std::path::Path, extra: &[&str]) -> FetchedExport {
         let config = dir.join("kong.json");
@@ -962,18 +1150,31 @@ mod tests {
             panic!("parsed another command")
         };
         let (_, key, store) = args.storage.open().unwrap();
+        let version = args.storage.config_version.clone();
         let code = export(args).await.unwrap();
         assert_eq!(code, ExitCode::SUCCESS);
         let fetched = store.get(&key).await.unwrap().expect("stored");
+        let metadata = fetched.stored.metadata.expect("our metadata");
         FetchedExport {
             body: fetched.body.to_vec(),
-            signature: fetched.stored.metadata.expect("our metadata").signature,
+            signature: metadata.signature.clone(),
+            metadata,
+            version,
         }
     }
 
     struct FetchedExport {
         body: Vec<u8>,
         signature: Option<String>,
+        metadata: ExportMetadata,
+        version: String,
+    }
+
+    impl FetchedExport {
+        /// Whether `key` signed this export's manifest.
+        fn signed_by(&self, key: &SigningKey) -> bool {
+            self.metadata.is_signed_by(&self.version, &key.public_key())
+        }
     }
 
     /// A new signing key written to `dir/name`: the file's path and the key.
@@ -993,10 +1194,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (key_file, key) = new_key_file(dir.path(), "signing.pem");
         let signed = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
-        let signature = signed.signature.expect("a signature");
-        assert!(key.verifies(&signed.body, &signature));
+        assert!(signed.signature.is_some());
+        assert_eq!(signed.metadata.key_id, Some(key.key_id()));
+        assert!(signed.signed_by(&key));
         let other = SigningKey::parse(&SigningKey::generate_pem().unwrap()).unwrap();
-        assert!(!other.verifies(&signed.body, &signature));
+        assert!(!signed.signed_by(&other));
     }
 
     #[tokio::test]
@@ -1007,17 +1209,20 @@ mod tests {
         let (key_file, key) = new_key_file(dir.path(), "signing.pem");
         let signed = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
         assert_eq!(signed.body, unsigned.body, "the same document");
-        let signature = signed
-            .signature
-            .expect("the stored copy is signed now, not left unsigned as already stored");
-        assert!(key.verifies(&signed.body, &signature));
+        assert!(
+            signed.signed_by(&key),
+            "the stored copy is signed now, not left unsigned as already stored"
+        );
+        // Exporting it again with the same key writes nothing: the stored manifest verifies.
+        let same = export_to_file_store(dir.path(), &["--signing-key-file", &key_file]).await;
+        assert_eq!(same.metadata, signed.metadata);
 
         // Key rotation: the next key's exporter signs it again.
         let (rotated_file, rotated) = new_key_file(dir.path(), "rotated.pem");
         let again = export_to_file_store(dir.path(), &["--signing-key-file", &rotated_file]).await;
-        let signature = again.signature.expect("signed");
-        assert!(rotated.verifies(&again.body, &signature));
-        assert!(!key.verifies(&again.body, &signature));
+        assert!(again.signed_by(&rotated));
+        assert!(!again.signed_by(&key));
+        assert!(again.metadata.revision >= signed.metadata.revision);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use clap::Args;
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::ExportMetadata;
+use fallback_core::signature::PublicKey;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +33,16 @@ pub struct DoctorArgs {
     #[arg(long = "import", env = "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", value_parser = parse_on_off, action = clap::ArgAction::Set, default_value = "off", value_name = "on|off")]
     pub import: bool,
 
+    /// A public key the filters trust (base64 or PEM, as in the filter's `public_keys`); the
+    /// stored export's signature is checked against it. Repeat for several keys (in the
+    /// environment: comma-separated).
+    #[arg(
+        long = "public-key",
+        env = "FALLBACK_PUBLIC_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
+    pub public_keys: Vec<String>,
     /// The export role's source, as `run` reads it.
     #[command(flatten)]
     pub source: crate::source::SourceArgs,
@@ -220,6 +231,13 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         Some(Some(object)) => match object.metadata {
             Some(meta) => {
                 report.pass("config.json", describe_export(&key, &meta));
+                let (verdict, detail) =
+                    signature_check(&meta, &args.storage.config_version, &args.public_keys);
+                match verdict {
+                    Verdict::Pass => report.pass("signature", detail),
+                    Verdict::Fail => report.fail("signature", detail),
+                    Verdict::Skip => report.skip("signature", detail),
+                }
                 if import {
                     signed_url_check(&mut report, store.as_ref(), &url, &key, &meta).await;
                 }
@@ -268,6 +286,7 @@ async fn write_probe(report: &mut Report, store: &dyn ConfigStore, url: &Storage
         node_id: node.to_owned(),
         exported_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         signature: None,
+        key_id: None,
     };
     match store.put(&probe, body, &meta, Precondition::Absent).await {
         Ok(_) => match store.delete(&probe).await {
@@ -282,6 +301,56 @@ async fn write_probe(report: &mut Report, store: &dyn ConfigStore, url: &Storage
         },
         Err(e) => report.fail("write permission", e.to_string()),
     }
+}
+
+/// What a check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+/// Whether the stored export is signed, by which key id, and whether each of `public_keys`
+/// (as given on the command line) verifies it.
+fn signature_check(
+    meta: &ExportMetadata,
+    version: &str,
+    public_keys: &[String],
+) -> (Verdict, String) {
+    let signed = match (&meta.signature, &meta.key_id) {
+        (None, _) => "not signed (no signature metadata)".to_owned(),
+        (Some(_), None) => {
+            "signed without a key-id (a body signature from before signed manifests): filters \
+             with public_keys refuse it; the exporter of this release signs it again"
+                .to_owned()
+        }
+        (Some(_), Some(id)) => format!("signed by key id {id}"),
+    };
+    if public_keys.is_empty() {
+        let verdict = if meta.signature.is_some() {
+            Verdict::Pass
+        } else {
+            Verdict::Skip
+        };
+        return (
+            verdict,
+            format!("{signed}; give --public-key to check it against the key filters trust"),
+        );
+    }
+    let mut verdict = Verdict::Fail;
+    let mut found = Vec::new();
+    for (i, text) in public_keys.iter().enumerate() {
+        match PublicKey::parse(text) {
+            Err(e) => found.push(format!("--public-key #{}: {e}", i + 1)),
+            Ok(key) if meta.is_signed_by(version, &key) => {
+                verdict = Verdict::Pass;
+                found.push(format!("key {} verifies it", key.key_id()));
+            }
+            Ok(key) => found.push(format!("key {} does not verify it", key.key_id())),
+        }
+    }
+    (verdict, format!("{signed}; {}", found.join("; ")))
 }
 
 fn describe_export(key: &str, meta: &ExportMetadata) -> String {
@@ -357,5 +426,64 @@ async fn signed_url_check(
             ),
         ),
         Err(e) => report.fail("signed URL", format!("GET {shown}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::SigningKey;
+    use base64::Engine;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::parse(&base64::engine::general_purpose::STANDARD.encode([seed; 32])).unwrap()
+    }
+
+    fn export(signed_by: Option<&SigningKey>) -> ExportMetadata {
+        let mut meta = ExportMetadata {
+            sha256: Sha256Digest::of(b"{}"),
+            revision: 7,
+            node_id: "n".into(),
+            exported_at: "2026-11-30T10:00:00.000Z".into(),
+            signature: None,
+            key_id: None,
+        };
+        if let Some(k) = signed_by {
+            k.sign_export(&mut meta, "3.4.1.0").unwrap();
+        }
+        meta
+    }
+
+    #[test]
+    fn the_signature_check_names_the_key_id_and_which_keys_verify() {
+        let (a, b) = (key(1), key(2));
+        let signed = export(Some(&a));
+        let (verdict, detail) = signature_check(&signed, "3.4.1.0", &[]);
+        assert_eq!(verdict, Verdict::Pass);
+        assert!(
+            detail.contains(&format!("signed by key id {}", a.key_id())),
+            "{detail}"
+        );
+
+        let keys = [b.public_key_base64(), a.public_key_base64()];
+        let (verdict, detail) = signature_check(&signed, "3.4.1.0", &keys);
+        assert_eq!(verdict, Verdict::Pass, "{detail}");
+        assert!(detail.contains(&format!("key {} does not verify it", b.key_id())));
+        assert!(detail.contains(&format!("key {} verifies it", a.key_id())));
+
+        let (verdict, detail) = signature_check(&signed, "3.4.1.0", &keys[..1]);
+        assert_eq!(verdict, Verdict::Fail, "{detail}");
+        // Checked as the export of another version, the manifest differs.
+        let (verdict, _) = signature_check(&signed, "3.5.0.0", &keys);
+        assert_eq!(verdict, Verdict::Fail);
+
+        let (verdict, detail) = signature_check(&export(None), "3.4.1.0", &keys);
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(detail.starts_with("not signed"), "{detail}");
+        let (verdict, _) = signature_check(&export(None), "3.4.1.0", &[]);
+        assert_eq!(verdict, Verdict::Skip);
+        let (verdict, detail) = signature_check(&signed, "3.4.1.0", &["nope".to_owned()]);
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(detail.contains("--public-key #1: "), "{detail}");
     }
 }

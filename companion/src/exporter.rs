@@ -9,7 +9,7 @@ use fallback_core::backoff::Backoff;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::document::{Problem, ValidationErrors};
 use fallback_core::export::{
-    plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, WritePlan,
+    plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, SignedBy, WritePlan,
 };
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,18 +80,37 @@ pub enum WriteOutcome {
 /// How many times a write re-reads after losing a race before giving up for this round.
 const MAX_CAS_ROUNDS: usize = 8;
 
+/// The key an export is signed with, and the version it is the export of (both are part of
+/// the signed manifest).
+#[derive(Debug, Clone, Copy)]
+pub struct ExportSigning<'a> {
+    /// The exporter's key.
+    pub key: &'a SigningKey,
+    /// The `<version>` of `<prefix>/<version>/config.json`.
+    pub version: &'a str,
+}
+
 /// Writes `body` under `key` unless that would replace a newer revision: read, plan, write
 /// with a precondition, and on a lost race read again. The same bytes are written again only
-/// to sign them ([`WritePlan::Resign`]).
+/// to sign them ([`WritePlan::Resign`]). With `signing`, the metadata written is signed once
+/// its revision is settled (a re-signed export keeps the higher stored revision).
 pub async fn write_document(
     store: &dyn ConfigStore,
     key: &str,
     body: &Bytes,
     metadata: &ExportMetadata,
+    signing: Option<ExportSigning<'_>>,
 ) -> Result<WriteOutcome, StoreError> {
+    let public_key = signing.map(|s| s.key.public_key());
+    let signed_by = signing
+        .zip(public_key.as_ref())
+        .map(|(s, public_key)| SignedBy {
+            public_key,
+            version: s.version,
+        });
     for _ in 0..MAX_CAS_ROUNDS {
         let stored = store.head(key).await?;
-        let (precondition, resigned) = match plan_write(stored.as_ref(), metadata) {
+        let (precondition, resigned) = match plan_write(stored.as_ref(), metadata, signed_by) {
             WritePlan::AlreadyStored => return Ok(WriteOutcome::AlreadyStored),
             WritePlan::Superseded { stored_revision } => {
                 return Ok(WriteOutcome::Superseded { stored_revision })
@@ -102,13 +121,19 @@ pub async fn write_document(
                 (Precondition::Matches(if_match), Some(revision))
             }
         };
-        let written = match resigned {
-            Some(revision) => std::borrow::Cow::Owned(ExportMetadata {
-                revision,
-                ..metadata.clone()
-            }),
-            None => std::borrow::Cow::Borrowed(metadata),
+        let mut written = ExportMetadata {
+            revision: resigned.unwrap_or(metadata.revision),
+            ..metadata.clone()
         };
+        if let Some(signing) = signing {
+            signing
+                .key
+                .sign_export(&mut written, signing.version)
+                .map_err(|e| StoreError::Rejected {
+                    key: key.to_owned(),
+                    detail: format!("{e:#}"),
+                })?;
+        }
         match store.put(key, body.clone(), &written, precondition).await {
             Ok(etag) => {
                 return Ok(match resigned {
@@ -181,11 +206,24 @@ pub struct ExportSettings {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
-    /// Signs every export (the `signature` metadata) when set.
+    /// Signs every export (the `signature` and `key-id` metadata) when set.
     pub signing_key: Option<SigningKey>,
     /// Where every valid document is published at once (before the export delay), for
     /// `GET /v1/config`.
     pub live: Option<crate::live::LiveConfigSender>,
+    /// The `<version>` exported (part of the signed manifest).
+    pub version: String,
+    /// Mirror stores, written after the primary with the same conditional-write rules.
+    pub mirrors: Vec<ExportMirror>,
+}
+
+/// A mirror store and the key the export goes to there.
+#[derive(Debug, Clone)]
+pub struct ExportMirror {
+    /// The object key in this store.
+    pub key: String,
+    /// The store.
+    pub store: Arc<dyn ConfigStore>,
 }
 
 /// Unix time in milliseconds.
@@ -323,6 +361,30 @@ impl ExportLoop {
         info!("export role stopped");
     }
 
+    /// Writes the export to every mirror; the first failure is returned (the others are
+    /// still tried). Superseded or already stored mirrors are fine.
+    async fn write_mirrors(
+        &self,
+        body: &Bytes,
+        metadata: &ExportMetadata,
+        signing: Option<ExportSigning<'_>>,
+    ) -> Result<(), StoreError> {
+        let mut first_error = None;
+        for mirror in &self.settings.mirrors {
+            match write_document(mirror.store.as_ref(), &mirror.key, body, metadata, signing).await
+            {
+                Ok(outcome) => {
+                    debug!(mirror = %mirror.store.describe(), ?outcome, "mirror written")
+                }
+                Err(e) => {
+                    warn!(mirror = %mirror.store.describe(), "mirror export failed: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     fn offer(&mut self, prepared: Result<PreparedDocument, ValidationErrors>) {
         let prepared = match prepared {
             Ok(p) => p,
@@ -364,21 +426,47 @@ impl ExportLoop {
             revision: candidate.revision,
             node_id: self.settings.node_id.clone(),
             exported_at: rfc3339_now(),
-            signature: self
-                .settings
-                .signing_key
-                .as_ref()
-                .map(|k| k.sign(&candidate.body)),
+            signature: None,
+            key_id: None,
         };
+        let signing = self.settings.signing_key.as_ref().map(|key| ExportSigning {
+            key,
+            version: &self.settings.version,
+        });
         let key = &self.settings.key;
         let stored = Some(ExportedRevision {
             sha256,
             revision: candidate.revision,
         });
         let started = std::time::Instant::now();
-        let result = write_document(self.store.as_ref(), key, &candidate.body, &metadata).await;
-        self.record(candidate.revision, started.elapsed(), &result);
-        match result {
+        let written = write_document(
+            self.store.as_ref(),
+            key,
+            &candidate.body,
+            &metadata,
+            signing,
+        )
+        .await;
+        // Mirrors get what the primary holds now (a re-signed export keeps its higher
+        // revision); a mirror that fails fails the attempt, retried like any failed upload.
+        let written = match written {
+            Ok(outcome) => {
+                let revision = match &outcome {
+                    WriteOutcome::Resigned { revision, .. } => *revision,
+                    _ => metadata.revision,
+                };
+                let mirrored = ExportMetadata {
+                    revision,
+                    ..metadata.clone()
+                };
+                self.write_mirrors(&candidate.body, &mirrored, signing)
+                    .await
+                    .map(|()| outcome)
+            }
+            Err(e) => Err(e),
+        };
+        self.record(candidate.revision, started.elapsed(), &written);
+        match written {
             Ok(WriteOutcome::Stored { .. }) => {
                 self.stats.uploads.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
@@ -471,13 +559,14 @@ pub async fn export_once(
     key: &str,
     prepared: &PreparedDocument,
     metadata: &ExportMetadata,
+    signing: Option<ExportSigning<'_>>,
     attempts: u32,
     mut backoff: Backoff,
 ) -> Result<WriteOutcome, StoreError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match write_document(store, key, &prepared.body, metadata).await {
+        match write_document(store, key, &prepared.body, metadata, signing).await {
             Err(e) if e.is_transient() && tries < attempts => {
                 let delay = backoff.next_delay_ms(rand::random());
                 warn!(attempt = tries, retry_in_ms = delay, "{e}");
@@ -586,6 +675,8 @@ mod shutdown_tests {
             retry_max: Duration::from_millis(100),
             signing_key: None,
             live: None,
+            version: "3.4.1.0".into(),
+            mirrors: Vec::new(),
         };
         let control_plane =
             crate::source::ControlPlane::new(&url, Duration::from_secs(120)).unwrap();

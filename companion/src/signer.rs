@@ -24,8 +24,10 @@ use crate::secret::Secret;
 use crate::storage::{ConfigStore, ObjectBody, ObjectUrlError, StoreError, UrlSigner};
 use auth_limit::{AuthLimit, AuthLimiter, AuthVerdict};
 use bytes::Bytes;
-use fallback_core::export::{object_key_in, PrefixStyle};
-use fallback_core::wire::{redact_signed_url, ErrorBody, SignedConfig, OBJECTS_PATH, SIGNER_PATH};
+use fallback_core::export::{current_holders, object_key_in, ExportMetadata, PrefixStyle};
+use fallback_core::wire::{
+    redact_signed_url, ErrorBody, SignedConfig, SignedUrl, OBJECTS_PATH, SIGNER_PATH,
+};
 use http::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
@@ -102,6 +104,20 @@ pub struct SignerSettings {
     pub object_concurrency: usize,
     /// Failed bearer-token attempts allowed per client address.
     pub auth_limit: AuthLimit,
+    /// Mirror stores (`FALLBACK_MIRROR_STORAGES`), in order: their signed URLs follow the
+    /// primary's in `urls` when they hold the current revision.
+    pub mirrors: Vec<MirrorStore>,
+}
+
+/// A mirror store and where its exports live.
+#[derive(Debug, Clone)]
+pub struct MirrorStore {
+    /// The store.
+    pub store: Arc<dyn ConfigStore>,
+    /// Its storage URL's prefix.
+    pub prefix: String,
+    /// How that prefix starts object names.
+    pub prefix_style: PrefixStyle,
 }
 
 impl SignerSettings {
@@ -122,6 +138,7 @@ impl SignerSettings {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             object_concurrency: DEFAULT_OBJECT_CONCURRENCY,
             auth_limit: AuthLimit::default(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -849,6 +866,9 @@ async fn sign(
         }
     };
     outcome.timed = true;
+    if !shared.settings.mirrors.is_empty() {
+        return sign_with_mirrors(shared, version, key, outcome).await;
+    }
     let object = format!("{}/{key}", shared.store.describe());
     let head = shared.store.head(&key).await;
     record_probe(
@@ -904,23 +924,146 @@ async fn sign(
         }
     };
     outcome.url = Some(url.clone());
-    let body = SignedConfig {
+    let expires_at = expires_at(now, ttl);
+    let body = signed_config(url, expires_at, Vec::new(), version, key, metadata);
+    (signed_response(&body), outcome)
+}
+
+fn expires_at(now: SystemTime, ttl: Duration) -> String {
+    humantime::format_rfc3339_seconds(now + ttl.max(Duration::from_secs(1))).to_string()
+}
+
+fn signed_config(
+    url: String,
+    expires_at: String,
+    urls: Vec<SignedUrl>,
+    version: String,
+    key: String,
+    metadata: ExportMetadata,
+) -> SignedConfig {
+    SignedConfig {
         url,
         method: "GET".into(),
-        expires_at: humantime::format_rfc3339_seconds(now + ttl.max(Duration::from_secs(1)))
-            .to_string(),
+        expires_at,
         version,
         key,
         sha256: metadata.sha256.to_hex(),
         revision: metadata.revision,
         signature: metadata.signature,
-    };
-    let mut response = json_response(StatusCode::OK, &body);
+        key_id: metadata.key_id,
+        exported_at: Some(metadata.exported_at),
+        urls,
+    }
+}
+
+fn signed_response(body: &SignedConfig) -> Response<Body> {
+    let mut response = json_response(StatusCode::OK, body);
     // The URL is a credential: no cache may keep it.
     response
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    (response, outcome)
+    response
+}
+
+/// With mirrors: every store is read (`HEAD`), and the answer lists a signed URL for each store
+/// holding the current revision, primary first ([`current_holders`]); `url` is the first of
+/// them. A store that cannot be read is left out and logged.
+async fn sign_with_mirrors(
+    shared: &Shared,
+    version: String,
+    key: String,
+    mut outcome: Outcome,
+) -> (Response<Body>, Outcome) {
+    let mut stores: Vec<(Arc<dyn ConfigStore>, String)> = vec![(shared.store.clone(), key)];
+    for mirror in &shared.settings.mirrors {
+        match object_key_in(mirror.prefix_style, &mirror.prefix, &version) {
+            Ok(k) => stores.push((mirror.store.clone(), k)),
+            Err(e) => warn!(mirror = %mirror.store.describe(), "mirror skipped: {e}"),
+        }
+    }
+    let mut heads = Vec::with_capacity(stores.len());
+    let mut unreachable = Vec::new();
+    for (i, (store, key)) in stores.iter().enumerate() {
+        let head = store.head(key).await;
+        if i == 0 {
+            record_probe(
+                shared,
+                match &head {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
+        }
+        match head {
+            Ok(found) => heads.push(found.and_then(|o| o.metadata)),
+            Err(e) => {
+                warn!(store = %store.describe(), "cannot read {key}: {e}");
+                unreachable.push(format!("{}: {e}", store.describe()));
+                heads.push(None);
+            }
+        }
+    }
+    let holders = current_holders(&heads.iter().map(Option::as_ref).collect::<Vec<_>>());
+    // The answer's metadata (and so the signed manifest) is the highest revision's.
+    let best = holders
+        .iter()
+        .copied()
+        .max_by_key(|&i| heads[i].as_ref().map(|m| m.revision));
+    let Some(best) = best else {
+        let (status, message) = if unreachable.len() == stores.len() {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no store can be reached: {}; retry later",
+                    unreachable.join("; ")
+                ),
+            )
+        } else {
+            (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "nothing exported for version {version} in the primary store or any mirror; \
+                     check that an exporter writes with FALLBACK_CONFIG_VERSION={version}"
+                ),
+            )
+        };
+        outcome.detail = Some(message.clone());
+        return (error(status, message), outcome);
+    };
+    let now = UNIX_EPOCH + Duration::from_secs(unix_seconds(SystemTime::now()));
+    let ttl = shared.settings.ttl;
+    let expires = expires_at(now, ttl);
+    let mut urls = Vec::new();
+    for &i in &holders {
+        let (store, key) = &stores[i];
+        match store.presign_get(key, ttl, now).await {
+            Ok(url) => urls.push(SignedUrl {
+                url,
+                method: "GET".into(),
+                expires_at: expires.clone(),
+            }),
+            Err(e) => warn!(store = %store.describe(), "cannot sign a URL for {key}: {e}"),
+        }
+    }
+    let Some(url) = urls.first().map(|u| u.url.clone()) else {
+        let message = "cannot sign a URL in any store holding the export".to_owned();
+        outcome.detail = Some(message.clone());
+        return (error(StatusCode::INTERNAL_SERVER_ERROR, message), outcome);
+    };
+    let Some(metadata) = heads.swap_remove(best) else {
+        return (
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store holding the export lost its metadata",
+            ),
+            outcome,
+        );
+    };
+    outcome.revision = Some(metadata.revision);
+    outcome.url = Some(url.clone());
+    let key = stores[best].1.clone();
+    let body = signed_config(url, expires, urls, version, key, metadata);
+    (signed_response(&body), outcome)
 }
 
 /// What the signer vouches for in an object without Fallback's metadata: the sha256 of its
@@ -938,6 +1081,7 @@ async fn foreign_export(
         node_id: String::new(),
         exported_at: String::new(),
         signature: None,
+        key_id: None,
     };
     let cached = shared.foreign_digest.lock().ok().and_then(|c| {
         c.as_ref()
@@ -1266,6 +1410,7 @@ mod tests {
                 node_id: "n".into(),
                 exported_at: "2026-11-26T10:00:00.000Z".into(),
                 signature: None,
+                key_id: None,
             };
             self.store
                 .put(

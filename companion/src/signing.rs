@@ -1,6 +1,8 @@
 //! The exporter's Ed25519 signing key: every export carries a `signature` metadata, standard
-//! base64 of the Ed25519 signature over the exact stored bytes, which filters configured with
-//! the matching `public_key` require.
+//! base64 of the Ed25519 signature over the export's manifest
+//! ([`fallback_core::signature::ExportManifest`]: version, revision, sha256 of the stored bytes,
+//! export time, key id), and a `key-id` metadata naming the key, which filters configured with
+//! the matching key in `public_keys` require.
 //!
 //! The key file (`FALLBACK_SIGNING_KEY_FILE`) holds either the PKCS#8 PEM that
 //! `openssl genpkey -algorithm ed25519` (or `fallback-companion keygen`) writes, or the 32-byte
@@ -93,9 +95,31 @@ impl SigningKey {
         Ok(pem)
     }
 
-    /// Standard base64 of the Ed25519 signature over `body`: the `signature` metadata.
-    pub fn sign(&self, body: &[u8]) -> String {
-        base64::engine::general_purpose::STANDARD.encode(self.pair.sign(body).as_ref())
+    /// Standard base64 of the Ed25519 signature over `bytes`.
+    pub fn sign(&self, bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.pair.sign(bytes).as_ref())
+    }
+
+    /// This key's id: the `key-id` metadata ([`PublicKey::key_id`]).
+    pub fn key_id(&self) -> String {
+        self.public_key().key_id()
+    }
+
+    /// Signs `metadata` as the export of `version`: sets `key-id`, then `signature` over the
+    /// manifest (revision, sha256 and export time as they stand in `metadata`).
+    pub fn sign_export(
+        &self,
+        metadata: &mut fallback_core::export::ExportMetadata,
+        version: &str,
+    ) -> anyhow::Result<()> {
+        let key_id = self.key_id();
+        let manifest = metadata
+            .manifest(version, &key_id)
+            .to_bytes()
+            .with_context(|| format!("cannot sign the export of version {version:?}"))?;
+        metadata.signature = Some(self.sign(&manifest));
+        metadata.key_id = Some(key_id);
+        Ok(())
     }
 
     /// The public key, as the filter's `public_key` takes it (base64 of the 32 raw bytes).

@@ -5,7 +5,7 @@
 //! replace what the store holds ([`plan_write`]), and when the next upload is due ([`ExportPacer`]).
 
 use crate::digest::Sha256Digest;
-use crate::signature::Signature;
+use crate::signature::{verify_manifest, ExportManifest, PublicKey, Signature};
 use std::fmt;
 
 /// Name of the object inside `<prefix>/<version>/`, the same as Kong Enterprise uses.
@@ -21,8 +21,11 @@ pub mod meta {
     pub const NODE_ID: &str = "node-id";
     /// RFC 3339 time of the export.
     pub const EXPORTED_AT: &str = "exported-at";
-    /// Optional Ed25519 signature over the bytes (base64).
+    /// Optional Ed25519 signature (base64) over the export's manifest
+    /// ([`crate::signature::ExportManifest`]).
     pub const SIGNATURE: &str = "signature";
+    /// The signing key's id ([`crate::signature::PublicKey::key_id`]), beside `signature`.
+    pub const KEY_ID: &str = "key-id";
 }
 
 /// Why a version string or prefix cannot name an object.
@@ -114,8 +117,10 @@ pub struct ExportMetadata {
     pub node_id: String,
     /// When it was written (RFC 3339).
     pub exported_at: String,
-    /// Optional signature over the bytes.
+    /// Optional signature over the export's manifest ([`ExportMetadata::manifest`]).
     pub signature: Option<String>,
+    /// The id of the key that made `signature`.
+    pub key_id: Option<String>,
 }
 
 /// Metadata that is present but unusable.
@@ -140,7 +145,37 @@ impl ExportMetadata {
         if let Some(sig) = &self.signature {
             pairs.push((meta::SIGNATURE, sig.clone()));
         }
+        if let Some(id) = &self.key_id {
+            pairs.push((meta::KEY_ID, id.clone()));
+        }
         pairs
+    }
+
+    /// What a signature by the key `key_id` over this export of `version` covers.
+    pub fn manifest<'a>(&'a self, version: &'a str, key_id: &'a str) -> ExportManifest<'a> {
+        ExportManifest {
+            version,
+            revision: self.revision,
+            sha256: self.sha256,
+            exported_at: &self.exported_at,
+            key_id,
+        }
+    }
+
+    /// Whether the stored `signature` is `key`'s over this export's manifest for `version`.
+    pub fn is_signed_by(&self, version: &str, key: &PublicKey) -> bool {
+        let (Some(text), Some(key_id)) = (&self.signature, &self.key_id) else {
+            return false;
+        };
+        let Ok(signature) = Signature::parse(text) else {
+            return false;
+        };
+        verify_manifest(
+            std::slice::from_ref(key),
+            &self.manifest(version, key_id),
+            &signature,
+        )
+        .is_ok()
     }
 
     /// Reads metadata back; `lookup` returns the value stored under a name, if any.
@@ -168,6 +203,7 @@ impl ExportMetadata {
             node_id: lookup(meta::NODE_ID).unwrap_or_default().to_owned(),
             exported_at: lookup(meta::EXPORTED_AT).unwrap_or_default().to_owned(),
             signature: lookup(meta::SIGNATURE).map(str::to_owned),
+            key_id: lookup(meta::KEY_ID).map(|id| id.trim().to_owned()),
         }))
     }
 }
@@ -210,29 +246,45 @@ pub enum WritePlan {
     },
 }
 
-/// Decides whether `candidate` may be written over `stored`.
+/// The key an exporter signs with and the version it exports: what [`plan_write`] needs to
+/// tell whether the stored copy already carries this exporter's signature.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedBy<'a> {
+    /// The exporter's public key.
+    pub public_key: &'a PublicKey,
+    /// The `<version>` the object is stored under (it is part of the signed manifest).
+    pub version: &'a str,
+}
+
+/// Decides whether `candidate` may be written over `stored`; `signer` is the key the candidate
+/// will be signed with once its revision is settled (`None`: an unsigned export).
 ///
 /// Paired with a conditional write this is a compare-and-swap: if another exporter writes
 /// between our read and our write, the precondition fails and the caller reads and plans again,
 /// so an older revision can never land on top of a newer one.
 ///
-/// The same bytes are not written again, unless the candidate is signed and the stored copy
-/// does not carry that signature ([`WritePlan::Resign`]): turning signing on, or rotating the
-/// key, must sign the document already stored, or filters requiring the signature refuse it
-/// until the control plane's config changes. Ed25519 signing (RFC 8032) is deterministic, so a
-/// stored signature verifies under the exporter's key over these bytes when it equals the
-/// candidate's; a signature that is missing, unreadable or another key's differs. An unsigned
-/// candidate keeps a stored signature: removing it would only make filters refuse the export.
-pub fn plan_write(stored: Option<&StoredObject>, candidate: &ExportMetadata) -> WritePlan {
+/// The same bytes are not written again, unless the exporter signs and the stored copy does
+/// not carry a valid signature of its key over its manifest ([`WritePlan::Resign`]): turning
+/// signing on, rotating the key, or moving from body signatures to manifest signatures must
+/// sign the document already stored, or filters requiring the signature refuse it until the
+/// control plane's config changes. An unsigned exporter keeps a stored signature: removing it
+/// would only make filters refuse the export.
+pub fn plan_write(
+    stored: Option<&StoredObject>,
+    candidate: &ExportMetadata,
+    signer: Option<SignedBy<'_>>,
+) -> WritePlan {
     let Some(stored) = stored else {
         return WritePlan::Create;
     };
     match &stored.metadata {
-        Some(m) if m.sha256 == candidate.sha256 => match &candidate.signature {
-            Some(ours) if !same_signature(m.signature.as_deref(), ours) => WritePlan::Resign {
-                if_match: stored.etag.clone(),
-                revision: m.revision.max(candidate.revision),
-            },
+        Some(m) if m.sha256 == candidate.sha256 => match signer {
+            Some(signer) if !m.is_signed_by(signer.version, signer.public_key) => {
+                WritePlan::Resign {
+                    if_match: stored.etag.clone(),
+                    revision: m.revision.max(candidate.revision),
+                }
+            }
             _ => WritePlan::AlreadyStored,
         },
         Some(m) if m.revision >= candidate.revision => WritePlan::Superseded {
@@ -244,13 +296,28 @@ pub fn plan_write(stored: Option<&StoredObject>, candidate: &ExportMetadata) -> 
     }
 }
 
-/// Whether a stored `signature` metadata is the same signature as `ours` (both base64, compared
-/// as the 64 bytes they decode to, so that padding or whitespace differences do not count).
-fn same_signature(stored: Option<&str>, ours: &str) -> bool {
-    match (stored.map(Signature::parse), Signature::parse(ours)) {
-        (Some(Ok(stored)), Ok(ours)) => stored == ours,
-        _ => false,
-    }
+/// Which stores (primary first, then mirrors) hold the current export: the bytes (sha256) of
+/// the highest revision any of them holds, the first such store's on a tie. A store holding
+/// those bytes under another revision (written before a re-signing) still serves them: the
+/// answer's metadata, and so its signed manifest, comes from the highest one. Returns their
+/// indexes in order; empty when none holds an export of ours. A mirror behind (other bytes, or
+/// missing the object) is left out, so a filter is never sent to it.
+pub fn current_holders(stored: &[Option<&ExportMetadata>]) -> Vec<usize> {
+    let Some(best) =
+        stored
+            .iter()
+            .flatten()
+            .copied()
+            .reduce(|best, m| if m.revision > best.revision { m } else { best })
+    else {
+        return Vec::new();
+    };
+    stored
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.is_some_and(|m| m.sha256 == best.sha256))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Hands out revisions: the wall-clock time in milliseconds at which a document was first seen,
@@ -413,6 +480,7 @@ mod tests {
             node_id: "node-a".into(),
             exported_at: "2026-11-26T10:00:00Z".into(),
             signature: None,
+            key_id: None,
         }
     }
 
@@ -506,12 +574,15 @@ mod tests {
     #[test]
     fn plan_creates_when_empty_and_skips_identical_bytes() {
         let c = metadata(b"new", 10);
-        assert_eq!(plan_write(None, &c), WritePlan::Create);
+        assert_eq!(plan_write(None, &c, None), WritePlan::Create);
         let stored = StoredObject {
             etag: "\"e\"".into(),
             metadata: Some(metadata(b"new", 3)),
         };
-        assert_eq!(plan_write(Some(&stored), &c), WritePlan::AlreadyStored);
+        assert_eq!(
+            plan_write(Some(&stored), &c, None),
+            WritePlan::AlreadyStored
+        );
     }
 
     #[test]
@@ -521,47 +592,62 @@ mod tests {
             metadata: Some(metadata(b"newer", 20)),
         };
         assert_eq!(
-            plan_write(Some(&stored), &metadata(b"older", 10)),
+            plan_write(Some(&stored), &metadata(b"older", 10), None),
             WritePlan::Superseded {
                 stored_revision: 20
             }
         );
         assert_eq!(
-            plan_write(Some(&stored), &metadata(b"same-rev", 20)),
+            plan_write(Some(&stored), &metadata(b"same-rev", 20), None),
             WritePlan::Superseded {
                 stored_revision: 20
             }
         );
         assert_eq!(
-            plan_write(Some(&stored), &metadata(b"newest", 21)),
+            plan_write(Some(&stored), &metadata(b"newest", 21), None),
             WritePlan::Replace {
                 if_match: "\"e\"".into()
             }
         );
     }
 
-    /// Two distinct, well-formed signatures (64 bytes each, base64).
-    const SIG_A: &str =
-        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
-    const SIG_B: &str =
-        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ==";
+    /// A key pair from a seed.
+    fn key_pair(seed: u8) -> (ed25519_compact::KeyPair, PublicKey) {
+        let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32]));
+        let public = PublicKey::from_bytes(*pair.pk).unwrap();
+        (pair, public)
+    }
 
-    fn signed(body: &[u8], revision: u64, signature: Option<&str>) -> ExportMetadata {
-        ExportMetadata {
-            signature: signature.map(str::to_owned),
-            ..metadata(body, revision)
+    /// `body` at `revision`, its manifest signed by the key from `seed` (none: unsigned).
+    fn signed(body: &[u8], revision: u64, seed: Option<u8>) -> ExportMetadata {
+        let mut m = metadata(body, revision);
+        if let Some(seed) = seed {
+            let (pair, public) = key_pair(seed);
+            let key_id = public.key_id();
+            let bytes = m.manifest("3.4.1.0", &key_id).to_bytes().unwrap();
+            m.signature = Some(crate::signature::encode_base64(
+                &pair.sk.sign(bytes, None)[..],
+            ));
+            m.key_id = Some(key_id);
         }
+        m
     }
 
     #[test]
-    fn plan_signs_the_stored_bytes_when_the_signature_is_missing_or_another_keys() {
-        let stored = |signature: Option<&str>, revision: u64| StoredObject {
+    fn plan_signs_the_stored_bytes_unless_they_carry_this_keys_manifest_signature() {
+        let (_, key_a) = key_pair(1);
+        let by_a = Some(SignedBy {
+            public_key: &key_a,
+            version: "3.4.1.0",
+        });
+        let stored = |metadata: ExportMetadata| StoredObject {
             etag: "\"e\"".into(),
-            metadata: Some(signed(b"doc", revision, signature)),
+            metadata: Some(metadata),
         };
+        let candidate = metadata(b"doc", 9);
         // Signing turned on: the stored copy is unsigned.
         assert_eq!(
-            plan_write(Some(&stored(None, 5)), &signed(b"doc", 9, Some(SIG_A))),
+            plan_write(Some(&stored(signed(b"doc", 5, None))), &candidate, by_a),
             WritePlan::Resign {
                 if_match: "\"e\"".into(),
                 revision: 9
@@ -570,43 +656,94 @@ mod tests {
         // Key rotated: the stored signature is another key's; the stored revision is higher
         // (another exporter saw the same bytes later) and is kept.
         assert_eq!(
-            plan_write(
-                Some(&stored(Some(SIG_B), 20)),
-                &signed(b"doc", 9, Some(SIG_A))
-            ),
+            plan_write(Some(&stored(signed(b"doc", 20, Some(2)))), &candidate, by_a),
             WritePlan::Resign {
                 if_match: "\"e\"".into(),
                 revision: 20
             }
         );
-        // A stored signature that is not even base64 is rewritten too.
+        // A stored signature that is not even base64, one without key-id (a body signature
+        // from before manifests), or one for another version, is rewritten too.
+        let mut garbled = signed(b"doc", 5, Some(1));
+        garbled.signature = Some("not base64!".into());
+        let mut no_key_id = signed(b"doc", 5, Some(1));
+        no_key_id.key_id = None;
+        let other_version = Some(SignedBy {
+            public_key: &key_a,
+            version: "3.5.0.0",
+        });
+        for (stored_meta, signer) in [
+            (garbled, by_a),
+            (no_key_id, by_a),
+            (signed(b"doc", 5, Some(1)), other_version),
+        ] {
+            assert!(matches!(
+                plan_write(Some(&stored(stored_meta)), &candidate, signer),
+                WritePlan::Resign { .. }
+            ));
+        }
+        // A stored revision swapped under a valid signature does not verify: re-signed.
+        let mut swapped = signed(b"doc", 5, Some(1));
+        swapped.revision = 6;
         assert!(matches!(
-            plan_write(
-                Some(&stored(Some("not base64!"), 5)),
-                &signed(b"doc", 9, Some(SIG_A))
-            ),
+            plan_write(Some(&stored(swapped)), &candidate, by_a),
             WritePlan::Resign { .. }
         ));
-        // Already signed this way (however the base64 is spaced): nothing to write.
+        // Already signed by this key (at whatever revision and time): nothing to write.
         assert_eq!(
-            plan_write(
-                Some(&stored(Some(&format!(" {SIG_A}\n")), 5)),
-                &signed(b"doc", 9, Some(SIG_A))
-            ),
+            plan_write(Some(&stored(signed(b"doc", 5, Some(1)))), &candidate, by_a),
             WritePlan::AlreadyStored
         );
         // An exporter without a key leaves a stored signature alone.
         assert_eq!(
-            plan_write(Some(&stored(Some(SIG_B), 5)), &signed(b"doc", 9, None)),
+            plan_write(Some(&stored(signed(b"doc", 5, Some(2)))), &candidate, None),
             WritePlan::AlreadyStored
         );
         // Other bytes follow the revision rules whatever the signatures.
         assert_eq!(
-            plan_write(Some(&stored(None, 50)), &signed(b"other", 9, Some(SIG_A))),
+            plan_write(Some(&stored(signed(b"other", 50, None))), &candidate, by_a),
             WritePlan::Superseded {
                 stored_revision: 50
             }
         );
+    }
+
+    #[test]
+    fn key_id_metadata_round_trips() {
+        let m = signed(b"doc", 5, Some(1));
+        let pairs = m.to_pairs();
+        let back = ExportMetadata::from_lookup(|n| {
+            pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(back, m);
+        assert!(back.is_signed_by("3.4.1.0", &key_pair(1).1));
+        assert!(!back.is_signed_by("3.4.1.0", &key_pair(2).1));
+    }
+
+    #[test]
+    fn the_current_holders_are_the_stores_with_the_highest_revision_in_order() {
+        let (a5, b7, b7_again, c7) = (
+            metadata(b"a", 5),
+            metadata(b"b", 7),
+            metadata(b"b", 7),
+            metadata(b"c", 7),
+        );
+        assert_eq!(
+            current_holders(&[Some(&a5), None, Some(&b7), Some(&b7_again)]),
+            [2, 3]
+        );
+        assert_eq!(
+            current_holders(&[Some(&b7), Some(&a5), Some(&b7_again)]),
+            [0, 2]
+        );
+        // Same revision, other bytes (should not happen): the first such store's bytes win.
+        assert_eq!(current_holders(&[Some(&b7), Some(&c7)]), [0]);
+        // The same bytes under an older revision are served too.
+        let b3 = metadata(b"b", 3);
+        assert_eq!(current_holders(&[Some(&b3), Some(&a5), Some(&b7)]), [0, 2]);
+        assert!(current_holders(&[None, None]).is_empty());
     }
 
     #[test]
@@ -616,7 +753,7 @@ mod tests {
             metadata: None,
         };
         assert_eq!(
-            plan_write(Some(&stored), &metadata(b"x", 1)),
+            plan_write(Some(&stored), &metadata(b"x", 1), None),
             WritePlan::Replace {
                 if_match: "g1".into()
             }

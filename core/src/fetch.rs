@@ -3,10 +3,12 @@
 //!
 //! One machine runs in the leader worker's root context. It polls the control plane (CP) and,
 //! when the CP is unusable, imports the fallback config: a signed URL from the companion, then the
-//! object from storage, verified (sha256, and its Ed25519 signature when `public_key` is
-//! configured) and validated before it is published. It never unpublishes: a failure anywhere
-//! keeps the last good config in place. Control plane documents come straight from the CP and
-//! carry no signature: `public_key` does not apply to them.
+//! object from storage, verified (sha256, and the Ed25519 signature over its manifest when
+//! `public_keys` are configured) and validated before it is published. It never unpublishes: a
+//! failure anywhere keeps the last good config in place, and it never goes back to a storage
+//! revision lower than the highest it verified since it started (rollback protection). Control
+//! plane documents come straight from the CP and carry no signature: `public_keys` does not
+//! apply to them.
 //!
 //! Modes ([`Mode`]):
 //! - `Starting` → `ControlPlane`: the CP serves a valid document.
@@ -32,10 +34,10 @@ mod tests;
 use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, ValidationErrors};
-use crate::filter_config::FilterConfig;
+use crate::filter_config::{CompanionConfig, FilterConfig};
 use crate::json;
 use crate::limits::{MAX_DOCUMENT_BYTES, PROXY_RESPONSE_BUFFER_BYTES};
-use crate::signature::{self, PublicKey, Signature};
+use crate::signature::{verify_manifest, ExportManifest, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
 use std::fmt;
@@ -197,6 +199,9 @@ pub struct PublishedConfig {
     pub revision: u64,
     /// sha256 of `document`.
     pub sha256: Sha256Digest,
+    /// When a fallback config was exported (Unix ms, from its `exported-at`), when known: its
+    /// age counts from there ([`crate::freshness`]). `None` for control plane documents.
+    pub exported_at_ms: Option<u64>,
     /// The bytes exactly as validated: `ConfigDocument::from_slice(document)` succeeds. Control
     /// plane documents are stored as canonical JSON (see [`crate::digest`]), like exports, so the
     /// same config has the same sha256 from either source.
@@ -210,6 +215,7 @@ impl fmt::Debug for PublishedConfig {
             .field("source", &self.source)
             .field("revision", &self.revision)
             .field("sha256", &self.sha256)
+            .field("exported_at_ms", &self.exported_at_ms)
             .field("document_bytes", &self.document.len())
             .finish()
     }
@@ -228,6 +234,12 @@ pub enum Stage {
     Verify,
     /// A document's validation, from either source.
     Validate,
+    /// The export's revision against the highest verified since start: a failure is an older
+    /// export refused (rollback protection).
+    Revision,
+    /// The fallback config in force against `max_fallback_age_ms`: a failure is counted with
+    /// each "stale" log line, once per [`crate::freshness::STALE_LOG_EVERY_MS`].
+    Age,
 }
 
 impl Stage {
@@ -239,6 +251,8 @@ impl Stage {
             Stage::Storage => "storage",
             Stage::Verify => "verify",
             Stage::Validate => "validate",
+            Stage::Revision => "revision",
+            Stage::Age => "age",
         }
     }
 }
@@ -333,17 +347,28 @@ enum ImportState {
     /// The companion answered: the object is fetched at the next tick.
     Signed(SignedObject),
     /// Waiting for the object.
-    FetchingObject { call: InFlight, object: ObjectRef },
+    FetchingObject {
+        call: InFlight,
+        object: ObjectRef,
+        /// The mirrors still to try, in order, should this fetch fail.
+        rest: Vec<Location>,
+    },
 }
 
 /// What the companion said the object is.
 #[derive(Debug)]
 struct ObjectRef {
+    /// The `<version>` the export is stored under (part of its signed manifest).
+    version: String,
     key: String,
     revision: u64,
     sha256: Sha256Digest,
     /// The export's Ed25519 signature (base64), as the companion handed it on.
     signature: Option<String>,
+    /// The id of the key that made `signature`.
+    key_id: Option<String>,
+    /// The `exported-at` metadata.
+    exported_at: Option<String>,
     /// The URL without its query, for logs.
     redacted_url: String,
 }
@@ -360,6 +385,16 @@ pub struct FetchMachine {
     next_call: CallId,
     /// The latest clock reading, to notice the clock going backwards.
     last_now_ms: Option<u64>,
+    /// The highest storage revision verified since start: a lower one is never imported.
+    highest_revision: u64,
+    /// When the "stale config" line was last logged, while the config in force is stale.
+    stale_logged_ms: Option<u64>,
+    /// Which version the import asks the companion for: 0 is `version`, then
+    /// `accept_versions` in order. Every import round starts from 0.
+    version_choice: usize,
+    /// Which companion the import asks: 0 is `companion`, then `backup_companions` in order.
+    /// Every import round starts from 0.
+    companion_choice: usize,
 }
 
 impl fmt::Debug for FetchMachine {
@@ -400,6 +435,10 @@ impl FetchMachine {
             rng: SplitMix64(entropy_seed),
             next_call: 1,
             last_now_ms: None,
+            highest_revision: 0,
+            stale_logged_ms: None,
+            version_choice: 0,
+            companion_choice: 0,
         }
     }
 
@@ -409,6 +448,10 @@ impl FetchMachine {
     /// Calls already in flight stay tracked.
     pub fn adopt(&mut self, current: Option<&PublishedConfig>) {
         self.current = current.cloned();
+        if let Some(c) = current.filter(|c| c.source == Source::Fallback) {
+            // Another worker verified it: what it refused to go back from holds here too.
+            self.highest_revision = self.highest_revision.max(c.revision);
+        }
         if let Some(poller) = &mut self.poller {
             poller.etag = None;
             poller.failures = 0;
@@ -431,7 +474,53 @@ impl FetchMachine {
         self.observe_clock(now_ms);
         self.give_up_lost_calls(now_ms, &mut out);
         self.start_due_calls(now_ms, &mut out);
+        self.watch_age(now_ms, &mut out);
         out
+    }
+
+    /// Past `max_fallback_age_ms`, says so once per [`crate::freshness::STALE_LOG_EVERY_MS`]
+    /// and counts it; quiet again once a fresher config is in force.
+    fn watch_age(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let max = self.config.max_fallback_age_ms;
+        let age = crate::freshness::assess(
+            current.source,
+            current.revision,
+            current.exported_at_ms,
+            now_ms,
+            max,
+        );
+        if !age.stale {
+            self.stale_logged_ms = None;
+            return;
+        }
+        let due = self
+            .stale_logged_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= crate::freshness::STALE_LOG_EVERY_MS);
+        if !due {
+            return;
+        }
+        self.stale_logged_ms = Some(now_ms);
+        out.push(count(Stage::Age, false));
+        let policy = match self.config.stale_policy {
+            crate::freshness::StalePolicy::Serve => "still serving it (stale_policy serve)",
+            crate::freshness::StalePolicy::FailClosed => {
+                "requests are answered 503 (stale_policy fail_closed)"
+            }
+        };
+        log(
+            out,
+            LogLevel::Warn,
+            format!(
+                "the fallback config in force (revision {}) is {} s old, past \
+                 max_fallback_age_ms ({} s): {policy}; check the exporter and the control plane",
+                current.revision,
+                age.age_ms.unwrap_or(0) / 1000,
+                max.unwrap_or(0) / 1000
+            ),
+        );
     }
 
     /// The answer to a call. Answers to unknown or abandoned calls are ignored. A reply Envoy
@@ -710,6 +799,7 @@ impl FetchMachine {
             source: Source::ControlPlane,
             revision: 0,
             sha256: Sha256Digest::of(&document),
+            exported_at_ms: None,
             document: document.into(),
         };
         if let Some(poller) = &mut self.poller {
@@ -816,8 +906,27 @@ impl FetchMachine {
 
     // ---- import ----
 
+    /// The version the import asks for now.
+    fn asked_version(&self) -> &String {
+        nth_choice(
+            &self.config.version,
+            &self.config.accept_versions,
+            self.version_choice,
+        )
+    }
+
+    /// The companion the import asks now.
+    fn asked_companion(&self) -> &CompanionConfig {
+        nth_choice(
+            &self.config.companion,
+            &self.config.backup_companions,
+            self.companion_choice,
+        )
+    }
+
     fn ask_companion(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let companion = self.config.companion.clone();
+        let companion = self.asked_companion().clone();
+        let version = self.asked_version().to_owned();
         let flight = self.new_call(now_ms, companion.timeout_ms);
         let separator = if companion.path.contains('?') {
             '&'
@@ -827,14 +936,14 @@ impl FetchMachine {
         let path = format!(
             "{}{separator}version={}",
             companion.path,
-            percent_encode(&self.config.version)
+            percent_encode(&version)
         );
         log(
             out,
             LogLevel::Debug,
             format!(
-                "asking companion {} for a signed URL of the config for version {}",
-                companion.upstream, self.config.version
+                "asking companion {} for a signed URL of the config for version {version}",
+                companion.upstream
             ),
         );
         self.import = ImportState::AskingCompanion { call: flight };
@@ -863,6 +972,7 @@ impl FetchMachine {
             return false;
         }
         self.import = ImportState::Idle { due_ms: None };
+        self.restart_version_choice();
         log(
             out,
             LogLevel::Debug,
@@ -880,10 +990,33 @@ impl FetchMachine {
         if self.import_abandoned(out) {
             return;
         }
-        let companion = &self.config.companion;
+        let asked = self.asked_version().to_owned();
+        if response.status == Some(404) && self.version_choice < self.config.accept_versions.len() {
+            // Version skew: no export for this version yet; the next accepted one, at once.
+            self.version_choice += 1;
+            log(
+                out,
+                LogLevel::Info,
+                format!(
+                    "no export for version {asked} (companion: HTTP 404); trying version {} \
+                     from accept_versions",
+                    self.asked_version()
+                ),
+            );
+            self.import = ImportState::Idle {
+                due_ms: Some(now_ms),
+            };
+            return;
+        }
+        let companion = self.asked_companion();
         let detail = peer_message(&response.body);
         let why = match response.status {
             Some(200) => match read_signed_config(&response.body) {
+                Ok(signed) if signed.object.version != asked => format!(
+                    "companion {} answered with an export of version {} when asked for {asked}",
+                    companion.upstream,
+                    quote(&signed.object.version)
+                ),
                 Ok(signed) => {
                     out.push(count(Stage::Companion, true));
                     self.import = ImportState::Signed(signed);
@@ -905,10 +1038,15 @@ impl FetchMachine {
                  signer's token",
                 companion.upstream
             ),
+            Some(404) if self.config.accept_versions.is_empty() => format!(
+                "nothing exported for version {asked} (companion: HTTP 404{detail}); check that \
+                 an exporter runs with the same version"
+            ),
             Some(404) => format!(
-                "nothing exported for version {} (companion: HTTP 404{detail}); check that an \
-                 exporter runs with the same version",
-                self.config.version
+                "nothing exported for version {} nor any of accept_versions ({}) (companion: \
+                 HTTP 404{detail}); check that an exporter runs with one of them",
+                self.config.version,
+                self.config.accept_versions.join(", ")
             ),
             Some(503) => format!(
                 "companion {} cannot reach storage (HTTP 503{detail})",
@@ -917,16 +1055,45 @@ impl FetchMachine {
             Some(s) => format!("companion {} answered HTTP {s}{detail}", companion.upstream),
         };
         out.push(count(Stage::Companion, false));
+        if self.companion_choice < self.config.backup_companions.len() {
+            self.companion_choice += 1;
+            self.version_choice = 0;
+            let next = self.asked_companion().upstream.clone();
+            log(
+                out,
+                LogLevel::Warn,
+                format!("{why}; trying the next companion, {next}"),
+            );
+            self.import = ImportState::Idle {
+                due_ms: Some(now_ms),
+            };
+            return;
+        }
         self.import_failed(now_ms, why, out);
+    }
+
+    /// The import round ended (imported or failed): the next one asks the first companion for
+    /// `version` first.
+    fn restart_version_choice(&mut self) {
+        self.version_choice = 0;
+        self.companion_choice = 0;
     }
 
     fn fetch_object(&mut self, now_ms: u64, signed: SignedObject, out: &mut Vec<Action>) {
         let SignedObject {
-            object,
+            mut object,
+            mut locations,
+        } = signed;
+        if locations.is_empty() {
+            return;
+        }
+        let Location {
             authority,
             path,
             tls,
-        } = signed;
+            redacted_url,
+        } = locations.remove(0);
+        object.redacted_url = redacted_url;
         let storage = self.config.storage.clone();
         let flight = self.new_call(now_ms, storage.timeout_ms);
         log(
@@ -940,6 +1107,7 @@ impl FetchMachine {
         self.import = ImportState::FetchingObject {
             call: flight,
             object,
+            rest: locations,
         };
         out.push(Action::Dispatch(HttpRequest {
             call: flight.call,
@@ -959,7 +1127,7 @@ impl FetchMachine {
             return;
         }
         let state = std::mem::replace(&mut self.import, ImportState::Idle { due_ms: None });
-        let ImportState::FetchingObject { object, .. } = state else {
+        let ImportState::FetchingObject { object, rest, .. } = state else {
             return;
         };
         let storage = &self.config.storage;
@@ -984,7 +1152,7 @@ impl FetchMachine {
             }
             Some(200) => {
                 out.push(count(Stage::Storage, true));
-                self.on_object(now_ms, &object, response.body, out);
+                self.on_object(now_ms, object, rest, response.body, out);
                 return;
             }
             None => format!(
@@ -1006,10 +1174,45 @@ impl FetchMachine {
             Some(s) => format!("storage answered HTTP {s}{detail} for {url}"),
         };
         out.push(count(Stage::Storage, false));
-        self.import_failed(now_ms, why, out);
+        self.try_next_location(now_ms, object, rest, why, out);
     }
 
-    fn on_object(&mut self, now_ms: u64, object: &ObjectRef, body: Vec<u8>, out: &mut Vec<Action>) {
+    /// After a fetch that failed at one store: the next mirror at the next tick, or the
+    /// import's failure when none is left.
+    fn try_next_location(
+        &mut self,
+        now_ms: u64,
+        object: ObjectRef,
+        rest: Vec<Location>,
+        why: String,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(next) = rest.first() else {
+            self.import_failed(now_ms, why, out);
+            return;
+        };
+        log(
+            out,
+            LogLevel::Warn,
+            format!(
+                "{why}; trying the next store holding it: {}",
+                next.redacted_url
+            ),
+        );
+        self.import = ImportState::Signed(SignedObject {
+            object,
+            locations: rest,
+        });
+    }
+
+    fn on_object(
+        &mut self,
+        now_ms: u64,
+        object: ObjectRef,
+        rest: Vec<Location>,
+        body: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
         let actual = Sha256Digest::of(&body);
         if actual != object.sha256 {
             out.push(count(Stage::Verify, false));
@@ -1018,17 +1221,35 @@ impl FetchMachine {
                  corrupted or concurrently replaced object)",
                 object.key, object.redacted_url, object.sha256
             );
+            self.try_next_location(now_ms, object, rest, why, out);
+            return;
+        }
+        let object = &object;
+        let signed_by = if self.config.public_keys.is_empty() {
+            None
+        } else {
+            match check_signature(&self.config.public_keys, object) {
+                Ok(key_id) => Some(key_id),
+                Err(why) => {
+                    out.push(count(Stage::Verify, false));
+                    self.import_failed(now_ms, why, out);
+                    return;
+                }
+            }
+        };
+        out.push(count(Stage::Verify, true));
+        if object.revision < self.highest_revision {
+            out.push(count(Stage::Revision, false));
+            let why = format!(
+                "object {} holds revision {}, lower than revision {} already verified since this \
+                 filter started: refusing to go back (an old export restored or replayed; \
+                 export the current config again to move storage forward)",
+                object.key, object.revision, self.highest_revision
+            );
             self.import_failed(now_ms, why, out);
             return;
         }
-        if let Some(key) = &self.config.public_key {
-            if let Err(why) = check_signature(key, object, &body) {
-                out.push(count(Stage::Verify, false));
-                self.import_failed(now_ms, why, out);
-                return;
-            }
-        }
-        out.push(count(Stage::Verify, true));
+        out.push(count(Stage::Revision, true));
         let loaded = match ConfigDocument::from_slice(&body) {
             Ok(loaded) => loaded,
             Err(errors) => {
@@ -1044,6 +1265,16 @@ impl FetchMachine {
             }
         };
         out.push(count(Stage::Validate, true));
+        self.highest_revision = object.revision;
+        let skew = if self.version_choice > 0 {
+            format!(
+                " in place of version {} (accept_versions)",
+                self.config.version
+            )
+        } else {
+            String::new()
+        };
+        self.restart_version_choice();
         self.backoff.reset();
         if self.mode == Mode::Starting {
             self.mode = Mode::Fallback;
@@ -1056,16 +1287,21 @@ impl FetchMachine {
             source: Source::Fallback,
             revision: object.revision,
             sha256: actual,
+            exported_at_ms: object
+                .exported_at
+                .as_deref()
+                .and_then(crate::freshness::parse_rfc3339_ms),
             document: body.into(),
         };
         if self.publish(published, &loaded, out) {
+            let signed = signed_by.map_or_else(String::new, |id| format!(", signed by key {id}"));
             log(
                 out,
                 LogLevel::Info,
                 format!(
-                    "imported revision {} (sha256 {actual}) from storage: serving the fallback \
-                     config; next check in {refresh} ms",
-                    object.revision
+                    "imported revision {} (sha256 {actual}, version {}{skew}{signed}) from \
+                     storage: serving the fallback config; next check in {refresh} ms",
+                    object.revision, object.version
                 ),
             );
         } else {
@@ -1081,6 +1317,7 @@ impl FetchMachine {
     }
 
     fn import_failed(&mut self, now_ms: u64, why: String, out: &mut Vec<Action>) {
+        self.restart_version_choice();
         let delay = self.backoff.next_delay_ms(self.rng.next());
         self.import = ImportState::Idle {
             due_ms: Some(now_ms.saturating_add(delay)),
@@ -1141,6 +1378,11 @@ impl FetchMachine {
         out.push(Action::Publish(candidate));
         true
     }
+}
+
+/// Choice `n` of `first` then `rest` (0 is `first`; past the end, `first` again).
+fn nth_choice<'a, T>(first: &'a T, rest: &'a [T], n: usize) -> &'a T {
+    n.checked_sub(1).and_then(|i| rest.get(i)).unwrap_or(first)
 }
 
 fn source_phrase(source: Source) -> &'static str {
@@ -1260,25 +1502,50 @@ fn looks_like_yaml(body: &[u8]) -> bool {
         || first_line.ends_with(':')
 }
 
-/// A signed URL, split for the storage call.
-struct SignedObject {
-    object: ObjectRef,
+/// One store's signed URL, split for the storage call.
+struct Location {
     authority: String,
     /// Holds the signature: never shown.
     path: String,
     /// `https://`.
     tls: bool,
+    /// The URL without its query, for logs.
+    redacted_url: String,
 }
 
-/// Shows the object and its redacted URL, never the signed path.
-impl fmt::Debug for SignedObject {
+/// Shows the redacted URL, never the signed path.
+impl fmt::Debug for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SignedObject")
-            .field("object", &self.object)
-            .field("authority", &self.authority)
+        f.debug_struct("Location")
+            .field("url", &self.redacted_url)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
+}
+
+/// What the companion handed out: the object and where to fetch it, in order.
+#[derive(Debug)]
+struct SignedObject {
+    object: ObjectRef,
+    /// Never empty when built by [`read_signed_config`].
+    locations: Vec<Location>,
+}
+
+/// `url` split into a [`Location`].
+fn locate(url: &str) -> Result<Location, String> {
+    let redacted_url = redact_signed_url(url).to_owned();
+    let (authority, path, tls) = signed_url::split(url).ok_or_else(|| {
+        format!(
+            "its URL {} is not an http(s)://host/path URL",
+            quote(&redacted_url)
+        )
+    })?;
+    Ok(Location {
+        authority: authority.to_owned(),
+        path,
+        tls,
+        redacted_url,
+    })
 }
 
 /// A companion `200` body, checked and split into the storage call's `:authority` and `:path`.
@@ -1297,44 +1564,82 @@ fn read_signed_config(body: &[u8]) -> Result<SignedObject, String> {
     }
     let sha256 = Sha256Digest::from_hex(&signed.sha256)
         .ok_or_else(|| format!("its sha256 {} is not 64 hex digits", quote(&signed.sha256)))?;
-    let redacted_url = redact_signed_url(&signed.url).to_owned();
-    let (authority, path, tls) = signed_url::split(&signed.url).ok_or_else(|| {
-        format!(
-            "its URL {} is not an http(s)://host/path URL",
-            quote(&redacted_url)
-        )
-    })?;
+    let mut locations = Vec::new();
+    if signed.urls.is_empty() {
+        locations.push(locate(&signed.url)?);
+    }
+    for entry in &signed.urls {
+        if !entry.method.eq_ignore_ascii_case("GET") {
+            return Err(format!(
+                "a signed URL in urls is for {}, not GET",
+                quote(&entry.method)
+            ));
+        }
+        locations.push(locate(&entry.url)?);
+    }
+    let redacted_url = locations[0].redacted_url.clone();
     Ok(SignedObject {
-        authority: authority.to_owned(),
-        path,
-        tls,
+        locations,
         object: ObjectRef {
+            version: signed.version,
             key: signed.key,
             revision: signed.revision,
             sha256,
             signature: signed.signature,
+            key_id: signed.key_id,
+            exported_at: signed.exported_at,
             redacted_url,
         },
     })
 }
 
-/// Why `body` may not be imported under `key`, if it may not.
-fn check_signature(key: &PublicKey, object: &ObjectRef, body: &[u8]) -> Result<(), String> {
+/// The id of the configured key whose signature over `object`'s manifest verifies, or why
+/// none does. The body itself is covered by the manifest's sha256, checked before this.
+fn check_signature(keys: &[PublicKey], object: &ObjectRef) -> Result<String, String> {
     let what = format!("object {} (revision {})", object.key, object.revision);
     let Some(text) = &object.signature else {
         return Err(format!(
-            "{what} carries no signature but public_key is configured: not using it (set \
-             FALLBACK_SIGNING_KEY_FILE on the exporter, or remove public_key)"
+            "{what} carries no signature but public_keys is configured: not using it (set \
+             FALLBACK_SIGNING_KEY_FILE on the exporter, or remove public_keys)"
         ));
     };
     let signature = Signature::parse(text)
         .map_err(|why| format!("{what} has an unusable signature ({why}): not using it"))?;
-    signature::verify(key, body, &signature).map_err(|_| {
-        format!(
-            "{what}'s signature does not verify with the configured public_key: not using it \
-             (signed by another key, or altered after signing)"
-        )
-    })
+    let Some(key_id) = &object.key_id else {
+        return Err(format!(
+            "{what} carries a signature without a key-id (an exporter older than signed \
+             manifests wrote it): not using it; run the exporter of this release, which signs \
+             the stored export again"
+        ));
+    };
+    if !keys.iter().any(|k| k.key_id() == *key_id) {
+        let ids: Vec<String> = keys.iter().map(PublicKey::key_id).collect();
+        return Err(format!(
+            "{what} carries a signature by key id {}, which is none of the configured \
+             public_keys ({}): \
+             not using it (during a key rotation, add the new key to public_keys before the \
+             exporter switches to it)",
+            quote(key_id),
+            ids.join(", ")
+        ));
+    }
+    let manifest = ExportManifest {
+        version: &object.version,
+        revision: object.revision,
+        sha256: object.sha256,
+        exported_at: object.exported_at.as_deref().unwrap_or(""),
+        key_id,
+    };
+    verify_manifest(keys, &manifest, &signature)
+        .map(PublicKey::key_id)
+        .map_err(|_| {
+            format!(
+                "{what}'s signature does not verify with the configured public key {}: not \
+                 using it (its revision, version, sha256 or export time differ from what was \
+                 signed: altered or replayed after signing)",
+                quote(key_id)
+            )
+        })
 }
 
 /// `": <message>"` from a peer's `{"message": ...}` error body, or nothing.

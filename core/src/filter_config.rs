@@ -6,6 +6,7 @@
 //! one, and the companion token's value never appears in an error or in `Debug` output.
 
 use crate::document::Problem;
+use crate::freshness::StalePolicy;
 use crate::host::HostKind;
 use crate::signature::PublicKey;
 use crate::wire::SIGNER_PATH;
@@ -51,6 +52,9 @@ pub struct FilterConfig {
     pub control_plane: Option<ControlPlaneConfig>,
     /// The companion's signer role, which hands out signed storage URLs.
     pub companion: CompanionConfig,
+    /// Further signers, tried in order when `companion` fails (`companion` given as a list:
+    /// its first entry is `companion`, the rest are these).
+    pub backup_companions: Vec<CompanionConfig>,
     /// The object storage the signed URLs point at.
     pub storage: StorageConfig,
     /// How often the control plane is polled, also while on the fallback config.
@@ -82,9 +86,21 @@ pub struct FilterConfig {
     /// [`crate::plugins::OBSERVE_ONLY`]) apply to, instead of skipping those plugins. Default:
     /// false.
     pub refuse_observe_only_plugins: bool,
-    /// When set, an export is imported only with a valid Ed25519 signature by this key (see
-    /// [`crate::signature`]); control plane documents are not signed and not checked.
-    pub public_key: Option<PublicKey>,
+    /// When not empty, an export is imported only with a valid Ed25519 signature over its
+    /// manifest by one of these keys (see [`crate::signature`]); control plane documents are not
+    /// signed and not checked. From `public_keys` (a list) and `public_key` (one key, kept as
+    /// an alias), in that order, without duplicates.
+    pub public_keys: Vec<PublicKey>,
+    /// Versions whose export may be imported, in order, when the signer has none for
+    /// `version` (a data plane one release ahead starting from the previous release's export).
+    pub accept_versions: Vec<String>,
+    /// The staleness budget of a fallback config, from its export time; `None`: no budget.
+    pub max_fallback_age_ms: Option<u64>,
+    /// What to do with a fallback config past `max_fallback_age_ms` (default: serve it).
+    pub stale_policy: StalePolicy,
+    /// A request path the filter answers itself with its readiness ([`crate::freshness`]),
+    /// never proxied; `None`: no such path.
+    pub health_path: Option<String>,
 }
 
 /// The control plane's config endpoint.
@@ -195,6 +211,11 @@ const TOP_KEYS: &[&str] = &[
     "ignore_unsupported_plugins",
     "refuse_observe_only_plugins",
     "public_key",
+    "public_keys",
+    "max_fallback_age_ms",
+    "stale_policy",
+    "health_path",
+    "accept_versions",
 ];
 const CP_KEYS: &[&str] = &["upstream", "authority", "path", "timeout_ms", "token"];
 const COMPANION_KEYS: &[&str] = &["upstream", "authority", "path", "token", "timeout_ms"];
@@ -296,6 +317,7 @@ impl Reader {
             None | Some(Value::Null) => None,
             Some(value) => self.control_plane(value),
         };
+        let mut backup_companions = Vec::new();
         let companion = match root.get("companion") {
             None | Some(Value::Null) => {
                 self.problem(
@@ -304,7 +326,24 @@ impl Reader {
                 );
                 None
             }
-            Some(value) => self.companion(value),
+            Some(Value::Array(items)) if items.is_empty() => {
+                self.problem(
+                    "companion",
+                    "must list at least one companion signer endpoint",
+                );
+                None
+            }
+            Some(Value::Array(items)) => {
+                let mut all: Vec<Option<CompanionConfig>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.companion(item, &format!("companion[{i}]")))
+                    .collect();
+                let first = all.remove(0);
+                backup_companions = all.into_iter().flatten().collect();
+                first
+            }
+            Some(value) => self.companion(value, "companion"),
         };
         let storage = match root.get("storage") {
             None | Some(Value::Null) => {
@@ -405,35 +444,75 @@ impl Reader {
         let allow_debug_header = self.flag(root, "allow_debug_header");
         let ignore_unsupported_plugins = self.plugin_names(root, "ignore_unsupported_plugins");
         let refuse_observe_only_plugins = self.flag(root, "refuse_observe_only_plugins");
-        let public_key = match root.get("public_key") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(text)) => match PublicKey::parse(text) {
-                Ok(key) => Some(key),
-                Err(why) => {
-                    self.problem(
-                        "public_key",
-                        format!(
-                            "{why}: give the exporter's Ed25519 public key as base64 of its 32 \
-                             bytes or as the PEM block `openssl pkey -pubout` prints"
-                        ),
-                    );
-                    None
+        let mut public_keys = Vec::new();
+        match root.get("public_keys") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(key) = self.public_key(item, &format!("public_keys[{i}]")) {
+                        if !public_keys.contains(&key) {
+                            public_keys.push(key);
+                        }
+                    }
                 }
-            },
-            Some(other) => {
-                self.problem(
-                    "public_key",
-                    format!("expected a string (base64 or PEM), got {}", kind_of(other)),
-                );
-                None
             }
+            Some(other) => self.problem(
+                "public_keys",
+                format!(
+                    "expected an array of public keys (base64 or PEM), got {}",
+                    kind_of(other)
+                ),
+            ),
+        }
+        if let Some(value) = root.get("public_key").filter(|v| !v.is_null()) {
+            if let Some(key) = self.public_key(value, "public_key") {
+                if !public_keys.contains(&key) {
+                    public_keys.push(key);
+                }
+            }
+        }
+
+        let max_fallback_age_ms = match root.get("max_fallback_age_ms") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(self.positive_ms(root, "", "max_fallback_age_ms", 0)),
         };
+        let stale_policy = match self.string(root, "", "stale_policy") {
+            None => StalePolicy::default(),
+            Some(text) => StalePolicy::parse(&text).unwrap_or_else(|| {
+                self.problem(
+                    "stale_policy",
+                    format!("unknown policy {text:?}: use \"serve\" or \"fail_closed\""),
+                );
+                StalePolicy::default()
+            }),
+        };
+        if stale_policy == StalePolicy::FailClosed && max_fallback_age_ms.is_none() {
+            self.problem(
+                "stale_policy",
+                "\"fail_closed\" needs max_fallback_age_ms: the budget past which a fallback \
+                 config is refused",
+            );
+        }
+        let accept_versions = self.accept_versions(root, version.as_deref());
+        let health_path = self.string(root, "", "health_path");
+        if let Some(path) = &health_path {
+            if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic() || b == b'?') {
+                self.problem(
+                    "health_path",
+                    format!(
+                        "{path:?} is not a request path: give one starting with '/', without a \
+                         query or spaces (e.g. \"/.fallback/ready\")"
+                    ),
+                );
+            }
+        }
 
         Some(FilterConfig {
             host,
             version: version?,
             control_plane,
             companion: companion?,
+            backup_companions,
             storage: storage?,
             poll_interval_ms,
             fallback_refresh_interval_ms,
@@ -447,7 +526,11 @@ impl Reader {
             allow_debug_header,
             ignore_unsupported_plugins,
             refuse_observe_only_plugins,
-            public_key,
+            public_keys,
+            max_fallback_age_ms,
+            stale_policy,
+            health_path,
+            accept_versions,
         })
     }
 
@@ -462,6 +545,61 @@ impl Reader {
                     format!("expected true or false, got {}", kind_of(other)),
                 );
                 false
+            }
+        }
+    }
+
+    /// `accept_versions`: plain version strings, without `version` itself or duplicates.
+    fn accept_versions(&mut self, root: &Map<String, Value>, version: Option<&str>) -> Vec<String> {
+        let items = match root.get("accept_versions") {
+            None | Some(Value::Null) => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.problem(
+                    "accept_versions",
+                    format!("expected an array of versions, got {}", kind_of(other)),
+                );
+                return Vec::new();
+            }
+        };
+        let mut versions: Vec<String> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("accept_versions[{i}]");
+            match item.as_str() {
+                Some(v) if crate::export::object_key("", v).is_err() => self.problem(
+                    path,
+                    format!("{v:?} cannot name an object: use a plain version string such as \"3.4.1.0\""),
+                ),
+                Some(v) if Some(v) == version || versions.iter().any(|known| known == v) => {}
+                Some(v) => versions.push(v.to_owned()),
+                None => self.problem(path, format!("expected a version string, got {}", kind_of(item))),
+            }
+        }
+        versions
+    }
+
+    /// One Ed25519 public key at `path`.
+    fn public_key(&mut self, value: &Value, path: &str) -> Option<PublicKey> {
+        match value {
+            Value::String(text) => match PublicKey::parse(text) {
+                Ok(key) => Some(key),
+                Err(why) => {
+                    self.problem(
+                        path,
+                        format!(
+                            "{why}: give the exporter's Ed25519 public key as base64 of its 32 \
+                             bytes or as the PEM block `openssl pkey -pubout` prints"
+                        ),
+                    );
+                    None
+                }
+            },
+            other => {
+                self.problem(
+                    path,
+                    format!("expected a string (base64 or PEM), got {}", kind_of(other)),
+                );
+                None
             }
         }
     }
@@ -558,14 +696,14 @@ impl Reader {
         }
     }
 
-    fn companion(&mut self, value: &Value) -> Option<CompanionConfig> {
-        let map = self.object(value, "companion")?;
-        self.unknown_keys(map, "companion", COMPANION_KEYS);
-        let upstream = self.upstream(map, "companion");
-        let authority = self.authority(map, "companion");
-        let path = self.path(map, "companion", SIGNER_PATH);
-        let token = self.token(map, "companion");
-        let timeout_ms = self.positive_ms(map, "companion", "timeout_ms", DEFAULT_TIMEOUT_MS);
+    fn companion(&mut self, value: &Value, at: &str) -> Option<CompanionConfig> {
+        let map = self.object(value, at)?;
+        self.unknown_keys(map, at, COMPANION_KEYS);
+        let upstream = self.upstream(map, at);
+        let authority = self.authority(map, at);
+        let path = self.path(map, at, SIGNER_PATH);
+        let token = self.token(map, at);
+        let timeout_ms = self.positive_ms(map, at, "timeout_ms", DEFAULT_TIMEOUT_MS);
         Some(CompanionConfig {
             upstream: upstream?,
             authority: authority?,
@@ -868,7 +1006,7 @@ mod tests {
         assert!(c.ignore_unsupported_plugins.is_empty());
         assert!(!c.refuse_observe_only_plugins);
         assert_eq!(c.plugin_policy(), crate::plugins::PluginPolicy::default());
-        assert_eq!(c.public_key, None);
+        assert!(c.public_keys.is_empty());
     }
 
     #[test]
@@ -1076,13 +1214,14 @@ mod tests {
         let raw = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
         let from_pem = parse(&with(minimal(), "public_key", json!(pem))).unwrap();
         let from_raw = parse(&with(minimal(), "public_key", json!(raw))).unwrap();
-        assert_eq!(from_pem.public_key, from_raw.public_key);
-        assert_eq!(from_raw.public_key.unwrap().to_base64(), raw);
+        assert_eq!(from_pem.public_keys, from_raw.public_keys);
+        assert_eq!(from_raw.public_keys.len(), 1);
+        assert_eq!(from_raw.public_keys[0].to_base64(), raw);
         assert_eq!(
             parse(&with(minimal(), "public_key", json!(null)))
                 .unwrap()
-                .public_key,
-            None
+                .public_keys,
+            Vec::new()
         );
         for bad in ["", "not-a-key", "AAAA", "-----BEGIN PUBLIC KEY-----\nMCow"] {
             let found = problems(&with(minimal(), "public_key", json!(bad)));
@@ -1093,6 +1232,123 @@ mod tests {
         assert_problem(
             &with(minimal(), "public_key", json!(32)),
             "public_key: expected a string (base64 or PEM), got a number",
+        );
+    }
+
+    #[test]
+    fn public_keys_is_a_list_and_public_key_joins_it_without_duplicates() {
+        let a = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        // RFC 8032 TEST 2's public key.
+        let b = "PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw=";
+        let both = with(minimal(), "public_keys", json!([a, b]));
+        let keys = parse(&both).unwrap().public_keys;
+        assert_eq!(
+            keys.iter().map(PublicKey::to_base64).collect::<Vec<_>>(),
+            [a, b]
+        );
+        let plus_alias = with(
+            with(minimal(), "public_keys", json!([b])),
+            "public_key",
+            json!(a),
+        );
+        assert_eq!(parse(&plus_alias).unwrap().public_keys.len(), 2);
+        let same_twice = with(
+            with(minimal(), "public_keys", json!([a, a])),
+            "public_key",
+            json!(a),
+        );
+        assert_eq!(parse(&same_twice).unwrap().public_keys.len(), 1);
+        let found = problems(&with(minimal(), "public_keys", json!([a, "nope", 3])));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("public_keys[1]: "), "{found:?}");
+        assert_eq!(
+            found[1],
+            "public_keys[2]: expected a string (base64 or PEM), got a number"
+        );
+        assert_problem(
+            &with(minimal(), "public_keys", json!(a)),
+            "public_keys: expected an array of public keys (base64 or PEM), got a string",
+        );
+    }
+
+    #[test]
+    fn staleness_budget_policy_and_health_path_are_read_and_checked() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(
+            (c.max_fallback_age_ms, c.stale_policy, c.health_path),
+            (None, StalePolicy::Serve, None)
+        );
+        let mut v = with(minimal(), "max_fallback_age_ms", json!(3_600_000));
+        v = with(v, "stale_policy", json!("fail_closed"));
+        v = with(v, "health_path", json!("/.fallback/ready"));
+        let c = parse(&v).unwrap();
+        assert_eq!(c.max_fallback_age_ms, Some(3_600_000));
+        assert_eq!(c.stale_policy, StalePolicy::FailClosed);
+        assert_eq!(c.health_path.as_deref(), Some("/.fallback/ready"));
+        assert_problem(
+            &with(minimal(), "stale_policy", json!("fail_closed")),
+            "stale_policy: \"fail_closed\" needs max_fallback_age_ms: the budget past which a \
+             fallback config is refused",
+        );
+        assert_problem(
+            &with(minimal(), "stale_policy", json!("drop")),
+            "stale_policy: unknown policy \"drop\": use \"serve\" or \"fail_closed\"",
+        );
+        assert_problem(
+            &with(minimal(), "max_fallback_age_ms", json!(0)),
+            "max_fallback_age_ms: must be greater than 0, got 0",
+        );
+        for bad in ["ready", "/a b", "/ready?x=1", ""] {
+            let found = problems(&with(minimal(), "health_path", json!(bad)));
+            assert!(found[0].starts_with("health_path: "), "{bad}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn accept_versions_is_a_list_of_plain_versions_without_the_version_itself() {
+        let c = parse(&with(
+            minimal(),
+            "accept_versions",
+            json!(["3.3.0.0", "3.3.0.0", c_version(), "3.2.0.0"]),
+        ))
+        .unwrap();
+        assert_eq!(c.accept_versions, ["3.3.0.0", "3.2.0.0"]);
+        assert!(parse(&minimal()).unwrap().accept_versions.is_empty());
+        let found = problems(&with(minimal(), "accept_versions", json!(["a/b", 3])));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("accept_versions[0]: \"a/b\" cannot name an object"));
+        assert_eq!(
+            found[1],
+            "accept_versions[1]: expected a version string, got a number"
+        );
+        assert_problem(
+            &with(minimal(), "accept_versions", json!("3.3.0.0")),
+            "accept_versions: expected an array of versions, got a string",
+        );
+    }
+
+    fn c_version() -> String {
+        minimal()["version"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn companion_may_be_a_list_tried_in_order() {
+        let one = minimal()["companion"].clone();
+        let mut two = one.clone();
+        two["upstream"] = json!("companion_b");
+        let c = parse(&with(minimal(), "companion", json!([one, two]))).unwrap();
+        assert_eq!(c.companion.upstream, one["upstream"].as_str().unwrap());
+        assert_eq!(c.backup_companions.len(), 1);
+        assert_eq!(c.backup_companions[0].upstream, "companion_b");
+        let mut bad = two.clone();
+        bad["token"] = json!("");
+        assert_problem(
+            &with(minimal(), "companion", json!([one, bad])),
+            "companion[1].token: must not be empty",
+        );
+        assert_problem(
+            &with(minimal(), "companion", json!([])),
+            "companion: must list at least one companion signer endpoint",
         );
     }
 

@@ -34,6 +34,7 @@ pub mod document;
 pub mod export;
 pub mod fetch;
 pub mod filter_config;
+pub mod freshness;
 pub mod host;
 pub mod inspect;
 pub mod json;

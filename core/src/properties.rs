@@ -270,6 +270,7 @@ proptest! {
             revision: rev,
             node_id: node.clone(),
             exported_at: "2026-01-01T00:00:00.000Z".into(),
+            key_id: sig.as_ref().map(|_| "0123456789abcdef".to_owned()),
             signature: sig.clone(),
         };
         let pairs = written.to_pairs();

@@ -116,6 +116,7 @@ pub fn publish<K: SharedData + ?Sized>(
                 source: published.source,
                 revision: published.revision,
                 sha256: published.sha256,
+                exported_at_ms: published.exported_at_ms,
             }
             .encode(),
         )
@@ -146,20 +147,25 @@ pub struct PublicationHeader {
     pub revision: u64,
     /// sha256 of the document bytes, checked by readers: the two keys are not written atomically.
     pub sha256: Sha256Digest,
+    /// The fallback config's export time (Unix ms), when known.
+    pub exported_at_ms: Option<u64>,
 }
 
 impl PublicationHeader {
-    /// `generation source revision sha256`, space-separated.
+    /// `generation source revision sha256`, then ` exported_at_ms` when known, space-separated.
     pub fn encode(&self) -> Vec<u8> {
         let source = match self.source {
             Source::ControlPlane => "control_plane",
             Source::Fallback => "fallback",
         };
-        format!(
+        let mut text = format!(
             "{} {source} {} {}",
             self.generation, self.revision, self.sha256
-        )
-        .into_bytes()
+        );
+        if let Some(at) = self.exported_at_ms {
+            text.push_str(&format!(" {at}"));
+        }
+        text.into_bytes()
     }
 
     /// The header in `bytes`, `None` when garbled.
@@ -174,6 +180,10 @@ impl PublicationHeader {
         };
         let revision = parts.next()?.parse().ok()?;
         let sha256 = Sha256Digest::from_hex(parts.next()?)?;
+        let exported_at_ms = match parts.next() {
+            None => None,
+            Some(at) => Some(at.parse().ok()?),
+        };
         if parts.next().is_some() {
             return None;
         }
@@ -182,6 +192,7 @@ impl PublicationHeader {
             source,
             revision,
             sha256,
+            exported_at_ms,
         })
     }
 
@@ -191,6 +202,7 @@ impl PublicationHeader {
             source: self.source,
             revision: self.revision,
             sha256: self.sha256,
+            exported_at_ms: self.exported_at_ms,
             document: Arc::from(document),
         })
     }
@@ -240,9 +252,29 @@ mod tests {
             source: Source::Fallback,
             revision: 1_795_687_670_015,
             sha256: Sha256Digest::of(b"doc"),
+            exported_at_ms: None,
         };
         assert_eq!(PublicationHeader::decode(&h.encode()), Some(h.clone()));
-        for bad in [&b""[..], b"1 cp 0 00", b"x fallback 1 00", &[0xff, 0xfe]] {
+        let dated = PublicationHeader {
+            exported_at_ms: Some(1_795_687_200_000),
+            ..h.clone()
+        };
+        assert_eq!(
+            PublicationHeader::decode(&dated.encode()),
+            Some(dated.clone())
+        );
+        let mut junk_time = dated.encode();
+        junk_time.extend_from_slice(b"x");
+        let mut extra = dated.encode();
+        extra.extend_from_slice(b" 1");
+        for bad in [
+            &b""[..],
+            b"1 cp 0 00",
+            b"x fallback 1 00",
+            &[0xff, 0xfe],
+            &junk_time,
+            &extra,
+        ] {
             assert_eq!(PublicationHeader::decode(bad), None);
         }
         let mut extra = h.encode();
@@ -257,6 +289,7 @@ mod tests {
             source: Source::ControlPlane,
             revision: 0,
             sha256: Sha256Digest::of(b"doc"),
+            exported_at_ms: None,
         };
         let p = h.attach(b"doc").expect("matching bytes");
         assert_eq!(&p.document[..], b"doc");
@@ -272,6 +305,7 @@ mod tests {
             source: Source::ControlPlane,
             revision: 0,
             sha256: Sha256Digest::of(&document),
+            exported_at_ms: None,
             document: document.into(),
         }
     }
@@ -300,6 +334,7 @@ mod tests {
             source: Source::ControlPlane,
             revision: 0,
             sha256: config(2).sha256,
+            exported_at_ms: None,
         };
         assert!(kv.set(HEADER_KEY, &header.encode(), 0).is_err());
         assert_eq!(published_header(&mut kv).unwrap().generation, 1);

@@ -5,6 +5,12 @@
 //! standard base64 of its 32 raw bytes, or as the PEM (SPKI) `-----BEGIN PUBLIC KEY-----` block
 //! that `openssl pkey -pubout` prints for an Ed25519 key. Parsing never panics on any input.
 //!
+//! What is signed is not the body alone but an [`ExportManifest`]: a few lines naming the
+//! version, the revision, the body's sha256, the export time and the signing key's
+//! [`KeyId`], so that none of that metadata can be swapped under a valid signature (an old
+//! export replayed under a new revision no longer verifies). The body is covered through its
+//! sha256, which the filter checks against the bytes it fetched.
+//!
 //! Verification is strict in the sense of RFC 8032 §5.1.7 plus the usual hardening: a
 //! non-canonical `S`, a public key that is not a point, and a small-order ("weak") public key
 //! are all refused.
@@ -49,6 +55,77 @@ pub enum SignatureError {
     /// The signature is well formed but was not made by this key over these bytes.
     #[error("the signature does not match the body and the configured public key")]
     Mismatch,
+    /// A manifest field holds a line break or another control character, so the manifest
+    /// could be read two ways.
+    #[error("the export's {0} holds a control character: it cannot be part of a signed manifest")]
+    ManifestField(&'static str),
+}
+
+/// Hex digits in a [`KeyId`].
+pub const KEY_ID_LEN: usize = 16;
+
+/// First line of every [`ExportManifest`]: names the format, so a signature over one format
+/// can never be read as a signature over another.
+pub const MANIFEST_FORMAT: &str = "fallback-export-manifest/1";
+
+/// What an export's signature covers, rendered by [`ExportManifest::to_bytes`] as
+/// `fallback-export-manifest/1` then one `name: value` line each for `version`, `revision`,
+/// `sha256`, `exported-at` and `key-id`, every line ending in `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportManifest<'a> {
+    /// The `<version>` of `<prefix>/<version>/config.json`.
+    pub version: &'a str,
+    /// The export's revision.
+    pub revision: u64,
+    /// sha256 of the stored body (rendered as lowercase hex).
+    pub sha256: crate::digest::Sha256Digest,
+    /// The `exported-at` metadata, as stored.
+    pub exported_at: &'a str,
+    /// The signing key's [`KeyId`].
+    pub key_id: &'a str,
+}
+
+impl ExportManifest<'_> {
+    /// The exact bytes signed; refused when a field could break the line structure.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SignatureError> {
+        let fields: [(&'static str, &str); 3] = [
+            ("version", self.version),
+            ("exported-at", self.exported_at),
+            ("key-id", self.key_id),
+        ];
+        if let Some((name, _)) = fields
+            .iter()
+            .find(|(_, value)| value.chars().any(char::is_control))
+        {
+            return Err(SignatureError::ManifestField(name));
+        }
+        Ok(format!(
+            "{MANIFEST_FORMAT}\nversion: {}\nrevision: {}\nsha256: {}\nexported-at: {}\nkey-id: {}\n",
+            self.version,
+            self.revision,
+            self.sha256.to_hex(),
+            self.exported_at,
+            self.key_id
+        )
+        .into_bytes())
+    }
+}
+
+/// Whether `signature` was made over `manifest` by the configured key whose [`KeyId`] the
+/// manifest names; returns that key. `Mismatch` when no configured key has that id, or when
+/// it has and the signature is not its signature over these bytes.
+pub fn verify_manifest<'k>(
+    keys: &'k [PublicKey],
+    manifest: &ExportManifest<'_>,
+    signature: &Signature,
+) -> Result<&'k PublicKey, SignatureError> {
+    let bytes = manifest.to_bytes()?;
+    let key = keys
+        .iter()
+        .find(|k| k.key_id() == manifest.key_id)
+        .ok_or(SignatureError::Mismatch)?;
+    verify(key, &bytes, signature)?;
+    Ok(key)
 }
 
 /// A validated Ed25519 public key.
@@ -105,6 +182,15 @@ impl PublicKey {
     /// Standard base64 of the 32 raw bytes: the form [`PublicKey::parse`] reads back.
     pub fn to_base64(&self) -> String {
         encode_base64(&self.0)
+    }
+
+    /// The key's id, carried by every export it signs as the `key-id` metadata: the first
+    /// [`KEY_ID_LEN`] lowercase hex digits of the sha256 of the 32 raw key bytes (what
+    /// `openssl pkey -pubin -outform DER | tail -c 32 | sha256sum | cut -c1-16` prints).
+    pub fn key_id(&self) -> String {
+        let mut hex = crate::digest::Sha256Digest::of(&self.0).to_hex();
+        hex.truncate(KEY_ID_LEN);
+        hex
     }
 }
 
@@ -213,6 +299,91 @@ mod tests {
             PublicKey::from_bytes(*pair.pk).unwrap(),
             Signature::from_bytes(*signature),
         )
+    }
+
+    fn manifest<'a>(key_id: &'a str, revision: u64) -> ExportManifest<'a> {
+        ExportManifest {
+            version: "3.4.1.0",
+            revision,
+            sha256: crate::digest::Sha256Digest::of(b"body"),
+            exported_at: "2026-11-30T10:00:00.000Z",
+            key_id,
+        }
+    }
+
+    #[test]
+    fn the_manifest_has_a_fixed_layout() {
+        assert_eq!(
+            String::from_utf8(manifest("0123456789abcdef", 7).to_bytes().unwrap()).unwrap(),
+            "fallback-export-manifest/1\nversion: 3.4.1.0\nrevision: 7\nsha256: \
+             230d8358dc8e8890b4c58deeb62912ee2f20357ae92a5cc861b98e68fe31acb5\n\
+             exported-at: 2026-11-30T10:00:00.000Z\nkey-id: 0123456789abcdef\n"
+        );
+        let mut forged = manifest("k", 1);
+        forged.exported_at = "x\nrevision: 9";
+        assert_eq!(
+            forged.to_bytes(),
+            Err(SignatureError::ManifestField("exported-at"))
+        );
+    }
+
+    #[test]
+    fn key_id_is_the_start_of_the_raw_keys_sha256() {
+        // sha256 of RFC 8032 TEST 2's public key, first 16 hex digits.
+        let id = rfc_key().key_id();
+        assert_eq!(id.len(), KEY_ID_LEN);
+        assert_eq!(
+            id,
+            crate::digest::Sha256Digest::of(&hex(RFC_PUBLIC)).to_hex()[..16]
+        );
+        assert_ne!(sign(1, b"").0.key_id(), sign(2, b"").0.key_id());
+    }
+
+    #[test]
+    fn a_manifest_verifies_under_the_key_it_names_and_nothing_else() {
+        let (a, _) = sign(1, b"");
+        let (b, _) = sign(2, b"");
+        let (c, _) = sign(3, b"");
+        let id_a = a.key_id();
+        let signed = manifest(&id_a, 7);
+        let (_, signature) = sign(1, &signed.to_bytes().unwrap());
+        let keys = [b, a];
+        assert_eq!(verify_manifest(&keys, &signed, &signature), Ok(&a));
+        // A replay under another revision, or any other field changed, is refused.
+        for changed in [
+            manifest(&id_a, 8),
+            ExportManifest {
+                version: "3.5.0.0",
+                ..signed.clone()
+            },
+            ExportManifest {
+                sha256: crate::digest::Sha256Digest::of(b"other body"),
+                ..signed.clone()
+            },
+            ExportManifest {
+                exported_at: "2026-12-30T10:00:00.000Z",
+                ..signed.clone()
+            },
+        ] {
+            assert_eq!(
+                verify_manifest(&keys, &changed, &signature),
+                Err(SignatureError::Mismatch),
+                "{changed:?}"
+            );
+        }
+        // Without the signer's key among those configured, nothing verifies.
+        assert_eq!(
+            verify_manifest(&[b, c], &signed, &signature),
+            Err(SignatureError::Mismatch)
+        );
+        // A manifest naming another key id than the signer's is refused too.
+        let id_b = b.key_id();
+        let lying = manifest(&id_b, 7);
+        let (_, lying_sig) = sign(1, &lying.to_bytes().unwrap());
+        assert_eq!(
+            verify_manifest(&keys, &lying, &lying_sig),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]

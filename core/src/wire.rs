@@ -27,9 +27,32 @@ pub struct SignedConfig {
     pub sha256: String,
     /// The export's revision (from the object's metadata).
     pub revision: u64,
-    /// Optional Ed25519 signature over the body (base64), when the exporter signs.
+    /// Optional Ed25519 signature (base64) over the export's manifest
+    /// ([`crate::signature::ExportManifest`]), when the exporter signs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// The id of the key that made `signature` (the `key-id` metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// When the export was written (the `exported-at` metadata, RFC 3339), part of the signed
+    /// manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported_at: Option<String>,
+    /// Every store holding this revision, primary first (mirrors after it), `url` among them;
+    /// the filter tries them in order. Empty from a signer without mirrors: `url` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<SignedUrl>,
+}
+
+/// One place a signed export can be fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedUrl {
+    /// A URL granting `GET` of the object until `expires_at`: never log it whole.
+    pub url: String,
+    /// Always `GET`.
+    pub method: String,
+    /// RFC 3339 UTC time after which the URL no longer works.
+    pub expires_at: String,
 }
 
 /// The body of every error answer, Kong-style: `{"message": "..."}`.
@@ -112,6 +135,9 @@ mod tests {
             sha256: "00".repeat(32),
             revision: 7,
             signature: None,
+            key_id: None,
+            exported_at: None,
+            urls: Vec::new(),
         };
         let text = serde_json::to_string(&c).unwrap();
         assert!(!text.contains("signature\":"), "{text}");

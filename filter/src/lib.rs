@@ -17,6 +17,7 @@ mod request;
 use fallback_core::document::ConfigDocument;
 use fallback_core::fetch::{Action, CallId, FetchMachine, HttpResponse, LogLevel, Source, Stage};
 use fallback_core::filter_config::FilterConfig;
+use fallback_core::freshness::{self, ConfigAge};
 use fallback_core::host::{proxy_log_level, HostProfile};
 use fallback_core::plugins::PluginEngine;
 use fallback_core::publication::{publish, published_header, read_published, Election, CONFIG_KEY};
@@ -42,6 +43,23 @@ pub struct Active {
     plugins: PluginEngine,
     source: Source,
     revision: u64,
+    /// Its export time (Unix ms), for a fallback config that carries one.
+    exported_at_ms: Option<u64>,
+    /// Its age against the staleness budget, refreshed every tick.
+    age: Cell<ConfigAge>,
+}
+
+impl Active {
+    /// Its age at `now_ms`, held against `config`'s budget.
+    fn assess(&self, config: &FilterConfig, now_ms: u64) -> ConfigAge {
+        freshness::assess(
+            self.source,
+            self.revision,
+            self.exported_at_ms,
+            now_ms,
+            config.max_fallback_age_ms,
+        )
+    }
 }
 
 /// What HTTP contexts read: the configuration in force, replaced whole on each new generation.
@@ -51,18 +69,21 @@ struct Metrics {
     source: Metric,
     revision: Metric,
     generation: Metric,
-    success: [Metric; 5],
-    failure: [Metric; 5],
+    config_age: Metric,
+    success: [Metric; 7],
+    failure: [Metric; 7],
     /// Requests served without the observe-only plugins that apply to them.
     observe_only_skipped: Metric,
 }
 
-const STAGES: [(&str, Stage); 5] = [
+const STAGES: [(&str, Stage); 7] = [
     ("control_plane", Stage::ControlPlane),
     ("companion", Stage::Companion),
     ("storage", Stage::Storage),
     ("verify", Stage::Verify),
     ("validate", Stage::Validate),
+    ("revision", Stage::Revision),
+    ("age", Stage::Age),
 ];
 
 impl Metrics {
@@ -77,6 +98,7 @@ impl Metrics {
             source: Metric::define(MetricType::Gauge, "fallback_source"),
             revision: Metric::define(MetricType::Gauge, "fallback_revision"),
             generation: Metric::define(MetricType::Gauge, "fallback_generation"),
+            config_age: Metric::define(MetricType::Gauge, "fallback_config_age_seconds"),
             success: STAGES.map(|(name, _)| counter("success", name)),
             failure: STAGES.map(|(name, _)| counter("failure", name)),
             observe_only_skipped: Metric::define(
@@ -257,12 +279,24 @@ impl Worker {
                         &format!("fallback: {}: {}", plugin.path, plugin.reason),
                     );
                 }
-                *self.active.borrow_mut() = Some(Rc::new(Active {
+                let mut active = Active {
                     router,
                     plugins,
                     source: published.source,
                     revision: published.revision,
-                }));
+                    exported_at_ms: published.exported_at_ms,
+                    age: Cell::new(freshness::assess(
+                        published.source,
+                        published.revision,
+                        None,
+                        0,
+                        None,
+                    )),
+                };
+                if let Some(config) = &self.config {
+                    active.age = Cell::new(active.assess(config, host::now_ms()));
+                }
+                *self.active.borrow_mut() = Some(Rc::new(active));
                 if let Some(m) = &self.metrics {
                     m.source.set(match published.source {
                         Source::ControlPlane => 1,
@@ -290,6 +324,22 @@ impl Worker {
             ),
         }
         self.generation_applied.set(Some(header.generation));
+    }
+}
+
+impl Worker {
+    /// Re-assesses the age of the config in force (what fail-closed and readiness read) and
+    /// updates the age gauge.
+    fn refresh_age(&self, config: &FilterConfig, now_ms: u64) {
+        let active = self.active.borrow();
+        let Some(active) = active.as_ref() else {
+            return;
+        };
+        let age = active.assess(config, now_ms);
+        active.age.set(age);
+        if let Some(m) = &self.metrics {
+            m.config_age.set(age.age_ms.unwrap_or(0) / 1000);
+        }
     }
 }
 
@@ -373,6 +423,7 @@ impl RootContext for Worker {
             self.perform(actions);
         }
         self.apply_published();
+        self.refresh_age(&config, now);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -5,6 +5,7 @@ use crate::host::{self, HostSharedData, Metric};
 use crate::Active;
 use fallback_core::fetch::{LogLevel, Source};
 use fallback_core::filter_config::FilterConfig;
+use fallback_core::freshness;
 use fallback_core::host::{HandOverNames, HostProfile, HostWrite, ReadFrom, UpstreamTarget};
 use fallback_core::plugins::{
     HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
@@ -114,11 +115,28 @@ impl Context for RequestFilter {}
 
 impl HttpContext for RequestFilter {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let profile = self.profile;
+        if let Some(health) = &self.config.health_path {
+            // Answered here, never proxied: a readiness probe through the proxy port.
+            let path = host::read(profile.path);
+            let bare = path.as_deref().map(|p| p.split('?').next().unwrap_or(p));
+            if bare == Some(health.as_str()) {
+                let age = self.active.as_ref().map(|a| a.age.get());
+                let (status, body) = freshness::readiness(age.as_ref(), self.config.stale_policy);
+                host::send_json(u32::from(status), &body, &[("cache-control", "no-store")]);
+                return Action::Pause;
+            }
+        }
         let Some(active) = self.active.clone() else {
             host::send_json(503, NO_CONFIG, &[]);
             return Action::Pause;
         };
-        let profile = self.profile;
+        let age = active.age.get();
+        if freshness::refuse_stale(&age, self.config.stale_policy) {
+            let body = freshness::stale_body(&age, self.config.max_fallback_age_ms);
+            host::send_json(503, &body, &[]);
+            return Action::Pause;
+        }
         // Reading every header costs a copy of each: only when a route or a plugin needs them.
         // Then the single headers below come from that copy rather than from one host call
         // each (every host's map carries the pseudo-headers too).

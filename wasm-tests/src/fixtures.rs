@@ -59,8 +59,10 @@ pub fn s3_store(store: &SeaweedFs, identity: &Credentials) -> Arc<dyn ConfigStor
 /// How often [`RunningExporter::start`] polls the mock CP.
 pub const FAST_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Export settings tuned for tests: short delays and retries.
+/// Export settings tuned for tests: fast polls, short delays and retries. The version is the
+/// one `key` (`<prefix>/<version>/config.json`) names.
 pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
+    let version = key.rsplit('/').nth(1).unwrap_or_default().to_owned();
     ExportSettings {
         key: key.to_owned(),
         node_id: node_id.to_owned(),
@@ -69,6 +71,8 @@ pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
         retry_max: Duration::from_millis(500),
         signing_key: None,
         live: None,
+        version,
+        mirrors: Vec::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::fault_proxy::FaultProxy;
 use crate::fixtures::s3_store;
 use crate::{CompanionProcess, EchoServer, MockCp, SeaweedFs};
 use bytes::Bytes;
-use fallback_companion::exporter::{write_document, WriteOutcome};
+use fallback_companion::exporter::{write_document, ExportSigning, WriteOutcome};
 use fallback_companion::signing::SigningKey;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::export::{object_key, ExportMetadata};
@@ -110,9 +110,19 @@ impl ImportStack {
         self.export_signed(document, None).await
     }
 
-    /// Like [`ImportStack::export`], with the `signature` metadata of `signing_key` when given
-    /// (as an exporter with `FALLBACK_SIGNING_KEY_FILE` writes it).
+    /// Like [`ImportStack::export`], with the `signature` and `key-id` metadata of
+    /// `signing_key` when given (as an exporter with `FALLBACK_SIGNING_KEY_FILE` writes it).
     pub async fn export_signed(&self, document: &Value, signing_key: Option<&SigningKey>) -> u64 {
+        self.export_as(VERSION, document, signing_key).await
+    }
+
+    /// Like [`ImportStack::export_signed`], as the export of `version`.
+    pub async fn export_as(
+        &self,
+        version: &str,
+        document: &Value,
+        signing_key: Option<&SigningKey>,
+    ) -> u64 {
         let body = Bytes::from(canonical_json(document));
         let revision = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -122,11 +132,14 @@ impl ImportStack {
             revision,
             node_id: "e2e-exporter".into(),
             exported_at: "2026-11-26T10:00:00.000Z".into(),
-            signature: signing_key.map(|k| k.sign(&body)),
+            signature: None,
+            key_id: None,
         };
+        let signing = signing_key.map(|key| ExportSigning { key, version });
         let store = s3_store(&self.seaweed, self.seaweed.writer());
-        match write_document(store.as_ref(), &self.key(), &body, &metadata).await {
-            Ok(WriteOutcome::Stored { .. }) => revision,
+        let key = object_key("kong", version).expect("valid key");
+        match write_document(store.as_ref(), &key, &body, &metadata, signing).await {
+            Ok(WriteOutcome::Stored { .. } | WriteOutcome::Resigned { .. }) => revision,
             other => panic!("export failed: {other:?}"),
         }
     }

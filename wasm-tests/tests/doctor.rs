@@ -2,6 +2,8 @@
 //! identity, its read-only identity and a wrong secret.
 
 use bytes::Bytes;
+use fallback_companion::exporter::{write_document, ExportSigning};
+use fallback_companion::signing::SigningKey;
 use fallback_companion::storage::Precondition;
 use fallback_core::digest::Sha256Digest;
 use fallback_core::export::ExportMetadata;
@@ -61,6 +63,7 @@ async fn export_a_config(seaweed: &SeaweedFs) {
         node_id: "exporter-1".into(),
         exported_at: "2026-11-26T10:00:00.000Z".into(),
         signature: None,
+        key_id: None,
     };
     s3_store(seaweed, seaweed.writer())
         .put(
@@ -174,4 +177,70 @@ async fn doctor_passes_with_good_credentials_and_fails_read_only_and_wrong_ones(
     ] {
         assert!(!report.contains(secret), "a secret in\n{report}");
     }
+}
+
+/// Done-when of issue 12: doctor names the key id of a signed export and says whether the
+/// filters' public keys verify it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_the_key_id_of_a_signed_export_and_checks_public_keys() {
+    let seaweed = SeaweedFs::start().await;
+    let key = SigningKey::parse(&SigningKey::generate_pem().unwrap()).unwrap();
+    let other = SigningKey::parse(&SigningKey::generate_pem().unwrap()).unwrap();
+    let body = Bytes::from_static(br#"{"_format_version":"3.0"}"#);
+    let meta = ExportMetadata {
+        sha256: Sha256Digest::of(&body),
+        revision: 78,
+        node_id: "exporter-1".into(),
+        exported_at: "2026-11-26T10:00:00.000Z".into(),
+        signature: None,
+        key_id: None,
+    };
+    let signing = ExportSigning {
+        key: &key,
+        version: VERSION,
+    };
+    let store = s3_store(&seaweed, seaweed.writer());
+    write_document(
+        store.as_ref(),
+        &format!("kong/{VERSION}/config.json"),
+        &body,
+        &meta,
+        Some(signing),
+    )
+    .await
+    .unwrap();
+
+    let import = ("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT", "on");
+    let (_, report) = doctor(&seaweed, seaweed.reader(), &[import]).await;
+    let signature = line(&report, "signature");
+    assert!(signature.starts_with("[ ok ]"), "{report}");
+    assert!(
+        signature.contains(&format!("signed by key id {}", key.key_id())),
+        "{report}"
+    );
+
+    let trusted = format!("{},{}", other.public_key_base64(), key.public_key_base64());
+    let (code, report) = doctor(
+        &seaweed,
+        seaweed.reader(),
+        &[import, ("FALLBACK_PUBLIC_KEYS", &trusted)],
+    )
+    .await;
+    assert_eq!(code, 0, "{report}");
+    let signature = line(&report, "signature");
+    assert!(
+        signature.contains(&format!("key {} verifies it", key.key_id())),
+        "{report}"
+    );
+    assert!(signature.contains(&format!("key {} does not verify it", other.key_id())));
+
+    let untrusted = other.public_key_base64();
+    let (code, report) = doctor(
+        &seaweed,
+        seaweed.reader(),
+        &[import, ("FALLBACK_PUBLIC_KEYS", &untrusted)],
+    )
+    .await;
+    assert_eq!(code, 1, "{report}");
+    assert!(line(&report, "signature").starts_with("[FAIL]"), "{report}");
 }

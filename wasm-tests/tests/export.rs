@@ -4,7 +4,7 @@
 use fallback_companion::signing::SigningKey;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::export::object_key;
-use fallback_core::signature::{verify, PublicKey, Signature};
+use fallback_core::signature::{verify_manifest, ExportManifest, PublicKey, Signature};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -15,8 +15,10 @@ use wasm_tests::{companion_binary, MockCp, SeaweedFs};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+const VERSION: &str = "3.4.1.0";
+
 fn key() -> String {
-    object_key("kong", "3.4.1.0").unwrap()
+    object_key("kong", VERSION).unwrap()
 }
 
 fn header<'a>(meta: &'a [(String, String)], name: &str) -> &'a str {
@@ -106,10 +108,29 @@ async fn with_a_signing_key_every_export_carries_a_signature_the_filter_accepts(
     let body = seaweed.raw_object(&key()).await.unwrap();
     let meta = seaweed.raw_metadata(&key()).await.unwrap();
     let signature = Signature::parse(header(&meta, "x-amz-meta-signature")).unwrap();
-    // The filter's own check, with the public key as an operator would configure it.
+    // The filter's own check, with the public key as an operator would configure it, over
+    // the manifest rebuilt from the raw metadata.
     let public_key = PublicKey::parse(&signing_key.public_key_base64()).unwrap();
-    assert_eq!(verify(&public_key, &body, &signature), Ok(()));
-    assert!(verify(&public_key, b"{}", &signature).is_err());
+    let key_id = header(&meta, "x-amz-meta-key-id");
+    assert_eq!(key_id, public_key.key_id());
+    let revision: u64 = header(&meta, "x-amz-meta-revision").parse().unwrap();
+    let manifest = ExportManifest {
+        version: VERSION,
+        revision,
+        sha256: Sha256Digest::of(&body),
+        exported_at: header(&meta, "x-amz-meta-exported-at"),
+        key_id,
+    };
+    let keys = [public_key];
+    assert_eq!(
+        verify_manifest(&keys, &manifest, &signature),
+        Ok(&public_key)
+    );
+    let replayed = ExportManifest {
+        revision: revision + 1,
+        ..manifest.clone()
+    };
+    assert!(verify_manifest(&keys, &replayed, &signature).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,8 +37,11 @@ async fn export(store: &dyn ConfigStore, key: &str, marker: &str) -> (Bytes, Exp
         node_id: "exporter-1".into(),
         exported_at: "2026-11-26T10:00:00.000Z".into(),
         signature: None,
+        key_id: None,
     };
-    let outcome = write_document(store, key, &body, &metadata).await.unwrap();
+    let outcome = write_document(store, key, &body, &metadata, None)
+        .await
+        .unwrap();
     assert!(
         matches!(outcome, WriteOutcome::Stored { .. }),
         "{outcome:?}"
@@ -644,6 +647,7 @@ fn large_object(size: usize, revision: u64) -> (Bytes, ExportMetadata) {
         node_id: "exporter-1".into(),
         exported_at: "2026-11-26T10:00:00.000Z".into(),
         signature: None,
+        key_id: None,
     };
     (body, metadata)
 }
@@ -668,9 +672,15 @@ fn export_bytes_in_plain_files(store: &std::path::Path, size: usize) {
 async fn export_bytes(store: &std::path::Path, size: usize, revision: u64) -> Bytes {
     let (body, metadata) = large_object(size, revision);
     let files = FileStore::new(store.to_owned());
-    let outcome = write_document(&files, &object_key("", VERSION).unwrap(), &body, &metadata)
-        .await
-        .unwrap();
+    let outcome = write_document(
+        &files,
+        &object_key("", VERSION).unwrap(),
+        &body,
+        &metadata,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(outcome, WriteOutcome::Stored { .. }),
         "{outcome:?}"

@@ -30,6 +30,7 @@ fn metadata(body: &[u8], revision: u64, node: &str) -> ExportMetadata {
         node_id: node.into(),
         exported_at: "2026-11-26T10:00:00.000Z".into(),
         signature: None,
+        key_id: None,
     }
 }
 
@@ -118,25 +119,43 @@ async fn behaviour_suite(store: Arc<dyn ConfigStore>) {
 
     // The exporter's compare-and-swap on top of it.
     assert_eq!(
-        write_document(store.as_ref(), key, &v1, &metadata(&v1, 150, "node-a"))
-            .await
-            .unwrap(),
+        write_document(
+            store.as_ref(),
+            key,
+            &v1,
+            &metadata(&v1, 150, "node-a"),
+            None
+        )
+        .await
+        .unwrap(),
         WriteOutcome::Superseded {
             stored_revision: 200
         },
         "an older revision never replaces a newer one"
     );
     assert_eq!(
-        write_document(store.as_ref(), key, &v2, &metadata(&v2, 300, "node-c"))
-            .await
-            .unwrap(),
+        write_document(
+            store.as_ref(),
+            key,
+            &v2,
+            &metadata(&v2, 300, "node-c"),
+            None
+        )
+        .await
+        .unwrap(),
         WriteOutcome::AlreadyStored
     );
     let v3 = Bytes::from_static(br#"{"_format_version":"3.0","n":3}"#);
     assert!(matches!(
-        write_document(store.as_ref(), key, &v3, &metadata(&v3, 300, "node-c"))
-            .await
-            .unwrap(),
+        write_document(
+            store.as_ref(),
+            key,
+            &v3,
+            &metadata(&v3, 300, "node-c"),
+            None
+        )
+        .await
+        .unwrap(),
         WriteOutcome::Stored { .. }
     ));
     assert_eq!(store.get(key).await.unwrap().unwrap().body, v3);
@@ -150,7 +169,7 @@ async fn behaviour_suite(store: Arc<dyn ConfigStore>) {
         writers.spawn(async move {
             let body = Bytes::from(format!(r#"{{"_format_version":"3.0","rev":{revision}}}"#));
             let meta = metadata(&body, revision, &format!("racer-{revision}"));
-            write_document(store.as_ref(), race_key, &body, &meta).await
+            write_document(store.as_ref(), race_key, &body, &meta, None).await
         });
     }
     while let Some(result) = writers.join_next().await {

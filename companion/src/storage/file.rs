@@ -965,6 +965,7 @@ mod tests {
             node_id: "node-a".into(),
             exported_at: "2026-11-26T10:00:00.000Z".into(),
             signature: None,
+            key_id: None,
         }
     }
 

@@ -653,6 +653,7 @@ mod tests {
             node_id: "n".into(),
             exported_at: "2026-11-26T10:00:00.000Z".into(),
             signature: None,
+            key_id: None,
         };
         let (content_type, bytes) = multipart_upload("//kong//3.4/config.json", body, &metadata);
         let boundary = content_type

@@ -415,6 +415,7 @@ fn the_whole_story_cp_fallback_refresh_and_back() {
         [
             (Stage::Storage, true),
             (Stage::Verify, true),
+            (Stage::Revision, true),
             (Stage::Validate, true)
         ]
     );
@@ -718,6 +719,7 @@ fn an_invalid_document_from_storage_is_not_published() {
         [
             (Stage::Storage, true),
             (Stage::Verify, true),
+            (Stage::Revision, true),
             (Stage::Validate, false)
         ]
     );
@@ -953,23 +955,63 @@ fn envoy_replies_for_a_peer_that_did_not_answer_read_as_unreachable_not_as_its_a
 /// The key pair of `seed`: its public key as the filter config spells it, and a signer.
 fn key_pair(seed: u8) -> (String, ed25519_compact::KeyPair) {
     let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32]));
-    (signature::encode_base64(&pair.pk[..]), pair)
+    (crate::signature::encode_base64(&pair.pk[..]), pair)
 }
 
-fn sign(pair: &ed25519_compact::KeyPair, body: &[u8]) -> String {
-    signature::encode_base64(&pair.sk.sign(body, None)[..])
+fn key_id(pair: &ed25519_compact::KeyPair) -> String {
+    PublicKey::from_bytes(*pair.pk).unwrap().key_id()
 }
 
-/// A companion answer for `object`, carrying `signature` when given.
-fn signed_body_with_signature(object: &[u8], revision: u64, signature: Option<&str>) -> Vec<u8> {
+const EXPORTED_AT: &str = "2026-11-26T10:00:00.000Z";
+
+/// `pair`'s signature over the manifest of `object` at `revision` for `version`.
+fn sign_manifest(
+    pair: &ed25519_compact::KeyPair,
+    version: &str,
+    object: &[u8],
+    revision: u64,
+) -> String {
+    let id = key_id(pair);
+    let manifest = ExportManifest {
+        version,
+        revision,
+        sha256: Sha256Digest::of(object),
+        exported_at: EXPORTED_AT,
+        key_id: &id,
+    };
+    crate::signature::encode_base64(&pair.sk.sign(manifest.to_bytes().unwrap(), None)[..])
+}
+
+/// A companion answer for `object` at `revision`, with `fields` set on top.
+fn signed_body_with(object: &[u8], revision: u64, fields: Value) -> Vec<u8> {
     let mut value: Value = serde_json::from_slice(&signed_body(object, revision)).unwrap();
-    if let Some(signature) = signature {
-        value["signature"] = json!(signature);
+    for (name, field) in fields.as_object().unwrap() {
+        value[name] = field.clone();
     }
     serde_json::to_vec(&value).unwrap()
 }
 
-/// A machine that requires signatures by `seed`'s key.
+/// A companion answer for `object` at `revision`, signed as the exporter signs it.
+fn signed_export(pair: &ed25519_compact::KeyPair, object: &[u8], revision: u64) -> Vec<u8> {
+    signed_body_with(
+        object,
+        revision,
+        json!({
+            "signature": sign_manifest(pair, VERSION, object, revision),
+            "key_id": key_id(pair),
+            "exported_at": EXPORTED_AT,
+        }),
+    )
+}
+
+/// A machine that requires signatures by one of `seeds`' keys.
+fn requiring_signatures_by(seeds: &[u8], with_cp: bool) -> Driver {
+    let mut c = config_json(with_cp);
+    c["public_keys"] = seeds.iter().map(|s| json!(key_pair(*s).0)).collect();
+    Driver::with_config(config(&c))
+}
+
+/// A machine that requires signatures by `seed`'s key, given as the `public_key` alias.
 fn requiring_signatures(seed: u8, with_cp: bool) -> Driver {
     let mut c = config_json(with_cp);
     c["public_key"] = json!(key_pair(seed).0);
@@ -977,57 +1019,104 @@ fn requiring_signatures(seed: u8, with_cp: bool) -> Driver {
 }
 
 #[test]
-fn with_a_public_key_a_correctly_signed_export_is_imported() {
-    let (_, pair) = key_pair(1);
-    let mut d = requiring_signatures(1, false);
-    d.tick(0);
-    let signature = sign(&pair, &doc(1));
-    d.answer(
-        Party::Companion,
-        ok(&signed_body_with_signature(&doc(1), 4, Some(&signature))),
-    );
-    let a = d.answer(Party::Storage, ok(&doc(1)));
-    assert_eq!(published(&a).unwrap().revision, 4);
-    assert_eq!(
-        counts(&a),
-        [
-            (Stage::Storage, true),
-            (Stage::Verify, true),
-            (Stage::Validate, true)
-        ]
-    );
+fn an_export_signed_by_any_configured_key_is_imported() {
+    for signer in [1, 2] {
+        let (_, pair) = key_pair(signer);
+        let mut d = requiring_signatures_by(&[1, 2], false);
+        d.tick(0);
+        d.answer(Party::Companion, ok(&signed_export(&pair, &doc(1), 4)));
+        let a = d.answer(Party::Storage, ok(&doc(1)));
+        assert_eq!(published(&a).unwrap().revision, 4);
+        assert_eq!(
+            counts(&a),
+            [
+                (Stage::Storage, true),
+                (Stage::Verify, true),
+                (Stage::Revision, true),
+                (Stage::Validate, true)
+            ]
+        );
+        let signed_by = format!("signed by key {}", key_id(&pair));
+        assert!(has_log(&a, LogLevel::Info, &signed_by), "{:#?}", logs(&a));
+    }
 }
 
 #[test]
-fn with_a_public_key_unsigned_foreign_garbled_and_altered_exports_are_refused_and_retried() {
+fn with_public_keys_unsigned_foreign_garbled_altered_and_replayed_exports_are_refused() {
     let (_, mine) = key_pair(1);
     let (_, theirs) = key_pair(2);
-    let cases: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
+    let good = |fields: Value| signed_body_with(&doc(1), 1, fields);
+    // A companion answer for `object` at `revision` with `signature`, claiming my key.
+    let claiming_mine = |object: &[u8], revision: u64, signature: String| {
+        signed_body_with(
+            object,
+            revision,
+            json!({"signature": signature, "key_id": key_id(&mine), "exported_at": EXPORTED_AT}),
+        )
+    };
+    let cases: Vec<(Vec<u8>, Vec<u8>, String)> = vec![
         (
-            signed_body_with_signature(&doc(1), 1, None),
+            signed_body(&doc(1), 1),
             doc(1),
-            "carries no signature but public_key is configured",
+            "carries no signature but public_keys is configured".into(),
         ),
         (
-            signed_body_with_signature(&doc(1), 1, Some(&sign(&theirs, &doc(1)))),
+            signed_export(&theirs, &doc(1), 1),
             doc(1),
-            "signature does not verify with the configured public_key",
+            format!(
+                "carries a signature by key id {}, which is none of the configured public_keys \
+                 ({})",
+                key_id(&theirs),
+                key_id(&mine)
+            ),
+        ),
+        // Another key's signature claiming to be ours.
+        (
+            claiming_mine(&doc(1), 1, sign_manifest(&theirs, VERSION, &doc(1), 1)),
+            doc(1),
+            "signature does not verify with the configured public key".into(),
         ),
         (
-            signed_body_with_signature(&doc(1), 1, Some("not//base64!")),
+            good(json!({"signature": "not//base64!", "key_id": key_id(&mine)})),
             doc(1),
-            "has an unusable signature (the signature is not standard base64)",
+            "has an unusable signature (the signature is not standard base64)".into(),
         ),
         (
-            signed_body_with_signature(&doc(1), 1, Some(&signature::encode_base64(&[7; 12]))),
+            good(json!({"signature": crate::signature::encode_base64(&[7; 12])})),
             doc(1),
-            "has an unusable signature (an Ed25519 signature is 64 bytes, got 12 bytes)",
+            "has an unusable signature (an Ed25519 signature is 64 bytes, got 12 bytes)".into(),
+        ),
+        // A body signature from before manifests: no key id.
+        (
+            good(json!({"signature": sign_manifest(&mine, VERSION, &doc(1), 1)})),
+            doc(1),
+            "carries a signature without a key-id".into(),
         ),
         // Storage and the companion's sha256 agree on doc(2), but the signature is doc(1)'s.
         (
-            signed_body_with_signature(&doc(2), 1, Some(&sign(&mine, &doc(1)))),
+            claiming_mine(&doc(2), 1, sign_manifest(&mine, VERSION, &doc(1), 1)),
             doc(2),
-            "signature does not verify",
+            "signature does not verify".into(),
+        ),
+        // An old export replayed under a new revision: the revision is signed.
+        (
+            claiming_mine(&doc(1), 9, sign_manifest(&mine, VERSION, &doc(1), 1)),
+            doc(1),
+            "altered or replayed after signing".into(),
+        ),
+        // Another version's export, or another export time, under a valid signature.
+        (
+            claiming_mine(&doc(1), 1, sign_manifest(&mine, "3.3.0.0", &doc(1), 1)),
+            doc(1),
+            "signature does not verify".into(),
+        ),
+        (
+            good(json!({
+                "signature": sign_manifest(&mine, VERSION, &doc(1), 1),
+                "key_id": key_id(&mine), "exported_at": "2027-01-01T00:00:00.000Z",
+            })),
+            doc(1),
+            "signature does not verify".into(),
         ),
     ];
     for (companion, object, needle) in cases {
@@ -1042,7 +1131,7 @@ fn with_a_public_key_unsigned_foreign_garbled_and_altered_exports_are_refused_an
             "{needle}"
         );
         assert!(
-            has_log(&a, LogLevel::Error, needle),
+            has_log(&a, LogLevel::Error, &needle),
             "{needle}: {:#?}",
             logs(&a)
         );
@@ -1059,29 +1148,73 @@ fn with_a_public_key_unsigned_foreign_garbled_and_altered_exports_are_refused_an
 }
 
 #[test]
+fn a_lower_revision_than_one_verified_since_start_is_never_imported() {
+    let (_, pair) = key_pair(1);
+    let mut d = requiring_signatures(1, false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_export(&pair, &doc(2), 5)));
+    assert!(published(&d.answer(Party::Storage, ok(&doc(2)))).is_some());
+    // Storage restored from an old backup: revision 3, validly signed, other bytes.
+    d.tick(30_000);
+    d.answer(Party::Companion, ok(&signed_export(&pair, &doc(1), 3)));
+    let a = d.answer(Party::Storage, ok(&doc(1)));
+    assert_eq!(published(&a), None);
+    assert_eq!(
+        counts(&a),
+        [
+            (Stage::Storage, true),
+            (Stage::Verify, true),
+            (Stage::Revision, false)
+        ]
+    );
+    assert!(
+        has_log(
+            &a,
+            LogLevel::Warn,
+            "holds revision 3, lower than revision 5 already verified since this filter started"
+        ),
+        "{:#?}",
+        logs(&a)
+    );
+    assert_eq!(d.m.current().unwrap().revision, 5);
+    // A newer export is imported again.
+    let due = d.import_due().unwrap();
+    d.tick(due);
+    d.answer(Party::Companion, ok(&signed_export(&pair, &doc(3), 6)));
+    assert_eq!(
+        published(&d.answer(Party::Storage, ok(&doc(3))))
+            .unwrap()
+            .revision,
+        6
+    );
+}
+
+#[test]
+fn rollback_protection_holds_without_signatures_and_across_leaders() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body(&doc(1), 7)));
+    let first = published(&d.answer(Party::Storage, ok(&doc(1)))).unwrap();
+    // A new leader adopts what is published, and with it the revision floor.
+    let mut next = Driver::new(false);
+    next.m.adopt(Some(&first));
+    next.tick(0);
+    next.answer(Party::Companion, ok(&signed_body(&doc(2), 6)));
+    let a = next.answer(Party::Storage, ok(&doc(2)));
+    assert_eq!(published(&a), None);
+    assert!(counts(&a).contains(&(Stage::Revision, false)));
+}
+
+#[test]
 fn a_refused_signature_keeps_the_last_good_fallback_config() {
     let (_, mine) = key_pair(1);
     let (_, theirs) = key_pair(2);
     let mut d = requiring_signatures(1, false);
     d.tick(0);
-    d.answer(
-        Party::Companion,
-        ok(&signed_body_with_signature(
-            &doc(1),
-            1,
-            Some(&sign(&mine, &doc(1))),
-        )),
-    );
+    d.answer(Party::Companion, ok(&signed_export(&mine, &doc(1), 1)));
     assert!(published(&d.answer(Party::Storage, ok(&doc(1)))).is_some());
     d.tick(30_000);
-    d.answer(
-        Party::Companion,
-        ok(&signed_body_with_signature(
-            &doc(2),
-            2,
-            Some(&sign(&theirs, &doc(2))),
-        )),
-    );
+    d.answer(Party::Companion, ok(&signed_export(&theirs, &doc(2), 2)));
     let a = d.answer(Party::Storage, ok(&doc(2)));
     assert_eq!(published(&a), None);
     assert!(has_log(
@@ -1098,7 +1231,11 @@ fn without_a_public_key_signatures_are_not_checked() {
     d.tick(0);
     d.answer(
         Party::Companion,
-        ok(&signed_body_with_signature(&doc(1), 1, Some("garbage"))),
+        ok(&signed_body_with(
+            &doc(1),
+            1,
+            json!({"signature": "garbage"}),
+        )),
     );
     let a = d.answer(Party::Storage, ok(&doc(1)));
     assert!(published(&a).is_some());
@@ -1261,6 +1398,240 @@ fn never_more_than_one_call_in_flight_per_party() {
     }
 }
 
+// ---- mirrors ----
+
+/// A companion answer for `object` listing the primary store, then a mirror.
+fn signed_body_with_mirror(object: &[u8], revision: u64) -> Vec<u8> {
+    let url = |host: &str| {
+        json!({
+            "url": format!("http://{host}/bucket/kong/{VERSION}/config.json?{SIGNATURE}"),
+            "method": "GET",
+            "expires_at": "2026-11-26T10:05:00Z",
+        })
+    };
+    signed_body_with(
+        object,
+        revision,
+        json!({"urls": [url("primary:8333"), url("mirror:9000")]}),
+    )
+}
+
+#[test]
+fn a_failing_store_hands_over_to_the_next_mirror_holding_the_export() {
+    for primary_answer in [
+        HttpResponse::new(404, Vec::new()),
+        HttpResponse::transport_failure(),
+        ok(&doc(9)), // another body than the export's sha256: a corrupted copy
+    ] {
+        let mut d = Driver::new(false);
+        d.tick(0);
+        let a = d.answer(Party::Companion, ok(&signed_body_with_mirror(&doc(1), 4)));
+        assert_eq!(
+            dispatch_to(&a, Party::Storage).unwrap().authority,
+            "primary:8333"
+        );
+        let a = d.answer(Party::Storage, primary_answer.clone());
+        assert_eq!(published(&a), None);
+        assert!(
+            has_log(
+                &a,
+                LogLevel::Warn,
+                "trying the next store holding it: http://mirror:9000/bucket/kong/"
+            ),
+            "{:#?}",
+            logs(&a)
+        );
+        assert_no_secrets(&a);
+        let mirror = dispatch_to(&a, Party::Storage).expect("the mirror, at the same tick");
+        assert_eq!(mirror.authority, "mirror:9000");
+        let a = d.answer(Party::Storage, ok(&doc(1)));
+        assert_eq!(published(&a).unwrap().revision, 4, "{primary_answer:?}");
+    }
+}
+
+#[test]
+fn when_every_store_fails_the_import_fails_once_and_retries_from_the_primary() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    d.answer(Party::Companion, ok(&signed_body_with_mirror(&doc(1), 4)));
+    d.answer(Party::Storage, HttpResponse::new(404, Vec::new()));
+    let a = d.answer(Party::Storage, HttpResponse::new(404, Vec::new()));
+    assert!(has_log(
+        &a,
+        LogLevel::Error,
+        "fallback import failed: storage has no object"
+    ));
+    let due = d.import_due().expect("retried");
+    let a = d.tick(due);
+    assert!(dispatch_to(&a, Party::Companion).is_some());
+}
+
+#[test]
+fn a_signed_url_list_with_a_non_get_entry_is_refused() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    let body = signed_body_with(
+        &doc(1),
+        1,
+        json!({"urls": [{"url": "http://h/k", "method": "PUT", "expires_at": "x"}]}),
+    );
+    let a = d.answer(Party::Companion, ok(&body));
+    assert!(has_log(
+        &a,
+        LogLevel::Error,
+        "a signed URL in urls is for PUT, not GET"
+    ));
+}
+
+#[test]
+fn a_failing_companion_hands_over_to_the_next_one_listed() {
+    let mut c = config_json(false);
+    let first = c["companion"].clone();
+    let mut second = first.clone();
+    second["upstream"] = json!("companion_b");
+    c["companion"] = json!([first, second]);
+    let mut d = Driver::with_config(config(&c));
+    let a = d.tick(0);
+    assert_eq!(
+        dispatch_to(&a, Party::Companion).unwrap().upstream,
+        "fallback_companion"
+    );
+    let a = d.answer(Party::Companion, HttpResponse::transport_failure());
+    assert!(
+        has_log(&a, LogLevel::Warn, "trying the next companion, companion_b"),
+        "{:#?}",
+        logs(&a)
+    );
+    assert_eq!(counts(&a), [(Stage::Companion, false)]);
+    assert_eq!(
+        dispatch_to(&a, Party::Companion).unwrap().upstream,
+        "companion_b"
+    );
+    d.answer(Party::Companion, ok(&signed_body(&doc(1), 2)));
+    assert!(published(&d.answer(Party::Storage, ok(&doc(1)))).is_some());
+    // The next round starts from the first companion again; both failing is one import failure.
+    let due = d.import_due().unwrap();
+    let a = d.tick(due);
+    assert_eq!(
+        dispatch_to(&a, Party::Companion).unwrap().upstream,
+        "fallback_companion"
+    );
+    d.answer(Party::Companion, HttpResponse::new(500, Vec::new()));
+    let a = d.answer(Party::Companion, HttpResponse::new(500, Vec::new()));
+    assert!(has_log(
+        &a,
+        LogLevel::Warn,
+        "fallback import failed: companion companion_b answered HTTP 500"
+    ));
+    assert!(dispatch_to(&a, Party::Companion).is_none(), "backoff");
+}
+
+// ---- version skew ----
+
+/// A companion answer for `object` exported under `version`.
+fn signed_body_of_version(object: &[u8], revision: u64, version: &str) -> Vec<u8> {
+    signed_body_with(object, revision, json!({"version": version}))
+}
+
+#[test]
+fn without_an_export_for_version_the_accepted_versions_are_tried_in_order_and_logged() {
+    let mut c = config_json(false);
+    c["accept_versions"] = json!(["3.4.0.0", "3.3.0.0"]);
+    let mut d = Driver::with_config(config(&c));
+    let asked = |a: &[Action]| {
+        dispatch_to(a, Party::Companion)
+            .map(|r| r.path.rsplit("version=").next().unwrap().to_owned())
+    };
+    assert_eq!(asked(&d.tick(0)).as_deref(), Some(VERSION));
+    let a = d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    assert!(
+        has_log(
+            &a,
+            LogLevel::Info,
+            "no export for version 3.4.1.0 (companion: HTTP 404); trying version 3.4.0.0"
+        ),
+        "{:#?}",
+        logs(&a)
+    );
+    assert_eq!(counts(&a), [], "a skew step is not a failure");
+    // Asked at once, at the same tick.
+    assert_eq!(asked(&a).as_deref(), Some("3.4.0.0"));
+    let a = d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    assert_eq!(asked(&a).as_deref(), Some("3.3.0.0"));
+    d.answer(
+        Party::Companion,
+        ok(&signed_body_of_version(&doc(1), 3, "3.3.0.0")),
+    );
+    let a = d.answer(Party::Storage, ok(&doc(1)));
+    assert_eq!(published(&a).unwrap().revision, 3);
+    assert!(
+        has_log(
+            &a,
+            LogLevel::Info,
+            "version 3.3.0.0 in place of version 3.4.1.0 (accept_versions)"
+        ),
+        "{:#?}",
+        logs(&a)
+    );
+    // The next round asks for the release's own version first again.
+    let due = d.import_due().unwrap();
+    assert_eq!(asked(&d.tick(due)).as_deref(), Some(VERSION));
+    // All of them missing: one failure, retried with backoff from the top.
+    d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    let a = d.answer(Party::Companion, HttpResponse::new(404, Vec::new()));
+    assert_eq!(counts(&a), [(Stage::Companion, false)]);
+    assert!(has_log(
+        &a,
+        LogLevel::Warn,
+        "nothing exported for version 3.4.1.0 nor any of accept_versions (3.4.0.0, 3.3.0.0)"
+    ));
+}
+
+#[test]
+fn an_answer_for_another_version_than_asked_is_refused() {
+    let mut d = Driver::new(false);
+    d.tick(0);
+    let a = d.answer(
+        Party::Companion,
+        ok(&signed_body_of_version(&doc(1), 3, "3.3.0.0")),
+    );
+    assert_eq!(counts(&a), [(Stage::Companion, false)]);
+    assert!(has_log(
+        &a,
+        LogLevel::Error,
+        "answered with an export of version 3.3.0.0 when asked for 3.4.1.0"
+    ));
+}
+
+// ---- staleness budget ----
+
+#[test]
+fn past_the_budget_the_leader_logs_and_counts_once_a_minute_until_a_fresher_import() {
+    let (_, pair) = key_pair(1);
+    let mut c = config_json(false);
+    c["max_fallback_age_ms"] = json!(60_000);
+    let mut d = Driver::with_config(config(&c));
+    let exported = crate::freshness::parse_rfc3339_ms(EXPORTED_AT).unwrap();
+    d.tick(exported);
+    d.answer(Party::Companion, ok(&signed_export(&pair, &doc(1), 1)));
+    let p = published(&d.answer(Party::Storage, ok(&doc(1)))).unwrap();
+    assert_eq!(p.exported_at_ms, Some(exported));
+    let stale_lines = |a: &[Action]| {
+        logs(a)
+            .iter()
+            .filter(|(_, m)| m.contains("past max_fallback_age_ms (60 s): still serving it"))
+            .count()
+    };
+    assert_eq!(stale_lines(&d.tick(exported + 60_000)), 0, "within budget");
+    let a = d.tick(exported + 61_000);
+    assert_eq!(stale_lines(&a), 1, "{:#?}", logs(&a));
+    assert!(has_log(&a, LogLevel::Warn, "(revision 1) is 61 s old"));
+    assert!(counts(&a).contains(&(Stage::Age, false)));
+    assert_eq!(stale_lines(&d.tick(exported + 120_000)), 0, "once a minute");
+    assert_eq!(stale_lines(&d.tick(exported + 121_000)), 1);
+}
+
 // ---- adopt ----
 
 #[test]
@@ -1270,6 +1641,7 @@ fn adopting_a_fallback_config_keeps_serving_it_and_rechecks_storage() {
         source: Source::Fallback,
         revision: 12,
         sha256: Sha256Digest::of(&doc(6)),
+        exported_at_ms: None,
         document: doc(6).into(),
     };
     d.m.adopt(Some(&adopted));
@@ -1293,6 +1665,7 @@ fn adopting_a_cp_config_applies_the_threshold_before_falling_back() {
         source: Source::ControlPlane,
         revision: 0,
         sha256: Sha256Digest::of(&doc(6)),
+        exported_at_ms: None,
         document: doc(6).into(),
     };
     d.m.adopt(Some(&adopted));
