@@ -200,23 +200,47 @@ async fn stored_config(out: &mut String, pages: &AdminPages) {
                 .unwrap_or_default();
             row(out, "exported at", &format!("{}{ago}", esc(&meta.exported_at)));
             row(out, "node id", &esc(&meta.node_id));
-            row(
-                out,
-                "signature",
-                if meta.signature.is_some() {
-                    "<span class=\"ok\">signed</span> (Ed25519; the key id is not recorded in the metadata)"
-                } else {
-                    "not signed"
-                },
-            );
+            row(out, "signature", &signature_text(meta));
         }
     }
     out.push_str("</tbody></table></section>");
 }
 
+/// The status page's words for an export's signature: by which key id, when recorded.
+fn signature_text(meta: &fallback_core::export::ExportMetadata) -> String {
+    match (&meta.signature, &meta.key_id) {
+        (Some(_), Some(key_id)) => format!(
+            "<span class=\"ok\">signed</span> (Ed25519, key id <code>{}</code>)",
+            esc(key_id)
+        ),
+        (Some(_), None) => {
+            "<span class=\"ok\">signed</span> (Ed25519; no key id: exported by an older release)"
+                .to_owned()
+        }
+        (None, _) => "not signed".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_signature_row_names_the_key_id() {
+        let mut meta = fallback_core::export::ExportMetadata {
+            sha256: fallback_core::digest::Sha256Digest::of(b"doc"),
+            revision: 1,
+            node_id: "n".into(),
+            exported_at: "2026-01-01T00:00:00.000Z".into(),
+            signature: None,
+            key_id: None,
+        };
+        assert_eq!(signature_text(&meta), "not signed");
+        meta.signature = Some("c2ln".into());
+        assert!(signature_text(&meta).contains("no key id"));
+        meta.key_id = Some("0123456789abcdef".into());
+        assert!(signature_text(&meta).contains("key id <code>0123456789abcdef</code>"));
+    }
 
     #[test]
     fn text_is_escaped_for_html() {
