@@ -31,7 +31,8 @@ use wasm_tests::tools::target_dir;
 use wasm_tests::{free_port, Envoy, MockCp};
 
 const USAGE: &str = "\
-usage: bench-proxy [--duration SECS] [--rounds N] [--connections N] [--only N,P,...] [--out PATH]
+usage: bench-proxy [--duration SECS] [--rounds N] [--connections N] [--only N,P,...]
+                   [--compare-wasm PATH[,PATH...]] [--out PATH]
 
 Runs Envoy (--concurrency 1) in each variant and loads it with wrk; prints rps, p50, p99 and
 Envoy's CPU time per request, with the ratio to P (the minimal wasm filter), and writes them as
@@ -55,6 +56,9 @@ options:
   --rounds N         measured runs per variant, alternating between variants [default: 2]
   --connections N    wrk connections [default: 32]
   --only LIST        comma-separated variants to run [default: all]
+  --compare-wasm PATHS  also run each selected F variant with each of these builds of the
+                     filter (comma-separated), named with a trailing `~` (F1k~; F1k~1, F1k~2
+                     for several): builds side by side in one run
   --out PATH         the JSON report [default: <target dir>/bench-proxy.json]
   -h, --help         show this help";
 
@@ -65,8 +69,13 @@ enum Setup {
     Bench { wasm: bool, hand_off: HandOff },
     /// The project bootstrap with the minimal filter.
     ProjectMinimal,
-    /// The project bootstrap with the Fallback filter and a generated config.
-    ProjectFilter { routes: usize, plugins: bool },
+    /// The project bootstrap with the Fallback filter and a generated config; `wasm` is
+    /// another build of the filter than `make wasm`'s (`--compare-wasm`).
+    ProjectFilter {
+        routes: usize,
+        plugins: bool,
+        wasm: Option<&'static std::path::Path>,
+    },
 }
 
 struct Variant {
@@ -143,6 +152,7 @@ const VARIANTS: &[Variant] = &[
         setup: Setup::ProjectFilter {
             routes: 10,
             plugins: false,
+            wasm: None,
         },
     },
     Variant {
@@ -151,6 +161,7 @@ const VARIANTS: &[Variant] = &[
         setup: Setup::ProjectFilter {
             routes: 1_000,
             plugins: true,
+            wasm: None,
         },
     },
     Variant {
@@ -159,6 +170,7 @@ const VARIANTS: &[Variant] = &[
         setup: Setup::ProjectFilter {
             routes: 10_000,
             plugins: true,
+            wasm: None,
         },
     },
 ];
@@ -169,6 +181,7 @@ struct Options {
     rounds: usize,
     connections: u32,
     only: Option<Vec<String>>,
+    compare_wasm: Vec<std::path::PathBuf>,
     out: std::path::PathBuf,
 }
 
@@ -178,6 +191,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         rounds: 2,
         connections: 32,
         only: None,
+        compare_wasm: Vec::new(),
         out: target_dir().join("bench-proxy.json"),
     };
     let positive = |flag: &str, text: String| -> Result<u64, String> {
@@ -219,6 +233,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                 options.only = Some(names);
             }
             "--out" => options.out = flag.value(&mut args, "a path")?.into(),
+            "--compare-wasm" => {
+                for path in flag.value(&mut args, "a .wasm path")?.split(',') {
+                    let path = std::path::PathBuf::from(path);
+                    if !path.is_file() {
+                        return Err(format!(
+                            "--compare-wasm: {} is not a file (give built filters, e.g. copies \
+                             of target/wasm32-wasip1/release/fallback_filter.wasm)",
+                            path.display()
+                        ));
+                    }
+                    options.compare_wasm.push(path);
+                }
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -313,11 +340,15 @@ async fn start(variant: &'static Variant) -> Result<Running, String> {
             options.filter_config = minimal_config;
             options.wasm = Some(minimal_wasm()?);
         }
-        Setup::ProjectFilter { routes, plugins } => {
+        Setup::ProjectFilter {
+            routes,
+            plugins,
+            wasm,
+        } => {
             let mock = MockCp::start().await;
             mock.set_document(&bench_document(routes, plugins, &upstream));
             options.bootstrap = Some(project()?);
-            options.wasm = Some(default_wasm_path());
+            options.wasm = Some(wasm.map_or_else(default_wasm_path, std::path::Path::to_path_buf));
             options.cp = Some(("127.0.0.1".into(), mock.port()));
             options.filter_config["control_plane"] = json!({
                 "upstream": "fallback_cp",
@@ -473,7 +504,7 @@ async fn run(options: Options) -> Result<bool, String> {
             wrk_bin.display()
         ));
     }
-    let selected: Vec<&'static Variant> = VARIANTS
+    let mut selected: Vec<&'static Variant> = VARIANTS
         .iter()
         .filter(|v| {
             options
@@ -482,6 +513,50 @@ async fn run(options: Options) -> Result<bool, String> {
                 .is_none_or(|o| o.iter().any(|n| n == v.name))
         })
         .collect();
+    if !options.compare_wasm.is_empty() {
+        // Each filter variant again with each other build, alternating with it in every round.
+        let builds: Vec<(String, &'static std::path::Path)> = options
+            .compare_wasm
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let suffix = if options.compare_wasm.len() == 1 {
+                    "~".to_owned()
+                } else {
+                    format!("~{}", i + 1)
+                };
+                (suffix, &*Box::leak(path.clone().into_boxed_path()))
+            })
+            .collect();
+        selected = selected
+            .into_iter()
+            .flat_map(|v| {
+                let twins: Vec<&'static Variant> = match v.setup {
+                    Setup::ProjectFilter {
+                        routes, plugins, ..
+                    } => builds
+                        .iter()
+                        .map(|(suffix, path)| {
+                            &*Box::leak(Box::new(Variant {
+                                name: Box::leak(format!("{}{suffix}", v.name).into_boxed_str()),
+                                description: Box::leak(
+                                    format!("{} ({})", v.description, path.display())
+                                        .into_boxed_str(),
+                                ),
+                                setup: Setup::ProjectFilter {
+                                    routes,
+                                    plugins,
+                                    wasm: Some(path),
+                                },
+                            }))
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                std::iter::once(v).chain(twins)
+            })
+            .collect();
+    }
     let ticks = clock_ticks_per_second();
     let machine = Machine::read();
     println!(
