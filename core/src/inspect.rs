@@ -189,8 +189,8 @@ impl Matcher {
         // for a route without a service or an upstream without targets (Kong answers those
         // after the plugins' access phase).
         let (route, service, upstream_path) = match &outcome {
-            RouteOutcome::Forward(f) => (f.route, Some(f.service), f.path.as_str()),
-            RouteOutcome::Unavailable { route, service, .. } => (*route, *service, path),
+            RouteOutcome::Forward(f) => (f.route, Some(f.service), f.path.clone()),
+            RouteOutcome::Unavailable { route, service, .. } => (*route, *service, path.to_owned()),
             _ => return Ok(describe(outcome)),
         };
         if self.plugins.is_empty() {
@@ -200,7 +200,7 @@ impl Matcher {
             method: query.method,
             scheme,
             path,
-            upstream_path,
+            upstream_path: &upstream_path,
             headers: &headers,
             client_ip: Some(query.client_ip),
             route: Some(route),
@@ -217,7 +217,7 @@ impl Matcher {
 }
 
 /// [`describe`] for a forwarded request, with the plugins' decision.
-fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome) -> String {
+fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome<'_>) -> String {
     let response = |answer: &LocalResponse| {
         let body = match answer.body.as_deref() {
             None => Value::Null,
@@ -270,7 +270,7 @@ fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome) -> Stri
 }
 
 /// The headers plugins set upstream: name → value (several values joined with ", ").
-fn upstream_headers(changes: &UpstreamChanges) -> serde_json::Map<String, Value> {
+fn upstream_headers(changes: &UpstreamChanges<'_>) -> serde_json::Map<String, Value> {
     let mut map = serde_json::Map::new();
     for (name, value) in changes.upstream_headers() {
         match map.get_mut(name) {

@@ -10,6 +10,7 @@
 //! Every function is a direct translation of one ABI 0.2.1 import; values the host allocates
 //! come back through the SDK's `proxy_on_memory_allocate` and are taken over as `Vec<u8>`.
 
+use std::ops::Range;
 use std::ptr::{null, null_mut};
 
 /// A proxy-wasm status other than `Ok` (1: not found, 2: bad argument, 8: CAS mismatch, ...).
@@ -180,10 +181,13 @@ pub fn buffer(kind: Buffer, max: usize) -> Result<Option<Vec<u8>>, Status> {
 
 /// Every pair of a header map, in order.
 pub fn header_map(map: Map) -> Result<Pairs, Status> {
+    Ok(header_map_bytes(map)?.map_or_else(Vec::new, |b| deserialize_map(&b)))
+}
+
+/// A header map as the host serialized it (`None`: the host has none).
+pub fn header_map_bytes(map: Map) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: valid out-pointers.
-    let bytes =
-        read_out(|data, size| unsafe { proxy_get_header_map_pairs(map as u32, data, size) })?;
-    Ok(bytes.map_or_else(Vec::new, |b| deserialize_map(&b)))
+    read_out(|data, size| unsafe { proxy_get_header_map_pairs(map as u32, data, size) })
 }
 
 /// One header of a map; `None` when absent.
@@ -336,6 +340,16 @@ pub(crate) fn serialize_map(pairs: &[(&str, &str)]) -> Vec<u8> {
 /// The pairs of a serialized header map; a truncated or garbled map yields the pairs read
 /// before the damage (the SDK would panic on it).
 pub(crate) fn deserialize_map(bytes: &[u8]) -> Pairs {
+    map_fields(bytes)
+        .into_iter()
+        .map(|(name, value)| (bytes[name].to_vec(), bytes[value].to_vec()))
+        .collect()
+}
+
+/// Where each name and value of a serialized map lies in `bytes` (ABI 0.2.1: a `u32` count,
+/// a `u32` length pair per entry, then each name and value followed by a NUL). A garbled map
+/// yields the entries read before the damage, never a panic.
+pub(crate) fn map_fields(bytes: &[u8]) -> Vec<(Range<usize>, Range<usize>)> {
     let u32_at = |at: usize| -> Option<usize> {
         let b = bytes.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
@@ -346,22 +360,24 @@ pub(crate) fn deserialize_map(bytes: &[u8]) -> Pairs {
     let Some(mut p) = count.checked_mul(8).and_then(|n| n.checked_add(4)) else {
         return Vec::new();
     };
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
+    let mut fields = Vec::with_capacity(count.min(bytes.len() / 10));
     for i in 0..count {
         let (Some(name_len), Some(value_len)) = (u32_at(4 + i * 8), u32_at(8 + i * 8)) else {
             break;
         };
-        let mut field = |len: usize| -> Option<Vec<u8>> {
-            let value = bytes.get(p..p.checked_add(len)?)?.to_vec();
-            p = p.checked_add(len)?.checked_add(1)?;
-            Some(value)
+        let mut field = |len: usize| -> Option<Range<usize>> {
+            let end = p.checked_add(len)?;
+            bytes.get(p..end)?;
+            let range = p..end;
+            p = end.checked_add(1)?;
+            Some(range)
         };
         let (Some(name), Some(value)) = (field(name_len), field(value_len)) else {
             break;
         };
-        pairs.push((name, value));
+        fields.push((name, value));
     }
-    pairs
+    fields
 }
 
 #[cfg(test)]

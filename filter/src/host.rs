@@ -90,9 +90,76 @@ pub fn request_header(name: &str) -> Option<String> {
     abi::header(Map::Request, name).ok().flatten().map(text)
 }
 
-/// Every request header, decoded lossily (a header may repeat); empty when the host refuses.
-pub fn request_headers() -> Vec<(String, String)> {
-    lossy(abi::header_map(Map::Request).unwrap_or_default())
+/// Every request header (a header may repeat); empty when the host refuses.
+pub fn request_headers() -> HeaderBlock {
+    HeaderBlock::new(
+        abi::header_map_bytes(Map::Request)
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    )
+}
+
+/// A header map read in one host call, kept as the host's bytes: names and values are borrowed
+/// from it (two allocations for the whole map, not two per header). Text that is not UTF-8 is
+/// decoded lossily into a copy.
+pub struct HeaderBlock {
+    bytes: Vec<u8>,
+    fields: Vec<(Text, Text)>,
+    repaired: Vec<String>,
+}
+
+/// Where a name or value's text is.
+enum Text {
+    /// Valid UTF-8 at this range of the host's bytes.
+    Raw(std::ops::Range<usize>),
+    /// Decoded lossily, at this index of `repaired`.
+    Repaired(usize),
+}
+
+impl HeaderBlock {
+    fn new(bytes: Vec<u8>) -> Self {
+        let mut repaired = Vec::new();
+        let mut text =
+            |range: std::ops::Range<usize>| match std::str::from_utf8(&bytes[range.clone()]) {
+                Ok(_) => Text::Raw(range),
+                Err(_) => {
+                    repaired.push(String::from_utf8_lossy(&bytes[range]).into_owned());
+                    Text::Repaired(repaired.len() - 1)
+                }
+            };
+        let fields = abi::map_fields(&bytes)
+            .into_iter()
+            .map(|(name, value)| (text(name), text(value)))
+            .collect();
+        Self {
+            bytes,
+            fields,
+            repaired,
+        }
+    }
+
+    fn text(&self, text: &Text) -> &str {
+        match text {
+            // Checked in `new`: never the empty fallback.
+            Text::Raw(range) => std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or_default(),
+            Text::Repaired(i) => &self.repaired[*i],
+        }
+    }
+
+    /// Every `(name, value)`, in the host's order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields
+            .iter()
+            .map(|(name, value)| (self.text(name), self.text(value)))
+    }
+
+    /// The first value of `name` (compared case-insensitively).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
 }
 
 /// A host property (e.g. `["connection", "requested_server_name"]`), `None` when unset.
@@ -188,5 +255,36 @@ impl Metric {
         if let Some(id) = self.0 {
             let _ = abi::record_metric(id, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_block_borrows_valid_text_and_repairs_the_rest() {
+        let mut bytes = abi::serialize_map(&[(":path", "/a"), ("ApiKey", "k1"), ("x-bin", "v")]);
+        // Make the last value invalid UTF-8 (0xff), as a client may send.
+        let at = bytes.len() - 2;
+        bytes[at] = 0xff;
+        let block = HeaderBlock::new(bytes);
+        let pairs: Vec<(&str, &str)> = block.pairs().collect();
+        assert_eq!(
+            pairs,
+            [(":path", "/a"), ("ApiKey", "k1"), ("x-bin", "\u{fffd}")]
+        );
+        assert_eq!(block.get("apikey"), Some("k1"));
+        assert_eq!(block.get("x-missing"), None);
+    }
+
+    #[test]
+    fn a_garbled_or_empty_block_is_empty_not_a_panic() {
+        let good = abi::serialize_map(&[("a", "1"), ("bb", "22")]);
+        for cut in 0..good.len() {
+            let block = HeaderBlock::new(good[..cut].to_vec());
+            assert!(block.pairs().count() <= 2);
+        }
+        assert_eq!(HeaderBlock::new(Vec::new()).pairs().count(), 0);
     }
 }

@@ -14,6 +14,7 @@ use fallback_core::router::{RequestView, RouteOutcome};
 use fallback_core::shared_data::SharedCounters;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -62,15 +63,15 @@ impl RequestFilter {
     /// Runs the plugins of the matched route for this request, and counts the request when
     /// observe-only plugins that apply to it were skipped. `target` is the route, its service
     /// and the upstream path (the request's own when nothing is proxied).
-    fn plugins(
+    fn plugins<'a>(
         &self,
-        active: &Active,
-        target: (Option<usize>, Option<usize>, &str),
-        method: &str,
-        path: &str,
-        scheme: &str,
-        headers: &[(&str, &str)],
-    ) -> PluginOutcome {
+        active: &'a Active,
+        target: (Option<usize>, Option<usize>, &'a str),
+        method: &'a str,
+        path: &'a str,
+        scheme: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+    ) -> PluginOutcome<'a> {
         let (route, service, upstream_path) = target;
         // Two host calls (the clock) each: only for the plugins that use them.
         let random = if active.plugins.needs_random() {
@@ -140,15 +141,12 @@ impl HttpContext for RequestFilter {
         // Reading every header costs a copy of each: only when a route or a plugin needs them.
         // Then the single headers below come from that copy rather than from one host call
         // each (every host's map carries the pseudo-headers too).
-        let owned = (active.router.needs_headers() || !active.plugins.is_empty())
+        let block = (active.router.needs_headers() || !active.plugins.is_empty())
             .then(host::request_headers);
-        let header = |name: &str| -> Option<String> {
-            match &owned {
-                Some(all) => all
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.clone()),
-                None => host::request_header(name),
+        let header = |name: &str| -> Option<Cow<'_, str>> {
+            match &block {
+                Some(all) => all.get(name).map(Cow::Borrowed),
+                None => host::request_header(name).map(Cow::Owned),
             }
         };
         let method = header(":method").unwrap_or_default();
@@ -159,15 +157,11 @@ impl HttpContext for RequestFilter {
             .unwrap_or_default();
         let path = match profile.path {
             ReadFrom::Header(name) => header(name),
-            from => host::read(from),
+            from => host::read(from).map(Cow::Owned),
         }
-        .unwrap_or_else(|| "/".into());
-        let scheme = header(":scheme").unwrap_or_else(|| "http".into());
-        let headers: Vec<(&str, &str)> = owned
-            .iter()
-            .flatten()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
+        .unwrap_or(Cow::Borrowed("/"));
+        let scheme = header(":scheme").unwrap_or(Cow::Borrowed("http"));
+        let headers: Vec<(&str, &str)> = block.iter().flat_map(host::HeaderBlock::pairs).collect();
         // The TLS SNI (routes' `snis` only apply to HTTPS requests, so plain HTTP skips the
         // read) and the listener's port, which Kong compares a route host's port with when the
         // Host header names none. Each is a host call: read only when some route uses it.
@@ -342,7 +336,7 @@ enum ResponseCall<'a> {
 /// The host calls for `edits`: a `Remove` directly followed by an `Add` of the same header is
 /// one replace (every host replaces every value: Envoy's `setCopy`, ngx_wasm_module's
 /// `HEADERS_SET`), so setting a header costs one call, not two.
-fn response_calls(edits: &[HeaderOp]) -> Vec<ResponseCall<'_>> {
+fn response_calls<'a>(edits: &'a [HeaderOp<'a>]) -> Vec<ResponseCall<'a>> {
     let mut calls = Vec::with_capacity(edits.len());
     let mut ops = edits.iter().peekable();
     while let Some(op) = ops.next() {
@@ -401,7 +395,7 @@ fn send_local(answer: &LocalResponse) {
 }
 
 /// Applies the plugins' request header and method changes (their path went to the hand-over).
-fn apply_upstream_changes(changes: &UpstreamChanges) {
+fn apply_upstream_changes(changes: &UpstreamChanges<'_>) {
     for op in &changes.request_headers {
         match op {
             HeaderOp::Remove(name) => host::set_request_header(name, None),
@@ -419,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_removal_followed_by_an_addition_of_the_same_header_is_one_replace() {
-        let op = |name: &str, value: Option<&str>| match value {
+        let op = |name: &'static str, value: Option<&'static str>| match value {
             Some(v) => HeaderOp::Add(name.into(), v.into()),
             None => HeaderOp::Remove(name.into()),
         };

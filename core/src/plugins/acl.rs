@@ -47,7 +47,7 @@ impl Acl {
         }
         if !self.hide_groups_header && !groups.is_empty() {
             let joined = groups.join(", ");
-            ex.set_header("x-consumer-groups", &joined);
+            ex.set_header("x-consumer-groups", joined);
         }
         Ok(())
     }

@@ -95,7 +95,7 @@ impl BasicAuth {
         })
     }
 
-    pub(super) fn access(&self, engine: &PluginEngine, ex: &mut Exchange) -> Step {
+    pub(super) fn access<'a>(&self, engine: &'a PluginEngine, ex: &mut Exchange<'a>) -> Step {
         if self.anonymous.is_some() && ex.identity.credential.is_some() {
             return Ok(());
         }
@@ -106,7 +106,7 @@ impl BasicAuth {
         fail_or_anonymous(engine, ex, self.anonymous.as_deref(), failure)
     }
 
-    fn authenticate(&self, engine: &PluginEngine, ex: &mut Exchange) -> Step {
+    fn authenticate<'a>(&self, engine: &'a PluginEngine, ex: &mut Exchange<'a>) -> Step {
         if ex.header("authorization").is_none() && ex.header("proxy-authorization").is_none() {
             return Err(Exit::error(401, "Unauthorized")
                 .with_header("WWW-Authenticate", self.www_authenticate.clone()));
@@ -127,7 +127,7 @@ impl BasicAuth {
                     engine,
                     ex,
                     credential.consumer,
-                    Some(credential.username.clone()),
+                    Some(credential.username.as_str()),
                 );
                 Ok(())
             }
@@ -138,7 +138,7 @@ impl BasicAuth {
 
     /// The username and password of one header (Kong: `\s*[Bb]asic\s*(.+)`, then
     /// `([^:]+):(.*)`); clears the header when `hide_credentials`.
-    fn retrieve(&self, ex: &mut Exchange, header: &str) -> Option<(String, String)> {
+    fn retrieve(&self, ex: &mut Exchange<'_>, header: &str) -> Option<(String, String)> {
         let value = ex.header(header).map(str::to_owned);
         if self.hide_credentials {
             ex.clear_header(header);

@@ -44,12 +44,12 @@ impl CorrelationId {
                 } else {
                     uuid_v4(ex.random)
                 };
-                ex.set_header(&self.header_name, &id);
+                ex.set_header(self.header_name.clone(), id.clone());
                 id
             }
         };
         if self.echo_downstream {
-            ex.response.set(&self.header_name, id);
+            ex.response.set(self.header_name.clone(), id);
         }
         Ok(())
     }

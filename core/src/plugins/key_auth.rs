@@ -40,7 +40,7 @@ impl KeyAuth {
         })
     }
 
-    pub(super) fn access(&self, engine: &PluginEngine, ex: &mut Exchange) -> Step {
+    pub(super) fn access<'a>(&self, engine: &'a PluginEngine, ex: &mut Exchange<'a>) -> Step {
         if !self.run_on_preflight && ex.method == "OPTIONS" {
             return Ok(());
         }
@@ -51,52 +51,44 @@ impl KeyAuth {
         let unauthorized = |message: &str| {
             Exit::error(401, message).with_header("WWW-Authenticate", self.www_authenticate.clone())
         };
-        let mut key = None;
+        // The credential the key names, looked up while the key is borrowed from the request
+        // (no copy of it); an empty key is no key.
+        let lookup = |key: &str| (!key.is_empty()).then(|| engine.keys.get(key));
+        let mut found = None;
         for name in &self.key_names {
-            let mut found: Vec<String> = Vec::new();
-            if self.in_header {
-                found = ex
-                    .headers
-                    .iter()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.clone())
-                    .collect();
+            let mut in_headers = ex
+                .headers
+                .iter()
+                .filter(|(n, _)| self.in_header && n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| lookup(v));
+            let hit = match (in_headers.next(), in_headers.next()) {
+                (Some(_), Some(_)) => return Err(unauthorized("Duplicate API key found")),
+                (Some(hit), None) => Some(hit),
+                (None, _) if self.in_query => match &ex.query.values(name)[..] {
+                    [] => None,
+                    [key] => Some(lookup(key)),
+                    _ => return Err(unauthorized("Duplicate API key found")),
+                },
+                (None, _) => None,
+            };
+            let Some(hit) = hit else {
+                continue;
+            };
+            if self.hide_credentials {
+                ex.query.remove(name);
+                ex.clear_header(name);
             }
-            if found.is_empty() && self.in_query {
-                found = ex.query.values(name);
-            }
-            match found.len() {
-                0 => continue,
-                1 => {
-                    if self.hide_credentials {
-                        ex.query.remove(name);
-                        ex.clear_header(name);
-                    }
-                    key = found.pop();
-                    break;
-                }
-                _ => return Err(unauthorized("Duplicate API key found")),
-            }
+            found = Some(hit);
+            break;
         }
-        let Some(key) = key.filter(|k| !k.is_empty()) else {
-            return fail_or_anonymous(
-                engine,
-                ex,
-                self.anonymous.as_deref(),
-                unauthorized("No API key found in request"),
-            );
+        let message = match found {
+            Some(Some(Some((consumer, credential)))) => {
+                authenticate(engine, ex, *consumer, Some(credential.as_str()));
+                return Ok(());
+            }
+            Some(Some(None)) => "Unauthorized",
+            None | Some(None) => "No API key found in request",
         };
-        match engine.keys.get(&key) {
-            Some((consumer, credential)) => {
-                authenticate(engine, ex, *consumer, Some(credential.clone()));
-                Ok(())
-            }
-            None => fail_or_anonymous(
-                engine,
-                ex,
-                self.anonymous.as_deref(),
-                unauthorized("Unauthorized"),
-            ),
-        }
+        fail_or_anonymous(engine, ex, self.anonymous.as_deref(), unauthorized(message))
     }
 }

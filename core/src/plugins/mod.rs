@@ -47,6 +47,7 @@ mod response_transformer;
 mod tests;
 
 use crate::document::{ConfigDocument, Plugin, Problem, Protocol};
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -147,13 +148,14 @@ pub struct PluginRequest<'a> {
     pub random: u128,
 }
 
-/// The plugins' decision for one request.
+/// The plugins' decision for one request; it borrows from the engine and the request
+/// rather than copying their text (`'a`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginOutcome {
+pub enum PluginOutcome<'a> {
     /// A plugin answers the request itself.
     Respond(LocalResponse),
     /// Proxy the request with these changes.
-    Forward(UpstreamChanges),
+    Forward(UpstreamChanges<'a>),
 }
 
 /// An answer from a plugin.
@@ -171,21 +173,55 @@ pub struct LocalResponse {
     pub skipped: Vec<&'static str>,
 }
 
-/// A request header change, applied in order.
+/// A header change, applied in order. Names and values are borrowed where they can be (from
+/// the request, the config, or Kong's header names): it runs on every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderOp {
+pub enum HeaderOp<'a> {
     /// Remove every value of the header.
-    Remove(String),
+    Remove(Cow<'a, str>),
     /// Add one value.
-    Add(String, String),
+    Add(Cow<'a, str>, Cow<'a, str>),
+}
+
+impl PluginOutcome<'_> {
+    /// The same decision, owning its text (to keep it past the request and the engine).
+    pub fn into_owned(self) -> PluginOutcome<'static> {
+        match self {
+            PluginOutcome::Respond(answer) => PluginOutcome::Respond(answer),
+            PluginOutcome::Forward(changes) => PluginOutcome::Forward(UpstreamChanges {
+                request_headers: changes
+                    .request_headers
+                    .into_iter()
+                    .map(HeaderOp::into_owned)
+                    .collect(),
+                path: changes.path,
+                method: changes.method,
+                response: changes.response,
+                skipped: changes.skipped,
+            }),
+        }
+    }
+}
+
+impl HeaderOp<'_> {
+    /// The same change, owning its text.
+    pub fn into_owned(self) -> HeaderOp<'static> {
+        match self {
+            HeaderOp::Remove(name) => HeaderOp::Remove(Cow::Owned(name.into_owned())),
+            HeaderOp::Add(name, value) => HeaderOp::Add(
+                Cow::Owned(name.into_owned()),
+                Cow::Owned(value.into_owned()),
+            ),
+        }
+    }
 }
 
 /// What to change before proxying, and what to do to the response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpstreamChanges {
+pub struct UpstreamChanges<'a> {
     /// Request header changes (the difference between the client's headers and the plugins'
     /// result).
-    pub request_headers: Vec<HeaderOp>,
+    pub request_headers: Vec<HeaderOp<'a>>,
     /// The new upstream `:path` (query included), when a plugin changed it.
     pub path: Option<String>,
     /// The new `:method`, when a plugin changed it.
@@ -196,13 +232,13 @@ pub struct UpstreamChanges {
     pub skipped: Vec<&'static str>,
 }
 
-impl UpstreamChanges {
+impl UpstreamChanges<'_> {
     /// The headers the plugins set or add upstream, `(name, value)` in order.
     pub fn upstream_headers(&self) -> Vec<(&str, &str)> {
         self.request_headers
             .iter()
             .filter_map(|op| match op {
-                HeaderOp::Add(name, value) => Some((name.as_str(), value.as_str())),
+                HeaderOp::Add(name, value) => Some((&**name, &**value)),
                 HeaderOp::Remove(_) => None,
             })
             .collect()
@@ -215,11 +251,12 @@ pub struct ResponsePlan {
     steps: Vec<ResponseStep>,
 }
 
+/// Names are Kong's spelling, borrowed when they are Kong's own (rate-limiting's, CORS's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ResponseStep {
-    Set(String, String),
-    Add(String, String),
-    Remove(String),
+    Set(Cow<'static, str>, String),
+    Add(Cow<'static, str>, String),
+    Remove(Cow<'static, str>),
     Transform(response_transformer::HeaderTransform),
 }
 
@@ -233,8 +270,10 @@ impl ResponsePlan {
     pub fn apply(&self, headers: &mut Vec<(String, String)>) {
         for step in &self.steps {
             match step {
-                ResponseStep::Set(name, value) => set_header(headers, name, value),
-                ResponseStep::Add(name, value) => headers.push((name.clone(), value.clone())),
+                ResponseStep::Set(name, value) => {
+                    set_header(headers, name.to_string(), value.clone())
+                }
+                ResponseStep::Add(name, value) => headers.push((name.to_string(), value.clone())),
                 ResponseStep::Remove(name) => remove_header(headers, name),
                 ResponseStep::Transform(t) => t.apply(headers),
             }
@@ -245,7 +284,7 @@ impl ResponsePlan {
     /// header (names lowercased): `Remove` every value, then `Add` each new one. Made one by
     /// one, they work on every host; replacing the whole map does not remove `Content-Type`
     /// in ngx_wasm_module, which keeps it outside the map.
-    pub fn edits(&self, headers: &[(String, String)]) -> Vec<HeaderOp> {
+    pub fn edits(&self, headers: &[(String, String)]) -> Vec<HeaderOp<'static>> {
         let before: Vec<(String, String)> = headers
             .iter()
             .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
@@ -259,47 +298,58 @@ impl ResponsePlan {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
+        let after: Vec<(Cow<'_, str>, Cow<'_, str>)> = after
+            .iter()
+            .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str())))
+            .collect();
         diff_headers(&before, &after)
+            .into_iter()
+            .map(HeaderOp::into_owned)
+            .collect()
     }
 
     /// The same changes as [`ResponsePlan::edits`], worked out without the response's headers,
     /// or `None` when a step needs them (response-transformer's header transforms). A header
     /// the plan sets becomes `Remove` then `Add` (removing an absent header changes nothing),
-    /// an added one `Add`, a removed one `Remove`, names lowercased, in the plan's order: the
-    /// same values per header as [`ResponsePlan::apply`]. Reading the whole response header map
-    /// costs the filter a host call and a copy of every header; a plan that only sets, adds or
-    /// removes named headers (rate-limiting's, CORS's, correlation-id's) needs neither.
-    pub fn edits_without_headers(&self) -> Option<Vec<HeaderOp>> {
+    /// an added one `Add`, a removed one `Remove`, in the plan's order: the same values per
+    /// header as [`ResponsePlan::apply`]. Names keep Kong's spelling (every host compares
+    /// header names case-insensitively, as HTTP does) and everything is borrowed from the plan:
+    /// this runs on every response. Reading the whole response header map costs the filter a
+    /// host call and a copy of every header; a plan that only sets, adds or removes named
+    /// headers (rate-limiting's, CORS's, correlation-id's) needs neither.
+    pub fn edits_without_headers(&self) -> Option<Vec<HeaderOp<'_>>> {
         let mut ops = Vec::with_capacity(self.steps.len() * 2);
         for step in &self.steps {
+            fn name(n: &str) -> Cow<'_, str> {
+                Cow::Borrowed(n)
+            }
             match step {
-                ResponseStep::Set(name, value) => {
-                    let name = name.to_ascii_lowercase();
-                    ops.push(HeaderOp::Remove(name.clone()));
-                    ops.push(HeaderOp::Add(name, value.clone()));
+                ResponseStep::Set(n, value) => {
+                    ops.push(HeaderOp::Remove(name(n)));
+                    ops.push(HeaderOp::Add(name(n), Cow::Borrowed(value)));
                 }
-                ResponseStep::Add(name, value) => {
-                    ops.push(HeaderOp::Add(name.to_ascii_lowercase(), value.clone()));
+                ResponseStep::Add(n, value) => {
+                    ops.push(HeaderOp::Add(name(n), Cow::Borrowed(value)));
                 }
-                ResponseStep::Remove(name) => ops.push(HeaderOp::Remove(name.to_ascii_lowercase())),
+                ResponseStep::Remove(n) => ops.push(HeaderOp::Remove(name(n))),
                 ResponseStep::Transform(_) => return None,
             }
         }
         Some(ops)
     }
 
-    fn set(&mut self, name: &str, value: impl Into<String>) {
+    fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
         self.steps
-            .push(ResponseStep::Set(name.to_owned(), value.into()));
+            .push(ResponseStep::Set(name.into(), value.into()));
     }
 
-    fn add(&mut self, name: &str, value: impl Into<String>) {
+    fn add(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
         self.steps
-            .push(ResponseStep::Add(name.to_owned(), value.into()));
+            .push(ResponseStep::Add(name.into(), value.into()));
     }
 
-    fn remove(&mut self, name: &str) {
-        self.steps.push(ResponseStep::Remove(name.to_owned()));
+    fn remove(&mut self, name: impl Into<Cow<'static, str>>) {
+        self.steps.push(ResponseStep::Remove(name.into()));
     }
 }
 
@@ -345,10 +395,10 @@ struct ConsumerInfo {
 
 /// Who the authentication plugins identified.
 #[derive(Debug, Clone, Default)]
-struct Identity {
+struct Identity<'a> {
     consumer: Option<usize>,
     /// The credential's id (or its path in the input): `None` for the anonymous consumer.
-    credential: Option<String>,
+    credential: Option<&'a str>,
 }
 
 /// One plugin instance, compiled.
@@ -672,7 +722,11 @@ impl PluginEngine {
     }
 
     /// Runs the plugins for one forwarded request.
-    pub fn access(&self, req: &PluginRequest<'_>, counters: &mut dyn Counters) -> PluginOutcome {
+    pub fn access<'a>(
+        &'a self,
+        req: &PluginRequest<'a>,
+        counters: &mut dyn Counters,
+    ) -> PluginOutcome<'a> {
         let mut ex = Exchange::new(req);
         let protocol = Protocol::from_name(req.scheme).unwrap_or(Protocol::Http);
         let mut consumer_checked = None;
@@ -721,7 +775,7 @@ impl PluginEngine {
 
     /// Records the observe-only plugins that apply to this request (with the consumer known
     /// so far), whether it is forwarded or answered: Kong would log both.
-    fn note_skipped(&self, req: &PluginRequest<'_>, protocol: Protocol, ex: &mut Exchange) {
+    fn note_skipped(&self, req: &PluginRequest<'_>, protocol: Protocol, ex: &mut Exchange<'_>) {
         ex.skipped = self
             .chains
             .iter()
@@ -734,12 +788,12 @@ impl PluginEngine {
     }
 
     /// The 500 of an unsupported plugin that applies to this request, if any.
-    fn refusal(
+    fn refusal<'a>(
         &self,
         req: &PluginRequest<'_>,
         consumer: Option<usize>,
-        ex: &mut Exchange,
-    ) -> Option<PluginOutcome> {
+        ex: &mut Exchange<'a>,
+    ) -> Option<PluginOutcome<'a>> {
         self.chains
             .iter()
             .filter(|c| c.priority == u32::MAX)
@@ -800,47 +854,62 @@ impl Exit {
 
 type Step = Result<(), Exit>;
 
-/// One request in flight through the plugins.
+/// One request in flight through the plugins. Text is borrowed from the request and the
+/// engine (`'a`) until a plugin changes it: this runs on every request.
 #[derive(Debug, Default)]
-struct Exchange {
-    method: String,
+struct Exchange<'a> {
+    method: Cow<'a, str>,
     /// Upstream request headers as they stand, names lowercase.
-    headers: Vec<(String, String)>,
+    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     query: request_transformer::Query,
-    upstream_path: String,
+    upstream_path: Cow<'a, str>,
     path_changed: bool,
     method_changed: bool,
-    client_path: String,
+    client_path: &'a str,
     client_ip: Option<IpAddr>,
     now_ms: u64,
     random: u128,
     service: Option<usize>,
-    identity: Identity,
+    identity: Identity<'a>,
     response: ResponsePlan,
     /// Observe-only plugins that apply and were not run.
     skipped: Vec<&'static str>,
 }
 
-impl Exchange {
-    fn new(req: &PluginRequest<'_>) -> Exchange {
-        let headers: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .filter(|(n, _)| !n.starts_with(':'))
-            .map(|(n, v)| (n.to_ascii_lowercase(), (*v).to_owned()))
-            .collect();
+/// `name` lowercase, copied only when it is not already (HTTP/2 and Envoy give lowercase names).
+fn lowercase(name: Cow<'_, str>) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        name
+    }
+}
+
+impl<'a> Exchange<'a> {
+    /// Room for the headers plugins add (`X-Consumer-*`, `X-Credential-Identifier`...)
+    /// without growing the list again.
+    const ADDED_HEADERS: usize = 6;
+
+    fn new(req: &PluginRequest<'a>) -> Exchange<'a> {
+        let mut headers = Vec::with_capacity(req.headers.len() + Self::ADDED_HEADERS);
+        headers.extend(
+            req.headers
+                .iter()
+                .filter(|(n, _)| !n.starts_with(':'))
+                .map(|&(n, v)| (lowercase(Cow::Borrowed(n)), Cow::Borrowed(v))),
+        );
         let (path, query) = match req.upstream_path.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (req.upstream_path, None),
         };
         Exchange {
-            method: req.method.to_owned(),
+            method: Cow::Borrowed(req.method),
             headers,
             query: request_transformer::Query::parse(query),
-            upstream_path: path.to_owned(),
+            upstream_path: Cow::Borrowed(path),
             path_changed: false,
             method_changed: false,
-            client_path: req.path.split('?').next().unwrap_or("/").to_owned(),
+            client_path: req.path.split('?').next().unwrap_or("/"),
             client_ip: req.client_ip,
             now_ms: req.now_ms,
             random: req.random,
@@ -856,23 +925,24 @@ impl Exchange {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
     }
 
-    fn set_header(&mut self, name: &str, value: &str) {
-        set_header(&mut self.headers, &name.to_ascii_lowercase(), value);
+    /// Replaces every value of a header with `value`; borrowed text stays borrowed.
+    fn set_header(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
+        set_header(&mut self.headers, lowercase(name.into()), value.into());
     }
 
     fn clear_header(&mut self, name: &str) {
         remove_header(&mut self.headers, name);
     }
 
-    fn respond(&mut self, exit: Exit, plugin: &str) -> PluginOutcome {
+    fn respond(&mut self, exit: Exit, plugin: &str) -> PluginOutcome<'a> {
         let stolen = std::mem::take(self);
         stolen.respond_owned(exit, plugin.to_owned())
     }
 
-    fn respond_owned(self, exit: Exit, plugin: String) -> PluginOutcome {
+    fn respond_owned(self, exit: Exit, plugin: String) -> PluginOutcome<'a> {
         let mut headers = exit.headers;
         self.response.apply(&mut headers);
         PluginOutcome::Respond(LocalResponse {
@@ -887,11 +957,11 @@ impl Exchange {
         })
     }
 
-    fn finish(self, req: &PluginRequest<'_>) -> UpstreamChanges {
+    fn finish(self, req: &PluginRequest<'a>) -> UpstreamChanges<'a> {
         let path = if self.path_changed || self.query.changed() {
             let rebuilt = match self.query.render() {
                 Some(q) => format!("{}?{q}", self.upstream_path),
-                None => self.upstream_path.clone(),
+                None => self.upstream_path.into_owned(),
             };
             Some(rebuilt).filter(|p| p != req.upstream_path)
         } else {
@@ -900,7 +970,7 @@ impl Exchange {
         UpstreamChanges {
             request_headers: diff_headers(req.headers, &self.headers),
             path,
-            method: Some(self.method).filter(|_| self.method_changed),
+            method: Some(self.method.into_owned()).filter(|_| self.method_changed),
             response: self.response,
             skipped: self.skipped,
         }
@@ -909,89 +979,89 @@ impl Exchange {
 
 /// The changes that turn the client's headers `before` (pseudo-headers ignored, names in any
 /// case) into `after` (names lowercase): for each header whose values differ, remove it, then
-/// add its new values. Allocates only for the changes: it runs on every request.
-fn diff_headers(before: &[(&str, &str)], after: &[(String, String)]) -> Vec<HeaderOp> {
+/// add its new values. Borrows its text: it runs on every request.
+fn diff_headers<'a>(
+    before: &[(&'a str, &'a str)],
+    after: &[(Cow<'a, str>, Cow<'a, str>)],
+) -> Vec<HeaderOp<'a>> {
     // Pseudo-headers (`:status`, `:path`) are the host's, on both sides: never edited.
     let before = || before.iter().filter(|(n, _)| !n.starts_with(':'));
-    let names = before().map(|(n, _)| *n).chain(
-        after
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .filter(|n| !n.starts_with(':')),
-    );
-    let mut ops = Vec::new();
+    let names = before()
+        .map(|&(n, _)| Cow::Borrowed(n))
+        .chain(after.iter().map(|(n, _)| n.clone()))
+        .filter(|n| !n.starts_with(':'));
+    let mut ops = Vec::with_capacity(Exchange::ADDED_HEADERS);
     for (i, name) in names.clone().enumerate() {
         // Each name once, at its first appearance (a few headers: quadratic is cheapest).
-        if names.clone().take(i).any(|n| n.eq_ignore_ascii_case(name)) {
+        if names.clone().take(i).any(|n| n.eq_ignore_ascii_case(&name)) {
             continue;
         }
-        let old = before()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v);
-        let mut new = after
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str());
-        if old.clone().eq(new.clone()) {
+        let same = |n: &str| n.eq_ignore_ascii_case(&name);
+        let old = before().filter(|(n, _)| same(n)).map(|(_, v)| *v);
+        let new = after.iter().filter(|(n, _)| same(n)).map(|(_, v)| v);
+        if old.clone().eq(new.clone().map(|v| &**v)) {
             continue;
         }
-        let name = name.to_ascii_lowercase();
+        // Only a changed header is named in the result (lowercase, a copy if it was not).
+        let name = lowercase(name.clone());
         if old.clone().next().is_some() {
             ops.push(HeaderOp::Remove(name.clone()));
         }
-        ops.extend(
-            new.by_ref()
-                .map(|v| HeaderOp::Add(name.clone(), v.to_owned())),
-        );
+        ops.extend(new.map(|v| HeaderOp::Add(name.clone(), v.clone())));
     }
     ops
 }
 
 /// Replaces every value of `name` with one `value` (at the first one's position).
-fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+fn set_header<N, V>(headers: &mut Vec<(N, V)>, name: N, value: V)
+where
+    N: AsRef<str>,
+{
     match headers
         .iter()
-        .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        .position(|(n, _)| n.as_ref().eq_ignore_ascii_case(name.as_ref()))
     {
         Some(first) => {
-            headers[first].1 = value.to_owned();
+            headers[first].1 = value;
             let mut i = 0;
             headers.retain(|(n, _)| {
-                let keep = i <= first || !n.eq_ignore_ascii_case(name);
+                let keep = i <= first || !n.as_ref().eq_ignore_ascii_case(name.as_ref());
                 i += 1;
                 keep
             });
         }
-        None => headers.push((name.to_owned(), value.to_owned())),
+        None => headers.push((name, value)),
     }
 }
 
-fn remove_header(headers: &mut Vec<(String, String)>, name: &str) {
-    headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+fn remove_header<N: AsRef<str>, V>(headers: &mut Vec<(N, V)>, name: &str) {
+    headers.retain(|(n, _)| !n.as_ref().eq_ignore_ascii_case(name));
 }
-
 /// Kong's `set_consumer` of its authentication plugins: the upstream `X-Consumer-*`,
 /// `X-Credential-Identifier` and `X-Anonymous-Consumer` headers, and the identity later
 /// plugins see.
-fn authenticate(
-    engine: &PluginEngine,
-    ex: &mut Exchange,
+fn authenticate<'a>(
+    engine: &'a PluginEngine,
+    ex: &mut Exchange<'a>,
     consumer: usize,
-    credential: Option<String>,
+    credential: Option<&'a str>,
 ) {
     let info = engine.consumer(consumer);
     let fields = [
-        ("x-consumer-id", info.map(|c| c.id.clone())),
+        ("x-consumer-id", info.map(|c| c.id.as_str())),
         (
             "x-consumer-custom-id",
-            info.and_then(|c| c.custom_id.clone()),
+            info.and_then(|c| c.custom_id.as_deref()),
         ),
-        ("x-consumer-username", info.and_then(|c| c.username.clone())),
-        ("x-credential-identifier", credential.clone()),
+        (
+            "x-consumer-username",
+            info.and_then(|c| c.username.as_deref()),
+        ),
+        ("x-credential-identifier", credential),
     ];
     for (name, value) in fields {
         match value {
-            Some(v) => ex.set_header(name, &v),
+            Some(v) => ex.set_header(name, v),
             None => ex.clear_header(name),
         }
     }
@@ -1008,9 +1078,9 @@ fn authenticate(
 
 /// An authentication plugin's failure, or its `anonymous` consumer (Kong's logical OR between
 /// authentication plugins).
-fn fail_or_anonymous(
-    engine: &PluginEngine,
-    ex: &mut Exchange,
+fn fail_or_anonymous<'a>(
+    engine: &'a PluginEngine,
+    ex: &mut Exchange<'a>,
     anonymous: Option<&str>,
     failure: Exit,
 ) -> Step {

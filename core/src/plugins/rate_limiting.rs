@@ -15,6 +15,7 @@
 use super::conf::Conf;
 use super::{Counters, Exchange, Exit, PluginEngine, Step};
 use crate::document::Plugin;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Kong's periods: config field and counter key, length in seconds.
@@ -129,56 +130,62 @@ impl RateLimiting {
         })
     }
 
-    fn identifier(&self, engine: &PluginEngine, ex: &Exchange) -> String {
-        let ip = || ex.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    fn identifier<'a>(&'a self, engine: &'a PluginEngine, ex: &Exchange<'a>) -> Cow<'a, str> {
+        let ip = || Cow::Owned(ex.client_ip.map(|ip| ip.to_string()).unwrap_or_default());
         let consumer = || {
             ex.identity
                 .consumer
                 .and_then(|i| engine.consumer(i))
-                .map(|c| c.id.clone())
+                .map(|c| c.id.as_str())
         };
         let found = match &self.limit_by {
-            LimitBy::Consumer => consumer().or_else(|| ex.identity.credential.clone()),
-            LimitBy::Credential => ex.identity.credential.clone(),
+            LimitBy::Consumer => consumer().or(ex.identity.credential),
+            LimitBy::Credential => ex.identity.credential,
             LimitBy::Ip => None,
-            LimitBy::Service => ex.service.and_then(|i| engine.service_keys.get(i).cloned()),
-            LimitBy::Header(name) => ex.header(name).map(str::to_owned),
-            LimitBy::Path(path) => Some(path.clone()).filter(|p| *p == ex.client_path),
+            LimitBy::Service => ex
+                .service
+                .and_then(|i| engine.service_keys.get(i))
+                .map(String::as_str),
+            LimitBy::Header(name) => {
+                return ex
+                    .header(name)
+                    .map_or_else(ip, |value| Cow::Owned(value.to_owned()))
+            }
+            LimitBy::Path(path) => Some(path.as_str()).filter(|p| *p == ex.client_path),
         };
-        found.unwrap_or_else(ip)
+        found.map_or_else(ip, Cow::Borrowed)
     }
 
-    pub(super) fn access(
-        &self,
-        engine: &PluginEngine,
-        ex: &mut Exchange,
+    pub(super) fn access<'a>(
+        &'a self,
+        engine: &'a PluginEngine,
+        ex: &mut Exchange<'a>,
         counters: &mut dyn Counters,
     ) -> Step {
         let identifier = self.identifier(engine, ex);
         let now_s = ex.now_ms / 1000;
-        let windows: Vec<(usize, u64, u64, String)> = self
-            .limits
-            .iter()
-            .map(|&(period, limit)| {
-                let start_s = window_start(now_s, period);
-                let key = format!(
-                    "ratelimit:{}:{identifier}:{}",
-                    self.scope, PERIODS[period].0
-                );
-                (period, limit, start_s * 1000, key)
-            })
-            .collect();
+        // (period, limit, window start ms, counter key); most configs set one period.
+        let mut windows: Vec<(usize, u64, u64, String)> = Vec::with_capacity(self.limits.len());
+        for &(period, limit) in &self.limits {
+            let start_s = window_start(now_s, period);
+            let name = PERIODS[period].0;
+            let mut key = String::with_capacity(
+                "ratelimit:::".len() + self.scope.len() + identifier.len() + name.len(),
+            );
+            for part in ["ratelimit:", &self.scope, ":", &identifier, ":", name] {
+                key.push_str(part);
+            }
+            windows.push((period, limit, start_s * 1000, key));
+        }
         // Kong reads every period's usage, refuses when one is spent, else counts the request.
         // With one period the increment alone decides (it refuses at the limit and counts
         // nothing then): one counter round trip per request instead of two.
-        let mut usage: Vec<u64> = if windows.len() == 1 {
-            vec![0]
-        } else {
-            windows
-                .iter()
-                .map(|(_, _, start, key)| counters.usage(key, *start))
-                .collect()
-        };
+        let mut usage = [0; PERIODS.len()];
+        if windows.len() > 1 {
+            for (used, (_, _, start, key)) in usage.iter_mut().zip(&windows) {
+                *used = counters.usage(key, *start);
+            }
+        }
         let mut stop = windows
             .iter()
             .zip(&usage)
@@ -197,7 +204,7 @@ impl RateLimiting {
             }
         }
 
-        let mut headers: Vec<(&'static str, String)> = Vec::new();
+        let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(windows.len() * 2 + 3);
         let mut best: Option<(u64, u64, u64)> = None; // (remaining, window, limit)
         let mut reset = 1;
         for (i, (period, limit, start, _)) in windows.iter().enumerate() {
@@ -228,12 +235,13 @@ impl RateLimiting {
             headers.clear();
         }
         if stop.is_none() {
+            ex.response.steps.reserve(headers.len());
             for (name, value) in headers {
                 ex.response.set(name, value);
             }
             return Ok(());
         }
-        for (name, value) in &headers {
+        for &(name, ref value) in &headers {
             ex.response.set(name, value.clone());
         }
         let mut exit = Exit::error(self.error_code, &self.error_message);

@@ -181,7 +181,7 @@ impl RequestTransformer {
 
     pub(super) fn access(&self, ex: &mut Exchange) -> Step {
         if let Some(method) = &self.http_method {
-            ex.method = method.clone();
+            ex.method = method.clone().into();
             ex.method_changed = true;
         }
         for (name, _) in &self.remove.headers {
@@ -193,7 +193,7 @@ impl RequestTransformer {
         for (old, new) in &self.rename.headers {
             if let Some(value) = ex.header(old).map(str::to_owned) {
                 ex.clear_header(old);
-                ex.set_header(new, &value);
+                ex.set_header(new.clone(), value);
             }
         }
         for (old, new) in &self.rename.querystring {
@@ -204,7 +204,7 @@ impl RequestTransformer {
         }
         for (name, value) in &self.replace.headers {
             if ex.header(name).is_some() {
-                ex.set_header(name, value);
+                ex.set_header(name.clone(), value.clone());
             }
         }
         for (name, value) in &self.replace.querystring {
@@ -213,12 +213,12 @@ impl RequestTransformer {
             }
         }
         if let Some(uri) = &self.uri {
-            ex.upstream_path = uri.clone();
+            ex.upstream_path = uri.clone().into();
             ex.path_changed = true;
         }
         for (name, value) in &self.add.headers {
             if ex.header(name).is_none() {
-                ex.set_header(name, value);
+                ex.set_header(name.clone(), value.clone());
             }
         }
         for (name, value) in &self.add.querystring {
@@ -227,7 +227,8 @@ impl RequestTransformer {
             }
         }
         for (name, value) in &self.append.headers {
-            ex.headers.push((name.to_ascii_lowercase(), value.clone()));
+            ex.headers
+                .push((name.to_ascii_lowercase().into(), value.clone().into()));
         }
         for (name, value) in &self.append.querystring {
             ex.query.push(name, value);

@@ -34,18 +34,18 @@ impl HeaderTransform {
         }
         for (old, new) in &self.rename {
             if let Some(value) = first(old) {
-                super::set_header(headers, new, &value);
+                super::set_header(headers, new.clone(), value);
                 super::remove_header(headers, old);
             }
         }
         for (name, value) in &self.replace {
             if had(name) {
-                super::set_header(headers, name, value);
+                super::set_header(headers, name.clone(), value.clone());
             }
         }
         for (name, value) in &self.add {
             if !had(name) {
-                super::set_header(headers, name, value);
+                super::set_header(headers, name.clone(), value.clone());
             }
         }
         for (name, value) in &self.append {

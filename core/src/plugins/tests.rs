@@ -77,10 +77,10 @@ impl Req {
         self.now_ms = now_ms;
         self
     }
-    fn run(&self, e: &PluginEngine) -> PluginOutcome {
+    fn run(&self, e: &PluginEngine) -> PluginOutcome<'static> {
         self.run_with(e, &mut MemoryCounters::default())
     }
-    fn run_with(&self, e: &PluginEngine, counters: &mut dyn Counters) -> PluginOutcome {
+    fn run_with(&self, e: &PluginEngine, counters: &mut dyn Counters) -> PluginOutcome<'static> {
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
@@ -98,7 +98,7 @@ impl Req {
             now_ms: self.now_ms,
             random: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
         };
-        e.access(&request, counters)
+        e.access(&request, counters).into_owned()
     }
 }
 
@@ -1282,7 +1282,7 @@ fn perform(headers: &[(String, String)], ops: &[HeaderOp]) -> Vec<(String, Strin
     for op in ops {
         match op {
             HeaderOp::Remove(name) => out.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
-            HeaderOp::Add(name, value) => out.push((name.clone(), value.clone())),
+            HeaderOp::Add(name, value) => out.push((name.to_string(), value.to_string())),
         }
     }
     out
@@ -1364,14 +1364,14 @@ fn header_diff_names_only_what_changed() {
         ("x-multi", "a"),
         ("X-Multi", "b"),
     ];
-    let after: Vec<(String, String)> = [
+    let after: Vec<(Cow<'_, str>, Cow<'_, str>)> = [
         ("x-keep", "1"),
         ("x-multi", "a"),
         ("x-multi", "c"),
         ("x-consumer-id", "c-1"),
     ]
     .iter()
-    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .map(|&(n, v)| (n.into(), v.into()))
     .collect();
     assert_eq!(
         diff_headers(&before, &after),
@@ -1383,7 +1383,7 @@ fn header_diff_names_only_what_changed() {
             HeaderOp::Add("x-consumer-id".into(), "c-1".into()),
         ]
     );
-    let same: Vec<(String, String)> = vec![("x-keep".into(), "1".into())];
+    let same: Vec<(Cow<'_, str>, Cow<'_, str>)> = vec![("x-keep".into(), "1".into())];
     assert!(diff_headers(&[("X-Keep", "1"), (":authority", "a")], &same).is_empty());
 }
 
