@@ -338,6 +338,66 @@ pub fn route_host(i: usize) -> String {
     format!("r{i}.bench.test")
 }
 
+/// Revision `revision` (1, 2, ...) of `document` (a [`bench_document`]): its first route renamed
+/// `r0-rev<revision>`, so the control plane serves a new config whose routing is unchanged.
+pub fn bench_document_revision(document: &Value, revision: usize) -> Value {
+    let mut next = document.clone();
+    next["services"][0]["routes"][0]["name"] = json!(format!("r0-rev{revision}"));
+    next
+}
+
+/// The sha256 the filter logs for `document` served by the control plane (that of its
+/// canonical JSON).
+pub fn served_sha256(document: &Value) -> String {
+    use fallback_core::digest::{canonical_json, Sha256Digest};
+    Sha256Digest::of(&canonical_json(document)).to_string()
+}
+
+/// What the filter logs, once per VM, when it applies a config (parses and compiles it).
+pub const APPLIED: &str = "now serves config generation ";
+/// What the filter logs when its fetch leader took a new control plane config (fetched,
+/// validated and published it for every VM).
+pub const FETCHED: &str = "serving the config from control plane ";
+
+/// A line of the filter's about a config in Envoy's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigLine {
+    /// The Envoy thread id of the line (`[%t]`): the main thread or a worker.
+    pub thread: String,
+    /// The sha256 of the config.
+    pub sha256: String,
+}
+
+/// The lines of `log` (Envoy's default log format, `[date time][thread][level][logger] ...`)
+/// holding `needle` ([`APPLIED`], [`FETCHED`]) and a `sha256 <hex>`, in order.
+pub fn config_lines(log: &str, needle: &str) -> Vec<ConfigLine> {
+    log.lines()
+        .filter(|line| line.contains(needle))
+        .filter_map(|line| {
+            let sha256 = line.split("sha256 ").nth(1)?;
+            let end = sha256
+                .find(|c: char| !c.is_ascii_hexdigit())
+                .unwrap_or(sha256.len());
+            Some(ConfigLine {
+                thread: log_thread(line)?.to_owned(),
+                sha256: sha256[..end].to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The thread id of Envoy's main thread in `log` (the one that logs `starting main dispatch
+/// loop`); every other thread that applies a config is a worker.
+pub fn main_thread(log: &str) -> Option<&str> {
+    log.lines()
+        .find(|line| line.contains("starting main dispatch loop"))
+        .and_then(log_thread)
+}
+
+fn log_thread(line: &str) -> Option<&str> {
+    line.strip_prefix('[')?.split("][").nth(1)
+}
+
 /// What `wrk --latency` reported for one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WrkReport {
@@ -349,6 +409,8 @@ pub struct WrkReport {
     pub p50_us: f64,
     /// See `p50_us`.
     pub p99_us: f64,
+    /// The slowest request, in µs (the `Max` column of the `Latency` line).
+    pub max_us: f64,
     /// Responses with a status outside 2xx/3xx.
     pub non_2xx_3xx: u64,
     /// Connect, read, write errors and timeouts.
@@ -360,7 +422,7 @@ pub fn parse_wrk(output: &str) -> Result<WrkReport, String> {
     let missing = |what: &str| format!("wrk's output has no {what}:\n{output}");
     let mut requests = None;
     let mut rps = None;
-    let (mut p50, mut p99) = (None, None);
+    let (mut p50, mut p99, mut max) = (None, None, None);
     let mut non = 0;
     let mut socket_errors = 0;
     for line in output.lines().map(str::trim) {
@@ -368,6 +430,13 @@ pub fn parse_wrk(output: &str) -> Result<WrkReport, String> {
         match (words.next(), words.next()) {
             (Some("50%"), Some(v)) => p50 = Some(duration_us(v)?),
             (Some("99%"), Some(v)) => p99 = Some(duration_us(v)?),
+            // `Latency  <avg> <stdev> <max> <+/- stdev>` (not `Latency Distribution`).
+            (Some("Latency"), Some(avg)) if avg != "Distribution" => {
+                let v = words
+                    .nth(1)
+                    .ok_or_else(|| missing("Max on the Latency line"))?;
+                max = Some(duration_us(v)?);
+            }
             (Some("Requests/sec:"), Some(v)) => rps = v.parse().ok(),
             (Some(n), Some("requests")) => requests = n.parse().ok(),
             (Some("Non-2xx"), _) => {
@@ -391,6 +460,7 @@ pub fn parse_wrk(output: &str) -> Result<WrkReport, String> {
         rps: rps.ok_or_else(|| missing("`Requests/sec:` line"))?,
         p50_us: p50.ok_or_else(|| missing("50% latency (was --latency given?)"))?,
         p99_us: p99.ok_or_else(|| missing("99% latency (was --latency given?)"))?,
+        max_us: max.ok_or_else(|| missing("`Latency` line with the maximum"))?,
         non_2xx_3xx: non,
         socket_errors,
     })
@@ -516,6 +586,7 @@ Transfer/sec:    819.80KB
         assert_eq!(r.rps, 5238.46);
         assert_eq!(r.p50_us, 812.0);
         assert_eq!(r.p99_us, 1_020_000.0);
+        assert_eq!(r.max_us, 21_500.0);
         assert_eq!(r.non_2xx_3xx, 7);
         assert_eq!(r.socket_errors, 3);
     }
@@ -524,6 +595,12 @@ Transfer/sec:    819.80KB
     fn wrk_report_without_percentiles_is_an_error() {
         let without = WRK.replace("     99%    1.02s\n", "");
         assert!(parse_wrk(&without).unwrap_err().contains("99% latency"));
+        let without_max = WRK.replace("    Latency     6.10ms    1.20ms  21.50ms   88.00%\n", "");
+        assert!(parse_wrk(&without_max).unwrap_err().contains("maximum"));
+        let cut = WRK.replace("6.10ms    1.20ms  21.50ms   88.00%", "6.10ms");
+        assert!(parse_wrk(&cut)
+            .unwrap_err()
+            .contains("Max on the Latency line"));
         assert!(duration_us("12").is_err());
         assert!(duration_us("1.0x").is_err());
     }
@@ -560,6 +637,44 @@ Transfer/sec:    819.80KB
         assert!(text.contains("\"filename\": \"${WASM_PATH}\""));
         assert!(text.contains("ORIGINAL_DST"));
         assert!(!bench_bootstrap(false, HandOff::Static, 9).contains("wasm"));
+    }
+
+    #[test]
+    fn reads_the_configs_each_thread_applied_and_fetched() {
+        let log = "\
+[2026-11-30 17:33:59.482][32193][info][main] [source/server/server.cc:1098] starting main dispatch loop
+[2026-11-30 17:33:59.829][32193][info][wasm] [context.cc:1151] wasm log fallback fallback: fallback: this worker now serves config generation 1 (control_plane config, revision 0, sha256 4443a4)
+[2026-11-30 17:33:59.832][32267][info][wasm] [context.cc:1151] wasm log fallback fallback: fallback: this worker now serves config generation 12 (fallback config, revision 17, sha256 bb01)
+[2026-11-30 17:33:59.900][32267][info][wasm] [context.cc:1151] wasm log fallback fallback: fallback: serving the config from control plane fallback_cp (sha256 4443a4)
+";
+        let line = |thread: &str, sha256: &str| ConfigLine {
+            thread: thread.into(),
+            sha256: sha256.into(),
+        };
+        assert_eq!(main_thread(log), Some("32193"));
+        assert_eq!(main_thread("no dispatch loop yet"), None);
+        assert_eq!(
+            config_lines(log, APPLIED),
+            vec![line("32193", "4443a4"), line("32267", "bb01")]
+        );
+        assert_eq!(config_lines(log, FETCHED), vec![line("32267", "4443a4")]);
+    }
+
+    #[test]
+    fn a_document_revision_is_a_new_config_with_the_same_routing() {
+        let doc = bench_document(3, true, "127.0.0.1:9");
+        let next = bench_document_revision(&doc, 2);
+        assert_ne!(served_sha256(&doc), served_sha256(&next));
+        assert_ne!(
+            served_sha256(&bench_document_revision(&doc, 1)),
+            served_sha256(&next)
+        );
+        assert_eq!(next["services"][0]["routes"][0]["name"], "r0-rev2");
+        assert_eq!(next["services"][1], doc["services"][1]);
+        let loaded =
+            fallback_core::document::ConfigDocument::from_slice(next.to_string().as_bytes())
+                .expect("the revision loads");
+        assert_eq!(loaded.document.routes.len(), 3);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! bench-proxy [--duration SECS] [--rounds N] [--connections N] [--only N,P,...] [--out PATH]
+//! bench-proxy --apply [--apply-every SECS] [--duration SECS] [--rounds N] [--out PATH]
 //! ```
 //!
 //! Each variant runs its own Envoy 1.40 (`--concurrency 1`) holding a `direct_response`
@@ -13,6 +14,10 @@
 //! when every answer was a 200 from the upstream: the proxy listener answered nothing but 2xx,
 //! and the upstream listener served at least as many requests as the proxy completed.
 //! See `wasm_tests::bench` for the bootstraps and configs.
+//!
+//! `--apply` measures F10k alone, alternating a steady run with a run during which the control
+//! plane serves a new 10,000-route config every few seconds; each new config must show up in
+//! Envoy's log as applied by the worker thread during the run, or the run fails.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,19 +25,22 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::process::Command;
 use wasm_tests::bench::{
-    bench_bootstrap, bench_document, clock_ticks_per_second, cpu_ticks, parse_wrk, route_host,
-    with_upstream_listener, HandOff, Machine, WrkReport, API_KEY, PROXY_STATS, UPSTREAM_MARK,
+    bench_bootstrap, bench_document, bench_document_revision, clock_ticks_per_second, config_lines,
+    cpu_ticks, main_thread, parse_wrk, route_host, served_sha256, with_upstream_listener,
+    ConfigLine, HandOff, Machine, WrkReport, API_KEY, APPLIED, FETCHED, PROXY_STATS, UPSTREAM_MARK,
     UPSTREAM_STATS,
 };
 use wasm_tests::demo_cli::{self, Flag};
 use wasm_tests::envoy::{bootstrap_template, default_wasm_path, parse_stat, EnvoyOptions};
 use wasm_tests::http::request_with_timeout;
 use wasm_tests::tools::target_dir;
-use wasm_tests::{free_port, Envoy, MockCp};
+use wasm_tests::{etag_of, free_port, Envoy, MockCp};
 
 const USAGE: &str = "\
 usage: bench-proxy [--duration SECS] [--rounds N] [--connections N] [--only N,P,...]
                    [--compare-wasm PATH[,PATH...]] [--out PATH]
+       bench-proxy --apply [--apply-every SECS] [--duration SECS] [--rounds N]
+                   [--connections N] [--out PATH]
 
 Runs Envoy (--concurrency 1) in each variant and loads it with wrk; prints rps, p50, p99 and
 Envoy's CPU time per request, with the ratio to P (the minimal wasm filter), and writes them as
@@ -59,8 +67,19 @@ options:
   --compare-wasm PATHS  also run each selected F variant with each of these builds of the
                      filter (comma-separated), named with a trailing `~` (F1k~; F1k~1, F1k~2
                      for several): builds side by side in one run
-  --out PATH         the JSON report [default: <target dir>/bench-proxy.json]
-  -h, --help         show this help";
+  --apply            measure F10k while new configs are applied (below)
+  --apply-every SECS with --apply: seconds between new configs [default: 2]
+  --out PATH         the JSON report [default: <target dir>/bench-proxy.json, with --apply
+                     <target dir>/bench-proxy-apply.json]
+  -h, --help         show this help
+
+--apply: latency while a 10,000-route config is applied on the loaded proxy. Runs F10k alone
+(the filter polling the control plane every 500 ms) and alternates, in every round, a steady
+run (config unchanged) with an apply run, during which the control plane serves a new revision
+of the config (one route renamed) from 1 s in, every --apply-every SECS, until 3 s
+before the end. A run fails unless Envoy's log shows the worker applying every revision served
+during it (and none during a steady run). Prints both runs of each round with the max latency
+and the ratio of their p99s.";
 
 /// How a variant is built.
 #[derive(Debug, Clone, Copy)]
@@ -182,7 +201,10 @@ struct Options {
     connections: u32,
     only: Option<Vec<String>>,
     compare_wasm: Vec<std::path::PathBuf>,
-    out: std::path::PathBuf,
+    /// `None`: the default of the mode.
+    out: Option<std::path::PathBuf>,
+    /// `--apply`: seconds between new configs.
+    apply_every: Option<u64>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -192,8 +214,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         connections: 32,
         only: None,
         compare_wasm: Vec::new(),
-        out: target_dir().join("bench-proxy.json"),
+        out: None,
+        apply_every: None,
     };
+    let mut apply = false;
     let positive = |flag: &str, text: String| -> Result<u64, String> {
         text.parse::<u64>()
             .ok()
@@ -232,7 +256,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                 }
                 options.only = Some(names);
             }
-            "--out" => options.out = flag.value(&mut args, "a path")?.into(),
+            "--out" => options.out = Some(flag.value(&mut args, "a path")?.into()),
+            "--apply" => apply = true,
+            "--apply-every" => {
+                options.apply_every = Some(positive(
+                    "--apply-every",
+                    flag.value(&mut args, "seconds")?,
+                )?)
+            }
             "--compare-wasm" => {
                 for path in flag.value(&mut args, "a .wasm path")?.split(',') {
                     let path = std::path::PathBuf::from(path);
@@ -248,6 +279,21 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if apply {
+        if options.only.is_some() || !options.compare_wasm.is_empty() {
+            return Err("--apply runs F10k alone: drop --only and --compare-wasm".into());
+        }
+        if options.duration < 4 {
+            return Err(format!(
+                "--apply needs --duration 4 or more (got {}): new configs are served from 1 s \
+                 into the run until 3 s before its end, the time to apply the last one",
+                options.duration
+            ));
+        }
+        options.apply_every.get_or_insert(2);
+    } else if options.apply_every.is_some() {
+        return Err("--apply-every goes with --apply".into());
     }
     Ok(Some(options))
 }
@@ -274,8 +320,8 @@ fn main() -> ExitCode {
 struct Running {
     variant: &'static Variant,
     envoy: Envoy,
-    /// Keeps the Fallback filter's control plane alive.
-    _cp: Option<MockCp>,
+    /// The Fallback filter's control plane, and the config it serves at the start.
+    cp: Option<(MockCp, Value)>,
     host: String,
     headers: Vec<(&'static str, String)>,
     rounds: Vec<Round>,
@@ -289,6 +335,7 @@ struct Round {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    max_us: f64,
     cpu_us_per_request: f64,
     socket_errors: u64,
     load_average: [f64; 3],
@@ -309,7 +356,11 @@ fn minimal_wasm() -> Result<std::path::PathBuf, String> {
     }
 }
 
-async fn start(variant: &'static Variant) -> Result<Running, String> {
+/// Starts `variant`; `poll_interval_ms` overrides the filter's control plane poll interval.
+async fn start(
+    variant: &'static Variant,
+    poll_interval_ms: Option<u64>,
+) -> Result<Running, String> {
     let upstream_port = free_port();
     let upstream = format!("127.0.0.1:{upstream_port}");
     let project = || -> Result<String, String> {
@@ -346,7 +397,8 @@ async fn start(variant: &'static Variant) -> Result<Running, String> {
             wasm,
         } => {
             let mock = MockCp::start().await;
-            mock.set_document(&bench_document(routes, plugins, &upstream));
+            let document = bench_document(routes, plugins, &upstream);
+            mock.set_document(&document);
             options.bootstrap = Some(project()?);
             options.wasm = Some(wasm.map_or_else(default_wasm_path, std::path::Path::to_path_buf));
             options.cp = Some(("127.0.0.1".into(), mock.port()));
@@ -355,12 +407,15 @@ async fn start(variant: &'static Variant) -> Result<Running, String> {
                 "authority": mock.authority(),
                 "path": "/config",
             });
+            if let Some(ms) = poll_interval_ms {
+                options.filter_config["poll_interval_ms"] = json!(ms);
+            }
             // Routes are looked up by host: load the one in the middle of the index.
             host = route_host(routes / 2);
             if plugins {
                 headers.push(("apikey", API_KEY.to_owned()));
             }
-            cp = Some(mock);
+            cp = Some((mock, document));
         }
     }
     let envoy = Envoy::try_start(options)
@@ -369,7 +424,7 @@ async fn start(variant: &'static Variant) -> Result<Running, String> {
     let running = Running {
         variant,
         envoy,
-        _cp: cp,
+        cp,
         host,
         headers,
         rounds: Vec::new(),
@@ -450,12 +505,19 @@ async fn wrk(running: &Running, seconds: u64, connections: u32) -> Result<WrkRep
     parse_wrk(&stdout)
 }
 
-/// One measured run; `Err` when an answer was not a 200 from the upstream.
-async fn measure(running: &mut Running, options: &Options, ticks: u64) -> Result<Round, String> {
+/// One measured run, with `during` running alongside `wrk`; `Err` when an answer was not a 200
+/// from the upstream.
+async fn measure(
+    running: &Running,
+    options: &Options,
+    ticks: u64,
+    during: impl std::future::Future<Output = ()>,
+) -> Result<Round, String> {
     let pid = running.envoy.pid().ok_or("Envoy is not running any more")?;
     let before = counters(&running.envoy).await;
     let cpu_before = cpu_ticks(pid)?;
-    let report = wrk(running, options.duration, options.connections).await?;
+    let (report, ()) = tokio::join!(wrk(running, options.duration, options.connections), during);
+    let report = report?;
     let cpu_after = cpu_ticks(pid)?;
     let after = counters(&running.envoy).await;
     let completed = after.completed - before.completed;
@@ -484,6 +546,7 @@ async fn measure(running: &mut Running, options: &Options, ticks: u64) -> Result
         rps: report.rps,
         p50_us: report.p50_us,
         p99_us: report.p99_us,
+        max_us: report.max_us,
         cpu_us_per_request: cpu_s * 1e6 / report.requests as f64,
         socket_errors: report.socket_errors,
         load_average: Machine::read().load_average,
@@ -496,13 +559,55 @@ fn best(rounds: &[Round]) -> Option<&Round> {
         .min_by(|a, b| a.cpu_us_per_request.total_cmp(&b.cpu_us_per_request))
 }
 
-async fn run(options: Options) -> Result<bool, String> {
+/// Errors when wrk is not installed.
+fn check_wrk() -> Result<(), String> {
     let wrk_bin = wasm_tests::tools::workspace_root().join(".tools/bin/wrk");
     if std::env::var_os("FALLBACK_WRK_BIN").is_none() && !wrk_bin.is_file() {
         return Err(format!(
             "{} not found: run `make tools` (it installs Debian's wrk)",
             wrk_bin.display()
         ));
+    }
+    Ok(())
+}
+
+/// Reads the machine and says what runs on it.
+fn announce(options: &Options) -> Machine {
+    let machine = Machine::read();
+    println!(
+        "bench-proxy: {} CPUs ({}), load average {:?}; Envoy --concurrency 1, wrk -t1 -c{}, {} s x {} rounds",
+        machine.nproc, machine.cpu_model, machine.load_average, options.connections,
+        options.duration, options.rounds
+    );
+    machine
+}
+
+/// The settings of a run, for the JSON report.
+fn settings(options: &Options) -> Value {
+    json!({
+        "envoy_concurrency": 1,
+        "wrk_threads": 1,
+        "connections": options.connections,
+        "duration_s": options.duration,
+        "rounds": options.rounds,
+    })
+}
+
+/// Writes `report` to `path` as pretty JSON.
+fn write_report(path: &std::path::Path, report: &Value) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(report).expect("JSON of a Value");
+    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+async fn run(options: Options) -> Result<bool, String> {
+    check_wrk()?;
+    if options.apply_every.is_some() {
+        return run_apply(options).await;
     }
     let mut selected: Vec<&'static Variant> = VARIANTS
         .iter()
@@ -558,12 +663,7 @@ async fn run(options: Options) -> Result<bool, String> {
             .collect();
     }
     let ticks = clock_ticks_per_second();
-    let machine = Machine::read();
-    println!(
-        "bench-proxy: {} CPUs ({}), load average {:?}; Envoy --concurrency 1, wrk -t1 -c{}, {} s x {} rounds",
-        machine.nproc, machine.cpu_model, machine.load_average, options.connections,
-        options.duration, options.rounds
-    );
+    let machine = announce(&options);
     let mut running = Vec::new();
     let mut not_started = Vec::new();
     for variant in selected {
@@ -571,7 +671,7 @@ async fn run(options: Options) -> Result<bool, String> {
             "bench-proxy: starting {} ({})",
             variant.name, variant.description
         );
-        match start(variant).await {
+        match start(variant, None).await {
             Ok(r) => running.push(r),
             Err(e) => {
                 eprintln!("bench-proxy: {e}");
@@ -585,7 +685,7 @@ async fn run(options: Options) -> Result<bool, String> {
     }
     for round in 1..=options.rounds {
         for r in running.iter_mut().filter(|r| r.failure.is_none()) {
-            match measure(r, &options, ticks).await {
+            match measure(r, &options, ticks, std::future::ready(())).await {
                 Ok(m) => {
                     eprintln!(
                         "bench-proxy: round {round} {:<5} {:>8.0} rps  {:>6.1} µs CPU/request  load {:?}",
@@ -658,23 +758,281 @@ async fn run(options: Options) -> Result<bool, String> {
     let json = json!({
         "machine": machine,
         "load_average_after": load_after,
-        "settings": {
-            "envoy_concurrency": 1,
-            "wrk_threads": 1,
-            "connections": options.connections,
-            "duration_s": options.duration,
-            "rounds": options.rounds,
-        },
+        "settings": settings(&options),
         "variants": Value::Array(report),
     });
-    if let Some(dir) = options.out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(&json).expect("JSON of a Value");
-    std::fs::write(&options.out, text)
-        .map_err(|e| format!("write {}: {e}", options.out.display()))?;
-    println!("written to {}", options.out.display());
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bench-proxy.json"));
+    write_report(&out, &json)?;
     Ok(not_started.is_empty() && running.iter().all(|r| r.failure.is_none()))
+}
+
+/// `--apply`: the filter's control plane poll interval, so a new config is fetched within the run.
+const APPLY_POLL_INTERVAL_MS: u64 = 500;
+/// `--apply`: new configs are served from this far into a run...
+const APPLY_FIRST: Duration = Duration::from_secs(1);
+/// ...until this long before its end, the time to apply the last one.
+const APPLY_MARGIN: Duration = Duration::from_secs(3);
+
+/// One run of `--apply`.
+#[derive(Debug, serde::Serialize)]
+struct ApplyRun {
+    round: usize,
+    /// `steady` or `apply`.
+    run: &'static str,
+    measured: Option<Round>,
+    /// New configs the control plane served during the run.
+    configs_served: usize,
+    /// Those the worker thread applied during the run (in a steady run: any config applied).
+    configs_applied: usize,
+    /// Those the worker also fetched, validated and published, as the fetch leader.
+    configs_fetched_by_worker: usize,
+    /// Those the main thread's VM fetched, validated and published, as the fetch leader.
+    configs_fetched_by_main: usize,
+    failure: Option<String>,
+}
+
+/// A new config to serve: its body, ETag, and the sha256 the filter logs when it applies it.
+struct Revision {
+    body: bytes::Bytes,
+    etag: String,
+    sha256: String,
+}
+
+fn revision(document: &Value) -> Revision {
+    let body = bytes::Bytes::from(serde_json::to_vec(document).expect("JSON of a Value"));
+    Revision {
+        etag: etag_of(&body),
+        body,
+        sha256: served_sha256(document),
+    }
+}
+
+/// The lines with `needle` ([`APPLIED`], [`FETCHED`]) in `log` from byte `from`, split into
+/// (worker threads', main thread's).
+fn lines_since(
+    log: &str,
+    from: usize,
+    main_thread: &str,
+    needle: &str,
+) -> (Vec<ConfigLine>, Vec<ConfigLine>) {
+    config_lines(log.get(from..).unwrap_or_default(), needle)
+        .into_iter()
+        .partition(|line| line.thread != main_thread)
+}
+
+/// `--apply`: see the usage.
+async fn run_apply(options: Options) -> Result<bool, String> {
+    let every = Duration::from_secs(options.apply_every.expect("--apply"));
+    let variant = VARIANTS
+        .iter()
+        .find(|v| v.name == "F10k")
+        .expect("F10k is a variant");
+    let ticks = clock_ticks_per_second();
+    let machine = announce(&options);
+    eprintln!(
+        "bench-proxy: starting {} ({}), polling the control plane every {APPLY_POLL_INTERVAL_MS} ms",
+        variant.name, variant.description
+    );
+    let running = start(variant, Some(APPLY_POLL_INTERVAL_MS)).await?;
+    let (cp, document) = running.cp.as_ref().expect("F10k has a control plane");
+    // The same bytes, pre-serialised like every revision, so the mock does no work during runs.
+    let first = revision(document);
+    cp.set_raw_body(first.body, Some(&first.etag));
+    let log = running.envoy.log();
+    let main = main_thread(&log)
+        .ok_or_else(|| {
+            format!(
+                "Envoy's log has no `starting main dispatch loop` line to tell the main thread \
+                 from the worker:\n{}",
+                running.envoy.log_tail(20)
+            )
+        })?
+        .to_owned();
+    let run_length = Duration::from_secs(options.duration);
+    let schedule: Vec<Duration> = (0u32..)
+        .map(|i| APPLY_FIRST + every * i)
+        .take_while(|at| *at + APPLY_MARGIN <= run_length)
+        .collect();
+    eprintln!("bench-proxy: warming up {}", variant.name);
+    wrk(&running, 2, options.connections).await?;
+
+    let mut runs: Vec<ApplyRun> = Vec::new();
+    let mut next_revision = 1;
+    'rounds: for round in 1..=options.rounds {
+        for applying in [false, true] {
+            let revisions: Vec<Revision> = if applying {
+                let from = next_revision;
+                next_revision += schedule.len();
+                (from..next_revision)
+                    .map(|k| revision(&bench_document_revision(document, k)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let serve = async {
+                let started = tokio::time::Instant::now();
+                for (at, r) in schedule.iter().zip(&revisions) {
+                    tokio::time::sleep_until(started + *at).await;
+                    cp.set_raw_body(r.body.clone(), Some(&r.etag));
+                }
+            };
+            let log_from = running.envoy.log().len();
+            let measured = measure(&running, &options, ticks, serve).await;
+            // Envoy flushes its log every 100 ms.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let log = running.envoy.log();
+            let (applied, _) = lines_since(&log, log_from, &main, APPLIED);
+            let (fetched, fetched_by_main) = lines_since(&log, log_from, &main, FETCHED);
+            let served_in = |lines: &[ConfigLine]| {
+                revisions
+                    .iter()
+                    .filter(|r| lines.iter().any(|l| l.sha256 == r.sha256))
+                    .count()
+            };
+            let applied_served = served_in(&applied);
+            let failure = match &measured {
+                Err(e) => Some(e.clone()),
+                Ok(_) if applying && applied_served < revisions.len() => Some(format!(
+                    "the worker applied {applied_served} of the {} configs served during the \
+                     run (check Envoy's log)",
+                    revisions.len()
+                )),
+                Ok(_) if !applying && !applied.is_empty() => Some(format!(
+                    "the worker applied {} config(s) during a steady run",
+                    applied.len()
+                )),
+                Ok(_) => None,
+            };
+            let run = ApplyRun {
+                round,
+                run: if applying { "apply" } else { "steady" },
+                measured: measured.ok(),
+                configs_served: revisions.len(),
+                configs_applied: if applying {
+                    applied_served
+                } else {
+                    applied.len()
+                },
+                configs_fetched_by_worker: served_in(&fetched),
+                configs_fetched_by_main: served_in(&fetched_by_main),
+                failure,
+            };
+            match (&run.failure, &run.measured) {
+                (None, Some(m)) => eprintln!(
+                    "bench-proxy: round {round} {:<6} {:>8.0} rps  p99 {}  max {}  {:>6.1} µs CPU/request  {} of {} configs applied by the worker, fetched by worker/main {}/{}  load {:?}",
+                    run.run, m.rps, latency(m.p99_us), latency(m.max_us), m.cpu_us_per_request,
+                    run.configs_applied, run.configs_served, run.configs_fetched_by_worker,
+                    run.configs_fetched_by_main, m.load_average
+                ),
+                (failure, _) => eprintln!(
+                    "bench-proxy: round {round} {} FAILED: {}",
+                    run.run,
+                    failure.as_deref().unwrap_or("not measured")
+                ),
+            }
+            let failed = run.failure.is_some();
+            runs.push(run);
+            if failed {
+                break 'rounds;
+            }
+        }
+    }
+    let load_after = Machine::read().load_average;
+
+    println!();
+    println!(
+        "| round | run | rps | p50 | p99 | max | Envoy CPU per request | configs applied by the worker | fetched by worker / main thread |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    let what = |r: &ApplyRun| {
+        if r.run == "apply" {
+            format!("a new 10,000-route config every {} s", every.as_secs())
+        } else {
+            "steady (config unchanged)".to_owned()
+        }
+    };
+    for r in &runs {
+        match (&r.failure, &r.measured) {
+            (None, Some(m)) => println!(
+                "| {} | {} | {:.0} | {} | {} | {} | {:.0} µs | {} of {} | {} / {} |",
+                r.round,
+                what(r),
+                m.rps,
+                latency(m.p50_us),
+                latency(m.p99_us),
+                latency(m.max_us),
+                m.cpu_us_per_request,
+                r.configs_applied,
+                r.configs_served,
+                r.configs_fetched_by_worker,
+                r.configs_fetched_by_main,
+            ),
+            (failure, _) => println!(
+                "| {} | {} | FAILED: {} | | | | | {} of {} | {} / {} |",
+                r.round,
+                what(r),
+                failure.as_deref().unwrap_or("not measured"),
+                r.configs_applied,
+                r.configs_served,
+                r.configs_fetched_by_worker,
+                r.configs_fetched_by_main,
+            ),
+        }
+    }
+    // Each round's apply run against its own steady run.
+    let ratios: Vec<(usize, f64)> = runs
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [steady, apply] if steady.failure.is_none() && apply.failure.is_none() => {
+                let (s, a) = (steady.measured.as_ref()?, apply.measured.as_ref()?);
+                Some((steady.round, a.p99_us / s.p99_us))
+            }
+            _ => None,
+        })
+        .collect();
+    let worst = ratios.iter().map(|(_, r)| *r).reduce(f64::max);
+    println!(
+        "\np99 while applying / steady p99: {}{}",
+        ratios
+            .iter()
+            .map(|(round, r)| format!("round {round} {r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        worst.map_or(" (no complete round)".into(), |w| format!(
+            "; worst {w:.2} (target: below 3)"
+        )),
+    );
+    println!(
+        "wrk is closed-loop ({} connections): while the worker compiles a config it serves \
+         nothing, and only the {} requests in flight wait, the whole stall (the max column); \
+         wrk's percentiles add, for each slow request, the requests its connection would have \
+         sent meanwhile at its average pace (coordinated-omission correction), so p99 is what \
+         clients arriving at that rate would see.",
+        options.connections, options.connections
+    );
+    println!("load average at the end {load_after:?}");
+    let json = json!({
+        "machine": machine,
+        "load_average_after": load_after,
+        "settings": settings(&options),
+        "apply": {
+            "variant": variant.name,
+            "description": variant.description,
+            "poll_interval_ms": APPLY_POLL_INTERVAL_MS,
+            "every_s": every.as_secs(),
+            "runs": runs,
+            "p99_ratio_per_round": ratios.iter().map(|(_, r)| r).collect::<Vec<_>>(),
+            "worst_p99_ratio": worst,
+        },
+    });
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bench-proxy-apply.json"));
+    write_report(&out, &json)?;
+    Ok(runs.iter().all(|r| r.failure.is_none()) && runs.len() == 2 * options.rounds)
 }
 
 fn latency(us: f64) -> String {
