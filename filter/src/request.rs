@@ -11,7 +11,7 @@ use fallback_core::plugins::{
     HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
 use fallback_core::router::{RequestView, RouteOutcome};
-use fallback_core::shared_data::SharedCounters;
+use fallback_core::shared_data::{Leases, SharedCounters};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::borrow::Cow;
@@ -28,6 +28,10 @@ thread_local! {
     /// Hand-over targets whose refusal this worker has logged (once each: it repeats on every
     /// request until the proxy's configuration is fixed).
     static REFUSALS_LOGGED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+
+    /// This worker's leased rate-limiting units (`SharedCounters`): most requests count
+    /// without a shared-data round trip.
+    static LEASES: RefCell<Leases> = RefCell::new(Leases::default());
 }
 
 /// One request's filter: a snapshot of the configuration in force when it arrived.
@@ -92,10 +96,14 @@ impl RequestFilter {
             now_ms: host::now_ms(),
             random,
         };
-        let mut kv = HostSharedData;
-        let mut counters = SharedCounters::new(&mut kv);
-        let outcome = active.plugins.access(&request, &mut counters);
-        for key in &counters.contended {
+        let (outcome, contended) = LEASES.with(|leases| {
+            let mut leases = leases.borrow_mut();
+            let mut kv = HostSharedData;
+            let mut counters = SharedCounters::new(&mut kv, &mut leases);
+            let outcome = active.plugins.access(&request, &mut counters);
+            (outcome, counters.contended)
+        });
+        for key in &contended {
             crate::log(
                 LogLevel::Warn,
                 &format!("fallback: rate-limiting counter {key} could not be written; refusing"),
