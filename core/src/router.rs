@@ -237,6 +237,8 @@ pub struct Router {
     needs_headers: bool,
     needs_sni: bool,
     needs_port: bool,
+    needs_method: bool,
+    needs_scheme: bool,
     /// The candidate ranks of the request being routed, kept between requests so that
     /// routing does not allocate for them.
     scratch: RefCell<Vec<u32>>,
@@ -460,6 +462,8 @@ impl Router {
             needs_headers: false,
             needs_sni: false,
             needs_port: false,
+            needs_method: false,
+            needs_scheme: false,
             scratch: RefCell::new(Vec::new()),
         };
 
@@ -542,6 +546,10 @@ impl Router {
             let hosts: Vec<HostMatcher> = route.hosts.iter().map(|h| host_matcher(h)).collect();
             router.needs_sni |= !route.snis.is_empty();
             router.needs_port |= hosts.iter().any(|h| h.port.is_some());
+            router.needs_method |= !route.methods.is_empty();
+            // The scheme decides HTTPS-only routes, SNI matching, and the port of a Host
+            // without one (80 or 443), which only a route host with a port compares.
+            router.needs_scheme |= (https && !http) || router.needs_sni || router.needs_port;
             let match_weight = [
                 !route.methods.is_empty(),
                 !route.hosts.is_empty(),
@@ -690,6 +698,19 @@ impl Router {
     /// listener's port, for a `Host` without one) take part in matching.
     pub fn needs_port(&self) -> bool {
         self.needs_port
+    }
+
+    /// True when some route has `methods`: otherwise [`RequestView::method`] takes no part in
+    /// routing, and the filter need not read it (a host call per request).
+    pub fn needs_method(&self) -> bool {
+        self.needs_method
+    }
+
+    /// True when [`RequestView::scheme`] can change the outcome: some route is HTTPS-only, has
+    /// `snis`, or names a port in a host (the default port depends on the scheme). Otherwise
+    /// the filter need not read it.
+    pub fn needs_scheme(&self) -> bool {
+        self.needs_scheme
     }
 
     /// Routes, or parts of routes, this build cannot enforce; worth a warning in the log.

@@ -294,7 +294,10 @@ mod tests {
             kv.race_next_write("fallback.rl", b"0 2");
             let got = SharedCounters::new(&mut kv, &mut Leases::default()).increment("rl", 0, 100);
             assert_eq!(got, Some(3), "{semantics:?}");
-            assert_eq!(SharedCounters::new(&mut kv, &mut Leases::default()).usage("rl", 0), 3);
+            assert_eq!(
+                SharedCounters::new(&mut kv, &mut Leases::default()).usage("rl", 0),
+                3
+            );
         }
     }
 
@@ -385,8 +388,16 @@ mod tests {
         let mut leases = Leases::default();
         let mut counters = SharedCounters::new(&mut kv, &mut leases);
         assert_eq!(counters.increment("rl", 0, 1_000_000), Some(1));
-        assert_eq!(counters.increment("rl", 0, 1_000_000), Some(2), "from the lease");
-        assert_eq!(counters.increment("rl", 60_000, 1_000_000), Some(1), "new window");
+        assert_eq!(
+            counters.increment("rl", 0, 1_000_000),
+            Some(2),
+            "from the lease"
+        );
+        assert_eq!(
+            counters.increment("rl", 60_000, 1_000_000),
+            Some(1),
+            "new window"
+        );
         assert_eq!(counters.usage("rl", 60_000), 1);
         assert_eq!(
             kv.get("fallback.rl").0.as_deref(),

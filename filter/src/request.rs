@@ -157,7 +157,13 @@ impl HttpContext for RequestFilter {
                 None => host::request_header(name).map(Cow::Owned),
             }
         };
-        let method = header(":method").unwrap_or_default();
+        // Without the header map, :method and :scheme are each a host call: read only when a
+        // route can tell them apart (plugins read the map, so they always see both).
+        let method = if block.is_some() || active.router.needs_method() {
+            header(":method").unwrap_or_default()
+        } else {
+            Cow::Borrowed("GET")
+        };
         let authority = profile
             .host_headers
             .iter()
@@ -168,7 +174,11 @@ impl HttpContext for RequestFilter {
             from => host::read(from).map(Cow::Owned),
         }
         .unwrap_or(Cow::Borrowed("/"));
-        let scheme = header(":scheme").unwrap_or(Cow::Borrowed("http"));
+        let scheme = if block.is_some() || active.router.needs_scheme() {
+            header(":scheme").unwrap_or(Cow::Borrowed("http"))
+        } else {
+            Cow::Borrowed("http")
+        };
         let headers: Vec<(&str, &str)> = block.iter().flat_map(host::HeaderBlock::pairs).collect();
         // The TLS SNI (routes' `snis` only apply to HTTPS requests, so plain HTTP skips the
         // read) and the listener's port, which Kong compares a route host's port with when the

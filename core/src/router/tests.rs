@@ -1167,3 +1167,64 @@ fn path_handling_v1_is_joined_as_v0_with_kongs_deprecation_warning() {
         "/srv/roureq"
     );
 }
+
+#[test]
+fn method_and_scheme_are_needed_only_by_routes_that_use_them() {
+    let plain = routes(json!([
+        {"name": "a", "hosts": ["a.example", "*.b.example"], "paths": ["/a"]},
+        {"name": "b", "paths": ["/b"], "protocols": ["http", "https"]},
+        {"name": "re", "paths": ["~/r/\\d+$"]}
+    ]));
+    assert!(!plain.needs_method() && !plain.needs_scheme());
+    // Without them, the request's method and scheme change nothing: the filter may skip
+    // reading them (it routes with "GET" and "http" instead).
+    for (authority, path) in [
+        ("a.example", "/a/x"),
+        ("x.b.example", "/a"),
+        ("other", "/b"),
+        ("a.example:8443", "/a"),
+        ("other", "/r/42"),
+        ("other", "/none"),
+    ] {
+        let assumed = request("GET", authority, path);
+        for (method, scheme) in [("POST", "https"), ("DELETE", "http"), ("GET", "https")] {
+            let real = RequestView {
+                method,
+                scheme,
+                ..assumed
+            };
+            assert_eq!(
+                plain.route(&assumed),
+                plain.route(&real),
+                "{method} {scheme}://{authority}{path}"
+            );
+        }
+    }
+
+    let by_method = routes(json!([{"name": "m", "methods": ["POST"]}]));
+    assert!(by_method.needs_method() && !by_method.needs_scheme());
+    for (config, name) in [
+        (
+            json!([{"name": "h", "paths": ["/"], "protocols": ["https"]}]),
+            "https only",
+        ),
+        (
+            json!([{"name": "s", "snis": ["a.example"], "protocols": ["https"]}]),
+            "snis",
+        ),
+        (
+            json!([{"name": "p", "hosts": ["a.example:443"]}]),
+            "a host with a port",
+        ),
+    ] {
+        let r = routes(config);
+        assert!(r.needs_scheme() && !r.needs_method(), "{name}");
+    }
+    // Why a host with a port needs the scheme: a Host without a port is on 443 only over
+    // HTTPS.
+    let port = routes(json!([{"name": "p", "hosts": ["a.example:443"]}]));
+    let mut tls = request("GET", "a.example", "/");
+    assert_eq!(matched(&port, "GET", "a.example", "/"), "-");
+    tls.scheme = "https";
+    assert_eq!(forward(&port, tls).route_name, "p");
+}
