@@ -333,6 +333,66 @@ pub fn bench_document(routes: usize, plugins: bool, upstream: &str) -> Value {
     doc
 }
 
+/// The headers `key-auth` and `rate-limiting` add in F1k and F10k to the benchmark's request
+/// on its way upstream, and to its response, as the plugin engine decides them for that
+/// request: `(upstream, response)`. The PK variant carries the same headers with the minimal
+/// filter, which separates what carrying them costs Envoy (encoding them, and the upstream
+/// listener parsing them) from what the filter itself costs.
+pub fn plugin_headers() -> (Vec<(String, String)>, Vec<(String, String)>) {
+    use fallback_core::plugins::{HeaderOp, PluginEngine, PluginOutcome, PluginRequest};
+    use fallback_core::router::{RequestView, RouteOutcome, Router};
+    let doc = bench_document(1, true, "127.0.0.1:9");
+    let loaded = fallback_core::document::ConfigDocument::from_json(&doc)
+        .expect("the generated config loads");
+    let router = Router::compile(&loaded.document);
+    let engine = PluginEngine::compile(&loaded.document, &Default::default());
+    let host = route_host(0);
+    let headers = [("host", host.as_str()), ("apikey", API_KEY)];
+    let view = RequestView {
+        method: "GET",
+        authority: &host,
+        path: "/api/items",
+        scheme: "http",
+        headers: &headers,
+        sni: None,
+        port: None,
+    };
+    let RouteOutcome::Forward(forward) = router.route(&view) else {
+        panic!("the benchmark request matches route 0");
+    };
+    let request = PluginRequest {
+        method: view.method,
+        scheme: view.scheme,
+        path: view.path,
+        upstream_path: &forward.path,
+        headers: &headers,
+        client_ip: Some([127, 0, 0, 1].into()),
+        route: Some(forward.route),
+        service: Some(forward.service),
+        now_ms: 1_700_000_000_000,
+        random: 0,
+    };
+    let PluginOutcome::Forward(changes) = engine.access(
+        &request,
+        &mut fallback_core::plugins::MemoryCounters::default(),
+    ) else {
+        panic!("the benchmark request is let through");
+    };
+    let pairs = |ops: &[HeaderOp<'_>]| -> Vec<(String, String)> {
+        ops.iter()
+            .filter_map(|op| match op {
+                HeaderOp::Add(name, value) => Some((name.to_string(), value.to_string())),
+                HeaderOp::Remove(_) => None,
+            })
+            .collect()
+    };
+    let response = changes
+        .response
+        .edits_without_headers()
+        .expect("rate-limiting's headers need no response headers");
+    (pairs(&changes.request_headers), pairs(&response))
+}
+
 /// The `Host` of route `i` in [`bench_document`].
 pub fn route_host(i: usize) -> String {
     format!("r{i}.bench.test")
@@ -675,6 +735,34 @@ Transfer/sec:    819.80KB
             fallback_core::document::ConfigDocument::from_slice(next.to_string().as_bytes())
                 .expect("the revision loads");
         assert_eq!(loaded.document.routes.len(), 3);
+    }
+
+    #[test]
+    fn plugin_headers_are_the_consumer_and_rate_limit_headers() {
+        let (upstream, response) = plugin_headers();
+        let names = |pairs: &[(String, String)]| -> Vec<String> {
+            pairs.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
+        };
+        assert_eq!(
+            names(&upstream),
+            [
+                "x-consumer-id",
+                "x-consumer-username",
+                "x-credential-identifier"
+            ]
+        );
+        assert_eq!(
+            names(&response),
+            [
+                "x-ratelimit-limit-hour",
+                "x-ratelimit-remaining-hour",
+                "ratelimit-limit",
+                "ratelimit-remaining",
+                "ratelimit-reset"
+            ]
+        );
+        assert_eq!(upstream[1].1, "bench");
+        assert_eq!(response[0].1, "1000000000");
     }
 
     #[test]

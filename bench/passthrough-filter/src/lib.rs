@@ -3,7 +3,8 @@
 //! It reads `:path` and `:authority` (as any router must) and sets the request headers its
 //! plugin configuration names, a JSON object of names and values, e.g.
 //! `{"x-fallback-upstream": "127.0.0.1:8080"}`: the `host:port` the bootstrap hands to Envoy's
-//! upstream, as the Fallback filter does. Comparing the Fallback filter with this one, under the
+//! upstream, as the Fallback filter does. A name written `response:<name>` is set on the
+//! response instead (the benchmark's PK variant carries the headers Kong's plugins add). Comparing the Fallback filter with this one, under the
 //! same bootstrap, isolates what the Fallback filter itself costs per request.
 
 use proxy_wasm::hostcalls;
@@ -15,12 +16,12 @@ use std::rc::Rc;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { headers: Rc::new(Vec::new()) })
+        Box::new(Root { headers: Rc::default() })
     });
 }}
 
-/// The headers to set, in order.
-type Headers = Rc<Vec<(String, String)>>;
+/// The headers to set, in order: on the request, and (`response:` names) on the response.
+type Headers = Rc<(Vec<(String, String)>, Vec<(String, String)>)>;
 
 struct Root {
     headers: Headers,
@@ -36,7 +37,14 @@ impl RootContext for Root {
             .unwrap_or_default();
         match serde_json::from_slice::<BTreeMap<String, String>>(&raw) {
             Ok(headers) => {
-                self.headers = Rc::new(headers.into_iter().collect());
+                let (response, request): (Vec<_>, Vec<_>) = headers
+                    .into_iter()
+                    .partition(|(name, _)| name.starts_with("response:"));
+                let response = response
+                    .into_iter()
+                    .map(|(name, value)| (name["response:".len()..].to_owned(), value))
+                    .collect();
+                self.headers = Rc::new((request, response));
                 true
             }
             Err(e) => {
@@ -77,9 +85,16 @@ impl HttpContext for Request {
         let path = read(":path");
         let authority = read(":authority");
         if path.is_some() && authority.is_some() {
-            for (name, value) in self.headers.iter() {
+            for (name, value) in self.headers.0.iter() {
                 let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
             }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        for (name, value) in self.headers.1.iter() {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
         }
         Action::Continue
     }

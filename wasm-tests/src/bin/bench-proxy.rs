@@ -50,6 +50,8 @@ variants:
   N      no wasm, static cluster
   P      minimal wasm filter (bench/passthrough-filter), static cluster
   PD     minimal filter, the project bootstrap's hand-off (examples/envoy/bootstrap.yaml)
+  PK     as PD, also adding the 3 upstream and 5 response headers F1k's key-auth and
+         rate-limiting add: what carrying those headers costs Envoy, without the filter
   PS     minimal filter, set_filter_state + dynamic forward proxy
   PO     minimal filter, ORIGINAL_DST cluster from the x-fallback-upstream header
   PT     minimal filter, set_filter_state + ORIGINAL_DST cluster (original_dst_address)
@@ -86,8 +88,9 @@ and the ratio of their p99s.";
 enum Setup {
     /// A bootstrap of `wasm_tests::bench`, with or without the minimal filter.
     Bench { wasm: bool, hand_off: HandOff },
-    /// The project bootstrap with the minimal filter.
-    ProjectMinimal,
+    /// The project bootstrap with the minimal filter; with `plugin_headers`, it also carries
+    /// the headers F1k's plugins add (`wasm_tests::bench::plugin_headers`).
+    ProjectMinimal { plugin_headers: bool },
     /// The project bootstrap with the Fallback filter and a generated config; `wasm` is
     /// another build of the filter than `make wasm`'s (`--compare-wasm`).
     ProjectFilter {
@@ -123,7 +126,16 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "PD",
         description: "minimal filter, the bootstrap's hand-off",
-        setup: Setup::ProjectMinimal,
+        setup: Setup::ProjectMinimal {
+            plugin_headers: false,
+        },
+    },
+    Variant {
+        name: "PK",
+        description: "as PD, adding the 8 headers F1k's plugins add",
+        setup: Setup::ProjectMinimal {
+            plugin_headers: true,
+        },
     },
     Variant {
         name: "PS",
@@ -386,7 +398,16 @@ async fn start(
             options.filter_config = minimal_config;
             options.wasm = Some(minimal_wasm()?);
         }
-        Setup::ProjectMinimal => {
+        Setup::ProjectMinimal { plugin_headers } => {
+            if plugin_headers {
+                let (upstream, response) = wasm_tests::bench::plugin_headers();
+                for (name, value) in upstream {
+                    minimal_config[name] = json!(value);
+                }
+                for (name, value) in response {
+                    minimal_config[format!("response:{name}")] = json!(value);
+                }
+            }
             options.bootstrap = Some(project()?);
             options.filter_config = minimal_config;
             options.wasm = Some(minimal_wasm()?);
