@@ -333,12 +333,15 @@ pub fn bench_document(routes: usize, plugins: bool, upstream: &str) -> Value {
     doc
 }
 
+/// Header `(name, value)` pairs, in order.
+pub type Headers = Vec<(String, String)>;
+
 /// The headers `key-auth` and `rate-limiting` add in F1k and F10k to the benchmark's request
 /// on its way upstream, and to its response, as the plugin engine decides them for that
 /// request: `(upstream, response)`. The PK variant carries the same headers with the minimal
 /// filter, which separates what carrying them costs Envoy (encoding them, and the upstream
 /// listener parsing them) from what the filter itself costs.
-pub fn plugin_headers() -> (Vec<(String, String)>, Vec<(String, String)>) {
+pub fn plugin_headers() -> (Headers, Headers) {
     use fallback_core::plugins::{HeaderOp, PluginEngine, PluginOutcome, PluginRequest};
     use fallback_core::router::{RequestView, RouteOutcome, Router};
     let doc = bench_document(1, true, "127.0.0.1:9");
