@@ -94,15 +94,21 @@ fn document(routes: usize, plugins: bool) -> Value {
     doc
 }
 
+/// Requests timed one by one with cold caches.
+const COLD_REQUESTS: u64 = 300;
+/// Written between two cold requests: more than the machine's caches.
+const COLD_EVICT_BYTES: usize = 64 << 20;
+
 fn main() {
     const REQUESTS: u64 = 200_000;
     println!("per-request decision (native, release): route + plugins, {REQUESTS} requests");
     println!(
-        "{:>6} {:>8} {:>10} {:>12} {:>14} {:>12} {:>12}",
+        "{:>6} {:>8} {:>10} {:>12} {:>10} {:>14} {:>12} {:>12}",
         "config",
         "plugins",
         "route (ns)",
         "+plugins(ns)",
+        "cold (ns)",
         "allocs/request",
         "usage/req",
         "increment/req"
@@ -131,34 +137,37 @@ fn main() {
             port: Some(8080),
         };
         let mut counters = MemoryCounters::default();
+        let mut decide = |i: u64, with_plugins: bool| {
+            let RouteOutcome::Forward(forward) = router.route(&view) else {
+                panic!("{name}: the benchmark request must match a route");
+            };
+            if with_plugins {
+                let request = PluginRequest {
+                    method: view.method,
+                    scheme: view.scheme,
+                    path: view.path,
+                    upstream_path: &forward.path,
+                    headers: &headers,
+                    client_ip: Some([127, 0, 0, 1].into()),
+                    route: Some(forward.route),
+                    service: Some(forward.service),
+                    now_ms: 1_700_000_000_000 + i / 1000,
+                    random: u128::from(i),
+                };
+                let outcome = engine.access(&request, &mut counters);
+                assert!(
+                    matches!(outcome, PluginOutcome::Forward(_)),
+                    "{name}: the plugins must let the request through: {outcome:?}"
+                );
+                std::hint::black_box(outcome);
+            }
+            std::hint::black_box(forward);
+        };
         let mut run = |with_plugins: bool| {
             let allocations = ALLOCATIONS.load(Ordering::Relaxed);
             let started = Instant::now();
             for i in 0..REQUESTS {
-                let RouteOutcome::Forward(forward) = router.route(&view) else {
-                    panic!("{name}: the benchmark request must match a route");
-                };
-                if with_plugins {
-                    let request = PluginRequest {
-                        method: view.method,
-                        scheme: view.scheme,
-                        path: view.path,
-                        upstream_path: &forward.path,
-                        headers: &headers,
-                        client_ip: Some([127, 0, 0, 1].into()),
-                        route: Some(forward.route),
-                        service: Some(forward.service),
-                        now_ms: 1_700_000_000_000 + i / 1000,
-                        random: u128::from(i),
-                    };
-                    let outcome = engine.access(&request, &mut counters);
-                    assert!(
-                        matches!(outcome, PluginOutcome::Forward(_)),
-                        "{name}: the plugins must let the request through: {outcome:?}"
-                    );
-                    std::hint::black_box(outcome);
-                }
-                std::hint::black_box(forward);
+                decide(i, with_plugins);
             }
             let ns = started.elapsed().as_nanos() as f64 / REQUESTS as f64;
             let allocs =
@@ -171,17 +180,33 @@ fn main() {
         } else {
             (route_ns, route_allocs)
         };
+        // The same decision with cold caches, as in a proxy where other connections' work runs
+        // between two requests: every cache line of the config, the allocator and the stack is
+        // evicted before each request (not timed).
+        let mut thrash = vec![0u8; COLD_EVICT_BYTES];
+        let mut cold_ns = 0.0;
+        for i in 0..COLD_REQUESTS {
+            for line in thrash.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(1);
+            }
+            std::hint::black_box(&thrash);
+            let started = Instant::now();
+            decide(REQUESTS + i, plugins);
+            cold_ns += started.elapsed().as_nanos() as f64;
+        }
+        cold_ns /= COLD_REQUESTS as f64;
         let per = |n: u64| n as f64 / REQUESTS as f64;
         println!(
-            "{:>6} {:>8} {:>10.0} {:>12.0} {:>14} {:>12.1} {:>12.1}",
+            "{:>6} {:>8} {:>10.0} {:>12.0} {:>10.0} {:>14} {:>12.1} {:>12.1}",
             name,
             if plugins { "2/route" } else { "none" },
             route_ns,
             total_ns,
+            cold_ns,
             format!("{route_allocs:.0} + {:.0}", total_allocs - route_allocs),
             per(counters.usage_calls),
             per(counters.increment_calls),
         );
     }
-    println!("allocs/request: the router's + the plugins'");
+    println!("allocs/request: the router's + the plugins'; cold: route + plugins with every cache evicted before each request");
 }
