@@ -241,10 +241,10 @@ fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome<'_>) -> 
     let changes = match decision {
         PluginOutcome::Respond(answer) => {
             return object(&[
-                ("route", json!(f.route_name)),
-                ("service", json!(f.service_name)),
+                ("route", json!(&*f.route_name)),
+                ("service", json!(&*f.service_name)),
                 ("upstream_url", json!(f.upstream_url())),
-                ("upstream_host", json!(f.host_header)),
+                ("upstream_host", json!(&*f.host_header)),
                 ("response", response(&answer)),
             ]);
         }
@@ -254,10 +254,10 @@ fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome<'_>) -> 
         f.path.clone_from(path);
     }
     let mut fields = vec![
-        ("route", json!(f.route_name)),
-        ("service", json!(f.service_name)),
+        ("route", json!(&*f.route_name)),
+        ("service", json!(&*f.service_name)),
         ("upstream_url", json!(f.upstream_url())),
-        ("upstream_host", json!(f.host_header)),
+        ("upstream_host", json!(&*f.host_header)),
     ];
     let added = upstream_headers(&changes);
     if !added.is_empty() {
@@ -290,10 +290,10 @@ fn upstream_headers(changes: &UpstreamChanges<'_>) -> serde_json::Map<String, Va
 pub fn describe(outcome: RouteOutcome) -> String {
     match outcome {
         RouteOutcome::Forward(f) => object(&[
-            ("route", json!(f.route_name)),
-            ("service", json!(f.service_name)),
+            ("route", json!(&*f.route_name)),
+            ("service", json!(&*f.service_name)),
             ("upstream_url", json!(f.upstream_url())),
-            ("upstream_host", json!(f.host_header)),
+            ("upstream_host", json!(&*f.host_header)),
         ]),
         RouteOutcome::NoRoute => object(&[("route", Value::Null), ("status", json!(404))]),
         RouteOutcome::UriTooLong => object(&[

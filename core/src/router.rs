@@ -152,19 +152,21 @@ pub struct Forward {
     pub route: usize,
     /// Index of its service in [`ConfigDocument::services`].
     pub service: usize,
-    /// The route's name, else its id, else its path in the input (e.g. `routes[3]`).
-    pub route_name: String,
+    /// The route's name, else its id, else its path in the input (e.g. `routes[3]`); shared
+    /// with the router (no copy per request).
+    pub route_name: Rc<str>,
     /// The service's name, else its id, else its path in the input.
-    pub service_name: String,
+    pub service_name: Rc<str>,
     /// The service's protocol (`http` or `https`), the scheme of the upstream request.
     pub scheme: &'static str,
-    /// `host:port` to connect to (IPv6 in brackets).
-    pub upstream: String,
+    /// `host:port` to connect to (IPv6 in brackets); shared with the router for a service
+    /// without an upstream.
+    pub upstream: Rc<str>,
     /// The `:path` to send upstream, query string kept.
     pub path: String,
     /// The `Host` to send upstream: the upstream's host (with its port unless it is the
     /// service protocol's default), or the request's authority when the route preserves it.
-    pub host_header: String,
+    pub host_header: Rc<str>,
     /// What Kong's debug header (`Kong-Debug: 1`) reveals (shared: built once per route).
     pub debug: Rc<KongDebug>,
 }
@@ -247,7 +249,7 @@ pub struct Router {
 #[derive(Debug)]
 struct CompiledRoute {
     index: usize,
-    name: String,
+    name: Rc<str>,
     /// Its ids and names for Kong's debug header.
     debug: Rc<KongDebug>,
     service: Option<usize>,
@@ -324,7 +326,7 @@ enum HeaderValues {
 
 #[derive(Debug)]
 struct CompiledService {
-    name: String,
+    name: Rc<str>,
     scheme: &'static str,
     /// Kong's `path`, `/` when unset.
     base_path: String,
@@ -334,7 +336,12 @@ struct CompiledService {
 
 #[derive(Debug)]
 enum Destination {
-    Direct { host: String, port: u16 },
+    /// The service's own host and port, with what every request to it sends, worked out once:
+    /// the `host:port` to connect to and the `Host` header (unless the route preserves it).
+    Direct {
+        authority: Rc<str>,
+        host_header: Rc<str>,
+    },
     Balanced(usize),
 }
 
@@ -435,15 +442,15 @@ impl Router {
             .services
             .iter()
             .map(|s| CompiledService {
-                name: display_name(s.name.as_deref(), s.id.given_id(), &s.path),
+                name: display_name(s.name.as_deref(), s.id.given_id(), &s.path).into(),
                 scheme: s.protocol.as_str(),
                 base_path: s.upstream_path.clone().unwrap_or_else(|| "/".to_owned()),
                 default_port: s.protocol.default_port(),
                 destination: match upstream_by_name.get(&s.host.to_ascii_lowercase()) {
                     Some(&u) => Destination::Balanced(u),
                     None => Destination::Direct {
-                        host: s.host.clone(),
-                        port: s.port,
+                        authority: authority(&s.host, s.port).into(),
+                        host_header: host_header(&s.host, s.port, s.protocol.default_port()).into(),
                     },
                 },
             })
@@ -567,7 +574,7 @@ impl Router {
             let slot = router.routes.len();
             router.routes.push(CompiledRoute {
                 index,
-                name: display_name(route.name.as_deref(), route.id.given_id(), &route.path),
+                name: display_name(route.name.as_deref(), route.id.given_id(), &route.path).into(),
                 debug: Rc::new(KongDebug {
                     route_id: Some(route.id.to_string()),
                     route_name: route.name.clone(),
@@ -782,7 +789,7 @@ impl Router {
             return RouteOutcome::HttpsRequired(HttpsRequired {
                 status: route.redirect_status,
                 location,
-                route_name: route.name.clone(),
+                route_name: route.name.to_string(),
             });
         }
 
@@ -790,24 +797,31 @@ impl Router {
             return RouteOutcome::Unavailable {
                 route: route.index,
                 service: None,
-                route_name: route.name.clone(),
+                route_name: route.name.to_string(),
                 message: NO_SERVICE_MESSAGE.to_owned(),
             };
         };
         let service = &self.services[service_index];
-        let mut host_header_override = None;
-        let (host, port) = match &service.destination {
-            Destination::Direct { host, port } => (host.as_str(), *port),
+        let (upstream, service_host_header) = match &service.destination {
+            Destination::Direct {
+                authority,
+                host_header,
+            } => (authority.clone(), host_header.clone()),
             Destination::Balanced(u) => {
                 let balancer = &self.balancers[*u];
-                host_header_override = balancer.host_header.as_deref();
                 match balancer.pick() {
-                    Some(target) => target,
+                    Some((host, port)) => {
+                        let name = balancer.host_header.as_deref().unwrap_or(host);
+                        (
+                            authority(host, port).into(),
+                            host_header(name, port, service.default_port).into(),
+                        )
+                    }
                     None => {
                         return RouteOutcome::Unavailable {
                             route: route.index,
                             service: Some(service_index),
-                            route_name: route.name.clone(),
+                            route_name: route.name.to_string(),
                             message: NO_PEER_MESSAGE.to_owned(),
                         }
                     }
@@ -828,14 +842,9 @@ impl Router {
         upstream_path.push_str(query);
 
         let host_header = if route.preserve_host {
-            request.authority.to_owned()
+            request.authority.into()
         } else {
-            let name = host_header_override.unwrap_or(host);
-            if port == service.default_port {
-                bracket(name).into_owned()
-            } else {
-                format!("{}:{port}", bracket(name))
-            }
+            service_host_header
         };
 
         RouteOutcome::Forward(Forward {
@@ -844,7 +853,7 @@ impl Router {
             route_name: route.name.clone(),
             service_name: service.name.clone(),
             scheme: service.scheme,
-            upstream: format!("{}:{port}", bracket(host)),
+            upstream,
             path: upstream_path,
             host_header,
             debug: route.debug.clone(),
@@ -990,6 +999,21 @@ fn parse_port(text: &str) -> Option<u16> {
 }
 
 /// IPv6 hosts in brackets, for `host:port` and `Host`.
+/// `host:port` to connect to.
+fn authority(host: &str, port: u16) -> String {
+    format!("{}:{port}", bracket(host))
+}
+
+/// The `Host` Kong sends upstream for `name` on `port`: the port only when it is not the
+/// service protocol's default.
+fn host_header(name: &str, port: u16, default_port: u16) -> String {
+    if port == default_port {
+        bracket(name).into_owned()
+    } else {
+        format!("{}:{port}", bracket(name))
+    }
+}
+
 fn bracket(host: &str) -> Cow<'_, str> {
     if host.contains(':') {
         format!("[{host}]").into()
