@@ -14,7 +14,7 @@
 //! - `AZURE_STORAGE_BLOB_ENDPOINT` (or a connection string's `BlobEndpoint`) sends everything
 //!   to another endpoint: Azurite, sovereign clouds, private endpoints.
 
-use super::azure_auth::{AuthError, EntraCredentials, EntraIdentity, DEFAULT_IMDS_HOST};
+use super::azure_auth::{EntraCredentials, EntraIdentity, DEFAULT_IMDS_HOST};
 use super::{ConfigStore, FetchedObject, Precondition, StoreError};
 use crate::secret::Secret;
 use crate::transport::{self, HttpClient};
@@ -357,20 +357,6 @@ impl AzureStore {
         path
     }
 
-    fn auth_error(&self, key: &str, e: AuthError) -> StoreError {
-        if e.transient {
-            StoreError::Transient {
-                key: key.to_owned(),
-                detail: e.to_string(),
-            }
-        } else {
-            StoreError::BadCredentials {
-                key: key.to_owned(),
-                detail: e.to_string(),
-            }
-        }
-    }
-
     /// Signs and sends one request to `path` with `query` (names and values unencoded).
     async fn exchange(
         &self,
@@ -411,7 +397,7 @@ impl AzureStore {
                 let token = creds
                     .access_token()
                     .await
-                    .map_err(|e| self.auth_error(key, e))?;
+                    .map_err(|e| e.into_store_error(key))?;
                 format!("Bearer {}", token.expose())
             }
         };
@@ -1003,7 +989,7 @@ impl ConfigStore for AzureStore {
                 creds
                     .access_token()
                     .await
-                    .map_err(|e| self.auth_error("", e))?;
+                    .map_err(|e| e.into_store_error(""))?;
                 format!("{}, access token obtained", creds.describe())
             }
         })

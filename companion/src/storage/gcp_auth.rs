@@ -52,6 +52,17 @@ impl AuthError {
             message: message.into(),
         }
     }
+
+    /// The store error for an operation on `key` that could not authenticate: retried later
+    /// when transient, else bad credentials.
+    pub(crate) fn into_store_error(self, key: &str) -> super::StoreError {
+        let (key, detail) = (key.to_owned(), self.to_string());
+        if self.transient {
+            super::StoreError::Transient { key, detail }
+        } else {
+            super::StoreError::BadCredentials { key, detail }
+        }
+    }
 }
 
 /// A service-account key. `Debug` shows the account and key id, never the key.

@@ -13,7 +13,7 @@
 //! - `STORAGE_EMULATOR_HOST` sends everything to an emulator, unauthenticated, as Google's
 //!   client libraries do; URLs are then signed only when a key is configured.
 
-use super::gcp_auth::{self, AuthError, GcpCredentials, ServiceAccountKey};
+use super::gcp_auth::{self, GcpCredentials, ServiceAccountKey};
 use super::{ConfigStore, FetchedObject, Precondition, StoreError};
 use crate::secret::Secret;
 use crate::transport::{self, HttpClient};
@@ -157,20 +157,6 @@ impl GcsStore {
         )
     }
 
-    fn auth_error(&self, key: &str, e: AuthError) -> StoreError {
-        if e.transient {
-            StoreError::Transient {
-                key: key.to_owned(),
-                detail: e.to_string(),
-            }
-        } else {
-            StoreError::BadCredentials {
-                key: key.to_owned(),
-                detail: e.to_string(),
-            }
-        }
-    }
-
     async fn exchange(
         &self,
         method: Method,
@@ -185,7 +171,7 @@ impl GcsStore {
             let token = creds
                 .access_token()
                 .await
-                .map_err(|e| self.auth_error(key, e))?;
+                .map_err(|e| e.into_store_error(key))?;
             builder = builder.header("authorization", format!("Bearer {}", token.expose()));
         }
         for (name, value) in headers {
@@ -287,7 +273,7 @@ impl GcsStore {
                 encode_path(key)
             ));
         };
-        let email = creds.email().await.map_err(|e| self.auth_error(key, e))?;
+        let email = creds.email().await.map_err(|e| e.into_store_error(key))?;
         let endpoint = url::Url::parse(&self.endpoint).map_err(|e| fail(e.to_string()))?;
         let host = super::host_header(endpoint.host_str(), endpoint.port())
             .ok_or_else(|| fail("the endpoint has no host".into()))?;
@@ -304,7 +290,7 @@ impl GcsStore {
         let signature = creds
             .sign_blob(string_to_sign.as_bytes())
             .await
-            .map_err(|e| self.auth_error(key, e))?;
+            .map_err(|e| e.into_store_error(key))?;
         Ok(format!("{url}&X-Goog-Signature={}", hex(&signature)))
     }
 }
@@ -541,12 +527,12 @@ impl ConfigStore for GcsStore {
     async fn credential_source(&self) -> Result<String, StoreError> {
         let described = match &self.credentials {
             Some(c) => {
-                let who = c.describe().await.map_err(|e| self.auth_error("", e))?;
+                let who = c.describe().await.map_err(|e| e.into_store_error(""))?;
                 if self.emulator {
                     format!("{who}, used for signing only (STORAGE_EMULATOR_HOST: requests unauthenticated)")
                 } else {
                     // Proves the credentials work: a token is only issued for a valid key.
-                    c.access_token().await.map_err(|e| self.auth_error("", e))?;
+                    c.access_token().await.map_err(|e| e.into_store_error(""))?;
                     format!("{who}, access token obtained")
                 }
             }
