@@ -59,13 +59,29 @@ fn the_meta_json_schema_names_exactly_the_filters_keys() {
     assert_eq!(schema["type"], "object");
     assert_eq!(schema["additionalProperties"], false);
     assert_eq!(schema_keys(schema), known_keys(""));
-    for parent in ["control_plane", "companion", "storage"] {
+    for parent in ["control_plane", "storage"] {
         assert_eq!(
             schema_keys(&schema["properties"][parent]),
             known_keys(parent),
             "{parent}"
         );
     }
+    // `companion` is one signer or a list of them, tried in order: the schema takes both.
+    let companion = &schema["properties"]["companion"]["oneOf"];
+    assert_eq!(companion[0]["type"], "object");
+    assert_eq!(schema_keys(&companion[0]), known_keys("companion"));
+    assert_eq!(companion[1]["type"], "array");
+    assert_eq!(companion[1]["minItems"], 1);
+    assert_eq!(companion[1]["items"], companion[0]);
+    let signer = json!({"upstream": "a:1", "authority": "a", "token": "t"});
+    let listed = json!({
+        "version": "1",
+        "host": "kong",
+        "companion": [signer, signer],
+        "storage": {"upstream": "a:1"},
+    });
+    FilterConfig::parse(listed.to_string().as_bytes())
+        .expect("the filter takes the list form the schema allows");
     let hosts: Vec<&str> = HostKind::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(schema["properties"]["host"]["enum"], json!(hosts));
 }
