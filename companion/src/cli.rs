@@ -307,6 +307,13 @@ pub struct RunArgs {
     #[arg(long, env = "KONG_CLUSTER_FALLBACK_EXPORT_DELAY", default_value = "60", value_parser = parse_duration)]
     pub export_delay: Duration,
 
+    /// While the control plane keeps serving the stored config, write it again with a new
+    /// export time (and signature) once its export is this old, so that filters'
+    /// max_fallback_age_ms counts from when it was last known current: keep it well below
+    /// that budget. 0 turns it off.
+    #[arg(long, env = "FALLBACK_EXPORT_REFRESH", default_value = "1h", value_parser = parse_duration)]
+    pub export_refresh: Duration,
+
     /// Time allowed for one control-plane request.
     #[arg(long, env = "FALLBACK_CONTROL_PLANE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub control_plane_timeout: Duration,
@@ -657,6 +664,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 signing_key,
                 live: args.import.then(|| live_tx.clone()),
                 version: args.storage.config_version.clone(),
+                refresh: (!args.export_refresh.is_zero()).then_some(args.export_refresh),
                 mirrors: mirrors
                     .iter()
                     .map(|(url, store)| {
@@ -990,6 +998,13 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         Ok(WriteOutcome::Resigned { revision, .. }) => {
             println!(
                 "{object} held this document without this signature; signed it (revision {revision}, sha256 {})",
+                metadata.sha256
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(WriteOutcome::Refreshed { revision, .. }) => {
+            println!(
+                "{object} held this document; its export time is renewed (revision {revision}, sha256 {})",
                 metadata.sha256
             );
             Ok(ExitCode::SUCCESS)

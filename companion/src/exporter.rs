@@ -9,7 +9,7 @@ use fallback_core::backoff::Backoff;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::document::{Problem, ValidationErrors};
 use fallback_core::export::{
-    plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, SignedBy, WritePlan,
+    plan_write_refreshing, ExportMetadata, ExportPacer, Offer, RevisionClock, SignedBy, WritePlan,
 };
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +68,14 @@ pub enum WriteOutcome {
         /// The revision written (never lower than the one it replaced).
         revision: u64,
     },
+    /// The store already held these bytes, exported longer ago than the refresh interval; they
+    /// were written again with a new export time (and signature), at the stored revision.
+    Refreshed {
+        /// The store's tag for the rewritten object.
+        etag: String,
+        /// The stored revision, kept.
+        revision: u64,
+    },
     /// The store already held these bytes (with this exporter's signature, if it signs).
     AlreadyStored,
     /// The store holds a newer revision; nothing was written.
@@ -92,15 +100,18 @@ pub struct ExportSigning<'a> {
 
 /// Writes `body` under `key` unless that would replace a newer revision: read, plan, write
 /// with a precondition, and on a lost race read again. The same bytes are written again only
-/// to sign them ([`WritePlan::Resign`]). With `signing`, the metadata written is signed once
-/// its revision is settled (a re-signed export keeps the higher stored revision).
+/// to sign them ([`WritePlan::Resign`]) or, with `refresh_after`, to renew an export time older
+/// than that ([`WritePlan::Refresh`]). With `signing`, the metadata written is signed once its
+/// revision is settled (a re-signed export keeps the higher stored revision).
 pub async fn write_document(
     store: &dyn ConfigStore,
     key: &str,
     body: &Bytes,
     metadata: &ExportMetadata,
     signing: Option<ExportSigning<'_>>,
+    refresh_after: Option<Duration>,
 ) -> Result<WriteOutcome, StoreError> {
+    let refresh_after_ms = refresh_after.map(|d| d.as_millis() as u64);
     let public_key = signing.map(|s| s.key.public_key());
     let signed_by = signing
         .zip(public_key.as_ref())
@@ -110,14 +121,17 @@ pub async fn write_document(
         });
     for _ in 0..MAX_CAS_ROUNDS {
         let stored = store.head(key).await?;
-        let (precondition, resigned) = match plan_write(stored.as_ref(), metadata, signed_by) {
+        let plan = plan_write_refreshing(stored.as_ref(), metadata, signed_by, refresh_after_ms);
+        let refreshed = matches!(plan, WritePlan::Refresh { .. });
+        let (precondition, resigned) = match plan {
             WritePlan::AlreadyStored => return Ok(WriteOutcome::AlreadyStored),
             WritePlan::Superseded { stored_revision } => {
                 return Ok(WriteOutcome::Superseded { stored_revision })
             }
             WritePlan::Create => (Precondition::Absent, None),
             WritePlan::Replace { if_match } => (Precondition::Matches(if_match), None),
-            WritePlan::Resign { if_match, revision } => {
+            WritePlan::Resign { if_match, revision }
+            | WritePlan::Refresh { if_match, revision } => {
                 (Precondition::Matches(if_match), Some(revision))
             }
         };
@@ -137,6 +151,7 @@ pub async fn write_document(
         match store.put(key, body.clone(), &written, precondition).await {
             Ok(etag) => {
                 return Ok(match resigned {
+                    Some(revision) if refreshed => WriteOutcome::Refreshed { etag, revision },
                     Some(revision) => WriteOutcome::Resigned { etag, revision },
                     None => WriteOutcome::Stored { etag },
                 })
@@ -215,6 +230,10 @@ pub struct ExportSettings {
     pub version: String,
     /// Mirror stores, written after the primary with the same conditional-write rules.
     pub mirrors: Vec<ExportMirror>,
+    /// While the control plane keeps serving the stored document, write it again with a new
+    /// export time once its export is this old (`None`: never), so that filters' staleness
+    /// budget (`max_fallback_age_ms`) counts from when the config was last known current.
+    pub refresh: Option<Duration>,
 }
 
 /// A mirror store and the key the export goes to there.
@@ -255,6 +274,9 @@ struct ExportLoop {
     backoff: Backoff,
     stats: Arc<ExportStats>,
     exported: watch::Sender<Option<ExportedRevision>>,
+    /// The document storage holds, as last written or confirmed by this exporter: what a
+    /// refresh writes again.
+    stored: Option<(Sha256Digest, Bytes)>,
 }
 
 /// Runs the export loop until `shutdown` turns true: poll, validate, pace, write, retry.
@@ -284,6 +306,7 @@ pub async fn run(
         store,
         stats,
         exported,
+        stored: None,
     };
     let mut poll_failures_in_a_row = 0u32;
     let mut source_ended = false;
@@ -308,6 +331,7 @@ pub async fn run(
                     Ok(Polled::NotModified) => {
                         state.stats.not_modified.fetch_add(1, Ordering::Relaxed);
                         poll_failures_in_a_row = 0;
+                        state.confirmed();
                     }
                     Ok(Polled::Document(value)) => {
                         state.stats.documents_received.fetch_add(1, Ordering::Relaxed);
@@ -371,8 +395,16 @@ impl ExportLoop {
     ) -> Result<(), StoreError> {
         let mut first_error = None;
         for mirror in &self.settings.mirrors {
-            match write_document(mirror.store.as_ref(), &mirror.key, body, metadata, signing).await
-            {
+            let written = write_document(
+                mirror.store.as_ref(),
+                &mirror.key,
+                body,
+                metadata,
+                signing,
+                self.settings.refresh,
+            )
+            .await;
+            match written {
                 Ok(outcome) => {
                     debug!(mirror = %mirror.store.describe(), ?outcome, "mirror written")
                 }
@@ -411,12 +443,29 @@ impl ExportLoop {
             Offer::Unchanged => {
                 self.stats.unchanged.fetch_add(1, Ordering::Relaxed);
                 debug!(sha256 = %prepared.sha256, "document unchanged since the last export");
+                self.confirmed();
             }
             Offer::AlreadyPending => {}
             Offer::Queued { replaced } => {
                 let due_in_ms = self.pacer.due_at().map(|d| d.saturating_sub(unix_ms()));
                 info!(sha256 = %prepared.sha256, replaced_waiting = replaced, due_in_ms, "new valid document queued for export");
             }
+        }
+    }
+
+    /// The control plane still serves the stored document: queue it again when its export is
+    /// older than the refresh interval.
+    fn confirmed(&mut self) {
+        let (Some(every), Some((sha256, body))) = (self.settings.refresh, &self.stored) else {
+            return;
+        };
+        let candidate = Candidate {
+            revision: self.revisions.next(unix_ms()),
+            body: body.clone(),
+        };
+        let every_ms = every.as_millis() as u64;
+        if self.pacer.refresh(*sha256, candidate, unix_ms(), every_ms) {
+            debug!(sha256 = %sha256, "the control plane still serves the stored document; refreshing its export time");
         }
     }
 
@@ -445,6 +494,7 @@ impl ExportLoop {
             &candidate.body,
             &metadata,
             signing,
+            self.settings.refresh,
         )
         .await;
         // Mirrors get what the primary holds now (a re-signed export keeps its higher
@@ -452,7 +502,8 @@ impl ExportLoop {
         let written = match written {
             Ok(outcome) => {
                 let revision = match &outcome {
-                    WriteOutcome::Resigned { revision, .. } => *revision,
+                    WriteOutcome::Resigned { revision, .. }
+                    | WriteOutcome::Refreshed { revision, .. } => *revision,
                     _ => metadata.revision,
                 };
                 let mirrored = ExportMetadata {
@@ -471,6 +522,7 @@ impl ExportLoop {
                 self.stats.uploads.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
                 self.pacer.stored(sha256, unix_ms());
+                self.stored = Some((sha256, candidate.body.clone()));
                 info!(object = %format!("{}/{key}", self.store.describe()), revision = candidate.revision, %sha256, bytes = candidate.body.len(), "exported");
                 self.exported.send_replace(stored);
             }
@@ -478,7 +530,17 @@ impl ExportLoop {
                 self.stats.uploads.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
                 self.pacer.stored(sha256, unix_ms());
+                self.stored = Some((sha256, candidate.body.clone()));
                 info!(object = %format!("{}/{key}", self.store.describe()), revision, %sha256, "storage held this document without this exporter's signature; signed it");
+                self.exported
+                    .send_replace(Some(ExportedRevision { sha256, revision }));
+            }
+            Ok(WriteOutcome::Refreshed { revision, .. }) => {
+                self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+                self.backoff.reset();
+                self.pacer.stored(sha256, unix_ms());
+                self.stored = Some((sha256, candidate.body.clone()));
+                info!(object = %format!("{}/{key}", self.store.describe()), revision, %sha256, exported_at = %metadata.exported_at, "the control plane still serves the stored document; its export time is renewed");
                 self.exported
                     .send_replace(Some(ExportedRevision { sha256, revision }));
             }
@@ -486,6 +548,7 @@ impl ExportLoop {
                 self.stats.unchanged.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
                 self.pacer.stored(sha256, unix_ms());
+                self.stored = Some((sha256, candidate.body.clone()));
                 info!(%sha256, "storage already holds this document; nothing written");
                 self.exported.send_replace(stored);
             }
@@ -493,6 +556,7 @@ impl ExportLoop {
                 self.stats.superseded.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
                 self.pacer.superseded(sha256, unix_ms());
+                self.stored = None;
                 warn!(%sha256, revision = candidate.revision, stored_revision, "storage holds a newer revision from another exporter; this older document is not written");
             }
             Err(e) => {
@@ -522,6 +586,12 @@ impl ExportLoop {
                     .fetch_max(*revision, Ordering::Relaxed);
                 ("resigned", None)
             }
+            Ok(WriteOutcome::Refreshed { revision, .. }) => {
+                stats
+                    .stored_revision
+                    .fetch_max(*revision, Ordering::Relaxed);
+                ("refreshed", None)
+            }
             Ok(WriteOutcome::AlreadyStored) => ("unchanged", None),
             Ok(WriteOutcome::Superseded { stored_revision }) => {
                 stats
@@ -537,7 +607,7 @@ impl ExportLoop {
         if outcome == "stored" {
             stats.stored_revision.fetch_max(revision, Ordering::Relaxed);
         }
-        if matches!(outcome, "stored" | "resigned" | "unchanged") {
+        if matches!(outcome, "stored" | "resigned" | "refreshed" | "unchanged") {
             stats
                 .last_export_unix
                 .store(unix_ms() / 1000, Ordering::Relaxed);
@@ -566,7 +636,7 @@ pub async fn export_once(
     let mut tries = 0;
     loop {
         tries += 1;
-        match write_document(store, key, &prepared.body, metadata, signing).await {
+        match write_document(store, key, &prepared.body, metadata, signing, None).await {
             Err(e) if e.is_transient() && tries < attempts => {
                 let delay = backoff.next_delay_ms(rand::random());
                 warn!(attempt = tries, retry_in_ms = delay, "{e}");
@@ -677,6 +747,7 @@ mod shutdown_tests {
             live: None,
             version: "3.4.1.0".into(),
             mirrors: Vec::new(),
+            refresh: None,
         };
         let control_plane =
             crate::source::ControlPlane::new(&url, Duration::from_secs(120)).unwrap();

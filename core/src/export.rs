@@ -244,6 +244,17 @@ pub enum WritePlan {
         /// that re-signing never moves the stored revision back.
         revision: u64,
     },
+    /// The store holds these exact bytes, signed as they should be, but exported longer ago
+    /// than the refresh interval while the control plane still serves them: write the same
+    /// bytes again with the candidate's export time (re-signed), at the stored `revision`,
+    /// replacing exactly the object that was read. A filter's staleness budget
+    /// (`max_fallback_age_ms`) counts from the export time, and the stored copy is current.
+    Refresh {
+        /// The tag of the object that was read.
+        if_match: String,
+        /// The stored revision: the same export, confirmed again.
+        revision: u64,
+    },
 }
 
 /// The key an exporter signs with and the version it exports: what [`plan_write`] needs to
@@ -274,6 +285,18 @@ pub fn plan_write(
     candidate: &ExportMetadata,
     signer: Option<SignedBy<'_>>,
 ) -> WritePlan {
+    plan_write_refreshing(stored, candidate, signer, None)
+}
+
+/// [`plan_write`], and with `refresh_after_ms`, [`WritePlan::Refresh`] for the same bytes
+/// stored longer than that before the candidate's `exported_at` (or without a readable
+/// export time).
+pub fn plan_write_refreshing(
+    stored: Option<&StoredObject>,
+    candidate: &ExportMetadata,
+    signer: Option<SignedBy<'_>>,
+    refresh_after_ms: Option<u64>,
+) -> WritePlan {
     let Some(stored) = stored else {
         return WritePlan::Create;
     };
@@ -285,6 +308,12 @@ pub fn plan_write(
                     revision: m.revision.max(candidate.revision),
                 }
             }
+            _ if refresh_after_ms.is_some_and(|after| due_for_refresh(m, candidate, after)) => {
+                WritePlan::Refresh {
+                    if_match: stored.etag.clone(),
+                    revision: m.revision,
+                }
+            }
             _ => WritePlan::AlreadyStored,
         },
         Some(m) if m.revision >= candidate.revision => WritePlan::Superseded {
@@ -293,6 +322,17 @@ pub fn plan_write(
         _ => WritePlan::Replace {
             if_match: stored.etag.clone(),
         },
+    }
+}
+
+/// True when `stored` was exported at least `after_ms` before `candidate` (or has no readable
+/// export time, as an export from an older release).
+fn due_for_refresh(stored: &ExportMetadata, candidate: &ExportMetadata, after_ms: u64) -> bool {
+    let parse = crate::freshness::parse_rfc3339_ms;
+    match (parse(&stored.exported_at), parse(&candidate.exported_at)) {
+        (Some(then), Some(now)) => now.saturating_sub(then) >= after_ms,
+        (None, Some(_)) => true,
+        (_, None) => false,
     }
 }
 
@@ -442,6 +482,27 @@ impl<T> ExportPacer<T> {
         self.retry_at_ms = Some(retry_at_ms);
     }
 
+    /// The control plane still serves `sha256`, the stored document: when nothing waits and the
+    /// last export is `every_ms` old or more, queue `document` again so that its export time is
+    /// refreshed ([`WritePlan::Refresh`]). Returns whether it was queued.
+    pub fn refresh(
+        &mut self,
+        sha256: Sha256Digest,
+        document: T,
+        now_ms: u64,
+        every_ms: u64,
+    ) -> bool {
+        let due = self.pending.is_none()
+            && self.stored == Some(sha256)
+            && self
+                .last_export_ms
+                .is_some_and(|last| now_ms.saturating_sub(last) >= every_ms);
+        if due {
+            self.pending = Some((sha256, document));
+        }
+        due
+    }
+
     /// The document waiting for upload, due or not (e.g. to flush it at shutdown).
     pub fn pending(&self) -> Option<(Sha256Digest, &T)> {
         self.pending.as_ref().map(|(sha, doc)| (*sha, doc))
@@ -464,6 +525,9 @@ impl fmt::Display for WritePlan {
             WritePlan::Replace { .. } => f.write_str("replace"),
             WritePlan::Resign { revision, .. } => {
                 write!(f, "re-sign the stored bytes at revision {revision}")
+            }
+            WritePlan::Refresh { revision, .. } => {
+                write!(f, "refresh the export time of stored revision {revision}")
             }
         }
     }
@@ -633,17 +697,26 @@ mod tests {
         m
     }
 
+    /// What the store holds: `metadata` under the tag `"e"`.
+    fn stored(metadata: ExportMetadata) -> StoredObject {
+        StoredObject {
+            etag: "\"e\"".into(),
+            metadata: Some(metadata),
+        }
+    }
+
+    /// Signing with `key`, for version 3.4.1.0.
+    fn signing_with(key: &PublicKey) -> Option<SignedBy<'_>> {
+        Some(SignedBy {
+            public_key: key,
+            version: "3.4.1.0",
+        })
+    }
+
     #[test]
     fn plan_signs_the_stored_bytes_unless_they_carry_this_keys_manifest_signature() {
         let (_, key_a) = key_pair(1);
-        let by_a = Some(SignedBy {
-            public_key: &key_a,
-            version: "3.4.1.0",
-        });
-        let stored = |metadata: ExportMetadata| StoredObject {
-            etag: "\"e\"".into(),
-            metadata: Some(metadata),
-        };
+        let by_a = signing_with(&key_a);
         let candidate = metadata(b"doc", 9);
         // Signing turned on: the stored copy is unsigned.
         assert_eq!(
@@ -821,6 +894,125 @@ mod tests {
         p.stored(sha("b"), 450);
         assert_eq!(p.stored_digest(), Some(sha("b")));
         assert_eq!(p.due_at(), None);
+    }
+
+    #[test]
+    fn the_same_bytes_exported_longer_ago_than_the_refresh_interval_are_refreshed() {
+        let hour = 3_600_000;
+        let stored_at = |at: &str| StoredObject {
+            etag: "\"e\"".into(),
+            metadata: Some(ExportMetadata {
+                exported_at: at.into(),
+                ..metadata(b"doc", 20)
+            }),
+        };
+        let candidate = ExportMetadata {
+            exported_at: "2026-11-26T12:00:00.000Z".into(),
+            ..metadata(b"doc", 31)
+        };
+        let refresh = |stored: &StoredObject, after: Option<u64>| {
+            plan_write_refreshing(Some(stored), &candidate, None, after)
+        };
+        let old = stored_at("2026-11-26T10:00:00.000Z");
+        assert_eq!(
+            refresh(&old, Some(hour)),
+            WritePlan::Refresh {
+                if_match: "\"e\"".into(),
+                revision: 20
+            },
+            "two hours old: refreshed at the stored revision"
+        );
+        assert_eq!(
+            refresh(&stored_at("2026-11-26T11:30:00.000Z"), Some(hour)),
+            WritePlan::AlreadyStored,
+            "half an hour old"
+        );
+        assert_eq!(
+            refresh(&old, None),
+            WritePlan::AlreadyStored,
+            "no refresh set"
+        );
+        assert_eq!(
+            plan_write(Some(&old), &candidate, None),
+            WritePlan::AlreadyStored
+        );
+        assert!(
+            matches!(
+                refresh(&stored_at(""), Some(hour)),
+                WritePlan::Refresh { .. }
+            ),
+            "an export without an export time (an older release's) gets one"
+        );
+        // Other bytes are a new export, as without refreshing.
+        let newer = ExportMetadata {
+            exported_at: candidate.exported_at.clone(),
+            ..metadata(b"other", 31)
+        };
+        assert_eq!(
+            plan_write_refreshing(Some(&old), &newer, None, Some(hour)),
+            WritePlan::Replace {
+                if_match: "\"e\"".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_signer_that_must_re_sign_re_signs_rather_than_refreshes() {
+        let (_, key_a) = key_pair(1);
+        let by_a = signing_with(&key_a);
+        let candidate = ExportMetadata {
+            exported_at: "2026-11-26T12:00:00.000Z".into(),
+            ..metadata(b"doc", 31)
+        };
+        let hour = Some(3_600_000);
+        assert_eq!(
+            plan_write_refreshing(
+                Some(&stored(signed(b"doc", 20, None))),
+                &candidate,
+                by_a,
+                hour
+            ),
+            WritePlan::Resign {
+                if_match: "\"e\"".into(),
+                revision: 31
+            },
+            "unsigned: signed (with a new export time too)"
+        );
+        assert_eq!(
+            plan_write_refreshing(
+                Some(&stored(signed(b"doc", 20, Some(1)))),
+                &candidate,
+                by_a,
+                hour
+            ),
+            WritePlan::Refresh {
+                if_match: "\"e\"".into(),
+                revision: 20
+            },
+            "signed by this key two hours before: refreshed"
+        );
+    }
+
+    #[test]
+    fn the_pacer_queues_the_stored_document_again_once_the_refresh_interval_has_passed() {
+        let mut p = ExportPacer::new(1_000);
+        assert!(!p.refresh(sha("a"), "a", 0, 5_000), "nothing stored yet");
+        p.offer(sha("a"), "a");
+        p.stored(sha("a"), 100);
+        assert!(!p.refresh(sha("a"), "a", 4_000, 5_000), "too early");
+        assert!(
+            !p.refresh(sha("b"), "b", 9_000, 5_000),
+            "not the stored document"
+        );
+        assert!(p.refresh(sha("a"), "a", 5_100, 5_000));
+        assert_eq!(p.due(5_100).map(|(s, d)| (s, *d)), Some((sha("a"), "a")));
+        assert!(!p.refresh(sha("a"), "a", 5_200, 5_000), "already waiting");
+        p.stored(sha("a"), 5_300);
+        assert_eq!(p.due_at(), None);
+        // A new document waiting is not displaced by a refresh.
+        p.offer(sha("b"), "b");
+        assert!(!p.refresh(sha("a"), "a", 99_999, 5_000));
+        assert_eq!(p.pending().map(|(s, _)| s), Some(sha("b")));
     }
 
     #[test]

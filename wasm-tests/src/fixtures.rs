@@ -73,6 +73,7 @@ pub fn fast_settings(key: &str, node_id: &str) -> ExportSettings {
         live: None,
         version,
         mirrors: Vec::new(),
+        refresh: None,
     }
 }
 

@@ -138,7 +138,7 @@ impl ImportStack {
         let signing = signing_key.map(|key| ExportSigning { key, version });
         let store = s3_store(&self.seaweed, self.seaweed.writer());
         let key = object_key("kong", version).expect("valid key");
-        match write_document(store.as_ref(), &key, &body, &metadata, signing).await {
+        match write_document(store.as_ref(), &key, &body, &metadata, signing, None).await {
             Ok(WriteOutcome::Stored { .. } | WriteOutcome::Resigned { .. }) => revision,
             other => panic!("export failed: {other:?}"),
         }

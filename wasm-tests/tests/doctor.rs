@@ -206,6 +206,7 @@ async fn doctor_names_the_key_id_of_a_signed_export_and_checks_public_keys() {
         &body,
         &meta,
         Some(signing),
+        None,
     )
     .await
     .unwrap();

@@ -34,6 +34,59 @@ async fn stored_sha(seaweed: &SeaweedFs) -> Option<String> {
     Some(header(&meta, "x-amz-meta-sha256").to_owned())
 }
 
+/// The exporter's signing key in these tests.
+fn test_signing_key() -> SigningKey {
+    SigningKey::parse("nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=").expect("a seed")
+}
+
+/// An exporter signing with [`test_signing_key`] (and refreshing every `refresh`), once it has
+/// stored the control plane's document.
+async fn start_signed(
+    seaweed: &SeaweedFs,
+    cp: &MockCp,
+    refresh: Option<Duration>,
+) -> RunningExporter {
+    let mut settings = fast_settings(&key(), "exporter-1");
+    settings.signing_key = Some(test_signing_key());
+    settings.refresh = refresh;
+    let exporter = RunningExporter::start(
+        settings,
+        &format!("{}/config", cp.url()),
+        s3_store(seaweed, seaweed.writer()),
+    );
+    wait_until("the document is stored", WAIT, || async {
+        stored_sha(seaweed).await.is_some()
+    })
+    .await;
+    exporter
+}
+
+/// The stored object's manifest, rebuilt from its raw metadata, and its signature, checked as
+/// the filter checks them with the public key an operator would configure.
+fn verified_manifest<'m>(
+    meta: &'m [(String, String)],
+    body: &[u8],
+    signing_key: &SigningKey,
+) -> (ExportManifest<'m>, Signature, PublicKey) {
+    let signature = Signature::parse(header(meta, "x-amz-meta-signature")).unwrap();
+    let public_key = PublicKey::parse(&signing_key.public_key_base64()).unwrap();
+    let key_id = header(meta, "x-amz-meta-key-id");
+    assert_eq!(key_id, public_key.key_id());
+    let manifest = ExportManifest {
+        version: VERSION,
+        revision: header(meta, "x-amz-meta-revision").parse().unwrap(),
+        sha256: Sha256Digest::of(body),
+        exported_at: header(meta, "x-amz-meta-exported-at"),
+        key_id,
+    };
+    let keys = [public_key];
+    assert_eq!(
+        verify_manifest(&keys, &manifest, &signature),
+        Ok(&public_key)
+    );
+    (manifest, signature, public_key)
+}
+
 fn sha_of(value: &serde_json::Value) -> String {
     Sha256Digest::of(&canonical_json(value)).to_hex()
 }
@@ -90,44 +143,16 @@ async fn with_a_signing_key_every_export_carries_a_signature_the_filter_accepts(
     let seaweed = SeaweedFs::start().await;
     let cp = MockCp::start().await;
     cp.set_document(&document("signed"));
-    let signing_key =
-        SigningKey::parse("nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=").expect("a seed");
-    let mut settings = fast_settings(&key(), "exporter-1");
-    settings.signing_key = Some(signing_key.clone());
-    let exporter = RunningExporter::start(
-        settings,
-        &format!("{}/config", cp.url()),
-        s3_store(&seaweed, seaweed.writer()),
-    );
-    wait_until("the document is stored", WAIT, || async {
-        stored_sha(&seaweed).await.is_some()
-    })
-    .await;
+    let signing_key = test_signing_key();
+    let exporter = start_signed(&seaweed, &cp, None).await;
     exporter.stop().await;
 
     let body = seaweed.raw_object(&key()).await.unwrap();
     let meta = seaweed.raw_metadata(&key()).await.unwrap();
-    let signature = Signature::parse(header(&meta, "x-amz-meta-signature")).unwrap();
-    // The filter's own check, with the public key as an operator would configure it, over
-    // the manifest rebuilt from the raw metadata.
-    let public_key = PublicKey::parse(&signing_key.public_key_base64()).unwrap();
-    let key_id = header(&meta, "x-amz-meta-key-id");
-    assert_eq!(key_id, public_key.key_id());
-    let revision: u64 = header(&meta, "x-amz-meta-revision").parse().unwrap();
-    let manifest = ExportManifest {
-        version: VERSION,
-        revision,
-        sha256: Sha256Digest::of(&body),
-        exported_at: header(&meta, "x-amz-meta-exported-at"),
-        key_id,
-    };
+    let (manifest, signature, public_key) = verified_manifest(&meta, &body, &signing_key);
     let keys = [public_key];
-    assert_eq!(
-        verify_manifest(&keys, &manifest, &signature),
-        Ok(&public_key)
-    );
     let replayed = ExportManifest {
-        revision: revision + 1,
+        revision: manifest.revision + 1,
         ..manifest.clone()
     };
     assert!(verify_manifest(&keys, &replayed, &signature).is_err());
@@ -417,4 +442,43 @@ fn s3_without_a_region_fails_at_start_up_with_a_clear_message() {
         "{stderr}"
     );
     assert!(!stderr.contains("secret-value"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_config_gets_a_new_signed_export_time_every_refresh_interval() {
+    let seaweed = SeaweedFs::start().await;
+    let cp = MockCp::start().await;
+    cp.set_document(&document("steady"));
+    let signing_key = test_signing_key();
+    let exporter = start_signed(&seaweed, &cp, Some(Duration::from_secs(1))).await;
+    let first = seaweed.raw_metadata(&key()).await.unwrap();
+    let first_at = header(&first, "x-amz-meta-exported-at").to_owned();
+    // The control plane keeps answering 304: the same config, still current.
+    wait_until("the export time is refreshed", WAIT, || async {
+        let meta = seaweed.raw_metadata(&key()).await.unwrap();
+        header(&meta, "x-amz-meta-exported-at") != first_at
+    })
+    .await;
+    assert!(exporter.count(|s| &s.not_modified) >= 1);
+    exporter.stop().await;
+
+    let meta = seaweed.raw_metadata(&key()).await.unwrap();
+    let body = seaweed.raw_object(&key()).await.unwrap();
+    assert_eq!(
+        header(&meta, "x-amz-meta-revision"),
+        header(&first, "x-amz-meta-revision"),
+        "the same export, confirmed again: same revision"
+    );
+    assert_eq!(
+        header(&meta, "x-amz-meta-sha256"),
+        header(&first, "x-amz-meta-sha256")
+    );
+    let parse = fallback_core::freshness::parse_rfc3339_ms;
+    let (then, now) = (
+        parse(&first_at).unwrap(),
+        parse(header(&meta, "x-amz-meta-exported-at")).unwrap(),
+    );
+    assert!(now >= then + 1000, "{first_at} -> {now}");
+    // Signed over the new export time: the filter's check accepts it.
+    verified_manifest(&meta, &body, &signing_key);
 }

@@ -39,7 +39,7 @@ async fn export(store: &dyn ConfigStore, key: &str, marker: &str) -> (Bytes, Exp
         signature: None,
         key_id: None,
     };
-    let outcome = write_document(store, key, &body, &metadata, None)
+    let outcome = write_document(store, key, &body, &metadata, None, None)
         .await
         .unwrap();
     assert!(
@@ -677,6 +677,7 @@ async fn export_bytes(store: &std::path::Path, size: usize, revision: u64) -> By
         &object_key("", VERSION).unwrap(),
         &body,
         &metadata,
+        None,
         None,
     )
     .await

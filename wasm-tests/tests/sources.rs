@@ -401,7 +401,13 @@ async fn handshake_and_pings_are_what_kong_expects() {
     let hash = cp.publish(document("v1"));
     assert_eq!(next_document(&mut source).await, document("v1"));
     assert_eq!(source.current_hash(), Some(hash.as_str()));
-    let _ = tokio::time::timeout(Duration::from_millis(500), source.next()).await;
+    // The control plane answers the next ping without a push: the config held is confirmed
+    // current (what the exporter renews the export time from).
+    let confirmed = tokio::time::timeout(Duration::from_millis(500), source.next()).await;
+    assert!(
+        matches!(confirmed, Ok(Ok(Polled::NotModified))),
+        "a pong confirms the config held: {confirmed:?}"
+    );
     let record = cp.records().pop().unwrap();
     assert_eq!(record.pings.last().unwrap(), hash.as_bytes());
     assert_eq!(record.sync_status, SyncStatus::Normal);
@@ -572,9 +578,17 @@ async fn a_silent_data_plane_is_dropped_and_reconnects() {
     args.ping_interval = Duration::from_secs(10);
     let mut source = ClusterSource::new(args);
     next_document(&mut source).await;
-    let err = tokio::time::timeout(WAIT, source.next())
-        .await
-        .expect("dropped");
+    // The pong to the ping sent at once after the config confirms it; then nothing more.
+    let err = tokio::time::timeout(WAIT, async {
+        loop {
+            match source.next().await {
+                Ok(Polled::NotModified) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("dropped");
     assert!(err.is_err(), "{err:?}");
     let dropped = cp.records()[1].closed_because.clone();
     assert!(dropped.unwrap().contains("did not receive ping frame"));

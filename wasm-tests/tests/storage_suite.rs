@@ -124,6 +124,7 @@ async fn behaviour_suite(store: Arc<dyn ConfigStore>) {
             key,
             &v1,
             &metadata(&v1, 150, "node-a"),
+            None,
             None
         )
         .await
@@ -139,12 +140,44 @@ async fn behaviour_suite(store: Arc<dyn ConfigStore>) {
             key,
             &v2,
             &metadata(&v2, 300, "node-c"),
+            None,
             None
         )
         .await
         .unwrap(),
         WriteOutcome::AlreadyStored
     );
+    // The same bytes, offered two hours after they were stored while refreshing every hour:
+    // written again with the new export time, at the stored revision.
+    let later = ExportMetadata {
+        exported_at: "2026-11-26T12:00:00.000Z".into(),
+        ..metadata(&v2, 310, "node-c")
+    };
+    let hour = Some(std::time::Duration::from_secs(3600));
+    assert!(matches!(
+        write_document(store.as_ref(), key, &v2, &later, None, hour)
+            .await
+            .unwrap(),
+        WriteOutcome::Refreshed { revision: 200, .. }
+    ));
+    let refreshed = store.head(key).await.unwrap().unwrap().metadata.unwrap();
+    assert_eq!(
+        (
+            refreshed.revision,
+            refreshed.exported_at.as_str(),
+            refreshed.sha256
+        ),
+        (200, "2026-11-26T12:00:00.000Z", m2.sha256)
+    );
+    assert_eq!(store.get(key).await.unwrap().unwrap().body, v2);
+    assert_eq!(
+        write_document(store.as_ref(), key, &v2, &later, None, hour)
+            .await
+            .unwrap(),
+        WriteOutcome::AlreadyStored,
+        "refreshed already"
+    );
+
     let v3 = Bytes::from_static(br#"{"_format_version":"3.0","n":3}"#);
     assert!(matches!(
         write_document(
@@ -152,6 +185,7 @@ async fn behaviour_suite(store: Arc<dyn ConfigStore>) {
             key,
             &v3,
             &metadata(&v3, 300, "node-c"),
+            None,
             None
         )
         .await
@@ -169,7 +203,7 @@ async fn behaviour_suite(store: Arc<dyn ConfigStore>) {
         writers.spawn(async move {
             let body = Bytes::from(format!(r#"{{"_format_version":"3.0","rev":{revision}}}"#));
             let meta = metadata(&body, revision, &format!("racer-{revision}"));
-            write_document(store.as_ref(), race_key, &body, &meta, None).await
+            write_document(store.as_ref(), race_key, &body, &meta, None, None).await
         });
     }
     while let Some(result) = writers.join_next().await {

@@ -367,6 +367,11 @@ impl ClusterSource {
                             let reason = frame.map(|f| format!(" ({} {})", u16::from(f.code), f.reason)).unwrap_or_default();
                             return Err(closed(format!("the control plane closed the connection{reason}")));
                         }
+                        // A pong answers our ping, which carries the hash of the config held:
+                        // a control plane holding another one pushes it. So a pong with no push
+                        // confirms the config held is current (the exporter renews its export
+                        // time from such confirmations).
+                        Message::Pong(_) if conn.got_config => return Ok(Polled::NotModified),
                         Message::Pong(_) | Message::Ping(_) => {}
                         Message::Text(_) | Message::Frame(_) => debug!("ignored a text frame from the control plane"),
                     }
