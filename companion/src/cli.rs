@@ -71,6 +71,25 @@ pub const MIRROR_VARIABLES: &[&str] = &[
     "GCP_SERVICE_ACCOUNT",
     "GOOGLE_APPLICATION_CREDENTIALS",
     "STORAGE_EMULATOR_HOST",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_BLOB_ENDPOINT",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+];
+
+/// The Azure variables that are credentials: a mirror giving any of them takes none of the
+/// primary's.
+const AZURE_CREDENTIAL_VARIABLES: [&str; 6] = [
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_KEY",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
 ];
 
 /// Where exports live and with which credentials.
@@ -86,10 +105,11 @@ pub struct StorageArgs {
     )]
     pub storage: String,
 
-    /// Mirror storage URLs, comma-separated (any mix of s3://, gcs://, file://): the export
-    /// role writes every export to the primary storage and then to each mirror; the signer
-    /// hands out a signed URL for every store holding the current revision, primary first.
-    /// Mirrors use the same credential variables as the primary.
+    /// Mirror storage URLs, comma-separated (any mix of s3://, gcs://, azure://, file://): the
+    /// export role writes every export to the primary storage and then to each mirror; the
+    /// signer hands out a signed URL for every store holding the current revision, primary
+    /// first. Mirrors use the same credential variables as the primary, unless mirror <n> (from
+    /// 1) sets its own as FALLBACK_MIRROR_<n>_<VARIABLE> (docs/storage.md#mirrors).
     #[arg(
         long = "mirror-storage",
         env = "FALLBACK_MIRROR_STORAGES",
@@ -509,8 +529,10 @@ impl StorageArgs {
 
     /// The settings mirror `n` (from 1) is opened with: these, with its own credentials where
     /// `FALLBACK_MIRROR_<n>_<VARIABLE>` sets them (see [`MIRROR_VARIABLES`]). A mirror giving
-    /// its own AWS access key, or its own GCS credentials, takes none of the primary's for that
-    /// backend (no session token or key file carried over from another account).
+    /// its own AWS access key, its own GCS credentials, or any Azure credential (connection
+    /// string, account key, tenant, client, secret, federated token file) takes none of the
+    /// primary's for that backend (no session token, key file or secret carried over from
+    /// another account).
     pub fn mirror_args(&self, n: usize, lookup: impl Fn(&str) -> Option<String>) -> StorageArgs {
         let var =
             |name: &str| lookup(&format!("FALLBACK_MIRROR_{n}_{name}")).filter(|v| !v.is_empty());
@@ -540,6 +562,24 @@ impl StorageArgs {
         }
         if let Some(host) = var("STORAGE_EMULATOR_HOST") {
             args.storage_emulator_host = Some(host);
+        }
+        if AZURE_CREDENTIAL_VARIABLES
+            .iter()
+            .any(|name| var(name).is_some())
+        {
+            args.azure_storage_connection_string =
+                var("AZURE_STORAGE_CONNECTION_STRING").map(Secret::new);
+            args.azure_storage_key = var("AZURE_STORAGE_KEY").map(Secret::new);
+            args.azure_tenant_id = var("AZURE_TENANT_ID");
+            args.azure_client_id = var("AZURE_CLIENT_ID");
+            args.azure_client_secret = var("AZURE_CLIENT_SECRET").map(Secret::new);
+            args.azure_federated_token_file = var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from);
+        }
+        if let Some(account) = var("AZURE_STORAGE_ACCOUNT") {
+            args.azure_storage_account = Some(account);
+        }
+        if let Some(endpoint) = var("AZURE_STORAGE_BLOB_ENDPOINT") {
+            args.azure_storage_blob_endpoint = Some(endpoint);
         }
         args
     }
@@ -1109,6 +1149,8 @@ mod tests {
             "FALLBACK_MIRROR_1_AWS_SECRET_ACCESS_KEY" => Some("mirror-secret".to_owned()),
             "FALLBACK_MIRROR_1_AWS_REGION" => Some("eu-west-1".to_owned()),
             "FALLBACK_MIRROR_2_GOOGLE_APPLICATION_CREDENTIALS" => Some("/k.json".to_owned()),
+            "FALLBACK_MIRROR_4_AZURE_STORAGE_ACCOUNT" => Some("mirroraccount".to_owned()),
+            "FALLBACK_MIRROR_4_AZURE_STORAGE_KEY" => Some("bWlycm9y".to_owned()),
             _ => None,
         };
         let first = storage.mirror_args(1, env);
@@ -1128,6 +1170,31 @@ mod tests {
         assert_eq!(
             second.google_application_credentials,
             Some(PathBuf::from("/k.json"))
+        );
+        let primary_azure = StorageArgs {
+            azure_storage_account: Some("primaryaccount".into()),
+            azure_client_id: Some("primary-identity".into()),
+            azure_client_secret: Some(Secret::new("primary-secret")),
+            ..storage.clone()
+        };
+        let fourth = primary_azure.mirror_args(4, env);
+        assert_eq!(
+            fourth.azure_storage_account.as_deref(),
+            Some("mirroraccount")
+        );
+        assert_eq!(
+            fourth.azure_storage_key.as_ref().map(Secret::expose),
+            Some("bWlycm9y")
+        );
+        assert!(
+            fourth.azure_client_id.is_none() && fourth.azure_client_secret.is_none(),
+            "none of the primary's Azure credentials"
+        );
+        let second = primary_azure.mirror_args(2, env);
+        assert_eq!(
+            second.azure_client_secret.as_ref().map(Secret::expose),
+            Some("primary-secret"),
+            "a mirror naming no Azure credential uses the primary's"
         );
         // Every variable named in MIRROR_VARIABLES is read.
         for name in MIRROR_VARIABLES {

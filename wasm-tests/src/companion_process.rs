@@ -18,8 +18,8 @@ pub struct CompanionProcess {
 }
 
 impl CompanionProcess {
-    /// Starts `fallback-companion run` with `env` (plus `FALLBACK_LISTEN` on a free port) and
-    /// waits until `/healthz` answers.
+    /// Starts `fallback-companion run` with `env` (plus `FALLBACK_LISTEN` on a free port, or
+    /// `FALLBACK_ADMIN_LISTEN` for the export role alone) and waits until `/healthz` answers.
     pub async fn start(env: &[(&str, String)]) -> Self {
         let mut companion = Self {
             port: free_port(),
@@ -40,12 +40,22 @@ impl CompanionProcess {
             .append(true)
             .open(self.log_path())
             .expect("companion log file");
+        // The export role alone serves /healthz on the admin listener, not the signer's.
+        let signer = self
+            .env
+            .iter()
+            .any(|(k, v)| k == "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT" && v == "on");
+        let listen = if signer {
+            "FALLBACK_LISTEN"
+        } else {
+            "FALLBACK_ADMIN_LISTEN"
+        };
         let child = Command::new(companion_binary())
             .arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("NO_COLOR", "1")
-            .env("FALLBACK_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env(listen, format!("127.0.0.1:{}", self.port))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))

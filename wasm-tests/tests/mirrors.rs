@@ -109,3 +109,58 @@ async fn with_the_primary_copy_deleted_the_filter_imports_from_the_mirror() {
     })
     .await;
 }
+
+/// An Azure mirror with its own account key (`FALLBACK_MIRROR_1_AZURE_*`), the primary a
+/// `file://` store with no Azure credential at all: the companion binary's export role writes
+/// the export to Azurite, which checks the Shared Key signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_mirror_with_its_own_credentials_gets_every_export() {
+    use fallback_companion::storage::azure::{DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+    let azurite = wasm_tests::azurite::Azurite::start().await;
+    let cp = wasm_tests::MockCp::start().await;
+    cp.set_document(&routing_document(&[("shop", 9)]));
+    let primary = tempfile::tempdir().unwrap();
+    let companion = CompanionProcess::start(&[
+        ("KONG_CLUSTER_FALLBACK_CONFIG_EXPORT", "on".into()),
+        (
+            "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE",
+            format!("file://{}", primary.path().display()),
+        ),
+        (
+            "FALLBACK_MIRROR_STORAGES",
+            format!("azure://{}/mirror", azurite.container()),
+        ),
+        (
+            "FALLBACK_MIRROR_1_AZURE_STORAGE_ACCOUNT",
+            DEV_ACCOUNT.into(),
+        ),
+        (
+            "FALLBACK_MIRROR_1_AZURE_STORAGE_KEY",
+            DEV_ACCOUNT_KEY.into(),
+        ),
+        (
+            "FALLBACK_MIRROR_1_AZURE_STORAGE_BLOB_ENDPOINT",
+            azurite.endpoint(),
+        ),
+        ("FALLBACK_CONTROL_PLANE_URL", format!("{}/config", cp.url())),
+        ("KONG_CLUSTER_FALLBACK_EXPORT_DELAY", "100ms".into()),
+        ("FALLBACK_CONFIG_VERSION", VERSION.into()),
+        ("FALLBACK_LOG", "info".into()),
+    ])
+    .await;
+    let mirror_key = object_key("mirror", VERSION).unwrap();
+    wait_until("the export reaches the Azure mirror", WAIT, || async {
+        azurite.raw_blob(&mirror_key).await.is_some()
+    })
+    .await;
+    let blob = azurite.raw_blob(&mirror_key).await.unwrap();
+    let sha = blob
+        .header("x-ms-meta-sha256")
+        .expect("the export's metadata on the blob")
+        .to_owned();
+    assert_eq!(
+        sha,
+        fallback_core::digest::Sha256Digest::of(&blob.body).to_hex()
+    );
+    drop(companion);
+}
