@@ -1293,7 +1293,37 @@ impl FetchMachine {
                 .and_then(crate::freshness::parse_rfc3339_ms),
             document: body.into(),
         };
-        if self.publish(published, &loaded, out) {
+        // The same export, confirmed current later by its exporter (a renewed export time,
+        // FALLBACK_EXPORT_REFRESH): published again so that every worker's staleness budget
+        // counts from the new time.
+        let renewed = self.current.as_ref().and_then(|c| {
+            let same = c.source == Source::Fallback
+                && c.revision == published.revision
+                && c.sha256 == published.sha256;
+            let newer = match (published.exported_at_ms, c.exported_at_ms) {
+                (Some(new), Some(old)) => new > old,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            (same && newer).then_some(published.exported_at_ms)
+        });
+        if let Some(Some(at)) = renewed {
+            if let Some(current) = &mut self.current {
+                current.exported_at_ms = Some(at);
+            }
+            let exported_at = object.exported_at.as_deref().unwrap_or_default();
+            log(
+                out,
+                LogLevel::Info,
+                format!(
+                    "storage still holds revision {} (sha256 {actual}), exported again at \
+                     {exported_at}: its exporter still saw it current; the config's age \
+                     counts from then",
+                    object.revision
+                ),
+            );
+            out.push(Action::Publish(published));
+        } else if self.publish(published, &loaded, out) {
             let signed = signed_by.map_or_else(String::new, |id| format!(", signed by key {id}"));
             log(
                 out,

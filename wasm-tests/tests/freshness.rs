@@ -127,3 +127,48 @@ async fn a_stale_config_is_refused_with_503_under_fail_closed() {
     })
     .await;
 }
+
+/// The data plane cannot reach the control plane, but the export role still can and finds the
+/// same config there: it renews the stored export's time (`FALLBACK_EXPORT_REFRESH`), the
+/// filter's next storage check takes the new time, and the config it had refused as stale is
+/// served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_its_exporter_confirms_current_is_no_longer_stale() {
+    let (stack, envoy) = exported_days_ago(serde_json::json!({
+        "max_fallback_age_ms": 3_600_000,
+        "stale_policy": "fail_closed",
+    }))
+    .await;
+    wait_until("requests are refused as stale", WAIT, || async {
+        get(&envoy, "/shop/x")
+            .await
+            .is_ok_and(|r| r.status == 503 && r.text().contains("staleness budget"))
+    })
+    .await;
+    // The control plane the export role reaches serves the same config.
+    let cp = wasm_tests::MockCp::start().await;
+    cp.set_document(&routing_document(&[("shop", stack.alpha.port())]));
+    let mut settings = wasm_tests::fixtures::fast_settings(&stack.key(), "exporter");
+    settings.refresh = Some(Duration::from_secs(1));
+    let exporter = wasm_tests::fixtures::RunningExporter::start(
+        settings,
+        &format!("{}/config", cp.url()),
+        wasm_tests::fixtures::s3_store(&stack.seaweed, stack.seaweed.writer()),
+    );
+    wait_until("the renewed config is served", WAIT, || async {
+        get(&envoy, "/shop/x")
+            .await
+            .is_ok_and(|r| r.status == 200 && r.json()["upstream"] == "alpha")
+    })
+    .await;
+    assert!(
+        exporter.count(|s| &s.uploads) >= 1,
+        "the export role wrote the same export again"
+    );
+    assert_eq!(get(&envoy, READY).await.unwrap().status, 200);
+    wait_until("the filter says why", WAIT, || async {
+        envoy.log_contains("exported again at")
+    })
+    .await;
+    exporter.stop().await;
+}

@@ -1632,6 +1632,58 @@ fn past_the_budget_the_leader_logs_and_counts_once_a_minute_until_a_fresher_impo
     assert_eq!(stale_lines(&d.tick(exported + 121_000)), 1);
 }
 
+#[test]
+fn the_same_export_with_a_renewed_export_time_is_published_again_and_its_age_counts_from_then() {
+    let mut c = config_json(false);
+    c["max_fallback_age_ms"] = json!(60_000);
+    let mut d = Driver::with_config(config(&c));
+    let at = |text: &str| crate::freshness::parse_rfc3339_ms(text).unwrap();
+    let first = "2026-11-26T10:00:00.000Z";
+    let renewed = "2026-11-26T11:00:00.000Z";
+    let answer =
+        |exported_at: &str| signed_body_with(&doc(1), 7, json!({"exported_at": exported_at}));
+    d.tick(at(first));
+    d.answer(Party::Companion, ok(&answer(first)));
+    let p = published(&d.answer(Party::Storage, ok(&doc(1)))).expect("imported");
+    assert_eq!(p.exported_at_ms, Some(at(first)));
+    // An hour later the budget is spent...
+    let later = at(renewed) + 1_000;
+    let a = d.tick(later);
+    assert!(
+        counts(&a).contains(&(Stage::Age, false)),
+        "stale before the renewal"
+    );
+    // ...and the next check finds the same revision exported again: published again with the
+    // new time, and no longer stale.
+    assert!(
+        dispatch_to(&a, Party::Companion).is_some(),
+        "a fallback check is due"
+    );
+    d.answer(Party::Companion, ok(&answer(renewed)));
+    let a = d.answer(Party::Storage, ok(&doc(1)));
+    let p = published(&a).expect("published again");
+    assert_eq!((p.revision, p.exported_at_ms), (7, Some(at(renewed))));
+    assert_eq!(d.m.current().unwrap().exported_at_ms, Some(at(renewed)));
+    assert!(
+        has_log(
+            &a,
+            LogLevel::Info,
+            "exported again at 2026-11-26T11:00:00.000Z"
+        ),
+        "{:#?}",
+        logs(&a)
+    );
+    assert!(!counts(&d.tick(later + 1_000)).contains(&(Stage::Age, false)));
+    // The same time again, or an older one: nothing new.
+    for exported_at in [renewed, first] {
+        let a = d.tick(later + 40_000);
+        if dispatch_to(&a, Party::Companion).is_some() {
+            d.answer(Party::Companion, ok(&answer(exported_at)));
+            assert_eq!(published(&d.answer(Party::Storage, ok(&doc(1)))), None);
+        }
+    }
+}
+
 // ---- adopt ----
 
 #[test]
