@@ -9,7 +9,7 @@ use fallback_core::backoff::Backoff;
 use fallback_core::digest::{canonical_json, Sha256Digest};
 use fallback_core::document::{Problem, ValidationErrors};
 use fallback_core::export::{
-    plan_write_refreshing, ExportMetadata, ExportPacer, Offer, RevisionClock, SignedBy, WritePlan,
+    plan_write, ExportMetadata, ExportPacer, Offer, RevisionClock, SignedBy, WritePlan,
 };
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,7 +121,7 @@ pub async fn write_document(
         });
     for _ in 0..MAX_CAS_ROUNDS {
         let stored = store.head(key).await?;
-        let plan = plan_write_refreshing(stored.as_ref(), metadata, signed_by, refresh_after_ms);
+        let plan = plan_write(stored.as_ref(), metadata, signed_by, refresh_after_ms);
         let refreshed = matches!(plan, WritePlan::Refresh { .. });
         let (precondition, resigned) = match plan {
             WritePlan::AlreadyStored => return Ok(WriteOutcome::AlreadyStored),
@@ -459,8 +459,9 @@ impl ExportLoop {
         let (Some(every), Some((sha256, body))) = (self.settings.refresh, &self.stored) else {
             return;
         };
-        let candidate = Candidate {
-            revision: self.revisions.next(unix_ms()),
+        let revisions = &mut self.revisions;
+        let candidate = || Candidate {
+            revision: revisions.next(unix_ms()),
             body: body.clone(),
         };
         let every_ms = every.as_millis() as u64;

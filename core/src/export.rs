@@ -279,19 +279,9 @@ pub struct SignedBy<'a> {
 /// signing on, rotating the key, or moving from body signatures to manifest signatures must
 /// sign the document already stored, or filters requiring the signature refuse it until the
 /// control plane's config changes. An unsigned exporter keeps a stored signature: removing it
-/// would only make filters refuse the export.
+/// would only make filters refuse the export. With `refresh_after_ms`, the same bytes stored longer than that before the candidate's
+/// `exported_at` (or without a readable export time) are written again: [`WritePlan::Refresh`].
 pub fn plan_write(
-    stored: Option<&StoredObject>,
-    candidate: &ExportMetadata,
-    signer: Option<SignedBy<'_>>,
-) -> WritePlan {
-    plan_write_refreshing(stored, candidate, signer, None)
-}
-
-/// [`plan_write`], and with `refresh_after_ms`, [`WritePlan::Refresh`] for the same bytes
-/// stored longer than that before the candidate's `exported_at` (or without a readable
-/// export time).
-pub fn plan_write_refreshing(
     stored: Option<&StoredObject>,
     candidate: &ExportMetadata,
     signer: Option<SignedBy<'_>>,
@@ -483,12 +473,13 @@ impl<T> ExportPacer<T> {
     }
 
     /// The control plane still serves `sha256`, the stored document: when nothing waits and the
-    /// last export is `every_ms` old or more, queue `document` again so that its export time is
-    /// refreshed ([`WritePlan::Refresh`]). Returns whether it was queued.
+    /// last export is `every_ms` old or more, queue `document()` again so that its export time
+    /// is refreshed ([`WritePlan::Refresh`]). Returns whether it was queued (`document` is
+    /// only called then).
     pub fn refresh(
         &mut self,
         sha256: Sha256Digest,
-        document: T,
+        document: impl FnOnce() -> T,
         now_ms: u64,
         every_ms: u64,
     ) -> bool {
@@ -498,7 +489,7 @@ impl<T> ExportPacer<T> {
                 .last_export_ms
                 .is_some_and(|last| now_ms.saturating_sub(last) >= every_ms);
         if due {
-            self.pending = Some((sha256, document));
+            self.pending = Some((sha256, document()));
         }
         due
     }
@@ -638,13 +629,13 @@ mod tests {
     #[test]
     fn plan_creates_when_empty_and_skips_identical_bytes() {
         let c = metadata(b"new", 10);
-        assert_eq!(plan_write(None, &c, None), WritePlan::Create);
+        assert_eq!(plan_write(None, &c, None, None), WritePlan::Create);
         let stored = StoredObject {
             etag: "\"e\"".into(),
             metadata: Some(metadata(b"new", 3)),
         };
         assert_eq!(
-            plan_write(Some(&stored), &c, None),
+            plan_write(Some(&stored), &c, None, None),
             WritePlan::AlreadyStored
         );
     }
@@ -656,19 +647,19 @@ mod tests {
             metadata: Some(metadata(b"newer", 20)),
         };
         assert_eq!(
-            plan_write(Some(&stored), &metadata(b"older", 10), None),
+            plan_write(Some(&stored), &metadata(b"older", 10), None, None),
             WritePlan::Superseded {
                 stored_revision: 20
             }
         );
         assert_eq!(
-            plan_write(Some(&stored), &metadata(b"same-rev", 20), None),
+            plan_write(Some(&stored), &metadata(b"same-rev", 20), None, None),
             WritePlan::Superseded {
                 stored_revision: 20
             }
         );
         assert_eq!(
-            plan_write(Some(&stored), &metadata(b"newest", 21), None),
+            plan_write(Some(&stored), &metadata(b"newest", 21), None, None),
             WritePlan::Replace {
                 if_match: "\"e\"".into()
             }
@@ -720,7 +711,12 @@ mod tests {
         let candidate = metadata(b"doc", 9);
         // Signing turned on: the stored copy is unsigned.
         assert_eq!(
-            plan_write(Some(&stored(signed(b"doc", 5, None))), &candidate, by_a),
+            plan_write(
+                Some(&stored(signed(b"doc", 5, None))),
+                &candidate,
+                by_a,
+                None
+            ),
             WritePlan::Resign {
                 if_match: "\"e\"".into(),
                 revision: 9
@@ -729,7 +725,12 @@ mod tests {
         // Key rotated: the stored signature is another key's; the stored revision is higher
         // (another exporter saw the same bytes later) and is kept.
         assert_eq!(
-            plan_write(Some(&stored(signed(b"doc", 20, Some(2)))), &candidate, by_a),
+            plan_write(
+                Some(&stored(signed(b"doc", 20, Some(2)))),
+                &candidate,
+                by_a,
+                None
+            ),
             WritePlan::Resign {
                 if_match: "\"e\"".into(),
                 revision: 20
@@ -751,7 +752,7 @@ mod tests {
             (signed(b"doc", 5, Some(1)), other_version),
         ] {
             assert!(matches!(
-                plan_write(Some(&stored(stored_meta)), &candidate, signer),
+                plan_write(Some(&stored(stored_meta)), &candidate, signer, None),
                 WritePlan::Resign { .. }
             ));
         }
@@ -759,22 +760,37 @@ mod tests {
         let mut swapped = signed(b"doc", 5, Some(1));
         swapped.revision = 6;
         assert!(matches!(
-            plan_write(Some(&stored(swapped)), &candidate, by_a),
+            plan_write(Some(&stored(swapped)), &candidate, by_a, None),
             WritePlan::Resign { .. }
         ));
         // Already signed by this key (at whatever revision and time): nothing to write.
         assert_eq!(
-            plan_write(Some(&stored(signed(b"doc", 5, Some(1)))), &candidate, by_a),
+            plan_write(
+                Some(&stored(signed(b"doc", 5, Some(1)))),
+                &candidate,
+                by_a,
+                None
+            ),
             WritePlan::AlreadyStored
         );
         // An exporter without a key leaves a stored signature alone.
         assert_eq!(
-            plan_write(Some(&stored(signed(b"doc", 5, Some(2)))), &candidate, None),
+            plan_write(
+                Some(&stored(signed(b"doc", 5, Some(2)))),
+                &candidate,
+                None,
+                None
+            ),
             WritePlan::AlreadyStored
         );
         // Other bytes follow the revision rules whatever the signatures.
         assert_eq!(
-            plan_write(Some(&stored(signed(b"other", 50, None))), &candidate, by_a),
+            plan_write(
+                Some(&stored(signed(b"other", 50, None))),
+                &candidate,
+                by_a,
+                None
+            ),
             WritePlan::Superseded {
                 stored_revision: 50
             }
@@ -826,7 +842,7 @@ mod tests {
             metadata: None,
         };
         assert_eq!(
-            plan_write(Some(&stored), &metadata(b"x", 1), None),
+            plan_write(Some(&stored), &metadata(b"x", 1), None, None),
             WritePlan::Replace {
                 if_match: "g1".into()
             }
@@ -911,7 +927,7 @@ mod tests {
             ..metadata(b"doc", 31)
         };
         let refresh = |stored: &StoredObject, after: Option<u64>| {
-            plan_write_refreshing(Some(stored), &candidate, None, after)
+            plan_write(Some(stored), &candidate, None, after)
         };
         let old = stored_at("2026-11-26T10:00:00.000Z");
         assert_eq!(
@@ -933,7 +949,7 @@ mod tests {
             "no refresh set"
         );
         assert_eq!(
-            plan_write(Some(&old), &candidate, None),
+            plan_write(Some(&old), &candidate, None, None),
             WritePlan::AlreadyStored
         );
         assert!(
@@ -949,7 +965,7 @@ mod tests {
             ..metadata(b"other", 31)
         };
         assert_eq!(
-            plan_write_refreshing(Some(&old), &newer, None, Some(hour)),
+            plan_write(Some(&old), &newer, None, Some(hour)),
             WritePlan::Replace {
                 if_match: "\"e\"".into()
             }
@@ -966,7 +982,7 @@ mod tests {
         };
         let hour = Some(3_600_000);
         assert_eq!(
-            plan_write_refreshing(
+            plan_write(
                 Some(&stored(signed(b"doc", 20, None))),
                 &candidate,
                 by_a,
@@ -979,7 +995,7 @@ mod tests {
             "unsigned: signed (with a new export time too)"
         );
         assert_eq!(
-            plan_write_refreshing(
+            plan_write(
                 Some(&stored(signed(b"doc", 20, Some(1)))),
                 &candidate,
                 by_a,
@@ -996,22 +1012,25 @@ mod tests {
     #[test]
     fn the_pacer_queues_the_stored_document_again_once_the_refresh_interval_has_passed() {
         let mut p = ExportPacer::new(1_000);
-        assert!(!p.refresh(sha("a"), "a", 0, 5_000), "nothing stored yet");
+        assert!(!p.refresh(sha("a"), || "a", 0, 5_000), "nothing stored yet");
         p.offer(sha("a"), "a");
         p.stored(sha("a"), 100);
-        assert!(!p.refresh(sha("a"), "a", 4_000, 5_000), "too early");
+        assert!(!p.refresh(sha("a"), || "a", 4_000, 5_000), "too early");
         assert!(
-            !p.refresh(sha("b"), "b", 9_000, 5_000),
+            !p.refresh(sha("b"), || "b", 9_000, 5_000),
             "not the stored document"
         );
-        assert!(p.refresh(sha("a"), "a", 5_100, 5_000));
+        assert!(p.refresh(sha("a"), || "a", 5_100, 5_000));
         assert_eq!(p.due(5_100).map(|(s, d)| (s, *d)), Some((sha("a"), "a")));
-        assert!(!p.refresh(sha("a"), "a", 5_200, 5_000), "already waiting");
+        assert!(
+            !p.refresh(sha("a"), || "a", 5_200, 5_000),
+            "already waiting"
+        );
         p.stored(sha("a"), 5_300);
         assert_eq!(p.due_at(), None);
         // A new document waiting is not displaced by a refresh.
         p.offer(sha("b"), "b");
-        assert!(!p.refresh(sha("a"), "a", 99_999, 5_000));
+        assert!(!p.refresh(sha("a"), || "a", 99_999, 5_000));
         assert_eq!(p.pending().map(|(s, _)| s), Some(sha("b")));
     }
 

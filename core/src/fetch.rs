@@ -811,7 +811,8 @@ impl FetchMachine {
         }
         let was = self.mode;
         let sha = published.sha256;
-        let message = match (self.publish(published, &loaded, out), was) {
+        let published = self.publish(published, &loaded, out) == Publication::New;
+        let message = match (published, was) {
             (true, Mode::Fallback) => Some(format!(
                 "control plane {upstream} is back: serving its config (sha256 {sha}) instead of \
                  the fallback config"
@@ -1293,56 +1294,43 @@ impl FetchMachine {
                 .and_then(crate::freshness::parse_rfc3339_ms),
             document: body.into(),
         };
-        // The same export, confirmed current later by its exporter (a renewed export time,
-        // FALLBACK_EXPORT_REFRESH): published again so that every worker's staleness budget
-        // counts from the new time.
-        let renewed = self.current.as_ref().and_then(|c| {
-            let same = c.source == Source::Fallback
-                && c.revision == published.revision
-                && c.sha256 == published.sha256;
-            let newer = match (published.exported_at_ms, c.exported_at_ms) {
-                (Some(new), Some(old)) => new > old,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            (same && newer).then_some(published.exported_at_ms)
-        });
-        if let Some(Some(at)) = renewed {
-            if let Some(current) = &mut self.current {
-                current.exported_at_ms = Some(at);
+        match self.publish(published, &loaded, out) {
+            Publication::Renewed => {
+                let exported_at = object.exported_at.as_deref().unwrap_or_default();
+                log(
+                    out,
+                    LogLevel::Info,
+                    format!(
+                        "storage still holds revision {} (sha256 {actual}), exported again at \
+                         {exported_at}: its exporter still saw it current; the config's age \
+                         counts from then",
+                        object.revision
+                    ),
+                );
             }
-            let exported_at = object.exported_at.as_deref().unwrap_or_default();
-            log(
-                out,
-                LogLevel::Info,
-                format!(
-                    "storage still holds revision {} (sha256 {actual}), exported again at \
-                     {exported_at}: its exporter still saw it current; the config's age \
-                     counts from then",
-                    object.revision
-                ),
-            );
-            out.push(Action::Publish(published));
-        } else if self.publish(published, &loaded, out) {
-            let signed = signed_by.map_or_else(String::new, |id| format!(", signed by key {id}"));
-            log(
-                out,
-                LogLevel::Info,
-                format!(
-                    "imported revision {} (sha256 {actual}, version {}{skew}{signed}) from \
+            Publication::New => {
+                let signed =
+                    signed_by.map_or_else(String::new, |id| format!(", signed by key {id}"));
+                log(
+                    out,
+                    LogLevel::Info,
+                    format!(
+                        "imported revision {} (sha256 {actual}, version {}{skew}{signed}) from \
                      storage: serving the fallback config; next check in {refresh} ms",
-                    object.revision, object.version
-                ),
-            );
-        } else {
-            log(
-                out,
-                LogLevel::Debug,
-                format!(
-                    "storage still holds revision {} (sha256 {actual}): nothing new",
-                    object.revision
-                ),
-            );
+                        object.revision, object.version
+                    ),
+                );
+            }
+            Publication::Unchanged => {
+                log(
+                    out,
+                    LogLevel::Debug,
+                    format!(
+                        "storage still holds revision {} (sha256 {actual}): nothing new",
+                        object.revision
+                    ),
+                );
+            }
         }
     }
 
@@ -1376,20 +1364,30 @@ impl FetchMachine {
     }
 
     /// Publishes `candidate` unless the same document from the same source (and revision) is
-    /// already published; says whether it did.
+    /// already published. The same export with a newer export time (its exporter confirmed it
+    /// current later: `FALLBACK_EXPORT_REFRESH`) is published again, so that every worker's
+    /// staleness budget counts from the new time.
     fn publish(
         &mut self,
         candidate: PublishedConfig,
         loaded: &Loaded,
         out: &mut Vec<Action>,
-    ) -> bool {
-        let same = self.current.as_ref().is_some_and(|c| {
-            c.source == candidate.source
-                && c.revision == candidate.revision
-                && c.sha256 == candidate.sha256
-        });
-        if same {
-            return false;
+    ) -> Publication {
+        if let Some(current) = &mut self.current {
+            if current.source == candidate.source
+                && current.revision == candidate.revision
+                && current.sha256 == candidate.sha256
+            {
+                let renewed = candidate
+                    .exported_at_ms
+                    .is_some_and(|new| current.exported_at_ms.is_none_or(|old| new > old));
+                if !renewed {
+                    return Publication::Unchanged;
+                }
+                current.exported_at_ms = candidate.exported_at_ms;
+                out.push(Action::Publish(candidate));
+                return Publication::Renewed;
+            }
         }
         if !loaded.warnings.is_empty() {
             let mut message = format!(
@@ -1406,8 +1404,19 @@ impl FetchMachine {
         }
         self.current = Some(candidate.clone());
         out.push(Action::Publish(candidate));
-        true
+        Publication::New
     }
+}
+
+/// What [`FetchMachine::publish`] did with a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publication {
+    /// A new config, published.
+    New,
+    /// The config in force, with a newer export time: published again.
+    Renewed,
+    /// The config in force: nothing published.
+    Unchanged,
 }
 
 /// Choice `n` of `first` then `rest` (0 is `first`; past the end, `first` again).
