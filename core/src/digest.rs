@@ -4,6 +4,7 @@
 //! whitespace, produce the same bytes and so the same digest. That is what lets the exporter skip
 //! an unchanged document and lets the filter verify what it fetched.
 
+use crate::pace::Pace;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -63,6 +64,17 @@ impl Sha256Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Self(Sha256::digest(bytes).into())
+    }
+
+    /// [`Sha256Digest::of`], yielding to `pace` between pieces of 16 KiB (see
+    /// [`crate::pace`]): a published document of a few MB takes longer to hash than a slice.
+    pub async fn of_paced(bytes: &[u8], pace: &Pace<'_>) -> Self {
+        let mut hasher = Sha256::new();
+        for piece in bytes.chunks(16 * 1024) {
+            hasher.update(piece);
+            pace.checkpoint().await;
+        }
+        Self(hasher.finalize().into())
     }
 
     /// 64 lowercase hex digits.

@@ -44,6 +44,7 @@ pub use entities::{
 };
 
 use crate::limits::MAX_DOCUMENT_BYTES;
+use crate::pace::{drop_all, run_to_end, Pace};
 use serde_json::Value;
 use std::fmt;
 
@@ -84,7 +85,7 @@ impl ConfigDocument {
     /// `Err` holds every problem found, not just the first. `Ok` may still carry warnings
     /// (e.g. entity kinds Fallback ignores) that are worth logging.
     pub fn from_json(value: &Value) -> Result<Loaded, ValidationErrors> {
-        load::load(value)
+        run_to_end(load::load(value, &Pace::unbounded()))
     }
 
     /// Parses and validates a JSON document from bytes.
@@ -94,17 +95,45 @@ impl ConfigDocument {
     /// [`MAX_NESTING_DEPTH`](crate::limits::MAX_NESTING_DEPTH), a problem at its path; a
     /// document larger than [`MAX_DOCUMENT_BYTES`] is refused before it is parsed.
     pub fn from_slice(bytes: &[u8]) -> Result<Loaded, ValidationErrors> {
+        run_to_end(Self::from_slice_paced(bytes, &Pace::unbounded()))
+    }
+
+    /// [`ConfigDocument::from_slice`], yielding to `pace` (see [`crate::pace`]) after parsing,
+    /// once per entity while loading, and while freeing the parsed JSON. Parsing itself is one
+    /// piece.
+    pub async fn from_slice_paced(
+        bytes: &[u8],
+        pace: &Pace<'_>,
+    ) -> Result<Loaded, ValidationErrors> {
         if let Some(problem) = size_problem(bytes.len()) {
             return Err(ValidationErrors {
                 problems: vec![problem],
             });
         }
-        match crate::json::from_slice(bytes) {
-            Ok(value) => Self::from_json(&value),
-            Err(err) => Err(ValidationErrors {
-                problems: vec![Problem::new(err.path(), err.message())],
-            }),
-        }
+        let value = match crate::json::from_slice_paced(bytes, pace).await {
+            Ok(value) => value,
+            Err(err) => {
+                return Err(ValidationErrors {
+                    problems: vec![Problem::new(err.path(), err.message())],
+                })
+            }
+        };
+        let loaded = load::load(&value, pace).await;
+        crate::json::drop_paced(value, pace).await;
+        loaded
+    }
+
+    /// Frees the document a step at a time (see [`crate::pace`]), one entity each.
+    pub async fn dismantle(self, pace: &Pace<'_>) {
+        drop_all(self.services, pace).await;
+        drop_all(self.routes, pace).await;
+        drop_all(self.consumers, pace).await;
+        drop_all(self.plugins, pace).await;
+        drop_all(self.upstreams, pace).await;
+        drop_all(self.targets, pace).await;
+        drop_all(self.keyauth_credentials, pace).await;
+        drop_all(self.basicauth_credentials, pace).await;
+        drop_all(self.acls, pace).await;
     }
 }
 

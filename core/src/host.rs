@@ -220,6 +220,10 @@ pub struct HostProfile {
     /// `Connection: Upgrade` and `Upgrade: TLS/1.2, HTTP/1.1`; ngx_wasm_module turns a
     /// `Connection: upgrade` response header into status 101, so there it is left out.
     pub https_required_headers: &'static [(&'static str, &'static str)],
+    /// Whether the filter may change its tick period after setting it: Envoy takes a new
+    /// period at any time; ngx_wasm_module traps ("tick_period already set"). A worker with a
+    /// new config to compile ticks faster where it can (see [`crate::generation`]).
+    pub tick_period_changeable: bool,
 }
 
 const UPGRADE: (&str, &str) = ("upgrade", "TLS/1.2, HTTP/1.1");
@@ -238,6 +242,7 @@ pub static ENVOY: HostProfile = HostProfile {
     hand_over: HandOver::EnvoyHeaders,
     scheme_on_tls_dispatch: false,
     https_required_headers: &[("connection", "Upgrade"), UPGRADE],
+    tick_period_changeable: true,
 };
 
 /// nginx 1.27 with ngx_wasm_module 0.6.
@@ -264,6 +269,7 @@ const NGINX_BASE: HostProfile = HostProfile {
     hand_over: HandOver::NginxVariable,
     scheme_on_tls_dispatch: true,
     https_required_headers: &[UPGRADE],
+    tick_period_changeable: false,
 };
 
 impl HostProfile {

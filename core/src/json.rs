@@ -7,6 +7,7 @@
 //! refusing duplicates as it inserts them, at no extra cost: the map's own insert tells.
 
 use crate::limits::MAX_NESTING_DEPTH;
+use crate::pace::Pace;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use std::cell::RefCell;
@@ -288,10 +289,230 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
     }
 }
 
+/// How deep [`drop_paced`] takes values apart: the document (depth 0), its kinds' arrays, their
+/// entities and the entities' fields (depth 3, e.g. a service's `routes`). Deeper values, e.g. a
+/// nested route with its plugins, are freed in one step.
+const DROP_DEPTH: u8 = 4;
+
+/// Frees `value` a step at a time (see [`crate::pace`]): the parsed JSON of a 10,000-route
+/// document takes longer to free than a slice.
+pub async fn drop_paced(value: Value, pace: &Pace<'_>) {
+    let mut stack = vec![(value, 0u8)];
+    while let Some((value, depth)) = stack.pop() {
+        match value {
+            Value::Array(items) if depth < DROP_DEPTH => {
+                stack.extend(items.into_iter().map(|v| (v, depth + 1)));
+            }
+            Value::Object(map) if depth < DROP_DEPTH => {
+                stack.extend(map.into_iter().map(|(_, v)| (v, depth + 1)));
+            }
+            other => drop(other),
+        }
+        pace.step().await;
+    }
+}
+
+/// [`from_slice`], yielding to `pace` (see [`crate::pace`]) once per element of the top-level
+/// object's arrays: a 10,000-route document takes longer to parse than a slice.
+///
+/// The text is cut at those elements by a scan that only follows strings and brackets; each
+/// piece is parsed by [`from_slice`] and the pieces are put together. Anything the cut cannot
+/// vouch for (a syntax error, a duplicate key, nesting near [`MAX_NESTING_DEPTH`], a top level
+/// that is not an object) is left to [`from_slice`] on the whole text, so the result, and
+/// every error with its position and path, is exactly [`from_slice`]'s.
+pub async fn from_slice_paced(bytes: &[u8], pace: &Pace<'_>) -> Result<Value, StrictError> {
+    match pieces(bytes, pace).await {
+        Some(value) => Ok(value),
+        None => from_slice(bytes),
+    }
+}
+
+/// The top-level object of `bytes` parsed piece by piece; `None` for anything else.
+async fn pieces(bytes: &[u8], pace: &Pace<'_>) -> Option<Value> {
+    // Depth budget for a piece: one level for the top-level object, one for an array.
+    let deepest = MAX_NESTING_DEPTH.checked_sub(2)?;
+    let piece = |range: std::ops::Range<usize>, depth: usize| -> Option<Value> {
+        (depth <= deepest)
+            .then(|| from_slice(&bytes[range]).ok())
+            .flatten()
+    };
+    let mut map = Map::new();
+    let mut at = skip_space(bytes, 0);
+    expect(bytes, &mut at, b'{')?;
+    at = skip_space(bytes, at);
+    if bytes.get(at) == Some(&b'}') {
+        at += 1;
+    } else {
+        loop {
+            let key_end = string_end(bytes, at)?;
+            let key: String = serde_json::from_slice(&bytes[at..key_end]).ok()?;
+            at = skip_space(bytes, key_end);
+            expect(bytes, &mut at, b':')?;
+            at = skip_space(bytes, at);
+            let value = if bytes.get(at) == Some(&b'[') {
+                at = skip_space(bytes, at + 1);
+                let mut items = Vec::new();
+                if bytes.get(at) == Some(&b']') {
+                    at += 1;
+                } else {
+                    loop {
+                        let (end, depth) = value_end(bytes, at)?;
+                        items.push(piece(at..end, depth)?);
+                        pace.step().await;
+                        at = skip_space(bytes, end);
+                        match bytes.get(at)? {
+                            b',' => at = skip_space(bytes, at + 1),
+                            b']' => {
+                                at += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                Value::Array(items)
+            } else {
+                let (end, depth) = value_end(bytes, at)?;
+                let value = piece(at..end, depth)?;
+                at = end;
+                value
+            };
+            if map.insert(key, value).is_some() {
+                return None;
+            }
+            at = skip_space(bytes, at);
+            match bytes.get(at)? {
+                b',' => at = skip_space(bytes, at + 1),
+                b'}' => {
+                    at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (skip_space(bytes, at) == bytes.len()).then_some(Value::Object(map))
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+fn expect(bytes: &[u8], at: &mut usize, byte: u8) -> Option<()> {
+    (bytes.get(*at) == Some(&byte)).then(|| *at += 1)
+}
+
+/// Just past the string starting at `at` (a `"`).
+fn string_end(bytes: &[u8], at: usize) -> Option<usize> {
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut i = at + 1;
+    loop {
+        match bytes.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// Where the value starting at `at` ends (exclusive), following only strings and brackets,
+/// and how deep its arrays and objects nest. What lies between is for the parser to judge.
+fn value_end(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+    let (mut i, mut depth, mut deepest) = (at, 0usize, 0usize);
+    loop {
+        match bytes.get(i) {
+            Some(b'"') => {
+                i = string_end(bytes, i)?;
+                if depth == 0 {
+                    return Some((i, deepest));
+                }
+                continue;
+            }
+            Some(b'{' | b'[') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            Some(b'}' | b']') => {
+                if depth == 0 {
+                    return Some((i, deepest));
+                }
+                depth -= 1;
+                if depth == 0 {
+                    return Some((i + 1, deepest));
+                }
+            }
+            Some(b',') if depth == 0 => return Some((i, deepest)),
+            Some(_) => {}
+            None if depth == 0 && i > at => return Some((i, deepest)),
+            None => return None,
+        }
+        i += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_document_is_parsed_in_pieces_one_array_element_a_step() {
+        let doc = json!({
+            "_format_version": "3.0",
+            "services": (0..100).map(|i| json!({"name": format!("s{i}"), "tags": ["a]\\\"{"]})).collect::<Vec<_>>(),
+            "routes": [],
+            "empty": {},
+        });
+        for text in [
+            serde_json::to_string(&doc).unwrap(),
+            serde_json::to_string_pretty(&doc).unwrap(),
+        ] {
+            let due = || true;
+            let pace = Pace::new(&due);
+            let value = crate::pace::run_to_end(pieces(text.as_bytes(), &pace));
+            assert_eq!(value.as_ref(), Some(&doc), "cut where it should be: {text}");
+            assert_eq!(pace.yields(), 100 / u64::from(crate::pace::CHECK_EVERY));
+        }
+    }
+
+    #[test]
+    fn what_the_pieces_cannot_vouch_for_is_parsed_at_once() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let cases = [
+            // A duplicate top-level key, and one inside a piece: the path is the document's.
+            r#"{"a":[1],"a":[2]}"#.to_owned(),
+            r#"{"routes":[{"x":1},{"paths":[],"paths":[]}]}"#.to_owned(),
+            // Syntax errors: position in the whole text.
+            "{\"routes\":[{\"x\":1},\n{\"x\":tru}]}".to_owned(),
+            r#"{"routes":[1,]}"#.to_owned(),
+            r#"{"routes":[1] "x":2}"#.to_owned(),
+            r#"{"a":1} trailing"#.to_owned(),
+            // Too deep, just past the limit inside a piece.
+            format!("{{\"routes\":[{}]}}", nested(MAX_NESTING_DEPTH - 1)),
+            // Not an object at the top.
+            "[1,2]".to_owned(),
+        ];
+        for text in cases {
+            let due = || true;
+            let pace = Pace::new(&due);
+            let paced = crate::pace::run_to_end(from_slice_paced(text.as_bytes(), &pace));
+            assert_eq!(paced.is_err(), !text.starts_with('['), "{text}");
+            assert_eq!(paced, from_slice(text.as_bytes()), "{text}");
+        }
+        // At the limit the pieces read it; one level more, they leave it to the whole parse.
+        let due = || true;
+        let pace = Pace::new(&due);
+        let at_limit = format!("{{\"routes\":[{}]}}", nested(MAX_NESTING_DEPTH - 2));
+        let read = crate::pace::run_to_end(pieces(at_limit.as_bytes(), &pace));
+        assert_eq!(read.map(Ok), Some(from_slice(at_limit.as_bytes())));
+        let past = format!("{{\"routes\":[{}]}}", nested(MAX_NESTING_DEPTH - 1));
+        assert!(crate::pace::run_to_end(pieces(past.as_bytes(), &pace)).is_none());
+    }
 
     #[test]
     fn duplicate_keys_are_refused_with_their_path() {

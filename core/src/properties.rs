@@ -158,6 +158,43 @@ proptest! {
     }
 
     #[test]
+    fn parsing_in_pieces_reads_exactly_what_parsing_at_once_reads(
+        value in any_json(),
+        entries in prop::collection::vec(("[a-c]{1,2}", any_json()), 0..6),
+        spaced in any::<bool>(),
+        cut in any::<prop::sample::Index>(),
+        insert in prop::sample::select(vec!["", ",", "]", "}", "\"", "[", "{", " ", "x", "\\"]),
+    ) {
+        // A top-level object whose members are arrays and other values (keys may repeat),
+        // then the same text with one byte sequence inserted anywhere: parsing in pieces must
+        // agree with parsing at once on the value, or on the error, path and position.
+        let mut text = String::from("{");
+        for (i, (key, v)) in entries.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            let member = if i % 2 == 0 { json!([v, value, [v]]) } else { v.clone() };
+            let rendered = if spaced {
+                serde_json::to_string_pretty(&member).unwrap()
+            } else {
+                member.to_string()
+            };
+            text.push_str(&format!("{key:?}:{rendered}"));
+        }
+        text.push('}');
+        let at = cut.index(text.len() + 1);
+        let at = (0..=at).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let damaged = format!("{}{insert}{}", &text[..at], &text[at..]);
+        for candidate in [text, damaged] {
+            let at_once = json::from_slice(candidate.as_bytes());
+            let due = || true;
+            let pace = crate::pace::Pace::new(&due);
+            let in_pieces = crate::pace::run_to_end(json::from_slice_paced(candidate.as_bytes(), &pace));
+            prop_assert_eq!(in_pieces, at_once, "{}", candidate);
+        }
+    }
+
+    #[test]
     fn a_repeated_key_is_always_refused_where_it_is(
         value in any_json(),
         key in "[a-z]{1,6}",

@@ -60,6 +60,7 @@ pub(crate) mod path;
 use crate::document::ids::split_route_id;
 use crate::document::{ConfigDocument, Protocol};
 use crate::limits::{MAX_REGEX_NFA_BYTES, MAX_REQUEST_PATH_BYTES};
+use crate::pace::{drop_all, run_to_end, sort_by, Pace};
 use regex_lite::Regex;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -408,40 +409,41 @@ fn path_groups(paths: &[String]) -> Vec<usize> {
 impl Router {
     /// Compiles every HTTP route of `doc`.
     pub fn compile(doc: &ConfigDocument) -> Router {
-        let balancers: Vec<Balancer> = doc
-            .upstreams
-            .iter()
-            .enumerate()
-            .map(|(u, upstream)| {
-                let targets: Vec<(String, u16, i64)> = doc
-                    .targets
-                    .iter()
-                    .filter(|t| t.upstream == u && t.weight > 0)
-                    .map(|t| (t.host.clone(), t.port, i64::from(t.weight)))
-                    .collect();
-                Balancer {
-                    host_header: upstream
-                        .extra
-                        .get("host_header")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned),
-                    current: targets.iter().map(|_| Cell::new(0)).collect(),
-                    total: targets.iter().map(|t| t.2).sum(),
-                    targets,
-                }
-            })
-            .collect();
-        let upstream_by_name: HashMap<String, usize> = doc
-            .upstreams
-            .iter()
-            .enumerate()
-            .map(|(u, upstream)| (upstream.name.to_ascii_lowercase(), u))
-            .collect();
+        run_to_end(Self::compile_paced(doc, &Pace::unbounded()))
+    }
 
-        let services = doc
-            .services
-            .iter()
-            .map(|s| CompiledService {
+    /// [`Router::compile`], yielding to `pace` once per upstream, target, service, route and
+    /// candidate (see [`crate::pace`]).
+    pub async fn compile_paced(doc: &ConfigDocument, pace: &Pace<'_>) -> Router {
+        // Each upstream's weighted targets, in document order.
+        let mut weighted: Vec<Vec<(String, u16, i64)>> = vec![Vec::new(); doc.upstreams.len()];
+        for t in doc.targets.iter().filter(|t| t.weight > 0) {
+            pace.step().await;
+            if let Some(targets) = weighted.get_mut(t.upstream) {
+                targets.push((t.host.clone(), t.port, i64::from(t.weight)));
+            }
+        }
+        let mut balancers: Vec<Balancer> = Vec::with_capacity(doc.upstreams.len());
+        let mut upstream_by_name: HashMap<String, usize> = HashMap::new();
+        for (u, (upstream, targets)) in doc.upstreams.iter().zip(weighted).enumerate() {
+            pace.step().await;
+            balancers.push(Balancer {
+                host_header: upstream
+                    .extra
+                    .get("host_header")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+                current: targets.iter().map(|_| Cell::new(0)).collect(),
+                total: targets.iter().map(|t| t.2).sum(),
+                targets,
+            });
+            upstream_by_name.insert(upstream.name.to_ascii_lowercase(), u);
+        }
+
+        let mut services = Vec::with_capacity(doc.services.len());
+        for s in &doc.services {
+            pace.step().await;
+            services.push(CompiledService {
                 name: display_name(s.name.as_deref(), s.id.given_id(), &s.path).into(),
                 scheme: s.protocol.as_str(),
                 base_path: s.upstream_path.clone().unwrap_or_else(|| "/".to_owned()),
@@ -453,8 +455,8 @@ impl Router {
                         host_header: host_header(&s.host, s.port, s.protocol.default_port()).into(),
                     },
                 },
-            })
-            .collect();
+            });
+        }
 
         let mut router = Router {
             routes: Vec::new(),
@@ -476,6 +478,7 @@ impl Router {
 
         let mut ranked: Vec<Ranked> = Vec::new();
         for (index, route) in doc.routes.iter().enumerate() {
+            pace.step().await;
             let http = route.protocols.contains(&Protocol::Http);
             let https = route.protocols.contains(&Protocol::Https);
             if !http && !https {
@@ -632,7 +635,7 @@ impl Router {
                 });
             }
         }
-        ranked.sort_by(|a, b| {
+        let by_rank = |a: &Ranked, b: &Ranked| {
             b.priority
                 .cmp(&a.priority)
                 .then_with(|| match (&a.tie, &b.tie) {
@@ -643,9 +646,11 @@ impl Router {
                 })
                 .then(a.index.cmp(&b.index))
                 .then(a.order.cmp(&b.order))
-        });
+        };
+        let ranked = sort_by(ranked, by_rank, pace).await;
 
         for (rank, Ranked { candidate, .. }) in ranked.into_iter().enumerate() {
+            pace.step().await;
             let rank = rank as u32;
             let route = &router.routes[candidate.route];
             if route.hosts.is_empty() {
@@ -674,9 +679,36 @@ impl Router {
             .chain(router.prefix_hosts.values_mut())
             .chain(std::iter::once(&mut router.any_host))
         {
+            pace.step().await;
             index.finish();
         }
         router
+    }
+
+    /// Frees the router a step at a time (see [`crate::pace`]): its routes, candidates and host
+    /// indices, one each.
+    pub async fn dismantle(self, pace: &Pace<'_>) {
+        let Router {
+            routes,
+            candidates,
+            exact_hosts,
+            suffix_hosts,
+            prefix_hosts,
+            any_host,
+            services,
+            balancers,
+            unsupported,
+            ..
+        } = self;
+        drop_all(routes, pace).await;
+        drop_all(candidates, pace).await;
+        drop_all(exact_hosts, pace).await;
+        drop_all(suffix_hosts, pace).await;
+        drop_all(prefix_hosts, pace).await;
+        drop_all(any_host.prefixes, pace).await;
+        drop_all(services, pace).await;
+        drop_all(balancers, pace).await;
+        drop_all(unsupported, pace).await;
     }
 
     /// How many routes can match (HTTP routes, minus those that never match in this build).

@@ -11,18 +11,19 @@
 //!   once from the configuration's `"host"`; [`host`] only performs calls, through [`abi`].
 
 mod abi;
+mod apply;
 mod host;
 mod request;
 
-use fallback_core::document::ConfigDocument;
 use fallback_core::fetch::{Action, CallId, FetchMachine, HttpResponse, LogLevel, Source, Stage};
 use fallback_core::filter_config::FilterConfig;
 use fallback_core::freshness::{self, ConfigAge};
+use fallback_core::generation::Slicer;
 use fallback_core::host::{proxy_log_level, HostProfile};
+use fallback_core::pace::Sliced;
 use fallback_core::plugins::PluginEngine;
-use fallback_core::publication::{publish, published_header, read_published, Election, CONFIG_KEY};
+use fallback_core::publication::{publish, read_published, Election};
 use fallback_core::router::Router;
-use fallback_core::shared_data::SharedData;
 use host::{HostSharedData, Metric};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel as SdkLevel, MetricType};
@@ -137,6 +138,18 @@ struct Worker {
     generation_applied: Cell<Option<u64>>,
     active: Shared,
     metrics: Option<Metrics>,
+    /// The published generation being compiled, a slice at a time ([`apply`]).
+    building: RefCell<Option<apply::Building>>,
+    /// Generations replaced, kept until no request holds them, then freed a slice at a time.
+    retired: RefCell<Vec<Rc<Active>>>,
+    freeing: RefCell<Option<Sliced<()>>>,
+    /// When the current slice of config work ends (host clock, ns).
+    deadline_ns: Rc<Cell<u64>>,
+    slicer: RefCell<Slicer>,
+    /// Config work waits (set after each slice: requests read it without a clock call).
+    pending: Cell<bool>,
+    /// Whether the tick runs at `BUSY_TICK_MS` for that work.
+    busy_tick: Cell<bool>,
 }
 
 impl Worker {
@@ -150,6 +163,13 @@ impl Worker {
             generation_applied: Cell::new(None),
             active: Rc::new(RefCell::new(None)),
             metrics: None,
+            building: RefCell::new(None),
+            retired: RefCell::new(Vec::new()),
+            freeing: RefCell::new(None),
+            deadline_ns: Rc::new(Cell::new(0)),
+            slicer: RefCell::new(Slicer::default()),
+            pending: Cell::new(false),
+            busy_tick: Cell::new(false),
         }
     }
 
@@ -233,97 +253,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// Reads the published document when its generation changed, and compiles it.
-    fn apply_published(&self) {
-        let Some(header) = published_header(&mut HostSharedData) else {
-            return;
-        };
-        if self.generation_applied.get() == Some(header.generation) {
-            return;
-        }
-        let (document, _) = HostSharedData.get(CONFIG_KEY);
-        // The document key is written before the header; newer bytes mean a newer header follows.
-        let Some(published) = document.as_deref().and_then(|d| header.attach(d)) else {
-            return;
-        };
-        match ConfigDocument::from_slice(&published.document) {
-            Ok(loaded) => {
-                let router = Router::compile(&loaded.document);
-                for skipped in router.unsupported() {
-                    log(
-                        LogLevel::Warn,
-                        &format!("fallback: {}: {}", skipped.path, skipped.reason),
-                    );
-                }
-                for warning in &loaded.warnings {
-                    log(LogLevel::Warn, &format!("fallback: {warning}"));
-                }
-                let policy = self
-                    .config
-                    .as_ref()
-                    .map(|c| c.plugin_policy())
-                    .unwrap_or_default();
-                let plugins = PluginEngine::compile(&loaded.document, &policy);
-                // Once per generation: the requests these plugins apply to answer 500 (or run
-                // without them, when listed in ignore_unsupported_plugins).
-                for plugin in plugins.unsupported() {
-                    let level = if plugin.ignored {
-                        LogLevel::Warn
-                    } else {
-                        LogLevel::Error
-                    };
-                    log(
-                        level,
-                        &format!("fallback: {}: {}", plugin.path, plugin.reason),
-                    );
-                }
-                let mut active = Active {
-                    router,
-                    plugins,
-                    source: published.source,
-                    revision: published.revision,
-                    exported_at_ms: published.exported_at_ms,
-                    age: Cell::new(freshness::assess(
-                        published.source,
-                        published.revision,
-                        None,
-                        0,
-                        None,
-                    )),
-                };
-                if let Some(config) = &self.config {
-                    active.age = Cell::new(active.assess(config, host::now_ms()));
-                }
-                *self.active.borrow_mut() = Some(Rc::new(active));
-                if let Some(m) = &self.metrics {
-                    m.source.set(match published.source {
-                        Source::ControlPlane => 1,
-                        Source::Fallback => 2,
-                    });
-                    m.revision.set(published.revision);
-                    m.generation.set(header.generation);
-                }
-                // One line per worker and generation: in nginx the line's pid tells which
-                // worker applied it.
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "fallback: this worker now serves config generation {} ({} config, revision {}, sha256 {})",
-                        header.generation,
-                        published.source.as_str(),
-                        published.revision,
-                        published.sha256
-                    ),
-                );
-            }
-            Err(errors) => log(
-                LogLevel::Error,
-                &format!("fallback: published config generation {} does not load here; keeping the previous one. {errors}", header.generation),
-            ),
-        }
-        self.generation_applied.set(Some(header.generation));
     }
 }
 
@@ -422,7 +351,7 @@ impl RootContext for Worker {
             let actions = machine.on_tick(now);
             self.perform(actions);
         }
-        self.apply_published();
+        self.work_on_tick();
         self.refresh_age(&config, now);
     }
 
@@ -430,9 +359,7 @@ impl RootContext for Worker {
         let config = self.config.clone()?;
         // Until this worker has a config, every request looks for one: right after the leader
         // publishes the first config, a worker must not answer 503 until its own next tick.
-        if self.active.borrow().is_none() {
-            self.apply_published();
-        }
+        self.work_between_requests();
         Some(Box::new(request::RequestFilter::new(
             self.active.borrow().clone(),
             config,

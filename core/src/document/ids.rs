@@ -26,6 +26,7 @@ use super::fields::Sink;
 use super::load::{Raw, RawDocument};
 use super::refs::Claims;
 use super::ConfigDocument;
+use crate::pace::{drop_all, Pace};
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 
@@ -192,10 +193,13 @@ fn fill(id: &mut EntityId, kind: &str, path: &str, key: Option<String>) {
 }
 
 /// Parents' ids as Kong knows them (none for a parent whose id Kong draws at random).
-fn kong_ids(ids: &[(&str, &EntityId)]) -> Vec<Option<String>> {
-    ids.iter()
-        .map(|(_, id)| id.kong().map(str::to_owned))
-        .collect()
+async fn kong_ids(ids: &[(&str, &EntityId)], pace: &Pace<'_>) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for (_, id) in ids {
+        pace.step().await;
+        out.push(id.kong().map(str::to_owned));
+    }
+    out
 }
 
 /// Nested under a parent of the kind: its Kong id, or `Some(None)` when Kong has none.
@@ -205,11 +209,17 @@ fn parent_id(nested_in: Option<usize>, ids: &[Option<String>]) -> Option<Option<
 
 /// Gives every entity without an id its id; reports generated ids that clash with an id the
 /// input gives another entity of the same kind (Kong refuses those files too).
-pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut Sink) {
+pub(super) async fn assign(
+    raw: &RawDocument<'_>,
+    doc: &mut ConfigDocument,
+    sink: &mut Sink,
+    pace: &Pace<'_>,
+) {
     let endpoint = |raws: &[Raw<'_>], field: &str, i: usize| {
         endpoint_key(raws[i].map, field).map(str::to_owned)
     };
     for (i, s) in doc.services.iter_mut().enumerate() {
+        pace.step().await;
         fill(
             &mut s.id,
             "services",
@@ -218,6 +228,7 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
         );
     }
     for (i, r) in doc.routes.iter_mut().enumerate() {
+        pace.step().await;
         fill(
             &mut r.id,
             "routes",
@@ -226,10 +237,12 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
         );
     }
     for (i, c) in doc.consumers.iter_mut().enumerate() {
+        pace.step().await;
         let key = endpoint(&raw.consumers, "username", i);
         fill(&mut c.id, "consumers", &c.path, key);
     }
     for (i, u) in doc.upstreams.iter_mut().enumerate() {
+        pace.step().await;
         fill(
             &mut u.id,
             "upstreams",
@@ -259,16 +272,17 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
         .map(|e| (e.path.as_str(), &e.id))
         .collect();
     for kind in [&services, &routes, &consumers, &upstreams] {
-        check_clashes(kind, sink);
+        check_clashes(kind, sink, pace).await;
     }
     let (services, routes, consumers, upstreams) = (
-        kong_ids(&services),
-        kong_ids(&routes),
-        kong_ids(&consumers),
-        kong_ids(&upstreams),
+        kong_ids(&services, pace).await,
+        kong_ids(&routes, pace).await,
+        kong_ids(&consumers, pace).await,
+        kong_ids(&upstreams, pace).await,
     );
 
     for (t, r) in doc.targets.iter_mut().zip(&raw.targets) {
+        pace.step().await;
         let fields = [
             KeyField::new("upstream", true).nested(parent_id(r.parent.upstream(), &upstreams)),
             KeyField::new("target", true),
@@ -281,6 +295,7 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
         );
     }
     for (p, r) in doc.plugins.iter_mut().zip(&raw.plugins) {
+        pace.step().await;
         let fields = [
             KeyField::new("name", true),
             KeyField::new("route", false).nested(parent_id(r.parent.route(), &routes)),
@@ -296,6 +311,7 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
     }
     // key-auth's cache key is its `key`, which Kong can generate (`auto`): no id from it.
     for k in &mut doc.keyauth_credentials {
+        pace.step().await;
         fill(&mut k.id, "keyauth_credentials", &k.path, None);
     }
     for (c, r) in doc
@@ -304,10 +320,12 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
         .zip(&raw.basicauth_credentials)
     {
         let fields = [KeyField::new("username", true)];
+        pace.step().await;
         let key = cache_key("basicauth_credentials", r.map, &fields);
         fill(&mut c.id, "basicauth_credentials", &c.path, key);
     }
     for (a, r) in doc.acls.iter_mut().zip(&raw.acls) {
+        pace.step().await;
         let fields = [
             KeyField::new("consumer", true).nested(parent_id(r.parent.consumer(), &consumers)),
             KeyField::new("group", true),
@@ -337,23 +355,25 @@ pub(super) fn assign(raw: &RawDocument<'_>, doc: &mut ConfigDocument, sink: &mut
         .collect();
     let acls: Vec<(&str, &EntityId)> = doc.acls.iter().map(|e| (e.path.as_str(), &e.id)).collect();
     for kind in [&targets, &plugins, &basicauth, &acls] {
-        check_clashes(kind, sink);
+        check_clashes(kind, sink, pace).await;
     }
 }
 
 /// A generated id equal to an id the input gives another entity of the kind. (Two generated
 /// ids are equal only when their keys are: that duplicate, a name or a scope, is reported
 /// where it is read.)
-fn check_clashes(entities: &[(&str, &EntityId)], sink: &mut Sink) {
+async fn check_clashes(entities: &[(&str, &EntityId)], sink: &mut Sink, pace: &Pace<'_>) {
     // The loader's own claims map (refs.rs): one more BTreeMap type would cost the filter
     // tens of KB of .wasm.
     let mut given = Claims::new();
     for (i, (path, id)) in entities.iter().enumerate() {
+        pace.step().await;
         if let Some(id) = id.given_id() {
             given.insert(id.to_owned(), (i, (*path).to_owned()));
         }
     }
     for (path, id) in entities {
+        pace.step().await;
         if id.source() != IdSource::Kong {
             continue;
         }
@@ -368,6 +388,7 @@ fn check_clashes(entities: &[(&str, &EntityId)], sink: &mut Sink) {
             );
         }
     }
+    drop_all(given, pace).await;
 }
 
 #[cfg(test)]

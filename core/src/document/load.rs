@@ -9,6 +9,7 @@ use super::read;
 use super::refs::{link, Index, Keys};
 use super::{ids, migrate};
 use super::{ConfigDocument, Loaded, Problem, ValidationErrors};
+use crate::pace::{drop_all, Pace};
 use serde_json::{Map, Value};
 
 const KINDS: [&str; 9] = [
@@ -51,7 +52,8 @@ const KONG_KINDS_NOT_SUPPORTED: &[&str] = &[
     "event_hooks",
 ];
 
-pub(super) fn load(root: &Value) -> Result<Loaded, ValidationErrors> {
+/// Loads `root`, yielding to `pace` once per entity.
+pub(super) async fn load(root: &Value, pace: &Pace<'_>) -> Result<Loaded, ValidationErrors> {
     let Some(root) = root.as_object() else {
         return Err(ValidationErrors {
             problems: vec![Problem::new(
@@ -72,8 +74,9 @@ pub(super) fn load(root: &Value) -> Result<Loaded, ValidationErrors> {
     };
     warn_unsupported_kinds(root, &mut sink);
 
-    let raw = collect(root, &mut sink);
-    let document = build(&raw, format_version, &mut sink);
+    let raw = collect(root, &mut sink, pace).await;
+    let document = build(&raw, format_version, &mut sink, pace).await;
+    raw.dismantle(pace).await;
 
     if sink.errors.is_empty() {
         Ok(Loaded {
@@ -193,6 +196,25 @@ impl Raw<'_> {
     }
 }
 
+impl RawDocument<'_> {
+    /// Frees the entities' paths a step at a time.
+    async fn dismantle(self, pace: &Pace<'_>) {
+        for kind in [
+            self.services,
+            self.routes,
+            self.consumers,
+            self.plugins,
+            self.upstreams,
+            self.targets,
+            self.keyauth_credentials,
+            self.basicauth_credentials,
+            self.acls,
+        ] {
+            drop_all(kind, pace).await;
+        }
+    }
+}
+
 /// Every entity object of the input, per kind, in final (flattened) order.
 #[derive(Default)]
 pub(super) struct RawDocument<'a> {
@@ -208,12 +230,13 @@ pub(super) struct RawDocument<'a> {
 }
 
 /// Appends the objects of the array `value` (absent or `null`: nothing) found at `path`.
-fn entries<'a>(
+async fn entries<'a>(
     value: Option<&'a Value>,
     path: &str,
     parent: Parent,
     sink: &mut Sink,
     out: &mut Vec<Raw<'a>>,
+    pace: &Pace<'_>,
 ) {
     let Some(value) = value.filter(|v| !v.is_null()) else {
         return;
@@ -223,6 +246,7 @@ fn entries<'a>(
         return;
     };
     for (i, item) in items.iter().enumerate() {
+        pace.step().await;
         let item_path = format!("{path}[{i}]");
         match item.as_object() {
             Some(map) => out.push(Raw {
@@ -236,20 +260,30 @@ fn entries<'a>(
 }
 
 /// Appends the children listed under `key` of each parent.
-fn nested<'a>(
+async fn nested<'a>(
     parents: &[Raw<'a>],
     key: &str,
     parent: fn(usize) -> Parent,
     sink: &mut Sink,
     out: &mut Vec<Raw<'a>>,
+    pace: &Pace<'_>,
 ) {
     for (i, p) in parents.iter().enumerate() {
+        // Most parents have none of the kind: the step is for the lookup.
+        pace.step().await;
+        let Some(children) = p.map.get(key) else {
+            continue;
+        };
         let path = format!("{}.{key}", p.path);
-        entries(p.map.get(key), &path, parent(i), sink, out);
+        entries(Some(children), &path, parent(i), sink, out, pace).await;
     }
 }
 
-fn collect<'a>(root: &'a Map<String, Value>, sink: &mut Sink) -> RawDocument<'a> {
+async fn collect<'a>(
+    root: &'a Map<String, Value>,
+    sink: &mut Sink,
+    pace: &Pace<'_>,
+) -> RawDocument<'a> {
     let mut raw = RawDocument::default();
     let top = |kind: &str| root.get(kind);
     entries(
@@ -258,116 +292,159 @@ fn collect<'a>(root: &'a Map<String, Value>, sink: &mut Sink) -> RawDocument<'a>
         Parent::None,
         sink,
         &mut raw.services,
-    );
-    entries(top("routes"), "routes", Parent::None, sink, &mut raw.routes);
+        pace,
+    )
+    .await;
+    entries(
+        top("routes"),
+        "routes",
+        Parent::None,
+        sink,
+        &mut raw.routes,
+        pace,
+    )
+    .await;
     nested(
         &raw.services,
         "routes",
         Parent::Service,
         sink,
         &mut raw.routes,
-    );
+        pace,
+    )
+    .await;
     entries(
         top("consumers"),
         "consumers",
         Parent::None,
         sink,
         &mut raw.consumers,
-    );
+        pace,
+    )
+    .await;
     entries(
         top("upstreams"),
         "upstreams",
         Parent::None,
         sink,
         &mut raw.upstreams,
-    );
+        pace,
+    )
+    .await;
     entries(
         top("targets"),
         "targets",
         Parent::None,
         sink,
         &mut raw.targets,
-    );
+        pace,
+    )
+    .await;
     nested(
         &raw.upstreams,
         "targets",
         Parent::Upstream,
         sink,
         &mut raw.targets,
-    );
+        pace,
+    )
+    .await;
     entries(
         top("keyauth_credentials"),
         "keyauth_credentials",
         Parent::None,
         sink,
         &mut raw.keyauth_credentials,
-    );
+        pace,
+    )
+    .await;
     nested(
         &raw.consumers,
         "keyauth_credentials",
         Parent::Consumer,
         sink,
         &mut raw.keyauth_credentials,
-    );
+        pace,
+    )
+    .await;
     entries(
         top("basicauth_credentials"),
         "basicauth_credentials",
         Parent::None,
         sink,
         &mut raw.basicauth_credentials,
-    );
+        pace,
+    )
+    .await;
     nested(
         &raw.consumers,
         "basicauth_credentials",
         Parent::Consumer,
         sink,
         &mut raw.basicauth_credentials,
-    );
-    entries(top("acls"), "acls", Parent::None, sink, &mut raw.acls);
+        pace,
+    )
+    .await;
+    entries(top("acls"), "acls", Parent::None, sink, &mut raw.acls, pace).await;
     nested(
         &raw.consumers,
         "acls",
         Parent::Consumer,
         sink,
         &mut raw.acls,
-    );
+        pace,
+    )
+    .await;
     entries(
         top("plugins"),
         "plugins",
         Parent::None,
         sink,
         &mut raw.plugins,
-    );
+        pace,
+    )
+    .await;
     nested(
         &raw.services,
         "plugins",
         Parent::Service,
         sink,
         &mut raw.plugins,
-    );
+        pace,
+    )
+    .await;
     nested(
         &raw.routes,
         "plugins",
         Parent::Route,
         sink,
         &mut raw.plugins,
-    );
+        pace,
+    )
+    .await;
     nested(
         &raw.consumers,
         "plugins",
         Parent::Consumer,
         sink,
         &mut raw.plugins,
-    );
+        pace,
+    )
+    .await;
     raw
 }
 
-fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> ConfigDocument {
-    let services: Vec<super::Service> = raw
-        .services
-        .iter()
-        .map(|r| read::service(r, sink))
-        .collect();
+async fn build(
+    raw: &RawDocument<'_>,
+    format_version: String,
+    sink: &mut Sink,
+    pace: &Pace<'_>,
+) -> ConfigDocument {
+    let mut services: Vec<super::Service> = Vec::with_capacity(raw.services.len());
+    for r in &raw.services {
+        pace.step().await;
+        services.push(read::service(r, sink));
+    }
     let service_index = Index::new(
         "service",
         "name",
@@ -378,10 +455,13 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
             custom_id: None,
         }),
         sink,
-    );
+        pace,
+    )
+    .await;
 
     let mut routes = Vec::with_capacity(raw.routes.len());
     for r in &raw.routes {
+        pace.step().await;
         let (mut route, service_ref) = read::route(r, sink);
         route.service = link(
             service_ref.as_ref(),
@@ -401,13 +481,15 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
             custom_id: None,
         }),
         sink,
-    );
+        pace,
+    )
+    .await;
 
-    let consumers: Vec<super::Consumer> = raw
-        .consumers
-        .iter()
-        .map(|r| read::consumer(r, sink))
-        .collect();
+    let mut consumers: Vec<super::Consumer> = Vec::with_capacity(raw.consumers.len());
+    for r in &raw.consumers {
+        pace.step().await;
+        consumers.push(read::consumer(r, sink));
+    }
     let consumer_index = Index::new(
         "consumer",
         "username",
@@ -418,13 +500,15 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
             custom_id: c.custom_id.as_deref(),
         }),
         sink,
-    );
+        pace,
+    )
+    .await;
 
-    let upstreams: Vec<super::Upstream> = raw
-        .upstreams
-        .iter()
-        .map(|r| read::upstream(r, sink))
-        .collect();
+    let mut upstreams: Vec<super::Upstream> = Vec::with_capacity(raw.upstreams.len());
+    for r in &raw.upstreams {
+        pace.step().await;
+        upstreams.push(read::upstream(r, sink));
+    }
     let upstream_index = Index::new(
         "upstream",
         "name",
@@ -435,21 +519,25 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
             custom_id: None,
         }),
         sink,
-    );
+        pace,
+    )
+    .await;
 
-    let targets = read::targets(&raw.targets, &upstream_index, sink);
+    let targets = read::targets(&raw.targets, &upstream_index, sink, pace).await;
     let keyauth_credentials =
-        read::keyauth_credentials(&raw.keyauth_credentials, &consumer_index, sink);
+        read::keyauth_credentials(&raw.keyauth_credentials, &consumer_index, sink, pace).await;
     let basicauth_credentials =
-        read::basicauth_credentials(&raw.basicauth_credentials, &consumer_index, sink);
-    let acls = read::acls(&raw.acls, &consumer_index, sink);
+        read::basicauth_credentials(&raw.basicauth_credentials, &consumer_index, sink, pace).await;
+    let acls = read::acls(&raw.acls, &consumer_index, sink, pace).await;
     let plugins = read::plugins(
         &raw.plugins,
         &service_index,
         &route_index,
         &consumer_index,
         sink,
-    );
+        pace,
+    )
+    .await;
 
     let mut document = ConfigDocument {
         format_version,
@@ -463,6 +551,9 @@ fn build(raw: &RawDocument<'_>, format_version: String, sink: &mut Sink) -> Conf
         basicauth_credentials,
         acls,
     };
-    ids::assign(raw, &mut document, sink);
+    ids::assign(raw, &mut document, sink, pace).await;
+    for index in [service_index, route_index, consumer_index, upstream_index] {
+        index.dismantle(pace).await;
+    }
     document
 }

@@ -9,6 +9,7 @@ use super::entities::{
 use super::fields::{strings_at, type_error, Fields, Sink};
 use super::load::Raw;
 use super::refs::{claim, link, reference, required_link, unique_ids, Claims, Index, Reference};
+use crate::pace::{drop_all, Pace};
 use std::collections::BTreeMap;
 
 const TIMEOUT_MAX: i64 = 2_147_483_646;
@@ -513,11 +514,17 @@ pub(super) fn upstream(raw: &Raw<'_>, sink: &mut Sink) -> Upstream {
 
 const TARGET_FIELDS: &[&str] = &["id", "target", "weight", "upstream", "tags"];
 
-pub(super) fn targets(raws: &[Raw<'_>], upstreams: &Index, sink: &mut Sink) -> Vec<Target> {
+pub(super) async fn targets(
+    raws: &[Raw<'_>],
+    upstreams: &Index,
+    sink: &mut Sink,
+    pace: &Pace<'_>,
+) -> Vec<Target> {
     let mut out: Vec<Target> = Vec::with_capacity(raws.len());
     // Kong keys a target by (upstream, target): the same address twice in one upstream clashes.
     let mut claims = Claims::new();
     for raw in raws {
+        pace.step().await;
         let f = raw.fields();
         let id = entity_id(f, sink);
         let upstream_ref = reference(f, "upstream", false, sink);
@@ -569,7 +576,13 @@ pub(super) fn targets(raws: &[Raw<'_>], upstreams: &Index, sink: &mut Sink) -> V
             extra: f.extra(TARGET_FIELDS),
         });
     }
-    unique_ids(out.iter().map(|t| (t.path.as_str(), t.id.given_id())), sink);
+    unique_ids(
+        out.iter().map(|t| (t.path.as_str(), t.id.given_id())),
+        sink,
+        pace,
+    )
+    .await;
+    drop_all(claims, pace).await;
     out
 }
 
@@ -590,16 +603,18 @@ struct ConsumerOwned<'r> {
 /// uniqueness of their ids are read alike for each kind, so that a fix to one is a fix to all.
 /// `read` reads the kind's own fields, given one `Claims` set for the kind's own uniqueness
 /// rule (keys, usernames, groups per consumer).
-fn consumer_owned<T>(
+async fn consumer_owned<T>(
     raws: &[Raw<'_>],
     consumers: &Index,
     sink: &mut Sink,
+    pace: &Pace<'_>,
     mut read: impl FnMut(ConsumerOwned<'_>, &mut Claims, &mut Sink) -> T,
     path_and_id: fn(&T) -> (&str, Option<&str>),
 ) -> Vec<T> {
     let mut out: Vec<T> = Vec::with_capacity(raws.len());
     let mut claims = Claims::new();
     for raw in raws {
+        pace.step().await;
         let f = raw.fields();
         let id = entity_id(f, sink);
         let consumer_ref = reference(f, "consumer", true, sink);
@@ -620,21 +635,24 @@ fn consumer_owned<T>(
         };
         out.push(read(owned, &mut claims, sink));
     }
-    unique_ids(out.iter().map(path_and_id), sink);
+    unique_ids(out.iter().map(path_and_id), sink, pace).await;
+    drop_all(claims, pace).await;
     out
 }
 
 const KEYAUTH_FIELDS: &[&str] = &["id", "key", "consumer", "ttl", "tags"];
 
-pub(super) fn keyauth_credentials(
+pub(super) async fn keyauth_credentials(
     raws: &[Raw<'_>],
     consumers: &Index,
     sink: &mut Sink,
+    pace: &Pace<'_>,
 ) -> Vec<KeyAuthCredential> {
     consumer_owned(
         raws,
         consumers,
         sink,
+        pace,
         |owned, keys, sink| {
             let f = owned.f;
             let key = f.required_text("key", sink);
@@ -662,19 +680,22 @@ pub(super) fn keyauth_credentials(
         },
         |k| (k.path.as_str(), k.id.given_id()),
     )
+    .await
 }
 
 const BASICAUTH_FIELDS: &[&str] = &["id", "username", "password", "consumer", "tags"];
 
-pub(super) fn basicauth_credentials(
+pub(super) async fn basicauth_credentials(
     raws: &[Raw<'_>],
     consumers: &Index,
     sink: &mut Sink,
+    pace: &Pace<'_>,
 ) -> Vec<BasicAuthCredential> {
     consumer_owned(
         raws,
         consumers,
         sink,
+        pace,
         |owned, usernames, sink| {
             let f = owned.f;
             let username = f.required_text("username", sink);
@@ -704,15 +725,22 @@ pub(super) fn basicauth_credentials(
         },
         |c| (c.path.as_str(), c.id.given_id()),
     )
+    .await
 }
 
 const ACL_FIELDS: &[&str] = &["id", "group", "consumer", "tags"];
 
-pub(super) fn acls(raws: &[Raw<'_>], consumers: &Index, sink: &mut Sink) -> Vec<Acl> {
+pub(super) async fn acls(
+    raws: &[Raw<'_>],
+    consumers: &Index,
+    sink: &mut Sink,
+    pace: &Pace<'_>,
+) -> Vec<Acl> {
     consumer_owned(
         raws,
         consumers,
         sink,
+        pace,
         |owned, memberships, sink| {
             let f = owned.f;
             let group = f.required_text("group", sink);
@@ -738,6 +766,7 @@ pub(super) fn acls(raws: &[Raw<'_>], consumers: &Index, sink: &mut Sink) -> Vec<
         },
         |a| (a.path.as_str(), a.id.given_id()),
     )
+    .await
 }
 
 const PLUGIN_FIELDS: &[&str] = &[
@@ -753,17 +782,19 @@ const PLUGIN_FIELDS: &[&str] = &[
     "tags",
 ];
 
-pub(super) fn plugins(
+pub(super) async fn plugins(
     raws: &[Raw<'_>],
     services: &Index,
     routes: &Index,
     consumers: &Index,
     sink: &mut Sink,
+    pace: &Pace<'_>,
 ) -> Vec<Plugin> {
     let mut out: Vec<Plugin> = Vec::with_capacity(raws.len());
     let mut scopes = Claims::new();
     let mut instance_names = Claims::new();
     for raw in raws {
+        pace.step().await;
         let f = raw.fields();
         let id = entity_id(f, sink);
         let service_ref = reference(f, "service", false, sink);
@@ -825,7 +856,14 @@ pub(super) fn plugins(
             extra: f.extra(PLUGIN_FIELDS),
         });
     }
-    unique_ids(out.iter().map(|p| (p.path.as_str(), p.id.given_id())), sink);
+    unique_ids(
+        out.iter().map(|p| (p.path.as_str(), p.id.given_id())),
+        sink,
+        pace,
+    )
+    .await;
+    drop_all(scopes, pace).await;
+    drop_all(instance_names, pace).await;
     out
 }
 

@@ -2,6 +2,7 @@
 //! the keys they resolve by.
 
 use super::fields::{type_error, Fields, Sink};
+use crate::pace::{drop_all, Pace};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -132,11 +133,12 @@ pub(super) struct Index {
 }
 
 impl Index {
-    pub(super) fn new<'e>(
+    pub(super) async fn new<'e>(
         kind: &'static str,
         name_field: &'static str,
         entities: impl Iterator<Item = Keys<'e>>,
         sink: &mut Sink,
+        pace: &Pace<'_>,
     ) -> Index {
         let mut index = Index {
             kind,
@@ -147,6 +149,7 @@ impl Index {
             by_custom_id: Claims::new(),
         };
         for (i, keys) in entities.enumerate() {
+            pace.step().await;
             index.paths.push(keys.path.to_owned());
             if let Some(id) = keys.id {
                 claim(
@@ -183,6 +186,14 @@ impl Index {
             }
         }
         index
+    }
+
+    /// Frees the index a step at a time.
+    pub(super) async fn dismantle(self, pace: &Pace<'_>) {
+        drop_all(self.paths, pace).await;
+        for claims in [self.by_id, self.by_name, self.by_custom_id] {
+            drop_all(claims, pace).await;
+        }
     }
 
     fn find(&self, reference: &Reference) -> Option<usize> {
@@ -273,12 +284,14 @@ pub(super) fn required_link(
 }
 
 /// Checks that ids are unique within one kind that nothing references by id.
-pub(super) fn unique_ids<'e>(
+pub(super) async fn unique_ids<'e>(
     entities: impl Iterator<Item = (&'e str, Option<&'e str>)>,
     sink: &mut Sink,
+    pace: &Pace<'_>,
 ) {
     let mut claims = Claims::new();
     for (i, (path, id)) in entities.enumerate() {
+        pace.step().await;
         if let Some(id) = id {
             claim(
                 &mut claims,
@@ -291,4 +304,5 @@ pub(super) fn unique_ids<'e>(
             );
         }
     }
+    drop_all(claims, pace).await;
 }

@@ -47,6 +47,7 @@ mod response_transformer;
 mod tests;
 
 use crate::document::{ConfigDocument, Plugin, Problem, Protocol};
+use crate::pace::{drop_all, run_to_end, Pace};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -505,60 +506,103 @@ impl PluginEngine {
     /// Compiles the enabled plugins of `doc`; `policy` says which unsupported plugins do not
     /// fail closed.
     pub fn compile(doc: &ConfigDocument, policy: &PluginPolicy) -> PluginEngine {
+        run_to_end(Self::compile_paced(doc, policy, &Pace::unbounded()))
+    }
+
+    /// [`PluginEngine::compile`], yielding to `pace` once per consumer, credential, ACL group,
+    /// route, service and plugin (see [`crate::pace`]).
+    pub async fn compile_paced(
+        doc: &ConfigDocument,
+        policy: &PluginPolicy,
+        pace: &Pace<'_>,
+    ) -> PluginEngine {
         let mut groups: Vec<Vec<String>> = vec![Vec::new(); doc.consumers.len()];
         for acl in &doc.acls {
+            pace.step().await;
             if let Some(g) = groups.get_mut(acl.consumer) {
                 g.push(acl.group.clone());
             }
         }
-        let consumers: Vec<ConsumerInfo> = doc
-            .consumers
-            .iter()
-            .zip(groups)
-            .map(|(c, groups)| ConsumerInfo {
+        let mut consumers: Vec<ConsumerInfo> = Vec::with_capacity(doc.consumers.len());
+        for (c, groups) in doc.consumers.iter().zip(groups) {
+            pace.step().await;
+            consumers.push(ConsumerInfo {
                 id: c.id.to_string(),
                 username: c.username.clone(),
                 custom_id: c.custom_id.clone(),
                 groups,
-            })
-            .collect();
-        let keys = doc
-            .keyauth_credentials
-            .iter()
-            .map(|k| (k.key.clone(), (k.consumer, k.id.to_string())))
-            .collect();
-        let basic = doc
-            .basicauth_credentials
-            .iter()
-            .map(|c| {
-                let consumer_id = doc
-                    .consumers
-                    .get(c.consumer)
-                    .map_or_else(String::new, |consumer| consumer.id.to_string());
-                (
-                    c.username.clone(),
-                    basic_auth::Credential::new(c, consumer_id),
-                )
-            })
-            .collect();
+            });
+        }
+        let mut keys = HashMap::with_capacity(doc.keyauth_credentials.len());
+        for k in &doc.keyauth_credentials {
+            pace.step().await;
+            keys.insert(k.key.clone(), (k.consumer, k.id.to_string()));
+        }
+        let mut basic = HashMap::with_capacity(doc.basicauth_credentials.len());
+        for c in &doc.basicauth_credentials {
+            pace.step().await;
+            let consumer_id = doc
+                .consumers
+                .get(c.consumer)
+                .map_or_else(String::new, |consumer| consumer.id.to_string());
+            basic.insert(
+                c.username.clone(),
+                basic_auth::Credential::new(c, consumer_id),
+            );
+        }
+        let mut route_keys = Vec::with_capacity(doc.routes.len());
+        for r in &doc.routes {
+            pace.step().await;
+            route_keys.push(r.id.to_string());
+        }
+        let mut service_keys = Vec::with_capacity(doc.services.len());
+        for s in &doc.services {
+            pace.step().await;
+            service_keys.push(s.id.to_string());
+        }
         let mut engine = PluginEngine {
             chains: Vec::new(),
             consumers,
             keys,
             basic,
-            route_keys: doc.routes.iter().map(|r| r.id.to_string()).collect(),
-            service_keys: doc.services.iter().map(|s| s.id.to_string()).collect(),
+            route_keys,
+            service_keys,
             unsupported: Vec::new(),
             counter: Cell::new(0),
             worker_uuid: RefCell::new(None),
         };
         for plugin in doc.plugins.iter().filter(|p| p.enabled) {
+            pace.step().await;
             engine.add(doc, plugin, policy);
         }
         engine
             .chains
             .sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
         engine
+    }
+
+    /// Frees the engine a step at a time (see [`crate::pace`]): each plugin instance, consumer
+    /// and credential, one each.
+    pub async fn dismantle(self, pace: &Pace<'_>) {
+        let PluginEngine {
+            chains,
+            consumers,
+            keys,
+            basic,
+            route_keys,
+            service_keys,
+            unsupported,
+            ..
+        } = self;
+        for chain in chains {
+            drop_all(chain.instances, pace).await;
+        }
+        drop_all(consumers, pace).await;
+        drop_all(keys, pace).await;
+        drop_all(basic, pace).await;
+        drop_all(route_keys, pace).await;
+        drop_all(service_keys, pace).await;
+        drop_all(unsupported, pace).await;
     }
 
     fn add(&mut self, doc: &ConfigDocument, plugin: &Plugin, policy: &PluginPolicy) {

@@ -949,9 +949,10 @@ async fn run_apply(options: Options) -> Result<bool, String> {
                     run.configs_fetched_by_main, m.load_average
                 ),
                 (failure, _) => eprintln!(
-                    "bench-proxy: round {round} {} FAILED: {}",
+                    "bench-proxy: round {round} {} FAILED: {}\n--- envoy.log ---\n{}",
                     run.run,
-                    failure.as_deref().unwrap_or("not measured")
+                    failure.as_deref().unwrap_or("not measured"),
+                    running.envoy.log_tail(40)
                 ),
             }
             let failed = run.failure.is_some();

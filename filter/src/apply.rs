@@ -1,0 +1,261 @@
+//! This worker's config generations: each newly published document compiled a slice at a time
+//! between requests, put in force when done, and the previous generation freed the same way
+//! once no request holds it (see `fallback_core::generation`, which decides the slices).
+//!
+//! A worker without any config compiles the first one at once: it has nothing to serve
+//! meanwhile.
+
+use crate::{host, log, Active, Worker};
+use fallback_core::document::ValidationErrors;
+use fallback_core::fetch::{LogLevel, Source};
+use fallback_core::freshness;
+use fallback_core::generation::{self, Compiled, BUSY_TICK_MS};
+use fallback_core::pace::{Pace, Sliced};
+use fallback_core::publication::{published_header, PublicationHeader, CONFIG_KEY};
+use fallback_core::shared_data::SharedData;
+use host::HostSharedData;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A published generation being compiled.
+pub(crate) struct Building {
+    header: PublicationHeader,
+    /// `None` when the bytes read are not the header's (a newer header follows).
+    work: Sliced<Option<Result<Compiled, ValidationErrors>>>,
+}
+
+/// Unix time in ns from the host clock (0 if the host cannot tell).
+fn now_ns() -> u64 {
+    crate::abi::now_nanos().unwrap_or(0)
+}
+
+impl Worker {
+    /// A pace whose slice ends at this worker's deadline.
+    fn due(&self) -> impl Fn() -> bool + 'static {
+        let deadline = self.deadline_ns.clone();
+        move || now_ns() >= deadline.get()
+    }
+
+    /// Starts compiling the published generation when it is new and nothing is being compiled.
+    fn look_for_generation(&self) {
+        if self.building.borrow().is_some() {
+            return;
+        }
+        let Some(header) = published_header(&mut HostSharedData) else {
+            return;
+        };
+        if self.generation_applied.get() == Some(header.generation) {
+            return;
+        }
+        let (document, _) = HostSharedData.get(CONFIG_KEY);
+        let Some(document) = document else {
+            return;
+        };
+        let policy = self
+            .config
+            .as_ref()
+            .map(|c| c.plugin_policy())
+            .unwrap_or_default();
+        let sha256 = header.sha256;
+        let due = self.due();
+        let work = Sliced::new(async move {
+            let pace = Pace::new(&due);
+            generation::compile_published(&document, &sha256, &policy, &pace).await
+        });
+        *self.building.borrow_mut() = Some(Building { header, work });
+    }
+
+    /// Whether compiling or freeing work waits (a retired generation still held by a request
+    /// in flight does not count until it is let go).
+    fn work_pending(&self) -> bool {
+        self.building.borrow().is_some()
+            || self.freeing.borrow().is_some()
+            || self
+                .retired
+                .borrow()
+                .iter()
+                .any(|a| Rc::strong_count(a) == 1)
+    }
+
+    /// Runs this worker's config work for up to `budget_ns` (`u64::MAX`: to its end): the
+    /// generation being compiled first, then the freeing of retired ones.
+    pub(crate) fn work(&self, budget_ns: u64) {
+        self.look_for_generation();
+        let start = now_ns();
+        self.deadline_ns.set(start.saturating_add(budget_ns));
+        loop {
+            let built = {
+                let mut building = self.building.borrow_mut();
+                match building.as_mut() {
+                    Some(b) => b.work.resume().map(|result| (b.header.clone(), result)),
+                    None => break,
+                }
+            };
+            let Some((header, result)) = built else {
+                break; // the slice is used up
+            };
+            *self.building.borrow_mut() = None;
+            let settled = self.install(&header, result);
+            if budget_ns != u64::MAX || !settled {
+                break;
+            }
+            // Run to the end: a newer generation may have been published meanwhile.
+            self.look_for_generation();
+        }
+        if self.building.borrow().is_none() {
+            self.free_retired();
+        }
+        self.slicer.borrow_mut().ended(now_ns());
+        self.pending.set(self.work_pending());
+    }
+
+    /// Frees retired generations that no request holds, within the slice.
+    fn free_retired(&self) {
+        loop {
+            if self.freeing.borrow().is_none() {
+                let free = {
+                    let mut retired = self.retired.borrow_mut();
+                    let Some(i) = retired.iter().position(|a| Rc::strong_count(a) == 1) else {
+                        return;
+                    };
+                    retired.swap_remove(i)
+                };
+                let Ok(active) = Rc::try_unwrap(free) else {
+                    return;
+                };
+                let due = self.due();
+                *self.freeing.borrow_mut() = Some(Sliced::new(async move {
+                    let pace = Pace::new(&due);
+                    generation::dismantle(active.router, active.plugins, &pace).await;
+                }));
+            }
+            let done = self
+                .freeing
+                .borrow_mut()
+                .as_mut()
+                .is_some_and(|f| f.resume().is_some());
+            if !done {
+                return;
+            }
+            *self.freeing.borrow_mut() = None;
+        }
+    }
+
+    /// From a tick: a slice of the config work, if any; then the tick period that suits it.
+    pub(crate) fn work_on_tick(&self) {
+        let budget = self.slicer.borrow_mut().tick(now_ns());
+        self.work(budget);
+        if !self.profile.tick_period_changeable {
+            return;
+        }
+        let Some(config) = &self.config else {
+            return;
+        };
+        let busy = self.pending.get();
+        if busy != self.busy_tick.get() {
+            self.busy_tick.set(busy);
+            let ms = if busy { BUSY_TICK_MS } else { config.tick_ms };
+            host::set_tick_period(Duration::from_millis(ms));
+        }
+    }
+
+    /// From a new request: with no config yet, the published one compiled at once; with work
+    /// pending, a slice when one is due.
+    pub(crate) fn work_between_requests(&self) {
+        self.slicer.borrow_mut().request();
+        if self.active.borrow().is_none() {
+            self.work(u64::MAX);
+        } else if self.pending.get() {
+            let due = self.slicer.borrow().between_requests(now_ns());
+            if let Some(budget) = due {
+                self.work(budget);
+            }
+        }
+    }
+
+    /// Puts a compiled generation in force, or logs why it is not; false when the bytes read
+    /// were not the header's (they are read again at the next look).
+    fn install(
+        &self,
+        header: &PublicationHeader,
+        result: Option<Result<Compiled, ValidationErrors>>,
+    ) -> bool {
+        let Some(result) = result else {
+            return false;
+        };
+        match result {
+            Ok(compiled) => {
+                for skipped in compiled.router.unsupported() {
+                    log(
+                        LogLevel::Warn,
+                        &format!("fallback: {}: {}", skipped.path, skipped.reason),
+                    );
+                }
+                for warning in &compiled.warnings {
+                    log(LogLevel::Warn, &format!("fallback: {warning}"));
+                }
+                // Once per generation: the requests these plugins apply to answer 500 (or run
+                // without them, when listed in ignore_unsupported_plugins).
+                for plugin in compiled.plugins.unsupported() {
+                    let level = if plugin.ignored {
+                        LogLevel::Warn
+                    } else {
+                        LogLevel::Error
+                    };
+                    log(
+                        level,
+                        &format!("fallback: {}: {}", plugin.path, plugin.reason),
+                    );
+                }
+                let mut active = Active {
+                    router: compiled.router,
+                    plugins: compiled.plugins,
+                    source: header.source,
+                    revision: header.revision,
+                    exported_at_ms: header.exported_at_ms,
+                    age: Cell::new(freshness::assess(
+                        header.source,
+                        header.revision,
+                        None,
+                        0,
+                        None,
+                    )),
+                };
+                if let Some(config) = &self.config {
+                    active.age = Cell::new(active.assess(config, host::now_ms()));
+                }
+                let previous = self.active.borrow_mut().replace(Rc::new(active));
+                if let Some(previous) = previous {
+                    self.retired.borrow_mut().push(previous);
+                }
+                if let Some(m) = &self.metrics {
+                    m.source.set(match header.source {
+                        Source::ControlPlane => 1,
+                        Source::Fallback => 2,
+                    });
+                    m.revision.set(header.revision);
+                    m.generation.set(header.generation);
+                }
+                // One line per worker and generation: in nginx the line's pid tells which
+                // worker applied it.
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "fallback: this worker now serves config generation {} ({} config, revision {}, sha256 {})",
+                        header.generation,
+                        header.source.as_str(),
+                        header.revision,
+                        header.sha256
+                    ),
+                );
+            }
+            Err(errors) => log(
+                LogLevel::Error,
+                &format!("fallback: published config generation {} does not load here; keeping the previous one. {errors}", header.generation),
+            ),
+        }
+        self.generation_applied.set(Some(header.generation));
+        true
+    }
+}
