@@ -21,6 +21,11 @@ use std::time::Duration;
 /// A published generation being compiled.
 pub(crate) struct Building {
     header: PublicationHeader,
+    /// When compiling started, the slices run so far and the time spent in them (ns), for the
+    /// log line that puts the generation in force.
+    started_ns: u64,
+    slices: u32,
+    busy_ns: u64,
     /// `None` when the bytes read are not the header's (a newer header follows).
     work: Sliced<Option<Result<Compiled, ValidationErrors>>>,
 }
@@ -63,7 +68,13 @@ impl Worker {
             let pace = Pace::new(&due);
             generation::compile_published(&document, &sha256, &policy, &pace).await
         });
-        *self.building.borrow_mut() = Some(Building { header, work });
+        *self.building.borrow_mut() = Some(Building {
+            header,
+            started_ns: now_ns(),
+            slices: 0,
+            busy_ns: 0,
+            work,
+        });
     }
 
     /// Whether compiling or freeing work waits (a retired generation still held by a request
@@ -87,16 +98,22 @@ impl Worker {
         loop {
             let built = {
                 let mut building = self.building.borrow_mut();
-                match building.as_mut() {
-                    Some(b) => b.work.resume().map(|result| (b.header.clone(), result)),
-                    None => break,
-                }
+                let Some(b) = building.as_mut() else {
+                    break;
+                };
+                let slice_start = now_ns();
+                let result = b.work.resume();
+                b.slices += 1;
+                b.busy_ns += now_ns().saturating_sub(slice_start);
+                result
             };
-            let Some((header, result)) = built else {
+            let Some(result) = built else {
                 break; // the slice is used up
             };
-            *self.building.borrow_mut() = None;
-            let settled = self.install(&header, result);
+            let Some(done) = self.building.borrow_mut().take() else {
+                break;
+            };
+            let settled = self.install(&done, result);
             if budget_ns != u64::MAX || !settled {
                 break;
             }
@@ -178,9 +195,10 @@ impl Worker {
     /// were not the header's (they are read again at the next look).
     fn install(
         &self,
-        header: &PublicationHeader,
+        built: &Building,
         result: Option<Result<Compiled, ValidationErrors>>,
     ) -> bool {
+        let header = &built.header;
         let Some(result) = result else {
             return false;
         };
@@ -239,14 +257,18 @@ impl Worker {
                 }
                 // One line per worker and generation: in nginx the line's pid tells which
                 // worker applied it.
+                let ms = |ns: u64| ns / 1_000_000;
                 log(
                     LogLevel::Info,
                     &format!(
-                        "fallback: this worker now serves config generation {} ({} config, revision {}, sha256 {})",
+                        "fallback: this worker now serves config generation {} ({} config, revision {}, sha256 {}; compiled in {} slice(s), {} ms of work over {} ms)",
                         header.generation,
                         header.source.as_str(),
                         header.revision,
-                        header.sha256
+                        header.sha256,
+                        built.slices,
+                        ms(built.busy_ns),
+                        ms(now_ns().saturating_sub(built.started_ns)),
                     ),
                 );
             }
