@@ -21,6 +21,9 @@
 //! - [`shared_data`]: the proxy's shared key/value store, written read-then-compare-and-swap;
 //!   rate-limiting counters kept in it.
 //! - [`publication`]: the leader lease and published-config record in the proxy's shared data.
+//! - [`generation`]: a published config compiled on a worker a slice at a time, and the
+//!   previous one freed the same way; when a worker runs a slice.
+//! - [`pace`]: long work written as `async fn`s with steps, run at once or in slices.
 //! - [`router`]: the per-request routing decision.
 //! - [`plugins`]: the per-request decision of Kong's plugins (authentication, access control,
 //!   rate limiting, transformations).

@@ -261,12 +261,13 @@ impl Worker {
                 log(
                     LogLevel::Info,
                     &format!(
-                        "fallback: this worker now serves config generation {} ({} config, revision {}, sha256 {}; compiled in {} slice(s), {} ms of work over {} ms)",
+                        "fallback: this worker now serves config generation {} ({} config, revision {}, sha256 {}; compiled in {} slice{}, {} ms of work over {} ms)",
                         header.generation,
                         header.source.as_str(),
                         header.revision,
                         header.sha256,
                         built.slices,
+                        if built.slices == 1 { "" } else { "s" },
                         ms(built.busy_ns),
                         ms(now_ns().saturating_sub(built.started_ns)),
                     ),

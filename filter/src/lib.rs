@@ -3,9 +3,9 @@
 //! - Each worker's root context ([`Worker`]) takes part in a leader lease in shared data; the
 //!   leader drives `fallback_core::fetch::FetchMachine` (control plane, companion, storage) from
 //!   `on_tick` and publishes each new document in shared data.
-//! - Every worker reads the published document once per generation, compiles a router, and
-//!   hands it to its HTTP contexts ([`request::RequestFilter`]), with the config's plugins
-//!   compiled next to it; rate-limiting counters live in shared data
+//! - Every worker reads the published document once per generation, compiles a router in
+//!   slices between requests ([`apply`]), and hands it to its HTTP contexts
+//!   ([`request::RequestFilter`]), with the config's plugins compiled next to it; rate-limiting counters live in shared data
 //!   (`fallback_core::shared_data`).
 //! - What differs between proxy hosts is decided by `fallback_core::host::HostProfile`, picked
 //!   once from the configuration's `"host"`; [`host`] only performs calls, through [`abi`].

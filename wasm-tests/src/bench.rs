@@ -429,6 +429,9 @@ pub struct ConfigLine {
     pub thread: String,
     /// The sha256 of the config.
     pub sha256: String,
+    /// For an [`APPLIED`] line, how the generation was compiled: `S slices, W ms of work over T
+    /// ms`.
+    pub compiled: Option<String>,
 }
 
 /// The lines of `log` (Envoy's default log format, `[date time][thread][level][logger] ...`)
@@ -441,9 +444,15 @@ pub fn config_lines(log: &str, needle: &str) -> Vec<ConfigLine> {
             let end = sha256
                 .find(|c: char| !c.is_ascii_hexdigit())
                 .unwrap_or(sha256.len());
+            let compiled = line
+                .split("compiled in ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .map(str::to_owned);
             Some(ConfigLine {
                 thread: log_thread(line)?.to_owned(),
                 sha256: sha256[..end].to_owned(),
+                compiled,
             })
         })
         .collect()
@@ -707,18 +716,23 @@ Transfer/sec:    819.80KB
         let log = "\
 [2026-11-30 17:33:59.482][32193][info][main] [source/server/server.cc:1098] starting main dispatch loop
 [2026-11-30 17:33:59.829][32193][info][wasm] [context.cc:1151] wasm log fallback fallback: fallback: this worker now serves config generation 1 (control_plane config, revision 0, sha256 4443a4)
-[2026-11-30 17:33:59.832][32267][info][wasm] [context.cc:1151] wasm log fallback fallback: fallback: this worker now serves config generation 12 (fallback config, revision 17, sha256 bb01)
+[2026-11-30 17:33:59.832][32267][info][wasm] [context.cc:1151] wasm log fallback fallback: fallback: this worker now serves config generation 12 (fallback config, revision 17, sha256 bb01; compiled in 9 slices, 20 ms of work over 61 ms)
 [2026-11-30 17:33:59.900][32267][info][wasm] [context.cc:1151] wasm log fallback fallback: fallback: serving the config from control plane fallback_cp (sha256 4443a4)
 ";
         let line = |thread: &str, sha256: &str| ConfigLine {
             thread: thread.into(),
             sha256: sha256.into(),
+            compiled: None,
         };
         assert_eq!(main_thread(log), Some("32193"));
         assert_eq!(main_thread("no dispatch loop yet"), None);
+        let compiled = ConfigLine {
+            compiled: Some("9 slices, 20 ms of work over 61 ms".into()),
+            ..line("32267", "bb01")
+        };
         assert_eq!(
             config_lines(log, APPLIED),
-            vec![line("32193", "4443a4"), line("32267", "bb01")]
+            vec![line("32193", "4443a4"), compiled]
         );
         assert_eq!(config_lines(log, FETCHED), vec![line("32267", "4443a4")]);
     }

@@ -812,6 +812,8 @@ struct ApplyRun {
     configs_fetched_by_worker: usize,
     /// Those the main thread's VM fetched, validated and published, as the fetch leader.
     configs_fetched_by_main: usize,
+    /// How the worker compiled each config it applied (`S slices, W ms of work over T ms`).
+    worker_compiled: Vec<String>,
     failure: Option<String>,
 }
 
@@ -939,6 +941,7 @@ async fn run_apply(options: Options) -> Result<bool, String> {
                 },
                 configs_fetched_by_worker: served_in(&fetched),
                 configs_fetched_by_main: served_in(&fetched_by_main),
+                worker_compiled: applied.iter().filter_map(|l| l.compiled.clone()).collect(),
                 failure,
             };
             match (&run.failure, &run.measured) {
@@ -954,6 +957,12 @@ async fn run_apply(options: Options) -> Result<bool, String> {
                     failure.as_deref().unwrap_or("not measured"),
                     running.envoy.log_tail(40)
                 ),
+            }
+            if !run.worker_compiled.is_empty() {
+                eprintln!(
+                    "bench-proxy: round {round} the worker compiled each config in: {}",
+                    run.worker_compiled.join("; ")
+                );
             }
             let failed = run.failure.is_some();
             runs.push(run);
@@ -1027,12 +1036,13 @@ async fn run_apply(options: Options) -> Result<bool, String> {
         )),
     );
     println!(
-        "wrk is closed-loop ({} connections): while the worker compiles a config it serves \
-         nothing, and only the {} requests in flight wait, the whole stall (the max column); \
-         wrk's percentiles add, for each slow request, the requests its connection would have \
-         sent meanwhile at its average pace (coordinated-omission correction), so p99 is what \
+        "wrk is closed-loop ({} connections): while the worker runs a slice of config work \
+         (compiling the new generation, freeing the old one) it serves nothing, and the \
+         requests in flight wait for the slice (the max column shows the longest wait); wrk's \
+         percentiles add, for each slow request, the requests its connection would have sent \
+         meanwhile at its average pace (coordinated-omission correction), so p99 is what \
          clients arriving at that rate would see.",
-        options.connections, options.connections
+        options.connections
     );
     println!("load average at the end {load_after:?}");
     let json = json!({
