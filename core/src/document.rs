@@ -54,7 +54,7 @@ use std::fmt;
 /// Order within a list: entities listed at the top level first, in input order, then nested
 /// ones in the order of their parents (for plugins: under services, then under routes, then
 /// under consumers).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigDocument {
     /// `_format_version` as given: `"3.0"`, or `"1.1"` / `"2.1"`, whose route paths were
     /// migrated on load as Kong 3.x does (each change is a warning).
@@ -85,7 +85,15 @@ impl ConfigDocument {
     /// `Err` holds every problem found, not just the first. `Ok` may still carry warnings
     /// (e.g. entity kinds Fallback ignores) that are worth logging.
     pub fn from_json(value: &Value) -> Result<Loaded, ValidationErrors> {
-        run_to_end(load::load(value, &Pace::unbounded()))
+        run_to_end(Self::from_json_paced(value, &Pace::unbounded()))
+    }
+
+    /// [`ConfigDocument::from_json`], yielding to `pace` once per entity (see [`crate::pace`]).
+    pub async fn from_json_paced(
+        value: &Value,
+        pace: &Pace<'_>,
+    ) -> Result<Loaded, ValidationErrors> {
+        load::load(value, pace).await
     }
 
     /// Parses and validates a JSON document from bytes.

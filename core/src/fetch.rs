@@ -33,10 +33,11 @@ mod tests;
 
 use crate::backoff::Backoff;
 use crate::digest::{canonical_json, Sha256Digest};
-use crate::document::{ConfigDocument, Loaded, ValidationErrors};
+use crate::document::{ConfigDocument, Loaded, Problem, ValidationErrors};
 use crate::filter_config::{CompanionConfig, FilterConfig};
 use crate::json;
 use crate::limits::{MAX_DOCUMENT_BYTES, PROXY_RESPONSE_BUFFER_BYTES};
+use crate::pace::{run_to_end, Pace};
 use crate::signature::{verify_manifest, ExportManifest, PublicKey, Signature};
 use crate::wire::{percent_encode, redact_signed_url, ErrorBody, SignedConfig};
 use serde_json::Value;
@@ -533,6 +534,20 @@ impl FetchMachine {
         call: CallId,
         response: HttpResponse,
     ) -> Vec<Action> {
+        run_to_end(self.on_response_paced(now_ms, call, response, &Pace::unbounded()))
+    }
+
+    /// [`FetchMachine::on_response`], yielding to `pace` (see [`crate::pace`]) while it hashes,
+    /// parses and validates a document and frees what validating it built: the leader may be a
+    /// worker that serves requests (nginx, Kong), and a 10,000-route document takes longer to
+    /// validate than a slice.
+    pub async fn on_response_paced(
+        &mut self,
+        now_ms: u64,
+        call: CallId,
+        response: HttpResponse,
+        pace: &Pace<'_>,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
         let response = peer_answer(response);
         self.observe_clock(now_ms);
@@ -542,14 +557,15 @@ impl FetchMachine {
             .and_then(|p| p.in_flight)
             .filter(|f| f.call == call);
         if poll.is_some() {
-            self.on_cp_response(now_ms, response, &mut out);
+            self.on_cp_response(now_ms, response, &mut out, pace).await;
         } else {
             match &self.import {
                 ImportState::AskingCompanion { call: f } if f.call == call => {
                     self.on_companion_response(now_ms, response, &mut out);
                 }
                 ImportState::FetchingObject { call: f, .. } if f.call == call => {
-                    self.on_storage_response(now_ms, response, &mut out);
+                    self.on_storage_response(now_ms, response, &mut out, pace)
+                        .await;
                 }
                 _ => log(
                     &mut out,
@@ -613,14 +629,20 @@ impl FetchMachine {
             .and_then(|p| p.in_flight)
             .filter(|f| now_ms >= f.deadline_ms);
         if lost_poll.is_some() {
-            self.on_cp_response(now_ms, lost_call_response(), out);
+            // No body: nothing to pace.
+            run_to_end(self.on_cp_response(now_ms, lost_call_response(), out, &Pace::unbounded()));
         }
         match &self.import {
             ImportState::AskingCompanion { call } if now_ms >= call.deadline_ms => {
                 self.on_companion_response(now_ms, lost_call_response(), out);
             }
             ImportState::FetchingObject { call, .. } if now_ms >= call.deadline_ms => {
-                self.on_storage_response(now_ms, lost_call_response(), out);
+                run_to_end(self.on_storage_response(
+                    now_ms,
+                    lost_call_response(),
+                    out,
+                    &Pace::unbounded(),
+                ));
             }
             _ => {}
         }
@@ -695,7 +717,13 @@ impl FetchMachine {
         }));
     }
 
-    fn on_cp_response(&mut self, now_ms: u64, response: HttpResponse, out: &mut Vec<Action>) {
+    async fn on_cp_response(
+        &mut self,
+        now_ms: u64,
+        response: HttpResponse,
+        out: &mut Vec<Action>,
+        pace: &Pace<'_>,
+    ) {
         let Some(poller) = &mut self.poller else {
             return;
         };
@@ -705,7 +733,7 @@ impl FetchMachine {
         match response.status {
             Some(200) => {
                 out.push(count(Stage::ControlPlane, true));
-                self.on_cp_document(now_ms, &response, out);
+                self.on_cp_document(now_ms, &response, out, pace).await;
             }
             Some(304) if conditional && self.mode == Mode::ControlPlane => {
                 out.push(count(Stage::ControlPlane, true));
@@ -760,20 +788,30 @@ impl FetchMachine {
         }
     }
 
-    fn on_cp_document(&mut self, now_ms: u64, response: &HttpResponse, out: &mut Vec<Action>) {
+    async fn on_cp_document(
+        &mut self,
+        now_ms: u64,
+        response: &HttpResponse,
+        out: &mut Vec<Action>,
+        pace: &Pace<'_>,
+    ) {
         let upstream = self.cp_upstream();
-        let body_sha = Sha256Digest::of(&response.body);
+        let body_sha = Sha256Digest::of_paced(&response.body, pace).await;
         let already_described = self
             .poller
             .as_ref()
             .is_some_and(|p| p.last_rejected == Some(body_sha));
         let checked =
-            decode_cp_body(&response.body, response.header("content-type")).and_then(|value| {
-                match ConfigDocument::from_json(&value) {
+            match decode_cp_body(&response.body, response.header("content-type"), pace).await {
+                Ok(value) => match ConfigDocument::from_json_paced(&value, pace).await {
                     Ok(loaded) => Ok((value, loaded)),
-                    Err(errors) => Err(invalid_document(&errors)),
-                }
-            });
+                    Err(errors) => {
+                        json::drop_paced(value, pace).await;
+                        Err(invalid_document(&errors))
+                    }
+                },
+                Err(why) => Err(why),
+            };
         let (value, loaded) = match checked {
             Ok(ok) => ok,
             Err(why) => {
@@ -795,6 +833,8 @@ impl FetchMachine {
         };
         out.push(count(Stage::Validate, true));
         let document = canonical_json(&value);
+        pace.checkpoint().await;
+        json::drop_paced(value, pace).await;
         let published = PublishedConfig {
             source: Source::ControlPlane,
             revision: 0,
@@ -811,7 +851,8 @@ impl FetchMachine {
         }
         let was = self.mode;
         let sha = published.sha256;
-        let published = self.publish(published, &loaded, out) == Publication::New;
+        let published = self.publish(published, &loaded.warnings, out) == Publication::New;
+        loaded.document.dismantle(pace).await;
         let message = match (published, was) {
             (true, Mode::Fallback) => Some(format!(
                 "control plane {upstream} is back: serving its config (sha256 {sha}) instead of \
@@ -1123,7 +1164,13 @@ impl FetchMachine {
         }));
     }
 
-    fn on_storage_response(&mut self, now_ms: u64, response: HttpResponse, out: &mut Vec<Action>) {
+    async fn on_storage_response(
+        &mut self,
+        now_ms: u64,
+        response: HttpResponse,
+        out: &mut Vec<Action>,
+        pace: &Pace<'_>,
+    ) {
         if self.import_abandoned(out) {
             return;
         }
@@ -1153,7 +1200,8 @@ impl FetchMachine {
             }
             Some(200) => {
                 out.push(count(Stage::Storage, true));
-                self.on_object(now_ms, object, rest, response.body, out);
+                self.on_object(now_ms, object, rest, response.body, out, pace)
+                    .await;
                 return;
             }
             None => format!(
@@ -1206,15 +1254,16 @@ impl FetchMachine {
         });
     }
 
-    fn on_object(
+    async fn on_object(
         &mut self,
         now_ms: u64,
         object: ObjectRef,
         rest: Vec<Location>,
         body: Vec<u8>,
         out: &mut Vec<Action>,
+        pace: &Pace<'_>,
     ) {
-        let actual = Sha256Digest::of(&body);
+        let actual = Sha256Digest::of_paced(&body, pace).await;
         if actual != object.sha256 {
             out.push(count(Stage::Verify, false));
             let why = format!(
@@ -1251,18 +1300,30 @@ impl FetchMachine {
             return;
         }
         out.push(count(Stage::Revision, true));
-        let loaded = match ConfigDocument::from_slice(&body) {
-            Ok(loaded) => loaded,
-            Err(errors) => {
-                out.push(count(Stage::Validate, false));
-                let why = format!(
-                    "object {} (revision {}) is not a usable config: {}",
-                    object.key,
-                    object.revision,
-                    invalid_document(&errors)
-                );
-                self.import_failed(now_ms, why, out);
-                return;
+        // The config in force, still in storage (every refresh finds it so): validated when it
+        // was first imported.
+        let in_force = self.current.as_ref().is_some_and(|c| {
+            c.source == Source::Fallback && c.revision == object.revision && c.sha256 == actual
+        });
+        let loaded = if in_force {
+            Loaded {
+                document: ConfigDocument::default(),
+                warnings: Vec::new(),
+            }
+        } else {
+            match ConfigDocument::from_slice_paced(&body, pace).await {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    out.push(count(Stage::Validate, false));
+                    let why = format!(
+                        "object {} (revision {}) is not a usable config: {}",
+                        object.key,
+                        object.revision,
+                        invalid_document(&errors)
+                    );
+                    self.import_failed(now_ms, why, out);
+                    return;
+                }
             }
         };
         out.push(count(Stage::Validate, true));
@@ -1294,7 +1355,9 @@ impl FetchMachine {
                 .and_then(crate::freshness::parse_rfc3339_ms),
             document: body.into(),
         };
-        match self.publish(published, &loaded, out) {
+        let publication = self.publish(published, &loaded.warnings, out);
+        loaded.document.dismantle(pace).await;
+        match publication {
             Publication::Renewed => {
                 let exported_at = object.exported_at.as_deref().unwrap_or_default();
                 log(
@@ -1370,7 +1433,7 @@ impl FetchMachine {
     fn publish(
         &mut self,
         candidate: PublishedConfig,
-        loaded: &Loaded,
+        warnings: &[Problem],
         out: &mut Vec<Action>,
     ) -> Publication {
         if let Some(current) = &mut self.current {
@@ -1389,14 +1452,14 @@ impl FetchMachine {
                 return Publication::Renewed;
             }
         }
-        if !loaded.warnings.is_empty() {
+        if !warnings.is_empty() {
             let mut message = format!(
                 "the {} config (sha256 {}) loaded with {} warning(s):",
                 source_phrase(candidate.source),
                 candidate.sha256,
-                loaded.warnings.len()
+                warnings.len()
             );
-            for warning in &loaded.warnings {
+            for warning in warnings {
                 message.push_str("\n  ");
                 message.push_str(&warning.to_string());
             }
@@ -1481,7 +1544,11 @@ fn usable_etag(etag: &str) -> bool {
 
 /// The declarative JSON in a CP's `200` body: the document itself, or Kong Admin API's
 /// `{"config": "<JSON text>"}`.
-fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, String> {
+async fn decode_cp_body(
+    body: &[u8],
+    content_type: Option<&str>,
+    pace: &Pace<'_>,
+) -> Result<Value, String> {
     const YAML: &str = "the filter reads JSON only (YAML is not supported): point \
                         control_plane.path at an endpoint that serves the declarative config as JSON";
     if content_type.is_some_and(|t| t.to_ascii_lowercase().contains("yaml")) {
@@ -1490,7 +1557,7 @@ fn decode_cp_body(body: &[u8], content_type: Option<&str>) -> Result<Value, Stri
     if let Some(problem) = crate::document::size_problem(body.len()) {
         return Err(format!("the answer is too large: {}", problem.message));
     }
-    let value = match json::from_slice(body) {
+    let value = match json::from_slice_paced(body, pace).await {
         Ok(value) => value,
         Err(json::StrictError::Syntax(_)) if looks_like_yaml(body) => {
             return Err(format!("the answer looks like YAML; {YAML}"))

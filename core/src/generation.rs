@@ -116,6 +116,19 @@ impl Slicer {
         (now_ns.saturating_sub(self.ended_at_ns) >= SLICE_GAP_NS).then_some(SLICE_NS)
     }
 
+    /// The slice to run at `now_ns` outside a tick (when the fetch leader's answer arrives): a
+    /// tick's length, without counting as a tick.
+    pub fn slice_at(&self, now_ns: u64) -> u64 {
+        let idle = self.requests == 0
+            && self.busy_at_ns != 0
+            && now_ns.saturating_sub(self.busy_at_ns) >= IDLE_AFTER_NS;
+        if idle {
+            IDLE_SLICE_NS
+        } else {
+            SLICE_NS
+        }
+    }
+
     /// A slice ended at `now_ns`.
     pub fn ended(&mut self, now_ns: u64) {
         self.ended_at_ns = now_ns;
@@ -284,6 +297,18 @@ mod tests {
         assert_eq!(slicer.tick(2_010 * ms), SLICE_NS, "busy 5 ms ago");
         assert_eq!(slicer.tick(3_004 * ms), SLICE_NS);
         assert_eq!(slicer.tick(3_005 * ms), IDLE_SLICE_NS);
+        assert_eq!(slicer.slice_at(3_006 * ms), IDLE_SLICE_NS);
+        slicer.request();
+        assert_eq!(
+            slicer.slice_at(3_007 * ms),
+            SLICE_NS,
+            "a request since the last tick"
+        );
+        assert_eq!(
+            Slicer::default().slice_at(5_000 * ms),
+            SLICE_NS,
+            "never ticked"
+        );
     }
 
     #[test]

@@ -4,10 +4,14 @@
 //!
 //! A worker without any config compiles the first one at once: it has nothing to serve
 //! meanwhile.
+//!
+//! The fetch leader's machine handles a response the same way: hashing, parsing and validating
+//! a document it fetched (`FetchMachine::on_response_paced`) runs in slices, and the machine
+//! is back for ticks once it is done. On nginx and Kong the leader is a worker that serves.
 
 use crate::{host, log, Active, Worker};
 use fallback_core::document::ValidationErrors;
-use fallback_core::fetch::{LogLevel, Source};
+use fallback_core::fetch::{Action, CallId, FetchMachine, HttpResponse, LogLevel, Source};
 use fallback_core::freshness;
 use fallback_core::generation::{self, Compiled, BUSY_TICK_MS};
 use fallback_core::pace::{Pace, Sliced};
@@ -29,6 +33,10 @@ pub(crate) struct Building {
     /// `None` when the bytes read are not the header's (a newer header follows).
     work: Sliced<Option<Result<Compiled, ValidationErrors>>>,
 }
+
+/// The fetch machine handling a response; it gives back the machine and the response's
+/// actions.
+pub(crate) type Responding = Sliced<(FetchMachine, Vec<Action>)>;
 
 /// Unix time in ns from the host clock (0 if the host cannot tell).
 fn now_ns() -> u64 {
@@ -77,10 +85,73 @@ impl Worker {
         });
     }
 
+    /// A response to one of the fetch machine's calls: handled in slices, starting now; queued
+    /// while the machine is busy with another.
+    pub(crate) fn respond(&mut self, call: CallId, response: HttpResponse) {
+        self.reclaim_machine();
+        if self.responding.borrow().is_some() {
+            self.queued.borrow_mut().push_back((call, response));
+            return;
+        }
+        let Some(machine) = self.machine.take() else {
+            return;
+        };
+        self.start_response(machine, call, response);
+        let budget = self.slicer.borrow().slice_at(now_ns());
+        self.work(budget);
+        self.reclaim_machine();
+    }
+
+    /// The machine starts on a response, in slices.
+    fn start_response(&self, mut machine: FetchMachine, call: CallId, response: HttpResponse) {
+        let due = self.due();
+        let now = host::now_ms();
+        *self.responding.borrow_mut() = Some(Sliced::new(async move {
+            let pace = Pace::new(&due);
+            let actions = machine.on_response_paced(now, call, response, &pace).await;
+            (machine, actions)
+        }));
+    }
+
+    /// Runs the machine's response for the slice; when done, carries out its actions and
+    /// starts on the next queued response, if any.
+    fn run_machine(&self) {
+        let done = self
+            .responding
+            .borrow_mut()
+            .as_mut()
+            .and_then(|work| work.resume());
+        let Some((machine, actions)) = done else {
+            return;
+        };
+        *self.responding.borrow_mut() = None;
+        for action in actions {
+            self.perform_shared(action);
+        }
+        let next = self.queued.borrow_mut().pop_front();
+        match next {
+            Some((call, response)) => self.start_response(machine, call, response),
+            None => *self.returned.borrow_mut() = Some(machine),
+        }
+    }
+
+    /// Takes the machine back after a response handled between requests, with the actions
+    /// that had to wait for it.
+    pub(crate) fn reclaim_machine(&mut self) {
+        if let Some(machine) = self.returned.borrow_mut().take() {
+            self.machine = Some(machine);
+        }
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        if !deferred.is_empty() {
+            self.perform(deferred);
+        }
+    }
+
     /// Whether compiling or freeing work waits (a retired generation still held by a request
     /// in flight does not count until it is let go).
     fn work_pending(&self) -> bool {
-        self.building.borrow().is_some()
+        self.responding.borrow().is_some()
+            || self.building.borrow().is_some()
             || self.freeing.borrow().is_some()
             || self
                 .retired
@@ -89,12 +160,21 @@ impl Worker {
                 .any(|a| Rc::strong_count(a) == 1)
     }
 
-    /// Runs this worker's config work for up to `budget_ns` (`u64::MAX`: to its end): the
-    /// generation being compiled first, then the freeing of retired ones.
+    /// Runs this worker's config work for up to `budget_ns` (`u64::MAX`: to its end): the fetch
+    /// machine's response first (its document is what every worker waits for), then the
+    /// generation being compiled, then the freeing of retired ones.
     pub(crate) fn work(&self, budget_ns: u64) {
-        self.look_for_generation();
         let start = now_ns();
         self.deadline_ns.set(start.saturating_add(budget_ns));
+        if self.responding.borrow().is_some() {
+            self.run_machine();
+            if budget_ns != u64::MAX {
+                self.slicer.borrow_mut().ended(now_ns());
+                self.pending.set(self.work_pending());
+                return;
+            }
+        }
+        self.look_for_generation();
         loop {
             let built = {
                 let mut building = self.building.borrow_mut();

@@ -130,8 +130,20 @@ struct Worker {
     config: Option<Rc<FilterConfig>>,
     /// This host's semantics, from the configuration's `"host"`.
     profile: &'static HostProfile,
-    /// The fetch state machine, present while this worker holds the lease.
+    /// The fetch state machine, present while this worker holds the lease and the machine is
+    /// not busy with a response ([`Worker::responding`]).
     machine: Option<FetchMachine>,
+    /// The machine, handling a response in slices (it hashes, parses and validates the
+    /// document; [`apply`]).
+    responding: RefCell<Option<apply::Responding>>,
+    /// The machine back from a response handled between requests, until the next callback
+    /// that can take it back.
+    returned: RefCell<Option<FetchMachine>>,
+    /// Responses that arrived while the machine was busy, in order.
+    queued: RefCell<std::collections::VecDeque<(CallId, HttpResponse)>>,
+    /// Actions of a response handled between requests that need the machine (dispatches:
+    /// the machine asks for none from a response, so this stays empty).
+    deferred: RefCell<Vec<Action>>,
     /// This worker's part in the leader lease.
     election: Election,
     calls: HashMap<u32, CallId>,
@@ -158,6 +170,10 @@ impl Worker {
             config: None,
             profile: fallback_core::host::HostKind::default().profile(),
             machine: None,
+            responding: RefCell::new(None),
+            returned: RefCell::new(None),
+            queued: RefCell::new(std::collections::VecDeque::new()),
+            deferred: RefCell::new(Vec::new()),
             election: Election::new(random_u64()),
             calls: HashMap::new(),
             generation_applied: Cell::new(None),
@@ -178,7 +194,10 @@ impl Worker {
         let leading = self
             .election
             .tick(&mut HostSharedData, now, config.leader_lease_ms);
-        match (leading, self.machine.is_some()) {
+        let has_machine = self.machine.is_some()
+            || self.responding.borrow().is_some()
+            || self.returned.borrow().is_some();
+        match (leading, has_machine) {
             (true, false) => {
                 let mut machine = FetchMachine::new(config, random_u64());
                 let published = read_published(&mut HostSharedData).map(|(_, p)| p);
@@ -195,6 +214,10 @@ impl Worker {
                     "fallback: another worker leads config fetching now",
                 );
                 self.machine = None;
+                *self.responding.borrow_mut() = None;
+                *self.returned.borrow_mut() = None;
+                self.queued.borrow_mut().clear();
+                self.deferred.borrow_mut().clear();
                 self.calls.clear();
             }
             _ => {}
@@ -234,22 +257,31 @@ impl Worker {
                         }
                     }
                 }
-                Action::Publish(published) => {
-                    if let Err(why) = publish(&mut HostSharedData, &published) {
-                        log(
+                other => self.perform_shared(other),
+            }
+        }
+    }
+
+    /// Carries out an action that needs no machine (all but dispatches, which are deferred to
+    /// the next tick).
+    fn perform_shared(&self, action: Action) {
+        match action {
+            Action::Dispatch(_) => self.deferred.borrow_mut().push(action),
+            Action::Publish(published) => {
+                if let Err(why) = publish(&mut HostSharedData, &published) {
+                    log(
                             LogLevel::Error,
                             &format!(
                                 "fallback: could not publish the config (sha256 {}) in shared data: {why}; check the shared memory zone (nginx: shm_kv *)",
                                 published.sha256
                             ),
                         );
-                    }
                 }
-                Action::Log { level, message } => log(level, &message),
-                Action::Count { stage, success } => {
-                    if let Some(m) = &self.metrics {
-                        m.count(stage, success);
-                    }
+            }
+            Action::Log { level, message } => log(level, &message),
+            Action::Count { stage, success } => {
+                if let Some(m) = &self.metrics {
+                    m.count(stage, success);
                 }
             }
         }
@@ -311,10 +343,7 @@ impl Context for Worker {
             headers,
             body,
         };
-        if let Some(machine) = self.machine.as_mut() {
-            let actions = machine.on_response(host::now_ms(), call, response);
-            self.perform(actions);
-        }
+        self.respond(call, response);
     }
 }
 
@@ -346,12 +375,14 @@ impl RootContext for Worker {
             return;
         };
         let now = host::now_ms();
+        self.reclaim_machine();
         self.lead_or_follow(&config, now);
         if let Some(machine) = self.machine.as_mut() {
             let actions = machine.on_tick(now);
             self.perform(actions);
         }
         self.work_on_tick();
+        self.reclaim_machine();
         self.refresh_age(&config, now);
     }
 

@@ -86,6 +86,10 @@ struct Driver {
     m: FetchMachine,
     now: u64,
     pending: Vec<(HttpRequest, u64)>,
+    /// Times the machine yielded while handling answers: every answer is handled in slices
+    /// that end at each question of the pace, as a filter under load would (the sync
+    /// `on_response` is the same code, run at once).
+    yields: u64,
 }
 
 impl Driver {
@@ -98,6 +102,7 @@ impl Driver {
             m: FetchMachine::new(&c, 42),
             now: 0,
             pending: Vec::new(),
+            yields: 0,
         }
     }
 
@@ -134,7 +139,15 @@ impl Driver {
             .position(|(r, _)| r.party == party)
             .unwrap_or_else(|| panic!("no {party:?} call in flight: {:?}", self.pending));
         let (request, _) = self.pending.remove(index);
-        let mut actions = self.m.on_response(self.now, request.call, response);
+        let due = || true;
+        let pace = crate::pace::Pace::new(&due);
+        let mut actions = crate::pace::run_to_end(self.m.on_response_paced(
+            self.now,
+            request.call,
+            response,
+            &pace,
+        ));
+        self.yields += pace.yields();
         assert_no_dispatch_in_response(&actions);
         actions.extend(self.m.on_tick(self.now));
         self.track(actions)
@@ -357,6 +370,30 @@ fn cp_failures_below_the_threshold_only_warn() {
     d.tick(15_000);
     d.answer(Party::ControlPlane, HttpResponse::new(304, Vec::new()));
     assert_eq!(d.m.consecutive_cp_failures(), 0);
+}
+
+#[test]
+fn a_large_control_plane_document_is_handled_in_slices() {
+    let services: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({"name": format!("s{i}"), "url": "http://backend.internal:8080/",
+            "routes": [{"name": format!("r{i}"), "paths": [format!("/r{i}")]}]})
+        })
+        .collect();
+    let large = canonical_json(&json!({"_format_version": "3.0", "services": services}));
+    let mut d = Driver::new(true);
+    d.tick(0);
+    let a = d.answer(Party::ControlPlane, ok(&large));
+    assert_eq!(
+        published(&a).map(|p| p.sha256),
+        Some(Sha256Digest::of(&large))
+    );
+    // 200 services and routes read, then freed, a step each.
+    assert!(
+        d.yields > 2 * 200 / u64::from(crate::pace::CHECK_EVERY),
+        "{} yields",
+        d.yields
+    );
 }
 
 #[test]
