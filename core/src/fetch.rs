@@ -32,7 +32,7 @@ mod signed_url;
 mod tests;
 
 use crate::backoff::Backoff;
-use crate::digest::{canonical_json, Sha256Digest};
+use crate::digest::{canonical_json_paced, Sha256Digest};
 use crate::document::{ConfigDocument, Loaded, Problem, ValidationErrors};
 use crate::filter_config::{CompanionConfig, FilterConfig};
 use crate::json;
@@ -832,8 +832,7 @@ impl FetchMachine {
             }
         };
         out.push(count(Stage::Validate, true));
-        let document = canonical_json(&value);
-        pace.checkpoint().await;
+        let document = canonical_json_paced(&value, pace).await;
         json::drop_paced(value, pace).await;
         let published = PublishedConfig {
             source: Source::ControlPlane,

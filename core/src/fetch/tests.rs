@@ -1,6 +1,7 @@
 //! Every transition of the fetch machine, driven natively through a tiny harness.
 
 use super::*;
+use crate::digest::canonical_json;
 use serde_json::json;
 
 const TOKEN: &str = "companion-s3cr3t";
