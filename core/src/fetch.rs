@@ -833,11 +833,12 @@ impl FetchMachine {
         };
         out.push(count(Stage::Validate, true));
         let document = canonical_json_paced(&value, pace).await;
+        let sha256 = Sha256Digest::of_paced(&document, pace).await;
         json::drop_paced(value, pace).await;
         let published = PublishedConfig {
             source: Source::ControlPlane,
             revision: 0,
-            sha256: Sha256Digest::of(&document),
+            sha256,
             exported_at_ms: None,
             document: document.into(),
         };
