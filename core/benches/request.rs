@@ -148,7 +148,7 @@ fn main() {
                     path: view.path,
                     upstream_path: &forward.path,
                     headers: &headers,
-                    client_ip: Some([127, 0, 0, 1].into()),
+                    client_ip: Some([127, 0, 0, 1].into()).into(),
                     route: Some(forward.route),
                     service: Some(forward.service),
                     now_ms: 1_700_000_000_000 + i / 1000,

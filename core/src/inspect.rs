@@ -202,7 +202,7 @@ impl Matcher {
             path,
             upstream_path: &upstream_path,
             headers: &headers,
-            client_ip: Some(query.client_ip),
+            client_ip: Some(query.client_ip).into(),
             route: Some(route),
             service,
             now_ms: query.now_ms,

@@ -366,7 +366,7 @@ fn plugin_request<'a>(
         path,
         upstream_path: &forward.path,
         headers,
-        client_ip: "10.0.0.1".parse().ok(),
+        client_ip: "10.0.0.1".parse().ok().into(),
         route: Some(forward.route),
         service: Some(forward.service),
         now_ms: 1_700_000_000_000,

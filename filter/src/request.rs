@@ -8,7 +8,7 @@ use fallback_core::filter_config::FilterConfig;
 use fallback_core::freshness;
 use fallback_core::host::{HandOverNames, HostProfile, HostWrite, ReadFrom, UpstreamTarget};
 use fallback_core::plugins::{
-    HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
+    ClientIp, HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
 use fallback_core::router::{RequestView, RouteOutcome};
 use fallback_core::shared_data::{Leases, SharedCounters};
@@ -66,15 +66,14 @@ impl RequestFilter {
 
     /// Runs the plugins of the matched route for this request, and counts the request when
     /// observe-only plugins that apply to it were skipped. `target` is the route, its service
-    /// and the upstream path (the request's own when nothing is proxied).
+    /// and the upstream path (the request's own when nothing is proxied); `client_ip` reads the
+    /// client's address, for the plugins that ask.
     fn plugins<'a>(
         &self,
         active: &'a Active,
         target: (Option<usize>, Option<usize>, &'a str),
-        method: &'a str,
-        path: &'a str,
-        scheme: &'a str,
-        headers: &'a [(&'a str, &'a str)],
+        view: &RequestView<'a>,
+        client_ip: &'a dyn Fn() -> Option<std::net::IpAddr>,
     ) -> PluginOutcome<'a> {
         let (route, service, upstream_path) = target;
         // Two host calls (the clock) each: only for the plugins that use them.
@@ -84,13 +83,12 @@ impl RequestFilter {
             0
         };
         let request = PluginRequest {
-            method,
-            scheme,
-            path,
+            method: view.method,
+            scheme: view.scheme,
+            path: view.path,
             upstream_path,
-            headers,
-            client_ip: host::property(&["source", "address"])
-                .and_then(|raw| self.profile.client_ip(&raw)),
+            headers: view.headers,
+            client_ip: ClientIp::Lazy(client_ip),
             route,
             service,
             now_ms: host::now_ms(),
@@ -203,13 +201,16 @@ impl HttpContext for RequestFilter {
             sni: sni.as_deref(),
             port,
         };
+        // One host call, made only if a plugin asks (`ip-restriction`, `rate-limiting` by IP).
+        let read_client_ip =
+            || host::property(&["source", "address"]).and_then(|raw| profile.client_ip(&raw));
         match active.router.route(&view) {
             RouteOutcome::Forward(forward) => {
                 let changes = if active.plugins.is_empty() {
                     None
                 } else {
                     let target = (Some(forward.route), Some(forward.service), &*forward.path);
-                    match self.plugins(&active, target, &method, &path, &scheme, &headers) {
+                    match self.plugins(&active, target, &view, &read_client_ip) {
                         PluginOutcome::Respond(answer) => {
                             send_local(&answer);
                             return Action::Pause;
@@ -295,7 +296,7 @@ impl HttpContext for RequestFilter {
                 )];
                 if !active.plugins.is_empty() {
                     let target = (Some(route), service, &*path);
-                    match self.plugins(&active, target, &method, &path, &scheme, &headers) {
+                    match self.plugins(&active, target, &view, &read_client_ip) {
                         PluginOutcome::Respond(answer) => {
                             send_local(&answer);
                             return Action::Pause;

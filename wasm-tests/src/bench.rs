@@ -369,7 +369,7 @@ pub fn plugin_headers() -> (Headers, Headers) {
         path: view.path,
         upstream_path: &forward.path,
         headers: &headers,
-        client_ip: Some([127, 0, 0, 1].into()),
+        client_ip: Some([127, 0, 0, 1].into()).into(),
         route: Some(forward.route),
         service: Some(forward.service),
         now_ms: 1_700_000_000_000,

@@ -94,7 +94,7 @@ impl IpRestriction {
     }
 
     pub(super) fn access(&self, ex: &mut Exchange) -> Step {
-        let Some(ip) = ex.client_ip else {
+        let Some(ip) = ex.client_ip() else {
             return Err(Exit::error(self.status, &self.message));
         };
         let denied = self.deny.iter().any(|c| c.contains(ip));

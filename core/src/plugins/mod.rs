@@ -51,6 +51,7 @@ use crate::pace::{drop_all, run_to_end, Pace};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 
 pub use rate_limiting::MemoryCounters;
@@ -136,8 +137,9 @@ pub struct PluginRequest<'a> {
     pub upstream_path: &'a str,
     /// The client's request headers (names in any case; pseudo-headers are ignored).
     pub headers: &'a [(&'a str, &'a str)],
-    /// The client's address (Kong's `kong.client.get_forwarded_ip()` without trusted IPs).
-    pub client_ip: Option<IpAddr>,
+    /// The client's address (Kong's `kong.client.get_forwarded_ip()` without trusted IPs),
+    /// read only if a plugin asks for it.
+    pub client_ip: ClientIp<'a>,
     /// The matched route, an index into [`ConfigDocument::routes`].
     pub route: Option<usize>,
     /// Its service, an index into [`ConfigDocument::services`].
@@ -147,6 +149,38 @@ pub struct PluginRequest<'a> {
     /// Fresh random bits from the host (correlation ids); any value when
     /// [`PluginEngine::needs_random`] is false.
     pub random: u128,
+}
+
+/// The client's address for [`PluginRequest::client_ip`]: known, or read on first use (in the
+/// filter a host call, which most requests do not need: `ip-restriction`, and `rate-limiting`
+/// by IP or without an identified consumer, read it).
+#[derive(Clone, Copy)]
+pub enum ClientIp<'a> {
+    /// Known up front (`None`: unknown).
+    Known(Option<IpAddr>),
+    /// Read on first use, at most once per request.
+    Lazy(&'a dyn Fn() -> Option<IpAddr>),
+}
+
+impl Default for ClientIp<'_> {
+    fn default() -> Self {
+        ClientIp::Known(None)
+    }
+}
+
+impl From<Option<IpAddr>> for ClientIp<'_> {
+    fn from(ip: Option<IpAddr>) -> Self {
+        ClientIp::Known(ip)
+    }
+}
+
+impl fmt::Debug for ClientIp<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientIp::Known(ip) => f.debug_tuple("Known").field(ip).finish(),
+            ClientIp::Lazy(_) => f.write_str("Lazy"),
+        }
+    }
 }
 
 /// The plugins' decision for one request; it borrows from the engine and the request
@@ -910,7 +944,9 @@ struct Exchange<'a> {
     path_changed: bool,
     method_changed: bool,
     client_path: &'a str,
-    client_ip: Option<IpAddr>,
+    client_ip: ClientIp<'a>,
+    /// [`Exchange::client_ip`] once read.
+    client_ip_read: Cell<Option<Option<IpAddr>>>,
     now_ms: u64,
     random: u128,
     service: Option<usize>,
@@ -930,6 +966,21 @@ fn lowercase(name: Cow<'_, str>) -> Cow<'_, str> {
 }
 
 impl<'a> Exchange<'a> {
+    /// The client's address, read on first use.
+    fn client_ip(&self) -> Option<IpAddr> {
+        match self.client_ip {
+            ClientIp::Known(ip) => ip,
+            ClientIp::Lazy(read) => match self.client_ip_read.get() {
+                Some(ip) => ip,
+                None => {
+                    let ip = read();
+                    self.client_ip_read.set(Some(ip));
+                    ip
+                }
+            },
+        }
+    }
+
     /// Room for the headers plugins add (`X-Consumer-*`, `X-Credential-Identifier`...)
     /// without growing the list again.
     const ADDED_HEADERS: usize = 6;
@@ -955,6 +1006,7 @@ impl<'a> Exchange<'a> {
             method_changed: false,
             client_path: req.path.split('?').next().unwrap_or("/"),
             client_ip: req.client_ip,
+            client_ip_read: Cell::new(None),
             now_ms: req.now_ms,
             random: req.random,
             service: req.service,

@@ -131,7 +131,7 @@ impl RateLimiting {
     }
 
     fn identifier<'a>(&'a self, engine: &'a PluginEngine, ex: &Exchange<'a>) -> Cow<'a, str> {
-        let ip = || Cow::Owned(ex.client_ip.map(|ip| ip.to_string()).unwrap_or_default());
+        let ip = || Cow::Owned(ex.client_ip().map(|ip| ip.to_string()).unwrap_or_default());
         let consumer = || {
             ex.identity
                 .consumer

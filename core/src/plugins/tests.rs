@@ -41,6 +41,9 @@ struct Req {
     route: usize,
     service: usize,
     now_ms: u64,
+    /// How many times the last run read the client's address (read lazily, as the filter
+    /// does: a host call).
+    ip_reads: std::cell::Cell<u32>,
 }
 
 fn req(path: &str) -> Req {
@@ -51,6 +54,7 @@ fn req(path: &str) -> Req {
         ip: "10.0.0.7",
         route: 0,
         service: 0,
+        ip_reads: std::cell::Cell::new(0),
         now_ms: 1_700_000_000_000,
     }
 }
@@ -86,19 +90,30 @@ impl Req {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
+        let ip: Option<IpAddr> = self.ip.parse().ok();
+        self.ip_reads.set(0);
+        let read_ip = || {
+            self.ip_reads.set(self.ip_reads.get() + 1);
+            ip
+        };
         let request = PluginRequest {
             method: self.method,
             scheme: "http",
             path: self.path.split('?').next().unwrap(),
             upstream_path: &self.path,
             headers: &headers,
-            client_ip: self.ip.parse().ok(),
+            client_ip: ClientIp::Lazy(&read_ip),
             route: Some(self.route),
             service: Some(self.service),
             now_ms: self.now_ms,
             random: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
         };
-        e.access(&request, counters).into_owned()
+        let outcome = e.access(&request, counters).into_owned();
+        assert!(
+            self.ip_reads.get() <= 1,
+            "the client's address is read once at most"
+        );
+        outcome
     }
 }
 
@@ -452,6 +467,39 @@ fn acl_allow_and_deny_by_groups() {
     ]}));
     let r = respond(req("/one").run(&e));
     assert_eq!((r.status, message(&r).as_str()), (401, "Unauthorized"));
+}
+
+// ---- the client's address, read only when needed ----
+
+#[test]
+fn the_clients_address_is_read_only_by_the_plugins_that_need_it() {
+    let e = engine(json!({
+        "consumers": [{"username": "alice", "keyauth_credentials": [{"key": "k-alice"}]}],
+        "plugins": [
+            {"name": "key-auth", "route": "r1", "config": {}},
+            {"name": "rate-limiting", "route": "r1", "config": {"minute": 100}},
+            {"name": "rate-limiting", "route": "r2", "config": {"minute": 100, "limit_by": "ip"}},
+            {"name": "ip-restriction", "route": "r3", "config": {"allow": ["10.0.0.0/8"]}},
+        ]
+    }));
+    // key-auth identified the consumer: rate-limiting counts by consumer, no address needed.
+    let r = req("/one").header("apikey", "k-alice");
+    forward(r.run(&e));
+    assert_eq!(r.ip_reads.get(), 0);
+    // No consumer: limit_by consumer falls back to the address (Kong), read once.
+    let r = req("/one");
+    respond(r.run(&e));
+    assert_eq!(
+        r.ip_reads.get(),
+        0,
+        "refused by key-auth before rate-limiting runs"
+    );
+    let r = req("/two").route(1, 0);
+    forward(r.run(&e));
+    assert_eq!(r.ip_reads.get(), 1);
+    let r = req("/three").route(2, 1);
+    forward(r.run(&e));
+    assert_eq!(r.ip_reads.get(), 1);
 }
 
 // ---- ip-restriction ----
