@@ -9,6 +9,7 @@
 //! a document it fetched (`FetchMachine::on_response_paced`) runs in slices, and the machine
 //! is back for ticks once it is done. On nginx and Kong the leader is a worker that serves.
 
+use crate::host::now_ns;
 use crate::{host, log, Active, Worker};
 use fallback_core::document::ValidationErrors;
 use fallback_core::fetch::{Action, CallId, FetchMachine, HttpResponse, LogLevel, Source};
@@ -37,11 +38,6 @@ pub(crate) struct Building {
 /// The fetch machine handling a response; it gives back the machine and the response's
 /// actions.
 pub(crate) type Responding = Sliced<(FetchMachine, Vec<Action>)>;
-
-/// Unix time in ns from the host clock (0 if the host cannot tell).
-fn now_ns() -> u64 {
-    crate::abi::now_nanos().unwrap_or(0)
-}
 
 impl Worker {
     /// A pace whose slice ends at this worker's deadline.

@@ -10,7 +10,13 @@ use std::time::Duration;
 
 /// Unix time in ms from the host clock (0 if the host cannot tell).
 pub fn now_ms() -> u64 {
-    abi::now_nanos().map_or(0, |ns| ns / 1_000_000)
+    now_ns() / 1_000_000
+}
+
+/// Unix time in ns from the host clock (0 if the host cannot tell; ngx_wasm_module's has
+/// millisecond resolution).
+pub fn now_ns() -> u64 {
+    abi::now_nanos().unwrap_or(0)
 }
 
 /// Logs `message`; a failed log call has nowhere better to go.
