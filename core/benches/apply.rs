@@ -5,32 +5,14 @@
 //! `cargo bench -p fallback-core --bench apply [-- ROUTES]` (default 10,000 routes, each with
 //! its own service and `key-auth` + `rate-limiting`, as bench-proxy's F10k).
 
+mod common;
+
 use fallback_core::generation::{self, Compiled, SLICE_NS};
 use fallback_core::pace::{run_to_end, Pace, Sliced};
 use fallback_core::plugins::PluginPolicy;
-use serde_json::json;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-fn document(routes: usize) -> Vec<u8> {
-    let services: Vec<_> = (0..routes)
-        .map(|i| {
-            json!({"name": format!("s{i}"), "url": "http://127.0.0.1:8000/", "routes": [{
-            "name": format!("r{i}"), "hosts": [format!("r{i}.bench.test")], "paths": ["/api"],
-            "plugins": [
-                {"name": "key-auth", "config": {"key_names": ["apikey"]}},
-                {"name": "rate-limiting", "config": {"hour": 1_000_000_000u64, "policy": "local"}},
-            ]}]})
-        })
-        .collect();
-    serde_json::to_vec(&json!({
-        "_format_version": "3.0",
-        "services": services,
-        "consumers": [{"username": "bench", "keyauth_credentials": [{"key": "bench-key"}]}],
-    }))
-    .expect("serializes")
-}
 
 /// Slices of `work`: (total time, count, longest).
 struct Slices {
@@ -71,7 +53,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(10_000);
-    let bytes = Rc::new(document(routes));
+    let bytes = Rc::new(serde_json::to_vec(&common::document(routes, true)).expect("serializes"));
     println!(
         "apply: {routes} routes with key-auth + rate-limiting, {} bytes; slices of {} ms",
         bytes.len(),
@@ -121,7 +103,5 @@ fn main() {
             ms(free.longest),
         );
     }
-    println!(
-        "The longest compile slice is parsing the JSON text, the one piece not cut into steps."
-    );
+    println!("The longest slice is the longest piece of work between two of the pace's questions.");
 }

@@ -8,10 +8,12 @@
 //! A plain `main` (no criterion): one table. The request is the one `bench-proxy` sends
 //! (`Host: r<n/2>.bench.test`, `GET /api/items`, the consumer's `apikey`).
 
+mod common;
+
+use common::document;
 use fallback_core::document::ConfigDocument;
 use fallback_core::plugins::{Counters, PluginEngine, PluginOutcome, PluginRequest};
 use fallback_core::router::{RequestView, RouteOutcome, Router};
-use serde_json::{json, Value};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,28 +72,6 @@ impl Counters for MemoryCounters {
             entry.1
         })
     }
-}
-
-/// The same config as `wasm_tests::bench::bench_document`.
-fn document(routes: usize, plugins: bool) -> Value {
-    let services: Vec<Value> = (0..routes)
-        .map(|i| {
-            let mut route = json!({"name": format!("r{i}"), "hosts": [format!("r{i}.bench.test")], "paths": ["/api"]});
-            if plugins {
-                route["plugins"] = json!([
-                    {"name": "key-auth", "config": {"key_names": ["apikey"]}},
-                    {"name": "rate-limiting", "config": {"hour": 1_000_000_000u64, "policy": "local"}},
-                ]);
-            }
-            json!({"name": format!("s{i}"), "url": "http://127.0.0.1:8000/", "routes": [route]})
-        })
-        .collect();
-    let mut doc = json!({"_format_version": "3.0", "services": services});
-    if plugins {
-        doc["consumers"] =
-            json!([{"username": "bench", "keyauth_credentials": [{"key": "bench-key"}]}]);
-    }
-    doc
 }
 
 /// Requests timed one by one with cold caches.

@@ -54,7 +54,7 @@ use std::fmt;
 /// Order within a list: entities listed at the top level first, in input order, then nested
 /// ones in the order of their parents (for plugins: under services, then under routes, then
 /// under consumers).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConfigDocument {
     /// `_format_version` as given: `"3.0"`, or `"1.1"` / `"2.1"`, whose route paths were
     /// migrated on load as Kong 3.x does (each change is a warning).
@@ -106,9 +106,9 @@ impl ConfigDocument {
         run_to_end(Self::from_slice_paced(bytes, &Pace::unbounded()))
     }
 
-    /// [`ConfigDocument::from_slice`], yielding to `pace` (see [`crate::pace`]) after parsing,
-    /// once per entity while loading, and while freeing the parsed JSON. Parsing itself is one
-    /// piece.
+    /// [`ConfigDocument::from_slice`], yielding to `pace` (see [`crate::pace`]) while parsing
+    /// (once per element of the top-level arrays, [`crate::json::from_slice_paced`]), once per
+    /// entity while loading, and while freeing the parsed JSON.
     pub async fn from_slice_paced(
         bytes: &[u8],
         pace: &Pace<'_>,

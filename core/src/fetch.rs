@@ -33,7 +33,7 @@ mod tests;
 
 use crate::backoff::Backoff;
 use crate::digest::{canonical_json_paced, Sha256Digest};
-use crate::document::{ConfigDocument, Loaded, Problem, ValidationErrors};
+use crate::document::{ConfigDocument, Problem, ValidationErrors};
 use crate::filter_config::{CompanionConfig, FilterConfig};
 use crate::json;
 use crate::limits::{MAX_DOCUMENT_BYTES, PROXY_RESPONSE_BUFFER_BYTES};
@@ -1306,13 +1306,10 @@ impl FetchMachine {
             c.source == Source::Fallback && c.revision == object.revision && c.sha256 == actual
         });
         let loaded = if in_force {
-            Loaded {
-                document: ConfigDocument::default(),
-                warnings: Vec::new(),
-            }
+            None
         } else {
             match ConfigDocument::from_slice_paced(&body, pace).await {
-                Ok(loaded) => loaded,
+                Ok(loaded) => Some(loaded),
                 Err(errors) => {
                     out.push(count(Stage::Validate, false));
                     let why = format!(
@@ -1355,8 +1352,11 @@ impl FetchMachine {
                 .and_then(crate::freshness::parse_rfc3339_ms),
             document: body.into(),
         };
-        let publication = self.publish(published, &loaded.warnings, out);
-        loaded.document.dismantle(pace).await;
+        let warnings = loaded.as_ref().map_or(&[][..], |l| &l.warnings[..]);
+        let publication = self.publish(published, warnings, out);
+        if let Some(loaded) = loaded {
+            loaded.document.dismantle(pace).await;
+        }
         match publication {
             Publication::Renewed => {
                 let exported_at = object.exported_at.as_deref().unwrap_or_default();

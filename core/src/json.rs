@@ -359,14 +359,10 @@ async fn pieces(bytes: &[u8], pace: &Pace<'_>) -> Option<Value> {
                         let (end, depth) = value_end(bytes, at)?;
                         items.push(piece(at..end, depth)?);
                         pace.step().await;
-                        at = skip_space(bytes, end);
-                        match bytes.get(at)? {
-                            b',' => at = skip_space(bytes, at + 1),
-                            b']' => {
-                                at += 1;
-                                break;
-                            }
-                            _ => return None,
+                        let closed;
+                        (at, closed) = next_item(bytes, end, b']')?;
+                        if closed {
+                            break;
                         }
                     }
                 }
@@ -380,18 +376,25 @@ async fn pieces(bytes: &[u8], pace: &Pace<'_>) -> Option<Value> {
             if map.insert(key, value).is_some() {
                 return None;
             }
-            at = skip_space(bytes, at);
-            match bytes.get(at)? {
-                b',' => at = skip_space(bytes, at + 1),
-                b'}' => {
-                    at += 1;
-                    break;
-                }
-                _ => return None,
+            let closed;
+            (at, closed) = next_item(bytes, at, b'}')?;
+            if closed {
+                break;
             }
         }
     }
     (skip_space(bytes, at) == bytes.len()).then_some(Value::Object(map))
+}
+
+/// After an item of an array or object ending at `at`: where the next item starts and `false`
+/// (a `,`), or just past the container and `true` (`close`); `None` for anything else.
+fn next_item(bytes: &[u8], at: usize, close: u8) -> Option<(usize, bool)> {
+    let at = skip_space(bytes, at);
+    match *bytes.get(at)? {
+        b',' => Some((skip_space(bytes, at + 1), false)),
+        b if b == close => Some((at + 1, true)),
+        _ => None,
+    }
 }
 
 fn skip_space(bytes: &[u8], mut at: usize) -> usize {

@@ -434,17 +434,28 @@ async fn collect<'a>(
     raw
 }
 
+/// Reads each of `raws` with `read`, a step each.
+async fn read_each<T>(
+    raws: &[Raw<'_>],
+    read: fn(&Raw<'_>, &mut Sink) -> T,
+    sink: &mut Sink,
+    pace: &Pace<'_>,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(raws.len());
+    for r in raws {
+        pace.step().await;
+        out.push(read(r, sink));
+    }
+    out
+}
+
 async fn build(
     raw: &RawDocument<'_>,
     format_version: String,
     sink: &mut Sink,
     pace: &Pace<'_>,
 ) -> ConfigDocument {
-    let mut services: Vec<super::Service> = Vec::with_capacity(raw.services.len());
-    for r in &raw.services {
-        pace.step().await;
-        services.push(read::service(r, sink));
-    }
+    let services = read_each(&raw.services, read::service, sink, pace).await;
     let service_index = Index::new(
         "service",
         "name",
@@ -485,11 +496,7 @@ async fn build(
     )
     .await;
 
-    let mut consumers: Vec<super::Consumer> = Vec::with_capacity(raw.consumers.len());
-    for r in &raw.consumers {
-        pace.step().await;
-        consumers.push(read::consumer(r, sink));
-    }
+    let consumers = read_each(&raw.consumers, read::consumer, sink, pace).await;
     let consumer_index = Index::new(
         "consumer",
         "username",
@@ -504,11 +511,7 @@ async fn build(
     )
     .await;
 
-    let mut upstreams: Vec<super::Upstream> = Vec::with_capacity(raw.upstreams.len());
-    for r in &raw.upstreams {
-        pace.step().await;
-        upstreams.push(read::upstream(r, sink));
-    }
+    let upstreams = read_each(&raw.upstreams, read::upstream, sink, pace).await;
     let upstream_index = Index::new(
         "upstream",
         "name",
