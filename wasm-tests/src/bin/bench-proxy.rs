@@ -52,6 +52,9 @@ variants:
   PD     minimal filter, the project bootstrap's hand-off (examples/envoy/bootstrap.yaml)
   PK     as PD, also adding the 3 upstream and 5 response headers F1k's key-auth and
          rate-limiting add: what carrying those headers costs Envoy, without the filter
+  PF     the minimal filter making F1k's host calls and no more (the request header map,
+         the clock, the 3 hand-over writes, 3 upstream adds, 5 response sets) for F1k's
+         request: what any proxy-wasm filter with Kong's semantics pays Envoy, the floor
   PS     minimal filter, set_filter_state + dynamic forward proxy
   PO     minimal filter, ORIGINAL_DST cluster from the x-fallback-upstream header
   PT     minimal filter, set_filter_state + ORIGINAL_DST cluster (original_dst_address)
@@ -89,8 +92,12 @@ enum Setup {
     /// A bootstrap of `wasm_tests::bench`, with or without the minimal filter.
     Bench { wasm: bool, hand_off: HandOff },
     /// The project bootstrap with the minimal filter; with `plugin_headers`, it also carries
-    /// the headers F1k's plugins add (`wasm_tests::bench::plugin_headers`).
-    ProjectMinimal { plugin_headers: bool },
+    /// the headers F1k's plugins add (`wasm_tests::bench::plugin_headers`); with `filter_calls`,
+    /// it makes the Fallback filter's host calls for F1k's request (PF).
+    ProjectMinimal {
+        plugin_headers: bool,
+        filter_calls: bool,
+    },
     /// The project bootstrap with the Fallback filter and a generated config; `wasm` is
     /// another build of the filter than `make wasm`'s (`--compare-wasm`).
     ProjectFilter {
@@ -128,6 +135,7 @@ const VARIANTS: &[Variant] = &[
         description: "minimal filter, the bootstrap's hand-off",
         setup: Setup::ProjectMinimal {
             plugin_headers: false,
+            filter_calls: false,
         },
     },
     Variant {
@@ -135,6 +143,15 @@ const VARIANTS: &[Variant] = &[
         description: "as PD, adding the 8 headers F1k's plugins add",
         setup: Setup::ProjectMinimal {
             plugin_headers: true,
+            filter_calls: false,
+        },
+    },
+    Variant {
+        name: "PF",
+        description: "minimal filter making F1k's host calls, no work",
+        setup: Setup::ProjectMinimal {
+            plugin_headers: true,
+            filter_calls: true,
         },
     },
     Variant {
@@ -398,11 +415,25 @@ async fn start(
             options.filter_config = minimal_config;
             options.wasm = Some(minimal_wasm()?);
         }
-        Setup::ProjectMinimal { plugin_headers } => {
+        Setup::ProjectMinimal {
+            plugin_headers,
+            filter_calls,
+        } => {
+            if filter_calls {
+                // As the Fallback filter hands F1k's request over: Kong's `Host` for the
+                // service (its url's host:port) and the path with the route's `/api` stripped.
+                minimal_config[":authority"] = json!(upstream);
+                minimal_config[":path"] = json!("/items");
+                minimal_config["read:map"] = json!("1");
+                minimal_config["read:clock"] = json!("1");
+                headers.push(("apikey", API_KEY.to_owned()));
+            }
             if plugin_headers {
                 let (upstream, response) = wasm_tests::bench::plugin_headers();
+                // The Fallback filter adds the plugins' upstream headers (none was sent).
+                let prefix = if filter_calls { "add:" } else { "" };
                 for (name, value) in upstream {
-                    minimal_config[name] = json!(value);
+                    minimal_config[format!("{prefix}{name}")] = json!(value);
                 }
                 for (name, value) in response {
                     minimal_config[format!("response:{name}")] = json!(value);
@@ -727,18 +758,23 @@ async fn run(options: Options) -> Result<bool, String> {
         .find(|r| r.variant.name == "P")
         .and_then(|r| best(&r.rounds))
         .map(|m| m.cpu_us_per_request);
+    let p_rounds = running
+        .iter()
+        .find(|r| r.variant.name == "P" && r.failure.is_none())
+        .map(|r| r.rounds.as_slice());
 
     println!();
     println!(
-        "| variant | what | rps | p50 | p99 | Envoy CPU per request | vs P |\n|---|---|---|---|---|---|---|"
+        "| variant | what | rps | p50 | p99 | Envoy CPU per request | vs P | vs P, median of rounds |\n|---|---|---|---|---|---|---|---|"
     );
     let mut report = Vec::new();
     for r in &running {
         let best = best(&r.rounds);
         let ratio = best.zip(baseline).map(|(m, p)| m.cpu_us_per_request / p);
+        let paired = p_rounds.and_then(|p| median_paired_ratio(&r.rounds, p));
         match (&r.failure, best) {
             (None, Some(m)) => println!(
-                "| {} | {} | {:.0} | {} | {} | {:.0} µs | {} |",
+                "| {} | {} | {:.0} | {} | {} | {:.0} µs | {} | {} |",
                 r.variant.name,
                 r.variant.description,
                 m.rps,
@@ -746,9 +782,10 @@ async fn run(options: Options) -> Result<bool, String> {
                 latency(m.p99_us),
                 m.cpu_us_per_request,
                 ratio.map_or("–".into(), |x| format!("{x:.2}")),
+                paired.map_or("–".into(), |x| format!("{x:.2}")),
             ),
             (failure, _) => println!(
-                "| {} | {} | FAILED: {} | | | | |",
+                "| {} | {} | FAILED: {} | | | | | |",
                 r.variant.name,
                 r.variant.description,
                 failure.as_deref().unwrap_or("no round")
@@ -760,12 +797,13 @@ async fn run(options: Options) -> Result<bool, String> {
             "failure": r.failure,
             "best": best,
             "ratio_to_p": ratio,
+            "median_paired_ratio_to_p": paired,
             "rounds": r.rounds,
         }));
     }
     for v in &not_started {
         println!(
-            "| {} | {} | FAILED: did not start (see above) | | | | |",
+            "| {} | {} | FAILED: did not start (see above) | | | | | |",
             v.name, v.description
         );
         report.push(
@@ -775,6 +813,11 @@ async fn run(options: Options) -> Result<bool, String> {
     println!(
         "\nbest of {} rounds (the round with the least Envoy CPU per request); load average at the end {:?}",
         options.rounds, load_after
+    );
+    println!(
+        "vs P, median of rounds: the median over rounds of the variant's CPU per request divided by \
+         P's in the same round (runs next to each other in time), steadier than best-of on a \
+         shared machine"
     );
     let json = json!({
         "machine": machine,
@@ -788,6 +831,28 @@ async fn run(options: Options) -> Result<bool, String> {
         .unwrap_or_else(|| target_dir().join("bench-proxy.json"));
     write_report(&out, &json)?;
     Ok(not_started.is_empty() && running.iter().all(|r| r.failure.is_none()))
+}
+
+/// The median over rounds of `rounds[i]`'s CPU per request divided by `p[i]`'s: each round of
+/// a variant next to P's in time, so a burst of load from elsewhere weighs on both. `None`
+/// without a round of both.
+fn median_paired_ratio(rounds: &[Round], p: &[Round]) -> Option<f64> {
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .zip(p)
+        .filter(|(_, p)| p.cpu_us_per_request > 0.0)
+        .map(|(r, p)| r.cpu_us_per_request / p.cpu_us_per_request)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    Some(if ratios.len() % 2 == 1 {
+        ratios[mid]
+    } else {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    })
 }
 
 /// `--apply`: the filter's control plane poll interval, so a new config is fetched within the run.
@@ -1072,5 +1137,36 @@ fn latency(us: f64) -> String {
         format!("{:.2} ms", us / 1000.0)
     } else {
         format!("{us:.0} µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(cpu_us_per_request: f64) -> Round {
+        Round {
+            requests: 1,
+            rps: 1.0,
+            p50_us: 1.0,
+            p99_us: 1.0,
+            max_us: 1.0,
+            cpu_us_per_request,
+            socket_errors: 0,
+            load_average: [0.0; 3],
+        }
+    }
+
+    #[test]
+    fn the_paired_ratio_is_the_median_of_each_rounds_ratio_to_p() {
+        let p = [round(100.0), round(200.0), round(50.0)];
+        // Per round: 1.2, 1.1, 1.6: a round slowed for both variants keeps its ratio.
+        let f = [round(120.0), round(220.0), round(80.0)];
+        assert_eq!(median_paired_ratio(&f, &p), Some(1.2));
+        // An even count: the mean of the middle two.
+        assert_eq!(median_paired_ratio(&f[..2], &p[..2]), Some(1.15));
+        // Rounds P does not have are left out; no round of P: no ratio.
+        assert_eq!(median_paired_ratio(&f, &p[..1]), Some(1.2));
+        assert_eq!(median_paired_ratio(&f, &[]), None);
     }
 }
