@@ -309,28 +309,29 @@ impl HostProfile {
             .ok()
     }
 
-    /// The writes that send this request to `target`, in order.
+    /// The writes that send this request to `target`, in order (three on every host; an array,
+    /// not a `Vec`: this runs on every request).
     pub fn hand_over<'a>(
         &self,
         target: &UpstreamTarget<'a>,
         names: &HandOverNames<'a>,
-    ) -> Vec<HostWrite<'a>> {
+    ) -> [HostWrite<'a>; 3] {
         let header = |name: &'a str, value: &'a str| HostWrite::Header { name, value };
         let property = |path: Vec<&'a str>, value: &'a str| HostWrite::Property { path, value };
         match self.hand_over {
-            HandOver::EnvoyHeaders => vec![
+            HandOver::EnvoyHeaders => [
                 header(names.upstream_header, target.upstream),
                 header(":authority", target.host_header),
                 header(":path", target.path),
             ],
-            HandOver::NginxVariable => vec![
+            HandOver::NginxVariable => [
                 property(vec!["ngx", names.upstream_variable], target.upstream),
                 header("host", target.host_header),
                 header(":path", target.path),
             ],
             // Kong's set_target also sets $upstream_host to the bare host: ngx.upstream_host
             // comes after it, with the Host Kong would send.
-            HandOver::KongProperties => vec![
+            HandOver::KongProperties => [
                 property(vec!["kong", "service", "target"], target.upstream),
                 property(vec!["ngx", "upstream_host"], target.host_header),
                 property(vec!["ngx", "upstream_uri"], target.path),

@@ -319,17 +319,14 @@ impl HttpContext for RequestFilter {
         if let Some(plan) = self.response_plan.take() {
             // One header at a time: replacing the whole map keeps `Content-Type` in
             // ngx_wasm_module. The whole map is read only for a plan that needs it.
-            let edits = plan
-                .edits_without_headers()
-                .unwrap_or_else(|| plan.edits(&host::response_headers()));
-            for call in response_calls(&edits) {
-                match call {
-                    ResponseCall::Replace(name, value) => {
-                        host::replace_response_header(name, value)
-                    }
-                    ResponseCall::Remove(name) => host::remove_response_header(name),
-                    ResponseCall::Add(name, value) => host::add_response_header(name, value),
-                }
+            let apply = |call: ResponseCall<'_>| match call {
+                ResponseCall::Replace(name, value) => host::replace_response_header(name, value),
+                ResponseCall::Remove(name) => host::remove_response_header(name),
+                ResponseCall::Add(name, value) => host::add_response_header(name, value),
+            };
+            match plan.named_edits() {
+                Some(edits) => response_calls(edits, apply),
+                None => response_calls(plan.edits(&host::response_headers()).into_iter(), apply),
             }
         }
         if let Some(debug) = self.debug.take() {
@@ -352,25 +349,27 @@ enum ResponseCall<'a> {
     Add(&'a str, &'a str),
 }
 
-/// The host calls for `edits`: a `Remove` directly followed by an `Add` of the same header is
+/// The host calls for `edits`, each handed to `call` as it is worked out (nothing collected:
+/// this runs on every response): a `Remove` directly followed by an `Add` of the same header is
 /// one replace (every host replaces every value: Envoy's `setCopy`, ngx_wasm_module's
 /// `HEADERS_SET`), so setting a header costs one call, not two.
-fn response_calls<'a>(edits: &'a [HeaderOp<'a>]) -> Vec<ResponseCall<'a>> {
-    let mut calls = Vec::with_capacity(edits.len());
-    let mut ops = edits.iter().peekable();
+fn response_calls<'a>(
+    edits: impl Iterator<Item = HeaderOp<'a>>,
+    mut call: impl FnMut(ResponseCall<'_>),
+) {
+    let mut ops = edits.peekable();
     while let Some(op) = ops.next() {
-        match op {
+        match &op {
             HeaderOp::Remove(name) => match ops.peek() {
                 Some(HeaderOp::Add(next, value)) if next == name => {
+                    call(ResponseCall::Replace(name, value));
                     ops.next();
-                    calls.push(ResponseCall::Replace(name, value));
                 }
-                _ => calls.push(ResponseCall::Remove(name)),
+                _ => call(ResponseCall::Remove(name)),
             },
-            HeaderOp::Add(name, value) => calls.push(ResponseCall::Add(name, value)),
+            HeaderOp::Add(name, value) => call(ResponseCall::Add(name, value)),
         }
     }
-    calls
 }
 
 /// Logs, once per worker and target, that the host refused a hand-over write.
@@ -446,16 +445,21 @@ mod tests {
             op("x-multi", Some("a")),
             op("x-multi", Some("b")),
         ];
-        assert_eq!(
-            response_calls(&edits),
-            [
-                ResponseCall::Replace("ratelimit-limit", "5"),
-                ResponseCall::Add("vary", "Origin"),
-                ResponseCall::Remove("x-gone"),
-                ResponseCall::Add("x-other", "1"),
-                ResponseCall::Replace("x-multi", "a"),
-                ResponseCall::Add("x-multi", "b"),
-            ]
-        );
+        let mut calls = Vec::new();
+        response_calls(edits.iter().cloned(), |call| {
+            calls.push(format!("{call:?}"))
+        });
+        let expected: Vec<String> = [
+            ResponseCall::Replace("ratelimit-limit", "5"),
+            ResponseCall::Add("vary", "Origin"),
+            ResponseCall::Remove("x-gone"),
+            ResponseCall::Add("x-other", "1"),
+            ResponseCall::Replace("x-multi", "a"),
+            ResponseCall::Add("x-multi", "b"),
+        ]
+        .iter()
+        .map(|call| format!("{call:?}"))
+        .collect();
+        assert_eq!(calls, expected);
     }
 }

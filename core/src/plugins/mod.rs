@@ -45,6 +45,7 @@ mod request_transformer;
 mod response_transformer;
 #[cfg(test)]
 mod tests;
+mod text;
 
 use crate::document::{ConfigDocument, Plugin, Problem, Protocol};
 use crate::pace::{drop_all, run_to_end, Pace};
@@ -53,6 +54,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use text::Text;
 
 pub use rate_limiting::MemoryCounters;
 
@@ -289,8 +291,8 @@ pub struct ResponsePlan {
 /// Names are Kong's spelling, borrowed when they are Kong's own (rate-limiting's, CORS's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ResponseStep {
-    Set(Cow<'static, str>, String),
-    Add(Cow<'static, str>, String),
+    Set(Cow<'static, str>, Text),
+    Add(Cow<'static, str>, Text),
     Remove(Cow<'static, str>),
     Transform(response_transformer::HeaderTransform),
 }
@@ -306,9 +308,11 @@ impl ResponsePlan {
         for step in &self.steps {
             match step {
                 ResponseStep::Set(name, value) => {
-                    set_header(headers, name.to_string(), value.clone())
+                    set_header(headers, name.to_string(), value.to_string())
                 }
-                ResponseStep::Add(name, value) => headers.push((name.to_string(), value.clone())),
+                ResponseStep::Add(name, value) => {
+                    headers.push((name.to_string(), value.to_string()))
+                }
                 ResponseStep::Remove(name) => remove_header(headers, name),
                 ResponseStep::Transform(t) => t.apply(headers),
             }
@@ -353,32 +357,40 @@ impl ResponsePlan {
     /// host call and a copy of every header; a plan that only sets, adds or removes named
     /// headers (rate-limiting's, CORS's, correlation-id's) needs neither.
     pub fn edits_without_headers(&self) -> Option<Vec<HeaderOp<'_>>> {
-        let mut ops = Vec::with_capacity(self.steps.len() * 2);
-        for step in &self.steps {
-            fn name(n: &str) -> Cow<'_, str> {
-                Cow::Borrowed(n)
-            }
-            match step {
-                ResponseStep::Set(n, value) => {
-                    ops.push(HeaderOp::Remove(name(n)));
-                    ops.push(HeaderOp::Add(name(n), Cow::Borrowed(value)));
-                }
-                ResponseStep::Add(n, value) => {
-                    ops.push(HeaderOp::Add(name(n), Cow::Borrowed(value)));
-                }
-                ResponseStep::Remove(n) => ops.push(HeaderOp::Remove(name(n))),
-                ResponseStep::Transform(_) => return None,
-            }
-        }
-        Some(ops)
+        self.named_edits().map(Iterator::collect)
     }
 
-    fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
+    /// [`ResponsePlan::edits_without_headers`] one at a time, without collecting them: what
+    /// the filter applies to every response.
+    pub fn named_edits(&self) -> Option<impl Iterator<Item = HeaderOp<'_>> + '_> {
+        if self
+            .steps
+            .iter()
+            .any(|step| matches!(step, ResponseStep::Transform(_)))
+        {
+            return None;
+        }
+        let ops = self.steps.iter().filter_map(|step| match step {
+            ResponseStep::Set(n, value) => Some((
+                HeaderOp::Remove(Cow::Borrowed(n)),
+                Some(HeaderOp::Add(Cow::Borrowed(n), Cow::Borrowed(value))),
+            )),
+            ResponseStep::Add(n, value) => {
+                Some((HeaderOp::Add(Cow::Borrowed(n), Cow::Borrowed(value)), None))
+            }
+            ResponseStep::Remove(n) => Some((HeaderOp::Remove(Cow::Borrowed(n)), None)),
+            // Ruled out above.
+            ResponseStep::Transform(_) => None,
+        });
+        Some(ops.flat_map(|(first, then)| std::iter::once(first).chain(then)))
+    }
+
+    fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Text>) {
         self.steps
             .push(ResponseStep::Set(name.into(), value.into()));
     }
 
-    fn add(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
+    fn add(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Text>) {
         self.steps
             .push(ResponseStep::Add(name.into(), value.into()));
     }

@@ -13,6 +13,7 @@
 //! filter cannot reach); a config exported with them fails closed.
 
 use super::conf::Conf;
+use super::text::Text;
 use super::{Counters, Exchange, Exit, PluginEngine, Step};
 use crate::document::Plugin;
 use std::borrow::Cow;
@@ -164,9 +165,11 @@ impl RateLimiting {
     ) -> Step {
         let identifier = self.identifier(engine, ex);
         let now_s = ex.now_ms / 1000;
-        // (period, limit, window start ms, counter key); most configs set one period.
-        let mut windows: Vec<(usize, u64, u64, String)> = Vec::with_capacity(self.limits.len());
-        for &(period, limit) in &self.limits {
+        // (period, limit, window start ms, counter key); most configs set one period. In place
+        // (at most one per period) rather than a `Vec`: this runs on every request.
+        let mut windows: [(usize, u64, u64, String); PERIODS.len()] = Default::default();
+        let count = self.limits.len().min(PERIODS.len());
+        for (window, &(period, limit)) in windows.iter_mut().zip(&self.limits) {
             let start_s = window_start(now_s, period);
             let name = PERIODS[period].0;
             let mut key = String::with_capacity(
@@ -175,14 +178,15 @@ impl RateLimiting {
             for part in ["ratelimit:", &self.scope, ":", &identifier, ":", name] {
                 key.push_str(part);
             }
-            windows.push((period, limit, start_s * 1000, key));
+            *window = (period, limit, start_s * 1000, key);
         }
+        let windows = &windows[..count];
         // Kong reads every period's usage, refuses when one is spent, else counts the request.
         // With one period the increment alone decides (it refuses at the limit and counts
         // nothing then): one counter round trip per request instead of two.
         let mut usage = [0; PERIODS.len()];
         if windows.len() > 1 {
-            for (used, (_, _, start, key)) in usage.iter_mut().zip(&windows) {
+            for (used, (_, _, start, key)) in usage.iter_mut().zip(windows) {
                 *used = counters.usage(key, *start);
             }
         }
@@ -204,7 +208,13 @@ impl RateLimiting {
             }
         }
 
-        let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(windows.len() * 2 + 3);
+        // Two headers per period and three for the tightest: in place, the values inline.
+        let mut headers: [(&'static str, Text); PERIODS.len() * 2 + 3] = Default::default();
+        let mut used = 0;
+        let mut push = |name: &'static str, value: u64| {
+            headers[used] = (name, Text::number(value));
+            used += 1;
+        };
         let mut best: Option<(u64, u64, u64)> = None; // (remaining, window, limit)
         let mut reset = 1;
         for (i, (period, limit, start, _)) in windows.iter().enumerate() {
@@ -223,30 +233,34 @@ impl RateLimiting {
                 reset = window.saturating_sub(elapsed).max(1);
             }
             let (limit_name, remaining_name) = HEADER_NAMES[*period];
-            headers.push((limit_name, limit.to_string()));
-            headers.push((remaining_name, remaining.to_string()));
+            push(limit_name, *limit);
+            push(remaining_name, remaining);
         }
         if let Some((remaining, _, limit)) = best {
-            headers.push(("RateLimit-Limit", limit.to_string()));
-            headers.push(("RateLimit-Remaining", remaining.to_string()));
-            headers.push(("RateLimit-Reset", reset.to_string()));
+            push("RateLimit-Limit", limit);
+            push("RateLimit-Remaining", remaining);
+            push("RateLimit-Reset", reset);
         }
         if self.hide_client_headers {
-            headers.clear();
+            used = 0;
         }
+        let headers = &mut headers[..used];
         if stop.is_none() {
             ex.response.steps.reserve(headers.len());
             for (name, value) in headers {
-                ex.response.set(name, value);
+                ex.response.set(*name, std::mem::take(value));
             }
             return Ok(());
         }
-        for &(name, ref value) in &headers {
-            ex.response.set(name, value.clone());
+        for (name, value) in headers.iter() {
+            ex.response.set(*name, value.clone());
         }
         let mut exit = Exit::error(self.error_code, &self.error_message);
-        exit.headers
-            .extend(headers.into_iter().map(|(n, v)| (n.to_owned(), v)));
+        exit.headers.extend(
+            headers
+                .iter_mut()
+                .map(|(n, v)| ((*n).to_owned(), String::from(std::mem::take(v)))),
+        );
         Err(exit.with_header("Retry-After", reset.to_string()))
     }
 }
