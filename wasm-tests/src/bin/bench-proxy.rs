@@ -38,7 +38,7 @@ use wasm_tests::{etag_of, free_port, Envoy, MockCp};
 
 const USAGE: &str = "\
 usage: bench-proxy [--duration SECS] [--rounds N] [--connections N] [--only N,P,...]
-                   [--compare-wasm PATH[,PATH...]] [--out PATH]
+                   [--compare-wasm PATH[,PATH...]] [--same-process] [--out PATH]
        bench-proxy --apply [--apply-every SECS] [--duration SECS] [--rounds N]
                    [--connections N] [--out PATH]
 
@@ -72,6 +72,12 @@ options:
   --compare-wasm PATHS  also run each selected F variant with each of these builds of the
                      filter (comma-separated), named with a trailing `~` (F1k~; F1k~1, F1k~2
                      for several): builds side by side in one run
+  --same-process     measure every round of a variant in the Envoy started for the first,
+                     in the same order every round (faster, but one process's luck, its
+                     heap layout and hash seeds, weighs on all its rounds: identical builds
+                     have read 15 µs apart that way). By default each round of each variant
+                     gets a fresh Envoy, warmed up for 2 s, and the order of the variants
+                     turns by one every round
   --apply            measure F10k while new configs are applied (below)
   --apply-every SECS with --apply: seconds between new configs [default: 2]
   --out PATH         the JSON report [default: <target dir>/bench-proxy.json, with --apply
@@ -234,6 +240,8 @@ struct Options {
     out: Option<std::path::PathBuf>,
     /// `--apply`: seconds between new configs.
     apply_every: Option<u64>,
+    /// `--same-process`: no fresh Envoy per round, no turning order.
+    same_process: bool,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -245,6 +253,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         compare_wasm: Vec::new(),
         out: None,
         apply_every: None,
+        same_process: false,
     };
     let mut apply = false;
     let positive = |flag: &str, text: String| -> Result<u64, String> {
@@ -287,6 +296,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             }
             "--out" => options.out = Some(flag.value(&mut args, "a path")?.into()),
             "--apply" => apply = true,
+            "--same-process" => options.same_process = true,
             "--apply-every" => {
                 options.apply_every = Some(positive(
                     "--apply-every",
@@ -310,8 +320,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
         }
     }
     if apply {
-        if options.only.is_some() || !options.compare_wasm.is_empty() {
-            return Err("--apply runs F10k alone: drop --only and --compare-wasm".into());
+        if options.only.is_some() || !options.compare_wasm.is_empty() || options.same_process {
+            return Err(
+                "--apply runs F10k alone in one process: drop --only, --compare-wasm and \
+                 --same-process"
+                    .into(),
+            );
         }
         if options.duration < 4 {
             return Err(format!(
@@ -383,6 +397,17 @@ fn minimal_wasm() -> Result<std::path::PathBuf, String> {
             path.display()
         ))
     }
+}
+
+/// Replaces `r`'s Envoy (and control plane) with a fresh one, warmed up: a round of its own
+/// process, so no process's luck weighs on every round of a variant.
+async fn restart(r: &mut Running, connections: u32) -> Result<(), String> {
+    // The old process goes first: one Envoy under test at a time.
+    r.envoy.stop().await;
+    let fresh = start(r.variant, None).await?;
+    r.envoy = fresh.envoy;
+    r.cp = fresh.cp;
+    wrk(r, 2, connections).await.map(|_| ())
 }
 
 /// Starts `variant`; `poll_interval_ms` overrides the filter's control plane poll interval.
@@ -642,6 +667,7 @@ fn settings(options: &Options) -> Value {
         "connections": options.connections,
         "duration_s": options.duration,
         "rounds": options.rounds,
+        "fresh_process_per_round": !options.same_process,
     })
 }
 
@@ -735,8 +761,26 @@ async fn run(options: Options) -> Result<bool, String> {
         eprintln!("bench-proxy: warming up {}", r.variant.name);
         wrk(r, 2, options.connections).await?;
     }
+    let count = running.len();
     for round in 1..=options.rounds {
-        for r in running.iter_mut().filter(|r| r.failure.is_none()) {
+        // The order turns by one each round, so no variant always follows the same one.
+        let order: Vec<usize> = if options.same_process {
+            (0..count).collect()
+        } else {
+            (0..count).map(|k| (k + round - 1) % count).collect()
+        };
+        for i in order {
+            let r = &mut running[i];
+            if r.failure.is_some() {
+                continue;
+            }
+            if round > 1 && !options.same_process {
+                if let Err(e) = restart(r, options.connections).await {
+                    eprintln!("bench-proxy: {} FAILED: {e}", r.variant.name);
+                    r.failure = Some(e);
+                    continue;
+                }
+            }
             match measure(r, &options, ticks, std::future::ready(())).await {
                 Ok(m) => {
                     eprintln!(
