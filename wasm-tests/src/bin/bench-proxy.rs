@@ -8,8 +8,10 @@
 //!
 //! Each variant runs its own Envoy 1.40 (`--concurrency 1`) holding a `direct_response`
 //! listener as the upstream; `wrk -t1` loads each in turn, round after round (variants
-//! alternate, so a burst of load from elsewhere does not hit one variant only), and the best
-//! round (lowest Envoy CPU per request) is reported. Envoy's CPU time is `utime + stime` of
+//! alternate, so a burst of load from elsewhere does not hit one variant only; each round of a
+//! variant gets a fresh Envoy and the order turns every round, unless `--same-process`), and
+//! the best round (lowest Envoy CPU per request) is reported, with the median over rounds of
+//! each round's ratio to P's. Envoy's CPU time is `utime + stime` of
 //! `/proc/<pid>/stat` over the run, divided by the requests `wrk` completed. A run counts only
 //! when every answer was a 200 from the upstream: the proxy listener answered nothing but 2xx,
 //! and the upstream listener served at least as many requests as the proxy completed.
