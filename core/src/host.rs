@@ -20,6 +20,7 @@
 //!   outside the map it replaces.
 
 use crate::fetch::HttpRequest;
+use crate::plugins::HeaderOp;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -356,6 +357,40 @@ impl HostProfile {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         headers
+    }
+}
+
+/// One host call changing a response header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseCall<'a> {
+    /// Every value of the header replaced by one (`proxy_replace_header_map_value`).
+    Replace(&'a str, &'a str),
+    /// Every value removed.
+    Remove(&'a str),
+    /// One value added.
+    Add(&'a str, &'a str),
+}
+
+/// The host calls for `edits`, each handed to `call` as it is worked out (nothing collected:
+/// this runs on every response): a `Remove` directly followed by an `Add` of the same header is
+/// one replace (every host replaces every value: Envoy's `setCopy`, ngx_wasm_module's
+/// `HEADERS_SET`), so setting a header costs one call, not two.
+pub fn response_calls<'a>(
+    edits: impl Iterator<Item = HeaderOp<'a>>,
+    mut call: impl FnMut(ResponseCall<'_>),
+) {
+    let mut ops = edits.peekable();
+    while let Some(op) = ops.next() {
+        match &op {
+            HeaderOp::Remove(name) => match ops.peek() {
+                Some(HeaderOp::Add(next, value)) if next == name => {
+                    call(ResponseCall::Replace(name, value));
+                    ops.next();
+                }
+                _ => call(ResponseCall::Remove(name)),
+            },
+            HeaderOp::Add(name, value) => call(ResponseCall::Add(name, value)),
+        }
     }
 }
 

@@ -6,7 +6,9 @@ use crate::Active;
 use fallback_core::fetch::{LogLevel, Source};
 use fallback_core::filter_config::FilterConfig;
 use fallback_core::freshness;
-use fallback_core::host::{HandOverNames, HostProfile, HostWrite, ReadFrom, UpstreamTarget};
+use fallback_core::host::{
+    response_calls, HandOverNames, HostProfile, HostWrite, ReadFrom, ResponseCall, UpstreamTarget,
+};
 use fallback_core::plugins::{
     ClientIp, HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
@@ -338,40 +340,6 @@ impl HttpContext for RequestFilter {
     }
 }
 
-/// One host call changing a response header.
-#[derive(Debug, PartialEq, Eq)]
-enum ResponseCall<'a> {
-    /// Every value of the header replaced by one (`proxy_replace_header_map_value`).
-    Replace(&'a str, &'a str),
-    /// Every value removed.
-    Remove(&'a str),
-    /// One value added.
-    Add(&'a str, &'a str),
-}
-
-/// The host calls for `edits`, each handed to `call` as it is worked out (nothing collected:
-/// this runs on every response): a `Remove` directly followed by an `Add` of the same header is
-/// one replace (every host replaces every value: Envoy's `setCopy`, ngx_wasm_module's
-/// `HEADERS_SET`), so setting a header costs one call, not two.
-fn response_calls<'a>(
-    edits: impl Iterator<Item = HeaderOp<'a>>,
-    mut call: impl FnMut(ResponseCall<'_>),
-) {
-    let mut ops = edits.peekable();
-    while let Some(op) = ops.next() {
-        match &op {
-            HeaderOp::Remove(name) => match ops.peek() {
-                Some(HeaderOp::Add(next, value)) if next == name => {
-                    call(ResponseCall::Replace(name, value));
-                    ops.next();
-                }
-                _ => call(ResponseCall::Remove(name)),
-            },
-            HeaderOp::Add(name, value) => call(ResponseCall::Add(name, value)),
-        }
-    }
-}
-
 /// Logs, once per worker and target, that the host refused a hand-over write.
 fn log_refusal(profile: &HostProfile, write: &HostWrite<'_>, status: u32) {
     let target = write.target();
@@ -422,44 +390,5 @@ fn apply_upstream_changes(changes: &UpstreamChanges<'_>) {
     }
     if let Some(method) = &changes.method {
         host::set_request_header(":method", Some(method));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_removal_followed_by_an_addition_of_the_same_header_is_one_replace() {
-        let op = |name: &'static str, value: Option<&'static str>| match value {
-            Some(v) => HeaderOp::Add(name.into(), v.into()),
-            None => HeaderOp::Remove(name.into()),
-        };
-        let edits = [
-            op("ratelimit-limit", None),
-            op("ratelimit-limit", Some("5")),
-            op("vary", Some("Origin")),
-            op("x-gone", None),
-            op("x-other", Some("1")),
-            op("x-multi", None),
-            op("x-multi", Some("a")),
-            op("x-multi", Some("b")),
-        ];
-        let mut calls = Vec::new();
-        response_calls(edits.iter().cloned(), |call| {
-            calls.push(format!("{call:?}"))
-        });
-        let expected: Vec<String> = [
-            ResponseCall::Replace("ratelimit-limit", "5"),
-            ResponseCall::Add("vary", "Origin"),
-            ResponseCall::Remove("x-gone"),
-            ResponseCall::Add("x-other", "1"),
-            ResponseCall::Replace("x-multi", "a"),
-            ResponseCall::Add("x-multi", "b"),
-        ]
-        .iter()
-        .map(|call| format!("{call:?}"))
-        .collect();
-        assert_eq!(calls, expected);
     }
 }

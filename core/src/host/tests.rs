@@ -403,3 +403,37 @@ fn the_whole_import_runs_in_ngx_wasm_modules_dispatcher() {
         );
     }
 }
+
+#[test]
+fn a_removal_followed_by_an_addition_of_the_same_header_is_one_replace() {
+    let op = |name: &'static str, value: Option<&'static str>| match value {
+        Some(v) => HeaderOp::Add(name.into(), v.into()),
+        None => HeaderOp::Remove(name.into()),
+    };
+    let edits = [
+        op("ratelimit-limit", None),
+        op("ratelimit-limit", Some("5")),
+        op("vary", Some("Origin")),
+        op("x-gone", None),
+        op("x-other", Some("1")),
+        op("x-multi", None),
+        op("x-multi", Some("a")),
+        op("x-multi", Some("b")),
+    ];
+    let mut calls = Vec::new();
+    response_calls(edits.iter().cloned(), |call| {
+        calls.push(format!("{call:?}"))
+    });
+    let expected: Vec<String> = [
+        ResponseCall::Replace("ratelimit-limit", "5"),
+        ResponseCall::Add("vary", "Origin"),
+        ResponseCall::Remove("x-gone"),
+        ResponseCall::Add("x-other", "1"),
+        ResponseCall::Replace("x-multi", "a"),
+        ResponseCall::Add("x-multi", "b"),
+    ]
+    .iter()
+    .map(|call| format!("{call:?}"))
+    .collect();
+    assert_eq!(calls, expected);
+}

@@ -5,7 +5,6 @@
 //! proxy the request path runs with cold caches, so every allocation is a few cache lines of
 //! allocator state paid again. Numbers and other short values are written in place instead.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
 
@@ -26,22 +25,21 @@ pub(crate) enum Text {
 impl Text {
     /// The decimal digits of `n`.
     pub(crate) fn number(n: u64) -> Text {
-        let mut digits = [0u8; INLINE];
+        // Written from the end, then moved to the front.
+        let mut bytes = [0u8; INLINE];
         let mut at = INLINE;
         let mut rest = n;
         loop {
             at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
+            bytes[at] = b'0' + (rest % 10) as u8;
             rest /= 10;
             if rest == 0 {
                 break;
             }
         }
-        let len = INLINE - at;
-        let mut bytes = [0u8; INLINE];
-        bytes[..len].copy_from_slice(&digits[at..]);
+        bytes.copy_within(at.., 0);
         Text::Inline {
-            len: len as u8,
+            len: (INLINE - at) as u8,
             bytes,
         }
     }
@@ -108,25 +106,10 @@ impl From<&str> for Text {
     }
 }
 
-impl From<&String> for Text {
-    fn from(text: &String) -> Self {
-        Text::from(text.as_str())
-    }
-}
-
 impl From<String> for Text {
     fn from(text: String) -> Self {
         // An allocation already made is kept rather than copied.
         Text::Heap(text)
-    }
-}
-
-impl From<Cow<'_, str>> for Text {
-    fn from(text: Cow<'_, str>) -> Self {
-        match text {
-            Cow::Borrowed(text) => Text::from(text),
-            Cow::Owned(text) => Text::from(text),
-        }
     }
 }
 
