@@ -56,14 +56,13 @@ impl KeyAuth {
         let lookup = |key: &str| (!key.is_empty()).then(|| engine.keys.get(key));
         let mut found = None;
         for name in &self.key_names {
-            let mut in_headers = ex
-                .headers
-                .iter()
-                .filter(|(n, _)| self.in_header && n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| lookup(v));
-            let hit = match (in_headers.next(), in_headers.next()) {
-                (Some(_), Some(_)) => return Err(unauthorized("Duplicate API key found")),
-                (Some(hit), None) => Some(hit),
+            let in_headers = {
+                let mut values = ex.headers.values(name).filter(|_| self.in_header);
+                (values.next().map(lookup), values.next().is_some())
+            };
+            let hit = match in_headers {
+                (Some(_), true) => return Err(unauthorized("Duplicate API key found")),
+                (Some(hit), false) => Some(hit),
                 (None, _) if self.in_query => match &ex.query.values(name)[..] {
                     [] => None,
                     [key] => Some(lookup(key)),

@@ -40,6 +40,7 @@ mod cors;
 mod ip_restriction;
 mod key_auth;
 mod rate_limiting;
+mod request_headers;
 mod request_termination;
 mod request_transformer;
 mod response_transformer;
@@ -483,7 +484,12 @@ struct Chain {
     skipped: Option<&'static str>,
     priority: u32,
     consumer_scoped: bool,
-    instances: HashMap<Scope, Instance>,
+    instances: Vec<Instance>,
+    /// Where each scope's instance is in `instances`.
+    scopes: HashMap<Scope, usize>,
+    /// True when an instance is scoped to a consumer: then the consumer, once known, can
+    /// change which instance applies, and [`Chain::resolve`] decides.
+    by_consumer: bool,
     /// Bit [`shape`] of every scope in `instances`: a lookup whose shape no instance has is
     /// skipped (most configs use one or two shapes, and each lookup hashes).
     shapes: u8,
@@ -497,12 +503,24 @@ fn shape(scope: &Scope) -> u8 {
 }
 
 impl Chain {
+    /// The instance that applies to a request of this route, service and consumer.
     fn resolve(
         &self,
         route: Option<usize>,
         service: Option<usize>,
         consumer: Option<usize>,
     ) -> Option<&Instance> {
+        self.resolve_index(route, service, consumer)
+            .map(|i| &self.instances[i])
+    }
+
+    /// [`Chain::resolve`], as an index into `instances`.
+    fn resolve_index(
+        &self,
+        route: Option<usize>,
+        service: Option<usize>,
+        consumer: Option<usize>,
+    ) -> Option<usize> {
         let consumer = consumer.filter(|_| self.consumer_scoped);
         let combos: [(bool, Scope); 8] = [
             (
@@ -526,8 +544,17 @@ impl Chain {
         combos
             .iter()
             .filter(|(possible, scope)| *possible && self.shapes & shape(scope) != 0)
-            .find_map(|(_, scope)| self.instances.get(scope))
+            .find_map(|(_, scope)| self.scopes.get(scope).copied())
     }
+}
+
+/// A route's share of [`PluginEngine::plan`]: for each plugin name, the instance that applies
+/// to the route's requests without a consumer (route and service, route, service or global).
+#[derive(Debug, Clone, Copy)]
+struct RoutePlan {
+    service: Option<usize>,
+    start: u32,
+    end: u32,
 }
 
 /// The plugins of one config revision, compiled for enforcement.
@@ -543,6 +570,12 @@ pub struct PluginEngine {
     basic: HashMap<String, basic_auth::Credential>,
     route_keys: Vec<String>,
     service_keys: Vec<String>,
+    /// Per route: its service and the range of `plan` holding the instances that apply to its
+    /// requests before a consumer is known.
+    route_plans: Vec<RoutePlan>,
+    /// (chain, instance) pairs, each route's in chain order: found per request without
+    /// hashing a scope for each plugin name.
+    plan: Vec<(u32, u32)>,
     unsupported: Vec<UnsupportedPlugin>,
     counter: Cell<u64>,
     worker_uuid: RefCell<Option<String>>,
@@ -613,6 +646,8 @@ impl PluginEngine {
             basic,
             route_keys,
             service_keys,
+            route_plans: Vec::new(),
+            plan: Vec::new(),
             unsupported: Vec::new(),
             counter: Cell::new(0),
             worker_uuid: RefCell::new(None),
@@ -624,7 +659,36 @@ impl PluginEngine {
         engine
             .chains
             .sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
+        if !engine.chains.is_empty() {
+            engine.route_plans.reserve_exact(doc.routes.len());
+            for route in 0..doc.routes.len() {
+                pace.step().await;
+                engine.plan_route(route, doc.routes[route].service);
+            }
+        }
         engine
+    }
+
+    /// Resolves, once per config revision, which instance of each plugin applies to `route`'s
+    /// requests while no consumer is known (see [`RoutePlan`]).
+    fn plan_route(&mut self, route: usize, service: Option<usize>) {
+        let start = self.plan.len();
+        for (c, chain) in self.chains.iter().enumerate() {
+            if let Some(i) = chain.resolve_index(Some(route), service, None) {
+                self.plan.push((c as u32, i as u32));
+            }
+        }
+        self.route_plans.push(RoutePlan {
+            service,
+            start: start as u32,
+            end: self.plan.len() as u32,
+        });
+    }
+
+    /// The instances planned for `req`'s route, when it is the route's own service.
+    fn planned(&self, req: &PluginRequest<'_>) -> Option<&[(u32, u32)]> {
+        let plan = self.route_plans.get(req.route?)?;
+        (plan.service == req.service).then(|| &self.plan[plan.start as usize..plan.end as usize])
     }
 
     /// Frees the engine a step at a time (see [`crate::pace`]): each plugin instance, consumer
@@ -637,17 +701,22 @@ impl PluginEngine {
             basic,
             route_keys,
             service_keys,
+            route_plans,
+            plan,
             unsupported,
             ..
         } = self;
         for chain in chains {
             drop_all(chain.instances, pace).await;
+            drop_all(chain.scopes, pace).await;
         }
         drop_all(consumers, pace).await;
         drop_all(keys, pace).await;
         drop_all(basic, pace).await;
         drop_all(route_keys, pace).await;
         drop_all(service_keys, pace).await;
+        drop_all(route_plans, pace).await;
+        drop_all(plan, pace).await;
         drop_all(unsupported, pace).await;
     }
 
@@ -744,20 +813,29 @@ impl PluginEngine {
                         (None, None) => u32::MAX,
                     },
                     consumer_scoped: consumer_scoped(name),
-                    instances: HashMap::new(),
+                    instances: Vec::new(),
+                    scopes: HashMap::new(),
+                    by_consumer: false,
                     shapes: 0,
                 });
                 self.chains.len() - 1
             }
         };
-        self.chains[index].shapes |= shape(&scope);
-        self.chains[index].instances.insert(
-            scope,
-            Instance {
-                protocols: plugin.protocols.clone(),
-                compiled,
-            },
-        );
+        let chain = &mut self.chains[index];
+        chain.shapes |= shape(&scope);
+        chain.by_consumer |= chain.consumer_scoped && scope.2.is_some();
+        let instance = Instance {
+            protocols: plugin.protocols.clone(),
+            compiled,
+        };
+        match chain.scopes.get(&scope) {
+            // A later instance for the same scope replaces the earlier one.
+            Some(&i) => chain.instances[i] = instance,
+            None => {
+                chain.scopes.insert(scope, chain.instances.len());
+                chain.instances.push(instance);
+            }
+        }
     }
 
     fn compile_one(
@@ -820,7 +898,11 @@ impl PluginEngine {
         let mut ex = Exchange::new(req);
         let protocol = Protocol::from_name(req.scheme).unwrap_or(Protocol::Http);
         let mut consumer_checked = None;
-        for chain in &self.chains {
+        let plan = self.planned(req);
+        let plan_known = plan.is_some();
+        let mut planned = plan.unwrap_or_default().iter().peekable();
+        for (c, chain) in self.chains.iter().enumerate() {
+            let in_plan = planned.next_if(|(of, _)| *of as usize == c);
             // An unsupported consumer-scoped plugin is found once the consumer is known.
             if ex.identity.consumer != consumer_checked {
                 consumer_checked = ex.identity.consumer;
@@ -829,7 +911,14 @@ impl PluginEngine {
                     return refusal;
                 }
             }
-            let Some(instance) = chain.resolve(req.route, req.service, ex.identity.consumer) else {
+            let instance = match in_plan {
+                // The consumer cannot change which instance applies: planned per route.
+                _ if plan_known && !(chain.by_consumer && ex.identity.consumer.is_some()) => {
+                    in_plan.map(|&(_, i)| &chain.instances[i as usize])
+                }
+                _ => chain.resolve(req.route, req.service, ex.identity.consumer),
+            };
+            let Some(instance) = instance else {
                 continue;
             };
             if !instance.protocols.contains(&protocol) {
@@ -949,8 +1038,8 @@ type Step = Result<(), Exit>;
 #[derive(Debug, Default)]
 struct Exchange<'a> {
     method: Cow<'a, str>,
-    /// Upstream request headers as they stand, names lowercase.
-    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Upstream request headers as they stand.
+    headers: request_headers::RequestHeaders<'a>,
     query: request_transformer::Query,
     upstream_path: Cow<'a, str>,
     path_changed: bool,
@@ -993,25 +1082,14 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// Room for the headers plugins add (`X-Consumer-*`, `X-Credential-Identifier`...)
-    /// without growing the list again.
-    const ADDED_HEADERS: usize = 6;
-
     fn new(req: &PluginRequest<'a>) -> Exchange<'a> {
-        let mut headers = Vec::with_capacity(req.headers.len() + Self::ADDED_HEADERS);
-        headers.extend(
-            req.headers
-                .iter()
-                .filter(|(n, _)| !n.starts_with(':'))
-                .map(|&(n, v)| (lowercase(Cow::Borrowed(n)), Cow::Borrowed(v))),
-        );
         let (path, query) = match req.upstream_path.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (req.upstream_path, None),
         };
         Exchange {
             method: Cow::Borrowed(req.method),
-            headers,
+            headers: request_headers::RequestHeaders::new(req.headers),
             query: request_transformer::Query::parse(query),
             upstream_path: Cow::Borrowed(path),
             path_changed: false,
@@ -1030,19 +1108,16 @@ impl<'a> Exchange<'a> {
 
     /// The first value of a request header (as the client sent it, after earlier plugins).
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| &**v)
+        self.headers.get(name)
     }
 
     /// Replaces every value of a header with `value`; borrowed text stays borrowed.
     fn set_header(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
-        set_header(&mut self.headers, lowercase(name.into()), value.into());
+        self.headers.set(name.into(), value.into());
     }
 
     fn clear_header(&mut self, name: &str) {
-        remove_header(&mut self.headers, name);
+        self.headers.remove(name);
     }
 
     fn respond(&mut self, exit: Exit, plugin: &str) -> PluginOutcome<'a> {
@@ -1076,7 +1151,7 @@ impl<'a> Exchange<'a> {
             None
         };
         UpstreamChanges {
-            request_headers: diff_headers(req.headers, &self.headers),
+            request_headers: self.headers.changes(),
             path,
             method: Some(self.method.into_owned()).filter(|_| self.method_changed),
             response: self.response,
@@ -1098,7 +1173,7 @@ fn diff_headers<'a>(
         .map(|&(n, _)| Cow::Borrowed(n))
         .chain(after.iter().map(|(n, _)| n.clone()))
         .filter(|n| !n.starts_with(':'));
-    let mut ops = Vec::with_capacity(Exchange::ADDED_HEADERS);
+    let mut ops = Vec::new();
     for (i, name) in names.clone().enumerate() {
         // Each name once, at its first appearance (a few headers: quadratic is cheapest).
         if names.clone().take(i).any(|n| n.eq_ignore_ascii_case(&name)) {

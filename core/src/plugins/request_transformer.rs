@@ -227,8 +227,7 @@ impl RequestTransformer {
             }
         }
         for (name, value) in &self.append.headers {
-            ex.headers
-                .push((name.to_ascii_lowercase().into(), value.clone().into()));
+            ex.headers.append(name.clone().into(), value.clone().into());
         }
         for (name, value) in &self.append.querystring {
             ex.query.push(name, value);

@@ -160,6 +160,15 @@ pub fn sanitize_postfix(postfix: &str) -> &str {
     }
 }
 
+/// `parts` joined, in one allocation of the right size: per request, without `core::fmt`.
+fn concat(parts: &[&str]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        joined.push_str(part);
+    }
+    joined
+}
+
 /// Kong's `get_upstream_uri_v0`: joins the service path `base` with the request path
 /// (`postfix` is what remains after the matched prefix when stripping; `request` is the full
 /// normalised request path without its query).
@@ -168,7 +177,7 @@ pub fn join_v0(base: &str, strip_path: bool, postfix: &str, request: &str) -> St
     if let Some(trimmed) = base.strip_suffix('/') {
         if !strip_path {
             // The request path without its leading slash, after the base's own.
-            return format!("{base}{}", request.strip_prefix('/').unwrap_or(request));
+            return concat(&[base, request.strip_prefix('/').unwrap_or(request)]);
         }
         if postfix.is_empty() {
             if base == "/" {
@@ -179,26 +188,26 @@ pub fn join_v0(base: &str, strip_path: bool, postfix: &str, request: &str) -> St
                 trimmed.to_owned()
             }
         } else if postfix.starts_with('/') {
-            format!("{trimmed}{postfix}")
+            concat(&[trimmed, postfix])
         } else {
-            format!("{base}{postfix}")
+            concat(&[base, postfix])
         }
     } else if !strip_path {
         if request == "/" {
             base.to_owned()
         } else {
-            format!("{base}{request}")
+            concat(&[base, request])
         }
     } else if postfix.is_empty() {
         if request.len() > 1 && request_ends_with_slash {
-            format!("{base}/")
+            concat(&[base, "/"])
         } else {
             base.to_owned()
         }
     } else if postfix.starts_with('/') {
-        format!("{base}{postfix}")
+        concat(&[base, postfix])
     } else {
-        format!("{base}/{postfix}")
+        concat(&[base, "/", postfix])
     }
 }
 
