@@ -87,7 +87,8 @@ pub const LEASE_DIVISOR: u64 = 64;
 /// Leases a worker keeps at once (one per counter key in use); past it, spent ones go first.
 const MAX_LEASES: usize = 4096;
 
-/// One worker's leased rate-limit units, by counter key; keep one per worker for its lifetime.
+/// One worker's leased rate-limit units, by rate-limit key (the shared-data key without its
+/// `fallback.` prefix); keep one per worker for its lifetime.
 #[derive(Debug, Default)]
 pub struct Leases {
     table: std::collections::HashMap<String, Lease>,
@@ -155,20 +156,21 @@ fn decode_count(value: Option<&[u8]>, window_start_ms: u64) -> u64 {
 
 impl<K: SharedData + ?Sized> Counters for SharedCounters<'_, '_, K> {
     fn usage(&mut self, key: &str, window_start_ms: u64) -> u64 {
-        let key = counter_key(key);
-        if let Some(lease) = self.leases.live(&key, window_start_ms) {
+        // Leases are found by the rate-limit key itself: no copy of it per request.
+        if let Some(lease) = self.leases.live(key, window_start_ms) {
             // Units left in this worker's lease: the count as of it, not yet spent.
             return lease.next;
         }
-        decode_count(self.kv.get(&key).0.as_deref(), window_start_ms)
+        decode_count(self.kv.get(&counter_key(key)).0.as_deref(), window_start_ms)
     }
 
     fn increment(&mut self, key: &str, window_start_ms: u64, limit: u64) -> Option<u64> {
-        let key = counter_key(key);
-        if let Some(lease) = self.leases.live(&key, window_start_ms) {
+        if let Some(lease) = self.leases.live(key, window_start_ms) {
             lease.next += 1;
             return Some(lease.next);
         }
+        let lease_key = key;
+        let key = counter_key(key);
         for _ in 0..MAX_ROUNDS {
             let (value, cas) = self.kv.get(&key);
             if value.is_none() {
@@ -196,7 +198,7 @@ impl<K: SharedData + ?Sized> Counters for SharedCounters<'_, '_, K> {
                             next,
                             end,
                         };
-                        self.leases.insert(key, lease);
+                        self.leases.insert(lease_key.to_owned(), lease);
                     }
                     return Some(next);
                 }

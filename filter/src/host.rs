@@ -6,6 +6,7 @@ use crate::abi::{self, Buffer, Map, CAS_MISMATCH};
 use fallback_core::host::{HostWrite, ProxyLogLevel, ReadFrom};
 use fallback_core::shared_data::{SharedData, WriteRefused};
 use proxy_wasm::types::MetricType;
+use std::ops::Range;
 use std::time::Duration;
 
 /// Unix time in ms from the host clock (0 if the host cannot tell).
@@ -107,37 +108,25 @@ pub fn request_headers() -> HeaderBlock {
 }
 
 /// A header map read in one host call, kept as the host's bytes: names and values are borrowed
-/// from it (two allocations for the whole map, not two per header). Text that is not UTF-8 is
-/// decoded lossily into a copy.
+/// from it (one allocation besides the host's bytes, not two per header), checked to be UTF-8
+/// once. A map with text that is not UTF-8 is decoded lossily into a copy instead.
 pub struct HeaderBlock {
     bytes: Vec<u8>,
-    fields: Vec<(Text, Text)>,
-    repaired: Vec<String>,
-}
-
-/// Where a name or value's text is.
-enum Text {
-    /// Valid UTF-8 at this range of the host's bytes.
-    Raw(std::ops::Range<usize>),
-    /// Decoded lossily, at this index of `repaired`.
-    Repaired(usize),
+    /// Where each name and value is in `bytes`; all valid UTF-8 unless `repaired` is set.
+    fields: Vec<(Range<usize>, Range<usize>)>,
+    /// Every pair, decoded lossily, when some text was not UTF-8.
+    repaired: Option<Vec<(String, String)>>,
 }
 
 impl HeaderBlock {
     fn new(bytes: Vec<u8>) -> Self {
-        let mut repaired = Vec::new();
-        let mut text =
-            |range: std::ops::Range<usize>| match std::str::from_utf8(&bytes[range.clone()]) {
-                Ok(_) => Text::Raw(range),
-                Err(_) => {
-                    repaired.push(String::from_utf8_lossy(&bytes[range]).into_owned());
-                    Text::Repaired(repaired.len() - 1)
-                }
-            };
-        let fields = abi::map_fields(&bytes)
-            .into_iter()
-            .map(|(name, value)| (text(name), text(value)))
-            .collect();
+        let fields = abi::map_fields(&bytes);
+        let utf8 = |range: &Range<usize>| std::str::from_utf8(&bytes[range.clone()]).is_ok();
+        let repaired = (!fields.iter().all(|(n, v)| utf8(n) && utf8(v))).then(|| {
+            let lossy =
+                |range: &Range<usize>| String::from_utf8_lossy(&bytes[range.clone()]).into_owned();
+            fields.iter().map(|(n, v)| (lossy(n), lossy(v))).collect()
+        });
         Self {
             bytes,
             fields,
@@ -145,26 +134,28 @@ impl HeaderBlock {
         }
     }
 
-    fn text(&self, text: &Text) -> &str {
-        match text {
-            // Checked in `new`: never the empty fallback.
-            Text::Raw(range) => std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or_default(),
-            Text::Repaired(i) => &self.repaired[*i],
+    /// Every `(name, value)`, in the host's order: the one list a request reads them from.
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        match &self.repaired {
+            Some(pairs) => pairs
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            None => self
+                .fields
+                .iter()
+                .map(|(name, value)| {
+                    // SAFETY: `new` checked that every name and value is valid UTF-8 (else
+                    // `repaired` is set), and `bytes` has not changed since.
+                    unsafe {
+                        (
+                            std::str::from_utf8_unchecked(&self.bytes[name.clone()]),
+                            std::str::from_utf8_unchecked(&self.bytes[value.clone()]),
+                        )
+                    }
+                })
+                .collect(),
         }
-    }
-
-    /// Every `(name, value)`, in the host's order.
-    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.fields
-            .iter()
-            .map(|(name, value)| (self.text(name), self.text(value)))
-    }
-
-    /// The first value of `name` (compared case-insensitively).
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
     }
 }
 
@@ -270,18 +261,19 @@ mod tests {
 
     #[test]
     fn a_header_block_borrows_valid_text_and_repairs_the_rest() {
-        let mut bytes = abi::serialize_map(&[(":path", "/a"), ("ApiKey", "k1"), ("x-bin", "v")]);
+        let valid = [(":path", "/a"), ("ApiKey", "k1"), ("x-bin", "v")];
+        let block = HeaderBlock::new(abi::serialize_map(&valid));
+        assert!(block.repaired.is_none());
+        assert_eq!(block.pairs(), valid);
+        let mut bytes = abi::serialize_map(&valid);
         // Make the last value invalid UTF-8 (0xff), as a client may send.
         let at = bytes.len() - 2;
         bytes[at] = 0xff;
         let block = HeaderBlock::new(bytes);
-        let pairs: Vec<(&str, &str)> = block.pairs().collect();
         assert_eq!(
-            pairs,
+            block.pairs(),
             [(":path", "/a"), ("ApiKey", "k1"), ("x-bin", "\u{fffd}")]
         );
-        assert_eq!(block.get("apikey"), Some("k1"));
-        assert_eq!(block.get("x-missing"), None);
     }
 
     #[test]
@@ -289,8 +281,8 @@ mod tests {
         let good = abi::serialize_map(&[("a", "1"), ("bb", "22")]);
         for cut in 0..good.len() {
             let block = HeaderBlock::new(good[..cut].to_vec());
-            assert!(block.pairs().count() <= 2);
+            assert!(block.pairs().len() <= 2);
         }
-        assert_eq!(HeaderBlock::new(Vec::new()).pairs().count(), 0);
+        assert!(HeaderBlock::new(Vec::new()).pairs().is_empty());
     }
 }

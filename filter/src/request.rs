@@ -151,9 +151,16 @@ impl HttpContext for RequestFilter {
         // each (every host's map carries the pseudo-headers too).
         let block = (active.router.needs_headers() || !active.plugins.is_empty())
             .then(host::request_headers);
+        let headers: Vec<(&str, &str)> = block
+            .as_ref()
+            .map(host::HeaderBlock::pairs)
+            .unwrap_or_default();
         let header = |name: &str| -> Option<Cow<'_, str>> {
             match &block {
-                Some(all) => all.get(name).map(Cow::Borrowed),
+                Some(_) => headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|&(_, v)| Cow::Borrowed(v)),
                 None => host::request_header(name).map(Cow::Owned),
             }
         };
@@ -179,7 +186,6 @@ impl HttpContext for RequestFilter {
         } else {
             Cow::Borrowed("http")
         };
-        let headers: Vec<(&str, &str)> = block.iter().flat_map(host::HeaderBlock::pairs).collect();
         // The TLS SNI (routes' `snis` only apply to HTTPS requests, so plain HTTP skips the
         // read) and the listener's port, which Kong compares a route host's port with when the
         // Host header names none. Each is a host call: read only when some route uses it.

@@ -470,8 +470,15 @@ enum Compiled {
 
 #[derive(Debug)]
 struct Instance {
-    protocols: Vec<Protocol>,
+    /// The protocols it runs for, one bit each ([`protocol_bit`]): in place, as the request
+    /// path reads it for every plugin.
+    protocols: u16,
     compiled: Compiled,
+}
+
+/// `protocol`'s bit in [`Instance::protocols`].
+fn protocol_bit(protocol: Protocol) -> u16 {
+    1 << protocol as u16
 }
 
 type Scope = (Option<usize>, Option<usize>, Option<usize>);
@@ -576,6 +583,11 @@ pub struct PluginEngine {
     /// (chain, instance) pairs, each route's in chain order: found per request without
     /// hashing a scope for each plugin name.
     plan: Vec<(u32, u32)>,
+    /// Some plugin is observe-only and skipped: requests look for those that apply.
+    skips: bool,
+    /// Some plugin fails closed: once the consumer is known, requests look again for one
+    /// scoped to it.
+    refuses: bool,
     unsupported: Vec<UnsupportedPlugin>,
     counter: Cell<u64>,
     worker_uuid: RefCell<Option<String>>,
@@ -648,6 +660,8 @@ impl PluginEngine {
             service_keys,
             route_plans: Vec::new(),
             plan: Vec::new(),
+            skips: false,
+            refuses: false,
             unsupported: Vec::new(),
             counter: Cell::new(0),
             worker_uuid: RefCell::new(None),
@@ -659,6 +673,8 @@ impl PluginEngine {
         engine
             .chains
             .sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
+        engine.skips = engine.chains.iter().any(|c| c.skipped.is_some());
+        engine.refuses = engine.chains.iter().any(|c| c.priority == u32::MAX);
         if !engine.chains.is_empty() {
             engine.route_plans.reserve_exact(doc.routes.len());
             for route in 0..doc.routes.len() {
@@ -825,7 +841,10 @@ impl PluginEngine {
         chain.shapes |= shape(&scope);
         chain.by_consumer |= chain.consumer_scoped && scope.2.is_some();
         let instance = Instance {
-            protocols: plugin.protocols.clone(),
+            protocols: plugin
+                .protocols
+                .iter()
+                .fold(0, |bits, p| bits | protocol_bit(*p)),
             compiled,
         };
         match chain.scopes.get(&scope) {
@@ -921,7 +940,7 @@ impl PluginEngine {
             let Some(instance) = instance else {
                 continue;
             };
-            if !instance.protocols.contains(&protocol) {
+            if instance.protocols & protocol_bit(protocol) == 0 {
                 continue;
             }
             let step = match &instance.compiled {
@@ -955,13 +974,16 @@ impl PluginEngine {
     /// Records the observe-only plugins that apply to this request (with the consumer known
     /// so far), whether it is forwarded or answered: Kong would log both.
     fn note_skipped(&self, req: &PluginRequest<'_>, protocol: Protocol, ex: &mut Exchange<'_>) {
+        if !self.skips {
+            return;
+        }
         ex.skipped = self
             .chains
             .iter()
             .filter_map(|chain| {
                 let name = chain.skipped?;
                 let instance = chain.resolve(req.route, req.service, ex.identity.consumer)?;
-                instance.protocols.contains(&protocol).then_some(name)
+                (instance.protocols & protocol_bit(protocol) != 0).then_some(name)
             })
             .collect();
     }
@@ -973,6 +995,9 @@ impl PluginEngine {
         consumer: Option<usize>,
         ex: &mut Exchange<'a>,
     ) -> Option<PluginOutcome<'a>> {
+        if !self.refuses {
+            return None;
+        }
         self.chains
             .iter()
             .filter(|c| c.priority == u32::MAX)
