@@ -10,7 +10,7 @@ WASM := target/$(WASM_TARGET)/release/fallback_filter.wasm
 WEB_TARGET := wasm32-unknown-unknown
 WEB_PKG := $(CURDIR)/target/web-pkg
 
-.PHONY: help tools build web wasm fmt-check lint unit e2e faults test fuzz bench bench-proxy demo clean
+.PHONY: help tools build web wasm fmt-check lint unit e2e faults test fuzz bench bench-proxy footprint demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ fuzz: ## The property tests of every parser of outside bytes, 20,000 cases each 
 
 bench: wasm ## Router compile time and match p50/p99 for 100/1,000/10,000 routes, and the .wasm size
 	$(CARGO) bench -p fallback-core --bench router
+
+footprint: ## One request's decision natively under valgrind: instructions, code and data cache lines (exact, unlike times)
+	bash scripts/footprint.sh
 
 bench-proxy: wasm ## Envoy CPU per request: no wasm, a minimal filter, the filter with 10/1k/10k routes (BENCH_ARGS=--help)
 	$(CARGO) run -q -p wasm-tests --bin bench-proxy -- $(BENCH_ARGS)
