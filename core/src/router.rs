@@ -774,7 +774,8 @@ impl Router {
         let req_port = req_port
             .or(request.port)
             .unwrap_or(if https { 443 } else { 80 });
-        let (raw_path, query) = match request.path.find('?') {
+        let (raw_path, query) = match request.path.bytes().position(|b| b == b'?') {
+            // `?` is ASCII: a char boundary.
             Some(at) => request.path.split_at(at),
             None => (request.path, ""),
         };
@@ -1014,11 +1015,14 @@ fn split_authority(authority: &str) -> (&str, Option<u16>) {
         }
         return (authority, None);
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => match parse_port(port) {
-            Some(port) => (host, Some(port)),
-            None => (authority, None),
-        },
+    // Byte searches (`:` is ASCII): this runs on every request.
+    match authority.bytes().rposition(|b| b == b':') {
+        Some(at) if !authority.as_bytes()[..at].contains(&b':') => {
+            match parse_port(&authority[at + 1..]) {
+                Some(port) => (&authority[..at], Some(port)),
+                None => (authority, None),
+            }
+        }
         _ => (authority, None),
     }
 }

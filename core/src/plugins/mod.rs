@@ -1108,10 +1108,7 @@ impl<'a> Exchange<'a> {
     }
 
     fn new(req: &PluginRequest<'a>) -> Exchange<'a> {
-        let (path, query) = match req.upstream_path.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (req.upstream_path, None),
-        };
+        let (path, query) = crate::router::path::split_query(req.upstream_path);
         Exchange {
             method: Cow::Borrowed(req.method),
             headers: request_headers::RequestHeaders::new(req.headers),
@@ -1119,7 +1116,7 @@ impl<'a> Exchange<'a> {
             upstream_path: Cow::Borrowed(path),
             path_changed: false,
             method_changed: false,
-            client_path: req.path.split('?').next().unwrap_or("/"),
+            client_path: crate::router::path::split_query(req.path).0,
             client_ip: req.client_ip,
             client_ip_read: Cell::new(None),
             now_ms: req.now_ms,
