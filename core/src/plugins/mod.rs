@@ -494,9 +494,6 @@ struct Chain {
     instances: Vec<Instance>,
     /// Where each scope's instance is in `instances`.
     scopes: HashMap<Scope, usize>,
-    /// True when an instance is scoped to a consumer: then the consumer, once known, can
-    /// change which instance applies, and [`Chain::resolve`] decides.
-    by_consumer: bool,
     /// Bit [`shape`] of every scope in `instances`: a lookup whose shape no instance has is
     /// skipped (most configs use one or two shapes, and each lookup hashes).
     shapes: u8,
@@ -510,6 +507,13 @@ fn shape(scope: &Scope) -> u8 {
 }
 
 impl Chain {
+    /// True when an instance is scoped to a consumer: then the consumer, once known, can
+    /// change which instance applies, and [`Chain::resolve`] decides.
+    fn by_consumer(&self) -> bool {
+        // The shapes of scopes with a consumer are bits 4 to 7.
+        self.consumer_scoped && self.shapes & 0xf0 != 0
+    }
+
     /// The instance that applies to a request of this route, service and consumer.
     fn resolve(
         &self,
@@ -831,7 +835,6 @@ impl PluginEngine {
                     consumer_scoped: consumer_scoped(name),
                     instances: Vec::new(),
                     scopes: HashMap::new(),
-                    by_consumer: false,
                     shapes: 0,
                 });
                 self.chains.len() - 1
@@ -839,7 +842,6 @@ impl PluginEngine {
         };
         let chain = &mut self.chains[index];
         chain.shapes |= shape(&scope);
-        chain.by_consumer |= chain.consumer_scoped && scope.2.is_some();
         let instance = Instance {
             protocols: plugin
                 .protocols
@@ -918,7 +920,6 @@ impl PluginEngine {
         let protocol = Protocol::from_name(req.scheme).unwrap_or(Protocol::Http);
         let mut consumer_checked = None;
         let plan = self.planned(req);
-        let plan_known = plan.is_some();
         let mut planned = plan.unwrap_or_default().iter().peekable();
         for (c, chain) in self.chains.iter().enumerate() {
             let in_plan = planned.next_if(|(of, _)| *of as usize == c);
@@ -930,13 +931,13 @@ impl PluginEngine {
                     return refusal;
                 }
             }
-            let instance = match in_plan {
-                // The consumer cannot change which instance applies: planned per route.
-                _ if plan_known && !(chain.by_consumer && ex.identity.consumer.is_some()) => {
+            let instance =
+                if plan.is_some() && !(chain.by_consumer() && ex.identity.consumer.is_some()) {
+                    // The consumer cannot change which instance applies: planned per route.
                     in_plan.map(|&(_, i)| &chain.instances[i as usize])
-                }
-                _ => chain.resolve(req.route, req.service, ex.identity.consumer),
-            };
+                } else {
+                    chain.resolve(req.route, req.service, ex.identity.consumer)
+                };
             let Some(instance) = instance else {
                 continue;
             };
