@@ -57,7 +57,7 @@ fuzz: ## The property tests of every parser of outside bytes, 20,000 cases each 
 bench: wasm ## Router compile time and match p50/p99 for 100/1,000/10,000 routes, and the .wasm size
 	$(CARGO) bench -p fallback-core --bench router
 
-footprint: ## One request's decision natively under valgrind: instructions, code and data cache lines (exact, unlike times)
+footprint: ## One request natively under valgrind, the decision alone and the whole filter: instructions, code and data cache lines, host calls (exact, unlike times)
 	bash scripts/footprint.sh
 
 bench-proxy: wasm ## Envoy CPU per request: no wasm, a minimal filter, the filter with 10/1k/10k routes (BENCH_ARGS=--help)

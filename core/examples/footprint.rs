@@ -13,42 +13,14 @@
 
 #[path = "../benches/common/mod.rs"]
 mod common;
+#[path = "../benches/common/footprint.rs"]
+#[allow(dead_code)]
+mod footprint;
 
 use fallback_core::document::ConfigDocument;
 use fallback_core::plugins::{MemoryCounters, PluginEngine, PluginOutcome, PluginRequest};
 use fallback_core::router::{RequestView, RouteOutcome, Router};
-
-/// Callgrind's `VG_USERREQ__START_INSTRUMENTATION` and `..._STOP_INSTRUMENTATION`
-/// (`callgrind.h`: `VG_USERREQ_TOOL_BASE('C', 'T')` + 4 and + 5).
-const START_INSTRUMENTATION: usize = 0x4354_0004;
-const STOP_INSTRUMENTATION: usize = 0x4354_0005;
-
-/// A valgrind client request (`valgrind.h`'s amd64 sequence: rotations of `rdi` by 128 bits in
-/// all, which change nothing, then `xchg rbx, rbx`); a no-op outside valgrind.
-#[cfg(target_arch = "x86_64")]
-fn client_request(request: usize) {
-    let args: [usize; 6] = [request, 0, 0, 0, 0, 0];
-    // SAFETY: the sequence only rotates rdi back to its value and exchanges rbx with itself;
-    // valgrind reads `args` through rax and writes its answer in rdx.
-    unsafe {
-        std::arch::asm!(
-            "rol rdi, 3",
-            "rol rdi, 13",
-            "rol rdi, 61",
-            "rol rdi, 51",
-            "xchg rbx, rbx",
-            in("rax") args.as_ptr(),
-            inout("rdx") 0usize => _,
-            inout("rdi") 0usize => _,
-        );
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn client_request(_: usize) {
-    eprintln!("footprint: valgrind client requests are only written for x86_64");
-    std::process::exit(2);
-}
+use footprint::{client_request, START_INSTRUMENTATION, STOP_INSTRUMENTATION};
 
 /// What the filter decides for one request (named in callgrind's `--toggle-collect`).
 #[inline(never)]
@@ -91,14 +63,7 @@ fn decide(
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(routes), Some(plugins)) = (
-        args.first().and_then(|a| a.parse::<usize>().ok()),
-        args.get(1).map(|a| a == "1"),
-    ) else {
-        eprintln!("usage: footprint ROUTES PLUGINS(0|1)");
-        std::process::exit(2);
-    };
+    let (routes, plugins) = footprint::args();
     let loaded = ConfigDocument::from_json(&common::document(routes, plugins))
         .expect("the benchmark config is valid");
     let router = Router::compile(&loaded.document);

@@ -241,8 +241,8 @@ fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome<'_>) -> 
     let changes = match decision {
         PluginOutcome::Respond(answer) => {
             return object(&[
-                ("route", json!(&*f.route_name)),
-                ("service", json!(&*f.service_name)),
+                ("route", json!(f.route_name)),
+                ("service", json!(f.service_name)),
                 ("upstream_url", json!(f.upstream_url())),
                 ("upstream_host", json!(&*f.host_header)),
                 ("response", response(&answer)),
@@ -254,8 +254,8 @@ fn describe_with_plugins(outcome: RouteOutcome, decision: PluginOutcome<'_>) -> 
         f.path.clone_from(path);
     }
     let mut fields = vec![
-        ("route", json!(&*f.route_name)),
-        ("service", json!(&*f.service_name)),
+        ("route", json!(f.route_name)),
+        ("service", json!(f.service_name)),
         ("upstream_url", json!(f.upstream_url())),
         ("upstream_host", json!(&*f.host_header)),
     ];
@@ -290,8 +290,8 @@ fn upstream_headers(changes: &UpstreamChanges<'_>) -> serde_json::Map<String, Va
 pub fn describe(outcome: RouteOutcome) -> String {
     match outcome {
         RouteOutcome::Forward(f) => object(&[
-            ("route", json!(&*f.route_name)),
-            ("service", json!(&*f.service_name)),
+            ("route", json!(f.route_name)),
+            ("service", json!(f.service_name)),
             ("upstream_url", json!(f.upstream_url())),
             ("upstream_host", json!(&*f.host_header)),
         ]),

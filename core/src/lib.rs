@@ -51,5 +51,13 @@ pub mod shared_data;
 pub mod signature;
 pub mod wire;
 
+/// A map whose keys come from the config (hosts, path prefixes, plugin scopes, credentials) and
+/// that requests look up. foldhash instead of std's SipHash: a request hashes its host, its
+/// plugin scopes and its API key, and SipHash's rounds were a tenth of the instructions and
+/// two dozen of the code lines a request's decision touches (`make footprint`). Only for keys
+/// an operator writes: a map that requests insert into (rate-limit counters keyed by client
+/// address or header) keeps SipHash's flooding resistance.
+pub(crate) type ConfigMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 #[cfg(test)]
 mod properties;

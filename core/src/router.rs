@@ -61,6 +61,7 @@ use crate::document::ids::split_route_id;
 use crate::document::{ConfigDocument, Protocol};
 use crate::limits::{MAX_REGEX_NFA_BYTES, MAX_REQUEST_PATH_BYTES};
 use crate::pace::{drop_all, run_to_end, sort_by, Pace};
+use crate::ConfigMap;
 use regex_lite::Regex;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -107,9 +108,9 @@ pub struct RequestView<'a> {
 
 /// The routing decision for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteOutcome {
+pub enum RouteOutcome<'a> {
     /// Send the request upstream.
-    Forward(Forward),
+    Forward(Forward<'a>),
     /// No route matched: answer 404 with [`NO_ROUTE_MESSAGE`].
     NoRoute,
     /// An `https`-only route matched a plain-HTTP request (Kong's `https_redirect_status_code`).
@@ -146,33 +147,33 @@ pub struct HttpsRequired {
     pub route_name: String,
 }
 
-/// Where a matched request goes.
+/// Where a matched request goes: borrowed from the router and the request (routing touches no
+/// reference count and copies only what it builds).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
+pub struct Forward<'a> {
     /// Index of the matched route in [`ConfigDocument::routes`].
     pub route: usize,
     /// Index of its service in [`ConfigDocument::services`].
     pub service: usize,
-    /// The route's name, else its id, else its path in the input (e.g. `routes[3]`); shared
-    /// with the router (no copy per request).
-    pub route_name: Rc<str>,
+    /// The route's name, else its id, else its path in the input (e.g. `routes[3]`).
+    pub route_name: &'a str,
     /// The service's name, else its id, else its path in the input.
-    pub service_name: Rc<str>,
+    pub service_name: &'a str,
     /// The service's protocol (`http` or `https`), the scheme of the upstream request.
     pub scheme: &'static str,
-    /// `host:port` to connect to (IPv6 in brackets); shared with the router for a service
-    /// without an upstream.
-    pub upstream: Rc<str>,
+    /// `host:port` to connect to (IPv6 in brackets): the router's own for a service without
+    /// an upstream, built for a balanced one.
+    pub upstream: Cow<'a, str>,
     /// The `:path` to send upstream, query string kept.
     pub path: String,
     /// The `Host` to send upstream: the upstream's host (with its port unless it is the
     /// service protocol's default), or the request's authority when the route preserves it.
-    pub host_header: Rc<str>,
-    /// What Kong's debug header (`Kong-Debug: 1`) reveals (shared: built once per route).
-    pub debug: Rc<KongDebug>,
+    pub host_header: Cow<'a, str>,
+    /// What Kong's debug header (`Kong-Debug: 1`) reveals (built once per route).
+    pub debug: &'a KongDebug,
 }
 
-impl Forward {
+impl Forward<'_> {
     /// `scheme://host:port/path?query`, the upstream request as a URL.
     pub fn upstream_url(&self) -> String {
         format!("{}://{}{}", self.scheme, self.upstream, self.path)
@@ -227,11 +228,11 @@ pub struct Router {
     routes: Vec<CompiledRoute>,
     /// Every (route, path) pair, sorted by priority: the index is the rank, lower wins.
     candidates: Vec<Candidate>,
-    exact_hosts: HashMap<String, PathIndex>,
+    exact_hosts: ConfigMap<String, PathIndex>,
     /// `*.example.com` under `.example.com`.
-    suffix_hosts: HashMap<String, PathIndex>,
+    suffix_hosts: ConfigMap<String, PathIndex>,
     /// `example.*` under `example.`.
-    prefix_hosts: HashMap<String, PathIndex>,
+    prefix_hosts: ConfigMap<String, PathIndex>,
     /// Routes without hosts.
     any_host: PathIndex,
     services: Vec<CompiledService>,
@@ -290,7 +291,7 @@ struct PathIndex {
     /// Ranks of candidates without paths.
     pathless: Vec<u32>,
     /// Plain prefix, or a regex's literal prefix → ranks.
-    prefixes: HashMap<String, Vec<u32>>,
+    prefixes: ConfigMap<String, Vec<u32>>,
     /// Distinct prefix lengths in `prefixes`, ascending.
     lengths: Vec<usize>,
 }
@@ -461,9 +462,9 @@ impl Router {
         let mut router = Router {
             routes: Vec::new(),
             candidates: Vec::new(),
-            exact_hosts: HashMap::new(),
-            suffix_hosts: HashMap::new(),
-            prefix_hosts: HashMap::new(),
+            exact_hosts: ConfigMap::default(),
+            suffix_hosts: ConfigMap::default(),
+            prefix_hosts: ConfigMap::default(),
             any_host: PathIndex::default(),
             services,
             balancers,
@@ -758,7 +759,7 @@ impl Router {
     }
 
     /// Decides where `request` goes. Advances the round-robin of the chosen upstream.
-    pub fn route(&self, request: &RequestView<'_>) -> RouteOutcome {
+    pub fn route<'a>(&'a self, request: &RequestView<'a>) -> RouteOutcome<'a> {
         // Before any work that grows with the path: normalising it, and regexes whose cost is
         // their size times its length.
         if request.path.len() > MAX_REQUEST_PATH_BYTES {
@@ -839,15 +840,15 @@ impl Router {
             Destination::Direct {
                 authority,
                 host_header,
-            } => (authority.clone(), host_header.clone()),
+            } => (Cow::Borrowed(&**authority), Cow::Borrowed(&**host_header)),
             Destination::Balanced(u) => {
                 let balancer = &self.balancers[*u];
                 match balancer.pick() {
                     Some((host, port)) => {
                         let name = balancer.host_header.as_deref().unwrap_or(host);
                         (
-                            authority(host, port).into(),
-                            host_header(name, port, service.default_port).into(),
+                            Cow::Owned(authority(host, port)),
+                            Cow::Owned(host_header(name, port, service.default_port)),
                         )
                     }
                     None => {
@@ -875,7 +876,7 @@ impl Router {
         upstream_path.push_str(query);
 
         let host_header = if route.preserve_host {
-            request.authority.into()
+            Cow::Borrowed(request.authority)
         } else {
             service_host_header
         };
@@ -883,13 +884,13 @@ impl Router {
         RouteOutcome::Forward(Forward {
             route: route.index,
             service: service_index,
-            route_name: route.name.clone(),
-            service_name: service.name.clone(),
+            route_name: &route.name,
+            service_name: &service.name,
             scheme: service.scheme,
             upstream,
             path: upstream_path,
             host_header,
-            debug: route.debug.clone(),
+            debug: &route.debug,
         })
     }
 

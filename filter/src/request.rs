@@ -327,14 +327,14 @@ impl HttpContext for RequestFilter {
         if let Some(plan) = self.response_plan.take() {
             // One header at a time: replacing the whole map keeps `Content-Type` in
             // ngx_wasm_module. The whole map is read only for a plan that needs it.
-            let apply = |call: ResponseCall<'_>| match call {
+            let mut apply = |call: ResponseCall<'_>| match call {
                 ResponseCall::Replace(name, value) => host::replace_response_header(name, value),
                 ResponseCall::Remove(name) => host::remove_response_header(name),
                 ResponseCall::Add(name, value) => host::add_response_header(name, value),
             };
-            match plan.named_edits() {
-                Some(edits) => response_calls(edits, apply),
-                None => response_calls(plan.edits(&host::response_headers()).into_iter(), apply),
+            if !plan.calls(&mut apply) {
+                let edits = plan.edits(&host::response_headers());
+                response_calls(edits.into_iter(), apply);
             }
         }
         if let Some(debug) = self.debug.take() {

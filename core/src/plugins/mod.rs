@@ -49,10 +49,11 @@ mod tests;
 mod text;
 
 use crate::document::{ConfigDocument, Plugin, Problem, Protocol};
+use crate::host::ResponseCall;
 use crate::pace::{drop_all, run_to_end, Pace};
+use crate::ConfigMap;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use text::Text;
@@ -358,32 +359,53 @@ impl ResponsePlan {
     /// host call and a copy of every header; a plan that only sets, adds or removes named
     /// headers (rate-limiting's, CORS's, correlation-id's) needs neither.
     pub fn edits_without_headers(&self) -> Option<Vec<HeaderOp<'_>>> {
-        self.named_edits().map(Iterator::collect)
+        let mut ops = Vec::with_capacity(self.steps.len() * 2);
+        for step in &self.steps {
+            match step {
+                ResponseStep::Set(n, value) => {
+                    ops.push(HeaderOp::Remove(Cow::Borrowed(n)));
+                    ops.push(HeaderOp::Add(Cow::Borrowed(n), Cow::Borrowed(value)));
+                }
+                ResponseStep::Add(n, value) => {
+                    ops.push(HeaderOp::Add(Cow::Borrowed(n), Cow::Borrowed(value)))
+                }
+                ResponseStep::Remove(n) => ops.push(HeaderOp::Remove(Cow::Borrowed(n))),
+                ResponseStep::Transform(_) => return None,
+            }
+        }
+        Some(ops)
     }
 
-    /// [`ResponsePlan::edits_without_headers`] one at a time, without collecting them: what
-    /// the filter applies to every response.
-    pub fn named_edits(&self) -> Option<impl Iterator<Item = HeaderOp<'_>> + '_> {
+    /// The host calls for [`ResponsePlan::edits_without_headers`], each handed to `call` in
+    /// order, as [`crate::host::response_calls`] makes them (a header set is one replace, and
+    /// so is a removal directly followed by an addition of the same header); false, and no
+    /// call, when a step needs the response's headers. Straight from the plan's steps, nothing
+    /// built: this runs on every response a plugin changes.
+    pub fn calls(&self, mut call: impl FnMut(ResponseCall<'_>)) -> bool {
         if self
             .steps
             .iter()
             .any(|step| matches!(step, ResponseStep::Transform(_)))
         {
-            return None;
+            return false;
         }
-        let ops = self.steps.iter().filter_map(|step| match step {
-            ResponseStep::Set(n, value) => Some((
-                HeaderOp::Remove(Cow::Borrowed(n)),
-                Some(HeaderOp::Add(Cow::Borrowed(n), Cow::Borrowed(value))),
-            )),
-            ResponseStep::Add(n, value) => {
-                Some((HeaderOp::Add(Cow::Borrowed(n), Cow::Borrowed(value)), None))
+        let mut steps = self.steps.iter().peekable();
+        while let Some(step) = steps.next() {
+            match step {
+                ResponseStep::Set(name, value) => call(ResponseCall::Replace(name, value)),
+                ResponseStep::Add(name, value) => call(ResponseCall::Add(name, value)),
+                ResponseStep::Remove(name) => match steps.peek() {
+                    Some(ResponseStep::Add(next, value)) if next == name => {
+                        call(ResponseCall::Replace(name, value));
+                        steps.next();
+                    }
+                    _ => call(ResponseCall::Remove(name)),
+                },
+                // Ruled out above.
+                ResponseStep::Transform(_) => {}
             }
-            ResponseStep::Remove(n) => Some((HeaderOp::Remove(Cow::Borrowed(n)), None)),
-            // Ruled out above.
-            ResponseStep::Transform(_) => None,
-        });
-        Some(ops.flat_map(|(first, then)| std::iter::once(first).chain(then)))
+        }
+        true
     }
 
     fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Text>) {
@@ -493,7 +515,7 @@ struct Chain {
     consumer_scoped: bool,
     instances: Vec<Instance>,
     /// Where each scope's instance is in `instances`.
-    scopes: HashMap<Scope, usize>,
+    scopes: ConfigMap<Scope, usize>,
     /// Bit [`shape`] of every scope in `instances`: a lookup whose shape no instance has is
     /// skipped (most configs use one or two shapes, and each lookup hashes).
     shapes: u8,
@@ -576,9 +598,9 @@ pub struct PluginEngine {
     chains: Vec<Chain>,
     consumers: Vec<ConsumerInfo>,
     /// API key → (consumer, credential identity).
-    keys: HashMap<String, (usize, String)>,
+    keys: ConfigMap<String, (usize, String)>,
     /// basic-auth username → credential.
-    basic: HashMap<String, basic_auth::Credential>,
+    basic: ConfigMap<String, basic_auth::Credential>,
     route_keys: Vec<String>,
     service_keys: Vec<String>,
     /// Per route: its service and the range of `plan` holding the instances that apply to its
@@ -628,12 +650,16 @@ impl PluginEngine {
                 groups,
             });
         }
-        let mut keys = HashMap::with_capacity(doc.keyauth_credentials.len());
+        let mut keys =
+            ConfigMap::with_capacity_and_hasher(doc.keyauth_credentials.len(), Default::default());
         for k in &doc.keyauth_credentials {
             pace.step().await;
             keys.insert(k.key.clone(), (k.consumer, k.id.to_string()));
         }
-        let mut basic = HashMap::with_capacity(doc.basicauth_credentials.len());
+        let mut basic = ConfigMap::with_capacity_and_hasher(
+            doc.basicauth_credentials.len(),
+            Default::default(),
+        );
         for c in &doc.basicauth_credentials {
             pace.step().await;
             let consumer_id = doc
@@ -834,7 +860,7 @@ impl PluginEngine {
                     },
                     consumer_scoped: consumer_scoped(name),
                     instances: Vec::new(),
-                    scopes: HashMap::new(),
+                    scopes: ConfigMap::default(),
                     shapes: 0,
                 });
                 self.chains.len() - 1

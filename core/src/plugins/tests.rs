@@ -1404,6 +1404,54 @@ fn edits_without_headers_change_what_the_plan_changes_and_no_more() {
 }
 
 #[test]
+fn a_plans_calls_are_the_calls_for_its_edits() {
+    // Every plan of up to four steps over two headers: `calls` straight from the steps makes
+    // exactly the host calls `response_calls` makes for the plan's edits.
+    let alphabet = [
+        ResponseStep::Set("a".into(), "1".into()),
+        ResponseStep::Set("b".into(), "2".into()),
+        ResponseStep::Add("a".into(), "3".into()),
+        ResponseStep::Add("b".into(), "4".into()),
+        ResponseStep::Remove("a".into()),
+        ResponseStep::Remove("b".into()),
+    ];
+    let mut level = vec![ResponsePlan::default()];
+    let mut plans = level.clone();
+    for _ in 0..4 {
+        level = level
+            .iter()
+            .flat_map(|plan| {
+                alphabet.iter().map(move |step| {
+                    let mut plan = plan.clone();
+                    plan.steps.push(step.clone());
+                    plan
+                })
+            })
+            .collect();
+        plans.extend(level.iter().cloned());
+    }
+    assert!(plans.len() > 1_500);
+    for plan in &plans {
+        let mut direct = Vec::new();
+        assert!(plan.calls(|call| direct.push(format!("{call:?}"))));
+        let mut via_edits = Vec::new();
+        let edits = plan.edits_without_headers().expect("no transform");
+        crate::host::response_calls(edits.into_iter(), |call| {
+            via_edits.push(format!("{call:?}"))
+        });
+        assert_eq!(direct, via_edits, "{plan:?}");
+    }
+    let e = engine(
+        json!({"plugins": [{"name": "response-transformer", "config": {
+        "rename": {"headers": ["x-a:x-b"]}}}]}),
+    );
+    let f = forward(req("/one").run(&e));
+    assert!(!f
+        .response
+        .calls(|call| panic!("no call for a transform: {call:?}")));
+}
+
+#[test]
 fn header_diff_names_only_what_changed() {
     let before = [
         (":path", "/x"),

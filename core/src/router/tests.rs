@@ -21,7 +21,7 @@ pub(super) fn request<'a>(method: &'a str, authority: &'a str, path: &'a str) ->
     }
 }
 
-pub(super) fn forward(router: &Router, req: RequestView<'_>) -> Forward {
+pub(super) fn forward<'a>(router: &'a Router, req: RequestView<'a>) -> Forward<'a> {
     match router.route(&req) {
         RouteOutcome::Forward(f) => f,
         other => panic!("expected a forward for {req:?}, got {other:?}"),
@@ -252,10 +252,10 @@ fn names_fall_back_to_id_then_path() {
     }));
     let f = forward(&r, request("GET", "a", "/id"));
     assert_eq!((f.route, f.service), (0, 0));
-    assert_eq!(&*f.route_name, "route-id");
-    assert_eq!(&*f.service_name, "svc-id");
+    assert_eq!(f.route_name, "route-id");
+    assert_eq!(f.service_name, "svc-id");
     assert_eq!(
-        &*forward(&r, request("GET", "a", "/anon")).route_name,
+        forward(&r, request("GET", "a", "/anon")).route_name,
         "routes[1]"
     );
 }
@@ -483,7 +483,12 @@ fn hosts_index_and_hostless_routes_combine() {
 }
 
 /// A request given as a URL, the way `fallback-companion match` takes it.
-fn outcome(router: &Router, method: &str, url: &str, headers: &[(&str, &str)]) -> RouteOutcome {
+fn outcome<'a>(
+    router: &'a Router,
+    method: &'a str,
+    url: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+) -> RouteOutcome<'a> {
     let (scheme, rest) = url.split_once("://").expect("absolute URL");
     let at = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(at);
@@ -1033,7 +1038,7 @@ fn a_host_port_falls_back_to_the_listener_port() {
         port: Some(8000),
         ..request("GET", "example.com", "/")
     };
-    assert_eq!(&*forward(&r, on_8000).route_name, "p8000");
+    assert_eq!(forward(&r, on_8000).route_name, "p8000");
     let explicit = RequestView {
         port: Some(8000),
         ..request("GET", "example.com:9000", "/")
@@ -1056,7 +1061,7 @@ fn the_listener_port_is_needed_only_when_a_route_host_names_a_port() {
             port,
             ..request("GET", "example.com", "/a")
         };
-        assert_eq!(&*forward(&r, view).route_name, "plain");
+        assert_eq!(forward(&r, view).route_name, "plain");
     }
     let r = routes(json!([
         {"name": "plain", "hosts": ["example.com"]},
@@ -1142,7 +1147,7 @@ fn sni_and_listener_port_are_needed_only_by_routes_that_use_them() {
     let mut on_8443 = request("GET", "a.example", "/");
     assert_eq!(matched(&port, "GET", "a.example", "/"), "-");
     on_8443.port = Some(8443);
-    assert_eq!(&*forward(&port, on_8443).route_name, "p");
+    assert_eq!(forward(&port, on_8443).route_name, "p");
 }
 
 /// Kong's traditional_compatible router ignores `path_handling: v1` (it only has
@@ -1230,5 +1235,5 @@ fn method_and_scheme_are_needed_only_by_routes_that_use_them() {
     let mut tls = request("GET", "a.example", "/");
     assert_eq!(matched(&port, "GET", "a.example", "/"), "-");
     tls.scheme = "https";
-    assert_eq!(&*forward(&port, tls).route_name, "p");
+    assert_eq!(forward(&port, tls).route_name, "p");
 }
