@@ -12,7 +12,7 @@ use fallback_core::host::{
 use fallback_core::plugins::{
     ClientIp, HeaderOp, LocalResponse, PluginOutcome, PluginRequest, ResponsePlan, UpstreamChanges,
 };
-use fallback_core::router::{RequestView, RouteOutcome};
+use fallback_core::router::{Forward, HttpsRequired, RequestView, RouteOutcome};
 use fallback_core::shared_data::{Leases, SharedCounters};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -118,6 +118,58 @@ impl RequestFilter {
         }
         outcome
     }
+
+    /// Answers a readiness probe through the proxy port (never proxied); false for any other
+    /// path. Out of line, as every answer but a forward: the request path stays compact.
+    #[cold]
+    #[inline(never)]
+    fn answered_health(&self) -> bool {
+        let Some(health) = &self.config.health_path else {
+            return false;
+        };
+        let path = host::read(self.profile.path);
+        let bare = path.as_deref().map(|p| p.split('?').next().unwrap_or(p));
+        if bare != Some(health.as_str()) {
+            return false;
+        }
+        let age = self.active.as_ref().map(|a| a.age.get());
+        let (status, body) = freshness::readiness(age.as_ref(), self.config.stale_policy);
+        host::send_json(u32::from(status), &body, &[("cache-control", "no-store")]);
+        true
+    }
+
+    /// A route without a service, or a balancer without a healthy target: 503, after the
+    /// route's plugins (Kong answers after the access phase: a plugin's answer, such as a 401,
+    /// comes first, and those that ran set their response headers on the 503).
+    #[cold]
+    #[inline(never)]
+    fn unavailable<'a>(
+        &self,
+        active: &'a Active,
+        target: (usize, Option<usize>, &str),
+        view: &RequestView<'a>,
+        read_client_ip: &'a dyn Fn() -> Option<std::net::IpAddr>,
+    ) -> Action {
+        let (route, service, message) = target;
+        let mut response = vec![(
+            "content-type".to_owned(),
+            fallback_core::plugins::JSON_CONTENT_TYPE.to_owned(),
+        )];
+        if !active.plugins.is_empty() {
+            let target = (Some(route), service, view.path);
+            match self.plugins(active, target, view, read_client_ip) {
+                PluginOutcome::Respond(answer) => return send_local(&answer),
+                PluginOutcome::Forward(changes) => changes.response.apply(&mut response),
+            }
+        }
+        let body = serde_json::json!({ "message": message }).to_string();
+        let response: Vec<(&str, &str)> = response
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        host::send_response(503, &response, Some(body.as_bytes()));
+        Action::Pause
+    }
 }
 
 impl Context for RequestFilter {}
@@ -125,26 +177,16 @@ impl Context for RequestFilter {}
 impl HttpContext for RequestFilter {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let profile = self.profile;
-        if let Some(health) = &self.config.health_path {
-            // Answered here, never proxied: a readiness probe through the proxy port.
-            let path = host::read(profile.path);
-            let bare = path.as_deref().map(|p| p.split('?').next().unwrap_or(p));
-            if bare == Some(health.as_str()) {
-                let age = self.active.as_ref().map(|a| a.age.get());
-                let (status, body) = freshness::readiness(age.as_ref(), self.config.stale_policy);
-                host::send_json(u32::from(status), &body, &[("cache-control", "no-store")]);
-                return Action::Pause;
-            }
+        if self.config.health_path.is_some() && self.answered_health() {
+            return Action::Pause;
         }
         let Some(active) = self.active.clone() else {
-            host::send_json(503, NO_CONFIG, &[]);
-            return Action::Pause;
+            return answer_json(503, NO_CONFIG);
         };
         let age = active.age.get();
         if freshness::refuse_stale(&age, self.config.stale_policy) {
             let body = freshness::stale_body(&age, self.config.max_fallback_age_ms);
-            host::send_json(503, &body, &[]);
-            return Action::Pause;
+            return answer_json(503, &body);
         }
         // Reading every header costs a copy of each: only when a route or a plugin needs them.
         // Then the single headers below come from that copy rather than from one host call
@@ -219,10 +261,7 @@ impl HttpContext for RequestFilter {
                 } else {
                     let target = (Some(forward.route), Some(forward.service), &*forward.path);
                     match self.plugins(&active, target, &view, &read_client_ip) {
-                        PluginOutcome::Respond(answer) => {
-                            send_local(&answer);
-                            return Action::Pause;
-                        }
+                        PluginOutcome::Respond(answer) => return send_local(&answer),
                         PluginOutcome::Forward(changes) => Some(changes),
                     }
                 };
@@ -240,85 +279,29 @@ impl HttpContext for RequestFilter {
                 };
                 for write in profile.hand_over(&target, &names) {
                     if let Err(status) = host::write(&write) {
-                        log_refusal(profile, &write, status);
-                        host::send_json(500, HAND_OVER_FAILED, &[]);
-                        return Action::Pause;
+                        return hand_over_refused(profile, &write, status);
                     }
                 }
                 if let Some(changes) = changes {
                     apply_upstream_changes(&changes);
                     self.response_plan = Some(changes.response).filter(|p| !p.is_empty());
                 }
-                if self.config.allow_debug_header
-                    && host::request_header("kong-debug").as_deref() == Some("1")
-                {
-                    let source = match active.source {
-                        Source::ControlPlane => "control_plane",
-                        Source::Fallback => "fallback",
-                    };
-                    let mut debug: Vec<(&'static str, String)> = forward
-                        .debug
-                        .headers()
-                        .into_iter()
-                        .map(|(name, value)| (name, value.to_owned()))
-                        .collect();
-                    debug.push(("X-Fallback-Source", source.to_owned()));
-                    debug.push(("X-Fallback-Revision", active.revision.to_string()));
-                    self.debug = Some(debug);
+                if self.config.allow_debug_header {
+                    self.debug = debug_headers(&active, &forward);
                 }
                 Action::Continue
             }
-            RouteOutcome::NoRoute => {
-                host::send_json(404, NO_ROUTE, &[]);
-                Action::Pause
-            }
-            RouteOutcome::UriTooLong => {
-                host::send_json(414, URI_TOO_LONG, &[]);
-                Action::Pause
-            }
-            RouteOutcome::HttpsRequired(required) => {
-                match &required.location {
-                    Some(location) => host::send_empty(
-                        u32::from(required.status),
-                        &[("location", location.as_str())],
-                    ),
-                    None => host::send_json(
-                        u32::from(required.status),
-                        HTTPS_REQUIRED,
-                        profile.https_required_headers,
-                    ),
-                }
-                Action::Pause
-            }
+            RouteOutcome::NoRoute => answer_json(404, NO_ROUTE),
+            RouteOutcome::UriTooLong => answer_json(414, URI_TOO_LONG),
+            RouteOutcome::HttpsRequired(required) => https_required(profile, &required),
             RouteOutcome::Unavailable {
                 route,
                 service,
                 message,
                 ..
             } => {
-                // Kong answers after the plugins' access phase: theirs comes first (a 401), and
-                // those that ran set their response headers on the 503.
-                let mut response = vec![(
-                    "content-type".to_owned(),
-                    fallback_core::plugins::JSON_CONTENT_TYPE.to_owned(),
-                )];
-                if !active.plugins.is_empty() {
-                    let target = (Some(route), service, &*path);
-                    match self.plugins(&active, target, &view, &read_client_ip) {
-                        PluginOutcome::Respond(answer) => {
-                            send_local(&answer);
-                            return Action::Pause;
-                        }
-                        PluginOutcome::Forward(changes) => changes.response.apply(&mut response),
-                    }
-                }
-                let body = serde_json::json!({ "message": message }).to_string();
-                let response: Vec<(&str, &str)> = response
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                host::send_response(503, &response, Some(body.as_bytes()));
-                Action::Pause
+                let target = (route, service, message.as_str());
+                self.unavailable(&active, target, &view, &read_client_ip)
             }
         }
     }
@@ -344,6 +327,59 @@ impl HttpContext for RequestFilter {
         }
         Action::Continue
     }
+}
+
+/// Answers with a JSON body (`{"message": ...}`) and pauses the request: every answer the
+/// filter makes itself, out of the request path's line.
+#[cold]
+#[inline(never)]
+fn answer_json(status: u32, body: &str) -> Action {
+    host::send_json(status, body, &[]);
+    Action::Pause
+}
+
+/// A plain-HTTP request on an `https`-only route: Kong's redirect, or its 426.
+#[cold]
+#[inline(never)]
+fn https_required(profile: &HostProfile, required: &HttpsRequired) -> Action {
+    let status = u32::from(required.status);
+    match &required.location {
+        Some(location) => host::send_empty(status, &[("location", location.as_str())]),
+        None => host::send_json(status, HTTPS_REQUIRED, profile.https_required_headers),
+    }
+    Action::Pause
+}
+
+/// The host refused a hand-over write: logged once per target, and the request answers 500.
+#[cold]
+#[inline(never)]
+fn hand_over_refused(profile: &HostProfile, write: &HostWrite<'_>, status: u32) -> Action {
+    log_refusal(profile, write, status);
+    host::send_json(500, HAND_OVER_FAILED, &[]);
+    Action::Pause
+}
+
+/// Kong's debug headers (`allow_debug_header` and a request with `Kong-Debug: 1`): the
+/// route's and service's ids and names, and where the config in force came from.
+#[cold]
+#[inline(never)]
+fn debug_headers(active: &Active, forward: &Forward<'_>) -> Option<Vec<(&'static str, String)>> {
+    if host::request_header("kong-debug").as_deref() != Some("1") {
+        return None;
+    }
+    let source = match active.source {
+        Source::ControlPlane => "control_plane",
+        Source::Fallback => "fallback",
+    };
+    let mut debug: Vec<(&'static str, String)> = forward
+        .debug
+        .headers()
+        .into_iter()
+        .map(|(name, value)| (name, value.to_owned()))
+        .collect();
+    debug.push(("X-Fallback-Source", source.to_owned()));
+    debug.push(("X-Fallback-Revision", active.revision.to_string()));
+    Some(debug)
 }
 
 /// Logs, once per worker and target, that the host refused a hand-over write.
@@ -372,8 +408,11 @@ fn log_refusal(profile: &HostProfile, write: &HostWrite<'_>, status: u32) {
     }
 }
 
-/// Answers with a plugin's response (401, 403, 429, a termination, a preflight...).
-fn send_local(answer: &LocalResponse) {
+/// Answers with a plugin's response (401, 403, 429, a termination, a preflight...) and pauses
+/// the request.
+#[cold]
+#[inline(never)]
+fn send_local(answer: &LocalResponse) -> Action {
     let headers: Vec<(&str, &str)> = answer
         .headers
         .iter()
@@ -384,6 +423,7 @@ fn send_local(answer: &LocalResponse) {
         &headers,
         answer.body.as_deref().map(str::as_bytes),
     );
+    Action::Pause
 }
 
 /// Applies the plugins' request header and method changes (their path went to the hand-over).
