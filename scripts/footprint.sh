@@ -45,5 +45,5 @@ done
 echo "one request natively, after a warm-up: instructions, and distinct 64-byte cache lines of"
 echo "code and of data it touches (callgrind, simulated caches). decision: route + plugins"
 echo "(core/examples/footprint.rs); filter: everything the proxy's calls into the module run for"
-echo "the request, the SDK's dispatch included, the host's own work left out, and its host calls"
-echo "(filter/examples/footprint.rs)"
+echo "the request, the SDK's dispatch included, the host's own work left out, with the heap"
+echo "allocations and host calls it makes (filter/examples/footprint.rs)"

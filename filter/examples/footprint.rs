@@ -3,7 +3,8 @@
 //! plain Rust. `core/examples/footprint.rs` counts the decision alone (route + plugins); this
 //! counts everything the proxy's calls into the module run: the SDK's dispatch, the request
 //! context, reading the header map, the hand-over, the plugins' header changes, the response
-//! headers and the frees, and how many host calls one request makes, by name.
+//! headers and the frees; and how many heap allocations and host calls (by name) one request
+//! makes.
 //!
 //! `footprint ROUTES PLUGINS`: the config `make bench-proxy` loads, fetched from a "control
 //! plane" through the filter's own leader election and slicing, then `bench-proxy`'s request
@@ -22,8 +23,10 @@ mod common;
 mod footprint;
 
 use footprint::{client_request, START_INSTRUMENTATION, STOP_INSTRUMENTATION, TOGGLE_COLLECT};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 // Force the filter crate (its `proxy_wasm::main!` and root context) into the link.
 use fallback_filter as _;
@@ -56,6 +59,47 @@ const BAD_ARGUMENT: u32 = 2;
 const CAS_MISMATCH: u32 = 8;
 const ROOT: u32 = 1;
 
+/// The system allocator, counting the module's allocations during the measured request.
+struct Counting;
+
+/// True while the measured request is served.
+static MEASURING: AtomicBool = AtomicBool::new(false);
+/// True inside a host function (the allocator call back into the module excepted).
+static IN_HOST: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_allocation() {
+    if MEASURING.load(Ordering::Relaxed) && !IN_HOST.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call goes to `System` unchanged; counting has no effect on the memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        count_allocation();
+        System.realloc(ptr, layout, size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Switches what is counted (callgrind's events, allocations) between the module and the host.
+fn switch(in_host: bool) {
+    client_request(TOGGLE_COLLECT);
+    IN_HOST.store(in_host, Ordering::Relaxed);
+}
+
 /// Envoy's side of the ABI, as far as the benchmark's path needs it.
 #[derive(Default)]
 struct Host {
@@ -83,13 +127,13 @@ thread_local! {
 
 /// Runs one host call's work uncounted (callgrind's collection off, unless nested).
 fn host<T>(name: &'static str, work: impl FnOnce(&mut Host) -> T) -> T {
-    client_request(TOGGLE_COLLECT);
+    switch(true);
     let out = HOST.with(|h| {
         let mut h = h.borrow_mut();
         *h.counted.entry(name).or_default() += 1;
         work(&mut h)
     });
-    client_request(TOGGLE_COLLECT);
+    switch(false);
     out
 }
 
@@ -100,9 +144,9 @@ fn host<T>(name: &'static str, work: impl FnOnce(&mut Host) -> T) -> T {
 /// `data` and `size` point at writable values (the module's own, as in the ABI).
 unsafe fn give(bytes: &[u8], data: *mut *mut u8, size: *mut usize) -> u32 {
     // The module's allocator, counted: the module runs it for every value a host returns.
-    client_request(TOGGLE_COLLECT);
+    switch(false);
     let at = proxy_on_memory_allocate(bytes.len());
-    client_request(TOGGLE_COLLECT);
+    switch(true);
     std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len());
     *data = at;
     *size = bytes.len();
@@ -612,11 +656,17 @@ fn main() {
     context += 1;
     prepare(&authority, plugins);
     client_request(START_INSTRUMENTATION);
+    MEASURING.store(true, Ordering::Relaxed);
     let served = serve(context);
+    MEASURING.store(false, Ordering::Relaxed);
     client_request(STOP_INSTRUMENTATION);
     served.expect("the measured request is forwarded");
     let calls = with_host(|h| std::mem::take(&mut h.counted));
     let total: u32 = calls.values().sum();
     let list: Vec<String> = calls.iter().map(|(n, c)| format!("{n} {c}")).collect();
-    println!("host calls: {total} ({})", list.join(", "));
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    println!(
+        "{allocations} allocations; host calls: {total} ({})",
+        list.join(", ")
+    );
 }
