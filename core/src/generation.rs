@@ -18,14 +18,14 @@ use crate::router::Router;
 
 /// A slice while the worker serves traffic: short enough that a request arriving as it starts
 /// waits little longer than a request usually takes.
-pub const SLICE_NS: u64 = 2_000_000;
+pub const SLICE_NS: u64 = 1_000_000;
 /// A slice while the worker is idle: the work ends sooner, and nobody waits.
 pub const IDLE_SLICE_NS: u64 = 50_000_000;
 /// A worker that has seen no request for this long is idle.
 pub const IDLE_AFTER_NS: u64 = 1_000_000_000;
 /// The least time between the end of one slice and the start of the next, so the worker
 /// serves between slices (about 30% of its time goes to the work meanwhile).
-pub const SLICE_GAP_NS: u64 = 5_000_000;
+pub const SLICE_GAP_NS: u64 = 2_500_000;
 /// The tick period (ms) while work is pending, on hosts that let the filter change it.
 pub const BUSY_TICK_MS: u64 = 5;
 
@@ -311,9 +311,12 @@ mod tests {
         let ms = 1_000_000;
         let mut slicer = Slicer::default();
         slicer.ended(100 * ms);
-        assert_eq!(slicer.between_requests(104 * ms), None);
-        assert_eq!(slicer.between_requests(105 * ms), Some(SLICE_NS));
+        assert_eq!(slicer.between_requests(100 * ms + SLICE_GAP_NS - 1), None);
+        assert_eq!(
+            slicer.between_requests(100 * ms + SLICE_GAP_NS),
+            Some(SLICE_NS)
+        );
         slicer.ended(107 * ms);
-        assert_eq!(slicer.between_requests(111 * ms), None);
+        assert_eq!(slicer.between_requests(107 * ms + SLICE_GAP_NS - 1), None);
     }
 }
