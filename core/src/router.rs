@@ -66,7 +66,6 @@ use regex_lite::Regex;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
 
 /// Kong's 503 message when the matched route has no service.
 pub const NO_SERVICE_MESSAGE: &str = "no Service found with those values";
@@ -251,9 +250,9 @@ pub struct Router {
 #[derive(Debug)]
 struct CompiledRoute {
     index: usize,
-    name: Rc<str>,
+    name: Box<str>,
     /// Its ids and names for Kong's debug header.
-    debug: Rc<KongDebug>,
+    debug: Box<KongDebug>,
     service: Option<usize>,
     /// `protocols` lists `https` but not `http`.
     https_only: bool,
@@ -328,7 +327,7 @@ enum HeaderValues {
 
 #[derive(Debug)]
 struct CompiledService {
-    name: Rc<str>,
+    name: Box<str>,
     scheme: &'static str,
     /// Kong's `path`, `/` when unset.
     base_path: String,
@@ -341,8 +340,8 @@ enum Destination {
     /// The service's own host and port, with what every request to it sends, worked out once:
     /// the `host:port` to connect to and the `Host` header (unless the route preserves it).
     Direct {
-        authority: Rc<str>,
-        host_header: Rc<str>,
+        authority: Box<str>,
+        host_header: Box<str>,
     },
     Balanced(usize),
 }
@@ -579,7 +578,7 @@ impl Router {
             router.routes.push(CompiledRoute {
                 index,
                 name: display_name(route.name.as_deref(), route.id.given_id(), &route.path).into(),
-                debug: Rc::new(KongDebug {
+                debug: Box::new(KongDebug {
                     route_id: Some(route.id.to_string()),
                     route_name: route.name.clone(),
                     service_id: route.service.map(|s| doc.services[s].id.to_string()),
