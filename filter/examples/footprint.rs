@@ -28,9 +28,6 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-// Force the filter crate (its `proxy_wasm::main!` and root context) into the link.
-use fallback_filter as _;
-
 extern "C" {
     /// The module's entry point, from `proxy_wasm::main!`.
     fn _initialize();
@@ -153,42 +150,21 @@ unsafe fn give(bytes: &[u8], data: *mut *mut u8, size: *mut usize) -> u32 {
     OK
 }
 
+/// [`give`] for a value that was found, `NotFound` otherwise.
+///
+/// # Safety
+/// As [`give`].
+unsafe fn give_found(value: Option<&[u8]>, data: *mut *mut u8, size: *mut usize) -> u32 {
+    match value {
+        Some(bytes) => give(bytes, data, size),
+        None => NOT_FOUND,
+    }
+}
+
 /// # Safety
 /// `at` points at `len` readable bytes.
 unsafe fn text(at: *const u8, len: usize) -> String {
     String::from_utf8_lossy(std::slice::from_raw_parts(at, len)).into_owned()
-}
-
-/// The ABI's header map serialization: count, lengths, then NUL-terminated names and values.
-fn serialize(map: &[(String, String)]) -> Vec<u8> {
-    let mut out = (map.len() as u32).to_le_bytes().to_vec();
-    for (n, v) in map {
-        out.extend((n.len() as u32).to_le_bytes());
-        out.extend((v.len() as u32).to_le_bytes());
-    }
-    for (n, v) in map {
-        out.extend(n.as_bytes());
-        out.push(0);
-        out.extend(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
-fn deserialize(bytes: &[u8]) -> Vec<(String, String)> {
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-    let count = word(0);
-    let mut at = 4 + count * 8;
-    (0..count)
-        .map(|i| {
-            let (n, v) = (word(4 + i * 8), word(8 + i * 8));
-            let name = String::from_utf8_lossy(&bytes[at..at + n]).into_owned();
-            at += n + 1;
-            let value = String::from_utf8_lossy(&bytes[at..at + v]).into_owned();
-            at += v + 1;
-            (name, value)
-        })
-        .collect()
 }
 
 fn map(h: &mut Host, kind: u32) -> Option<&mut Vec<(String, String)>> {
@@ -252,7 +228,11 @@ extern "C" fn proxy_get_buffer_bytes(
 #[no_mangle]
 extern "C" fn proxy_get_header_map_pairs(kind: u32, data: *mut *mut u8, size: *mut usize) -> u32 {
     host("proxy_get_header_map_pairs", |h| match map(h, kind) {
-        Some(map) => unsafe { give(&serialize(map), data, size) },
+        Some(map) => {
+            let pairs: Vec<(&str, &str)> =
+                map.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            unsafe { give(&fallback_filter::serialize_map(&pairs), data, size) }
+        }
         None => BAD_ARGUMENT,
     })
 }
@@ -272,10 +252,7 @@ extern "C" fn proxy_get_header_map_value(
                 .find(|(n, _)| n.eq_ignore_ascii_case(&key))
                 .map(|(_, v)| v.clone())
         });
-        match value {
-            Some(v) => unsafe { give(v.as_bytes(), data, size) },
-            None => NOT_FOUND,
-        }
+        unsafe { give_found(value.as_deref().map(str::as_bytes), data, size) }
     })
 }
 
@@ -338,20 +315,6 @@ extern "C" fn proxy_remove_header_map_value(kind: u32, key: *const u8, key_size:
     })
 }
 
-#[no_mangle]
-extern "C" fn proxy_set_header_map_pairs(kind: u32, data: *const u8, size: usize) -> u32 {
-    host("proxy_set_header_map_pairs", |h| {
-        let pairs = deserialize(unsafe { std::slice::from_raw_parts(data, size) });
-        match map(h, kind) {
-            Some(map) => {
-                *map = pairs;
-                OK
-            }
-            None => BAD_ARGUMENT,
-        }
-    })
-}
-
 /// A property path as the ABI sends it: segments each ended by a NUL.
 fn property_key(path: *const u8, size: usize) -> String {
     unsafe { text(path, size) }
@@ -367,10 +330,8 @@ extern "C" fn proxy_get_property(
     size: *mut usize,
 ) -> u32 {
     host("proxy_get_property", |h| {
-        match h.properties.get(&property_key(path, path_size)) {
-            Some(v) => unsafe { give(v, data, size) },
-            None => NOT_FOUND,
-        }
+        let value = h.properties.get(&property_key(path, path_size));
+        unsafe { give_found(value.map(Vec::as_slice), data, size) }
     })
 }
 
@@ -499,6 +460,7 @@ macro_rules! never_called {
 }
 
 never_called! {
+    proxy_set_header_map_pairs(a: u32, b: *const u8, c: usize);
     proxy_set_buffer_bytes(a: u32, b: usize, c: usize, d: *const u8, e: usize);
     proxy_register_shared_queue(a: *const u8, b: usize, c: *mut u32);
     proxy_resolve_shared_queue(a: *const u8, b: usize, c: *const u8, d: usize, e: *mut u32);

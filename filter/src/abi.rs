@@ -317,7 +317,7 @@ fn serialize_path(path: &[&str]) -> Vec<u8> {
 
 /// A header map as the ABI wants it: the pair count, each pair's sizes, then each name and
 /// value NUL-terminated (all sizes little-endian `u32`).
-pub(crate) fn serialize_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+pub fn serialize_map(pairs: &[(&str, &str)]) -> Vec<u8> {
     let size = 4 + pairs
         .iter()
         .map(|(n, v)| n.len() + v.len() + 10)

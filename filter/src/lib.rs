@@ -15,6 +15,11 @@ mod apply;
 mod host;
 mod request;
 
+/// The ABI's header map encoding, for `make footprint`'s stand-in host
+/// (`examples/footprint.rs`), which hands the module maps the way a proxy does.
+#[doc(hidden)]
+pub use abi::serialize_map;
+
 use fallback_core::fetch::{Action, CallId, FetchMachine, HttpResponse, LogLevel, Source, Stage};
 use fallback_core::filter_config::FilterConfig;
 use fallback_core::freshness::{self, ConfigAge};

@@ -146,11 +146,11 @@ impl RequestFilter {
     fn unavailable<'a>(
         &self,
         active: &'a Active,
-        target: (usize, Option<usize>, &str),
+        (route, service): (usize, Option<usize>),
+        message: &str,
         view: &RequestView<'a>,
         read_client_ip: &'a dyn Fn() -> Option<std::net::IpAddr>,
     ) -> Action {
-        let (route, service, message) = target;
         let mut response = vec![(
             "content-type".to_owned(),
             fallback_core::plugins::JSON_CONTENT_TYPE.to_owned(),
@@ -299,10 +299,7 @@ impl HttpContext for RequestFilter {
                 service,
                 message,
                 ..
-            } => {
-                let target = (route, service, message.as_str());
-                self.unavailable(&active, target, &view, &read_client_ip)
-            }
+            } => self.unavailable(&active, (route, service), &message, &view, &read_client_ip),
         }
     }
 
